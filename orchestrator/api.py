@@ -1,0 +1,79 @@
+"""The Python API: submit an order, wait for it, look at a saga.
+
+Each function takes an optional :class:`Settings`; by default they are read from the
+environment (``SAGA_*``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from orchestrator.engine import Engine
+from orchestrator.order_saga import ORDER_SAGA
+from orchestrator.process import DEFINITIONS, celery_publisher
+from saga import config
+from saga.celery_app import make_app
+from saga.config import Settings
+from saga.errors import SagaError
+from saga_store.models import SagaView
+
+_engines: dict[str, Engine] = {}
+
+
+def _engine(settings: Settings) -> Engine:
+    """One engine (a store connection and a broker producer) per distinct settings."""
+    key = json.dumps(settings.to_env(), sort_keys=True)
+    if key not in _engines:
+        app = make_app(settings, "client")
+        _engines[key] = Engine(settings, DEFINITIONS, celery_publisher(app, settings))
+    return _engines[key]
+
+
+def _settings(settings: Settings | None) -> Settings:
+    return settings if settings is not None else config.load()
+
+
+def submit(order: Any, *, settings: Settings | None = None) -> str:
+    """Start a saga for ``order`` and return its id at once.
+
+    Raises ``InvalidOrder`` (naming the field) before anything is stored. Submitting an
+    ``order_id`` again returns the first saga's id and starts nothing.
+    """
+    saga_id, _ = _engine(_settings(settings)).submit(ORDER_SAGA.name, order)
+    return saga_id
+
+
+def get_saga(saga_id: str, *, settings: Settings | None = None) -> SagaView:
+    """The saga and its steps; raises ``SagaNotFound`` for an unknown id."""
+    return _engine(_settings(settings)).get(saga_id)
+
+
+def wait(
+    saga_id: str,
+    *,
+    settings: Settings | None = None,
+    timeout: float | None = None,
+    poll: float = 0.05,
+) -> SagaView:
+    """Block until the saga is in a terminal state; ``TimeoutError`` after ``timeout``."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        view = get_saga(saga_id, settings=settings)
+        if view.state.terminal:
+            return view
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"saga {saga_id} is still {view.state} after {timeout}s")
+        time.sleep(poll)
+
+
+def run(order: Any, *, settings: Settings | None = None, timeout: float | None = None) -> str:
+    """Submit ``order`` and return the saga id once the saga has ended
+    (completed, compensated or failed)."""
+    saga_id = submit(order, settings=settings)
+    wait(saga_id, settings=settings, timeout=timeout)
+    return saga_id
+
+
+__all__ = ["SagaError", "get_saga", "run", "submit", "wait"]

@@ -1,0 +1,61 @@
+"""A saga definition is data: an ordered list of steps, each with its action task,
+its compensation task (or none), its retry policy and whether it is best-effort."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from saga.retry import RetryPolicy
+from saga_store.models import StepSpec
+
+# Builds a step's payload from the saga's stored input and the outputs of earlier steps.
+PayloadBuilder = Callable[[Mapping[str, Any], Mapping[str, Any]], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class StepDefinition:
+    name: str
+    action: str  # Celery task name
+    queue: str  # the service queue, without any prefix
+    payload: PayloadBuilder
+    compensation: str | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    compensation_retry: RetryPolicy | None = None
+    best_effort: bool = False
+    # Overrides of the orchestrator-wide deadline and dispatch budget, where set.
+    timeout: float | None = None
+    max_dispatches: int | None = None
+
+    def retry_for_compensation(self) -> RetryPolicy:
+        return self.compensation_retry or self.retry
+
+
+@dataclass(frozen=True)
+class SagaDefinition:
+    name: str
+    steps: tuple[StepDefinition, ...]
+    # Validates a submitted document; returns (what to store, the client's idempotency key).
+    prepare: Callable[[Any], tuple[dict[str, Any], str]]
+
+    def step(self, name: str) -> StepDefinition:
+        for step in self.steps:
+            if step.name == name:
+                return step
+        raise KeyError(f"saga {self.name!r} has no step {name!r}")
+
+    def specs(self, default_timeout: float, default_max_dispatches: int) -> list[StepSpec]:
+        """What the store keeps of each step; a step's own setting wins over the default."""
+        return [
+            StepSpec(
+                name=s.name,
+                compensable=s.compensation is not None,
+                best_effort=s.best_effort,
+                timeout=s.timeout if s.timeout is not None else default_timeout,
+                max_dispatches=(
+                    s.max_dispatches if s.max_dispatches is not None else default_max_dispatches
+                ),
+            )
+            for s in self.steps
+        ]

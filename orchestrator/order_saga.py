@@ -1,0 +1,285 @@
+"""The order saga: its definition, and the validation of an order document.
+
+This module is the only part of the orchestrator that knows what an order is.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Mapping
+from typing import Any
+
+from orchestrator.crashpoints import POINTS
+from orchestrator.definition import SagaDefinition, StepDefinition
+from saga.errors import InvalidOrder
+from saga.retry import RetryPolicy
+from workers.card_processor import luhn_ok, tokenize
+from workers.faults import FAULT_FIELDS
+
+NAME = "order"
+MAX_ITEMS = 100
+MAX_QUANTITY = 10_000
+MAX_AMOUNT_CENTS = 100_000_000  # one million in the currency's main unit
+ORDER_FIELDS = {
+    "order_id",
+    "customer_email",
+    "items",
+    "amount_cents",
+    "currency",
+    "card_number",
+    "shipping_address",
+    "faults",
+}
+ADDRESS_FIELDS = {
+    "name": True,
+    "line1": True,
+    "line2": False,
+    "city": True,
+    "postal_code": True,
+    "country": True,
+}
+ORDER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}")
+SKU = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+CURRENCY = re.compile(r"[A-Z]{3}")
+COUNTRY = re.compile(r"[A-Z]{2}")
+
+
+def _string(value: Any, field: str, max_len: int = 200) -> str:
+    if not isinstance(value, str):
+        raise InvalidOrder(field, f"must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise InvalidOrder(field, "must not be empty")
+    if len(value) > max_len:
+        raise InvalidOrder(field, f"must be at most {max_len} characters")
+    if any(unicodedata.category(ch) in ("Cc", "Cs", "Co", "Cn") for ch in value):
+        raise InvalidOrder(field, "contains control or unassigned characters")
+    return unicodedata.normalize("NFC", value)
+
+
+def _integer(value: Any, field: str, minimum: int, maximum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidOrder(field, f"must be an integer, got {type(value).__name__}")
+    if not minimum <= value <= maximum:
+        raise InvalidOrder(field, f"must be between {minimum} and {maximum}, got {value}")
+    return value
+
+
+def _match(pattern: re.Pattern[str], value: str, field: str, what: str) -> str:
+    if not pattern.fullmatch(value):
+        raise InvalidOrder(field, f"must be {what}")
+    return value
+
+
+def _items(value: Any) -> list[dict[str, Any]]:
+    if not isinstance(value, list):
+        raise InvalidOrder("items", "must be a list of {sku, quantity}")
+    if not 1 <= len(value) <= MAX_ITEMS:
+        raise InvalidOrder("items", f"must hold between 1 and {MAX_ITEMS} items")
+    items, seen = [], set()
+    for i, item in enumerate(value):
+        field = f"items[{i}]"
+        if not isinstance(item, dict):
+            raise InvalidOrder(field, "must be an object with sku and quantity")
+        extra = set(item) - {"sku", "quantity"}
+        if extra:
+            raise InvalidOrder(field, f"unknown field {sorted(extra)[0]!r}")
+        if "sku" not in item:
+            raise InvalidOrder(f"{field}.sku", "is required")
+        if "quantity" not in item:
+            raise InvalidOrder(f"{field}.quantity", "is required")
+        sku = _match(
+            SKU,
+            _string(item["sku"], f"{field}.sku", 64),
+            f"{field}.sku",
+            "letters, digits, '.', '_' or '-'",
+        )
+        if sku in seen:
+            raise InvalidOrder(f"{field}.sku", f"duplicate SKU {sku!r}: give its total once")
+        seen.add(sku)
+        quantity = _integer(item["quantity"], f"{field}.quantity", 1, MAX_QUANTITY)
+        items.append({"sku": sku, "quantity": quantity})
+    return items
+
+
+def _card(value: Any) -> dict[str, str]:
+    if not isinstance(value, str):
+        raise InvalidOrder("card_number", f"must be a string, got {type(value).__name__}")
+    digits = re.sub(r"[ -]", "", value)
+    # The messages never repeat the number: it must not reach a log.
+    if not digits.isascii() or not digits.isdigit() or not 12 <= len(digits) <= 19:
+        raise InvalidOrder("card_number", "must be 12 to 19 digits")
+    if not luhn_ok(digits):
+        raise InvalidOrder("card_number", "is not a valid card number (checksum)")
+    return tokenize(digits)
+
+
+def _address(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise InvalidOrder(
+            "shipping_address", "must be an object with name, line1, city, postal_code and country"
+        )
+    extra = set(value) - set(ADDRESS_FIELDS)
+    if extra:
+        raise InvalidOrder("shipping_address", f"unknown field {sorted(extra)[0]!r}")
+    address = {}
+    for name, required in ADDRESS_FIELDS.items():
+        field = f"shipping_address.{name}"
+        if name not in value:
+            if required:
+                raise InvalidOrder(field, "is required")
+            continue
+        address[name] = _string(value[name], field)
+    _match(
+        COUNTRY,
+        address["country"],
+        "shipping_address.country",
+        "a two-letter country code such as 'DE'",
+    )
+    return address
+
+
+def _faults(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidOrder("faults", "must be an object")
+    operations = {s.action for s in ORDER_SAGA.steps} | {
+        s.compensation for s in ORDER_SAGA.steps if s.compensation
+    }
+    for name, spec in value.items():
+        field = f"faults.{name}"
+        if name == "orchestrator":
+            if not isinstance(spec, dict) or set(spec) != {"crash_at"}:
+                raise InvalidOrder(field, 'must be {"crash_at": "POINT:OPERATION"}')
+            point, _, op = str(spec["crash_at"]).partition(":")
+            if point not in POINTS or op not in operations:
+                raise InvalidOrder(
+                    f"{field}.crash_at",
+                    f"must be one of {', '.join(POINTS)}, "
+                    "a colon and an operation such as charge_payment",
+                )
+            continue
+        if name not in operations:
+            raise InvalidOrder(field, f"unknown operation; one of {', '.join(sorted(operations))}")
+        if not isinstance(spec, dict):
+            raise InvalidOrder(field, "must be an object")
+        for key, val in spec.items():
+            kind = FAULT_FIELDS.get(key)
+            if kind is None:
+                raise InvalidOrder(
+                    f"{field}.{key}", f"unknown fault; one of {', '.join(FAULT_FIELDS)}"
+                )
+            if kind is int:
+                _integer(val, f"{field}.{key}", 0, 1000)
+            elif not isinstance(val, bool):
+                raise InvalidOrder(f"{field}.{key}", "must be true or false")
+    return value
+
+
+def prepare(document: Any) -> tuple[dict[str, Any], str]:
+    """Check an order and return what is stored (the card replaced by a token and its last
+    four digits) and the client's idempotency key (the ``order_id``)."""
+    if not isinstance(document, dict):
+        raise InvalidOrder("order", f"must be a JSON object, got {type(document).__name__}")
+    unknown = set(document) - ORDER_FIELDS
+    if unknown:
+        raise InvalidOrder(sorted(unknown)[0], "unknown field")
+    for field in sorted(ORDER_FIELDS - {"faults"}):
+        if field not in document:
+            raise InvalidOrder(field, "is required")
+    order_id = _match(
+        ORDER_ID,
+        _string(document["order_id"], "order_id", 100),
+        "order_id",
+        "letters, digits, '.', '_', ':' or '-' (at most 100)",
+    )
+    email = _match(
+        EMAIL,
+        _string(document["customer_email"], "customer_email", 254),
+        "customer_email",
+        "an email address such as ada@example.com",
+    )
+    stored: dict[str, Any] = {
+        "order_id": order_id,
+        "customer_email": email,
+        "items": _items(document["items"]),
+        "amount_cents": _integer(document["amount_cents"], "amount_cents", 1, MAX_AMOUNT_CENTS),
+        "currency": _match(
+            CURRENCY,
+            _string(document["currency"], "currency", 3),
+            "currency",
+            "a three-letter ISO 4217 code such as 'EUR'",
+        ),
+        "card": _card(document["card_number"]),
+        "shipping_address": _address(document["shipping_address"]),
+    }
+    if document.get("faults"):
+        stored["faults"] = _faults(document["faults"])
+    return stored, order_id
+
+
+def _reference(order: Mapping[str, Any]) -> str:
+    return str(order["order_id"])
+
+
+STEP_RETRY = RetryPolicy(max_retries=3, backoff_base=0.2, backoff_max=5.0)
+# A compensation must not give up lightly: giving up means a person is paged.
+COMPENSATION_RETRY = RetryPolicy(max_retries=5, backoff_base=0.5, backoff_max=10.0)
+
+ORDER_SAGA = SagaDefinition(
+    name=NAME,
+    prepare=prepare,
+    steps=(
+        StepDefinition(
+            name="reserve_inventory",
+            action="reserve_inventory",
+            compensation="release_inventory",
+            queue="inventory",
+            payload=lambda order, _: {"items": order["items"]},
+            retry=STEP_RETRY,
+            compensation_retry=COMPENSATION_RETRY,
+        ),
+        StepDefinition(
+            name="charge_payment",
+            action="charge_payment",
+            compensation="refund_payment",
+            queue="payment",
+            payload=lambda order, _: {
+                "reference": _reference(order),
+                "card": order["card"],
+                "amount_cents": order["amount_cents"],
+                "currency": order["currency"],
+            },
+            retry=STEP_RETRY,
+            compensation_retry=COMPENSATION_RETRY,
+        ),
+        StepDefinition(
+            name="create_shipment",
+            action="create_shipment",
+            compensation="cancel_shipment",
+            queue="shipping",
+            payload=lambda order, _: {
+                "reference": _reference(order),
+                "address": order["shipping_address"],
+                "items": order["items"],
+            },
+            retry=STEP_RETRY,
+            compensation_retry=COMPENSATION_RETRY,
+        ),
+        StepDefinition(
+            name="send_confirmation",
+            action="send_confirmation",
+            queue="notification",
+            payload=lambda order, done: {
+                "reference": _reference(order),
+                "to": order["customer_email"],
+                "amount_cents": order["amount_cents"],
+                "currency": order["currency"],
+                "card_last4": order["card"]["last4"],
+                "tracking_number": done["create_shipment"]["tracking_number"],
+            },
+            retry=STEP_RETRY,
+            best_effort=True,
+        ),
+    ),
+)

@@ -1,0 +1,111 @@
+"""The orchestrator process: a Celery worker on the ``orchestrator`` queue, plus recovery
+at start and a sweeper thread while it runs.
+
+Outcomes are handled one at a time (solo pool) and acknowledged after their transition
+committed, so a crash redelivers the outcome and the store's refusal of a repeated
+transition makes the redelivery harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from celery import Celery, bootsteps
+
+from orchestrator.engine import Engine, Publisher
+from orchestrator.order_saga import ORDER_SAGA
+from saga.celery_app import OUTCOME_TASK, SUBMIT_TASK, make_app
+from saga.config import ORCHESTRATOR_QUEUE, Settings
+from saga.errors import InvalidOrder
+
+log = logging.getLogger("saga.orchestrator")
+
+DEFINITIONS = {ORDER_SAGA.name: ORDER_SAGA}
+
+
+def celery_publisher(app: Celery, settings: Settings) -> Publisher:
+    def publish(task: str, queue: str, kwargs: dict[str, Any]) -> None:
+        app.send_task(task, kwargs=kwargs, queue=settings.queue(queue))
+
+    return publish
+
+
+class Sweeper:
+    """Runs :meth:`Engine.sweep` every ``interval`` seconds on a thread of its own."""
+
+    def __init__(self, engine: Engine, interval: float):
+        self.engine, self.interval = engine, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="saga-sweeper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.engine.sweep()
+            except Exception:  # the sweeper must outlive a passing broker or database fault
+                log.exception("sweep failed; trying again in %.1fs", self.interval)
+
+
+def build(settings: Settings) -> tuple[Celery, Engine]:
+    """The orchestrator's Celery app with its tasks and its recovery-and-sweeper bootstep."""
+    app = make_app(settings, "orchestrator")
+    engine = Engine(settings, DEFINITIONS, celery_publisher(app, settings), crash_points=True)
+
+    @app.task(name=OUTCOME_TASK, acks_late=True)
+    def outcome(outcome: dict[str, Any]) -> None:
+        engine.handle_outcome(outcome)
+
+    @app.task(name=SUBMIT_TASK, acks_late=True)
+    def submit(order: Any, definition: str = ORDER_SAGA.name) -> str | None:
+        try:
+            saga_id, _ = engine.submit(definition, order)
+        except InvalidOrder as exc:
+            log.error("refused a submitted order: %s", exc)
+            return None
+        return saga_id
+
+    class RecoveryAndSweeper(bootsteps.StartStopStep):
+        requires = {"celery.worker.components:Pool"}
+
+        def __init__(self, worker: Any, **kwargs: Any):
+            super().__init__(worker, **kwargs)
+            self.sweeper = Sweeper(engine, settings.sweep_interval)
+
+        def start(self, worker: Any) -> None:
+            engine.recover()
+            self.sweeper.start()
+
+        def stop(self, worker: Any) -> None:
+            self.sweeper.stop()
+
+    app.steps["worker"].add(RecoveryAndSweeper)
+    return app, engine
+
+
+def run(settings: Settings, loglevel: str = "INFO") -> None:
+    """Run the orchestrator in the foreground until it is stopped."""
+    app, _ = build(settings)
+    app.worker_main(
+        [
+            "worker",
+            "--pool",
+            "solo",
+            "--queues",
+            settings.queue(ORCHESTRATOR_QUEUE),
+            "--hostname",
+            f"orchestrator-{settings.queue_prefix or 'main'}@%h",
+            "--loglevel",
+            loglevel,
+            "--without-mingle",
+            "--without-gossip",
+        ]
+    )

@@ -1,0 +1,1 @@
+"""Shared plumbing of the order saga system: configuration, errors, the Celery app and the CLI."""

@@ -1,0 +1,49 @@
+"""Building the Celery app, from one Settings object, for a worker or for a producer."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from saga.config import ORCHESTRATOR_QUEUE, Settings
+
+OUTCOME_TASK = "saga.outcome"
+SUBMIT_TASK = "saga.submit"
+
+
+def make_app(settings: Settings, name: str = "saga") -> Celery:
+    """A Celery app wired for safe redelivery.
+
+    Late acks with reject-on-worker-lost and a prefetch of one mean that a message is
+    removed from the broker only after its task finished, and a killed worker's message
+    goes back to the queue instead of being lost. JSON is the only accepted content type.
+    """
+    app = Celery(name, set_as_current=False)
+    app.conf.update(
+        broker_url=settings.broker_url,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout,
+            "unacked_restore_interval": settings.unacked_restore_interval,
+            # Scan for expired unacked messages on every interval, not every tenth.
+            "unacked_restore_throttle": 1,
+        },
+        task_serializer="json",
+        result_serializer="json",
+        event_serializer="json",
+        accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_store_errors_even_if_ignored=False,
+        task_default_queue=settings.queue(ORCHESTRATOR_QUEUE),
+        task_routes={
+            OUTCOME_TASK: {"queue": settings.queue(ORCHESTRATOR_QUEUE)},
+            SUBMIT_TASK: {"queue": settings.queue(ORCHESTRATOR_QUEUE)},
+        },
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+        worker_send_task_events=False,
+        worker_enable_remote_control=False,
+    )
+    return app

@@ -1,0 +1,264 @@
+"""The ``saga`` command line. Exit status: 0 on success, 2 for bad input (reason on
+stderr), 1 for anything else that went wrong."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from saga import config
+from saga.config import SERVICES, Settings
+from saga.errors import BusinessError, ConfigError, InvalidOrder, SagaError, SagaNotFound
+
+MAX_ORDER_BYTES = 1 << 20
+EXIT_BAD_INPUT = 2
+
+
+class BadInput(Exception):
+    pass
+
+
+def _setup_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _read_order(source: str) -> Any:
+    try:
+        if source == "-":
+            raw = sys.stdin.buffer.read(MAX_ORDER_BYTES + 1)
+        else:
+            with open(source, "rb") as f:
+                raw = f.read(MAX_ORDER_BYTES + 1)
+    except OSError as exc:
+        raise BadInput(f"cannot read {source}: {exc.strerror}") from None
+    if len(raw) > MAX_ORDER_BYTES:
+        raise BadInput(f"{source}: larger than {MAX_ORDER_BYTES} bytes")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise BadInput(f"{source}: not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"{source}: not valid JSON: {exc.msg} at line {exc.lineno}") from None
+
+
+def _print_saga(view: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(view.to_dict(), indent=2))
+        return
+    print(f"saga {view.id}: {view.state}")
+    if view.error:
+        print(f"  reason: {view.error}")
+    for step in view.steps:
+        detail = step.error or (json.dumps(step.output) if step.output is not None else "")
+        print(f"  {step.name:<20} {step.state:<13} {detail}")
+
+
+def cmd_orchestrator(args: argparse.Namespace, settings: Settings) -> int:
+    from orchestrator import process
+
+    process.run(settings, loglevel=settings.log_level)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from workers import process
+
+    services = list(SERVICES) if args.service == "all" else [args.service]
+    process.run(
+        settings,
+        services,
+        pool=args.pool,
+        concurrency=args.concurrency,
+        loglevel=settings.log_level,
+    )
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    import orchestrator
+
+    order = _read_order(args.file)
+    saga_id = orchestrator.submit(order, settings=settings)
+    view = (
+        orchestrator.wait(saga_id, settings=settings, timeout=args.timeout)
+        if args.wait
+        else orchestrator.get_saga(saga_id, settings=settings)
+    )
+    if args.json:
+        print(json.dumps(view.to_dict(), indent=2))
+    elif args.wait:
+        _print_saga(view, False)
+    else:
+        print(saga_id)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    import orchestrator
+
+    _print_saga(orchestrator.get_saga(args.saga_id, settings=settings), args.json)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
+    from saga_store import SagaState, open_store, queries
+
+    state = None
+    if args.state:
+        try:
+            state = SagaState(args.state)
+        except ValueError:
+            raise BadInput(
+                f"unknown state {args.state!r}; one of {', '.join(s.value for s in SagaState)}"
+            ) from None
+    rows = queries.list_sagas(open_store(settings.path("sagas.db")), state, args.limit)
+    sagas = [
+        {
+            "id": r["id"],
+            "state": r["state"],
+            "created_at": r["created_at"],
+            "updated_at": r["updated_at"],
+            "error": r["error"],
+        }
+        for r in rows
+    ]
+    if args.json:
+        print(json.dumps(sagas, indent=2))
+    else:
+        for s in sagas:
+            print(f"{s['id']}  {s['state']:<13} {s['created_at']}  {s['error'] or ''}")
+    return 0
+
+
+def cmd_alerts(args: argparse.Namespace, settings: Settings) -> int:
+    from saga_store import open_store, queries
+
+    alerts = queries.alerts(open_store(settings.path("sagas.db")))
+    if args.json:
+        print(json.dumps([a.__dict__ for a in alerts], indent=2))
+    else:
+        for a in alerts:
+            print(f"{a.created_at}  saga {a.saga_id}  {a.step}: {a.error}")
+    return 0
+
+
+def cmd_stock(args: argparse.Namespace, settings: Settings) -> int:
+    from workers import inventory
+
+    db = inventory.service.database(settings.data_dir)
+    if args.action == "set":
+        if len(args.rest) != 2:
+            raise BadInput("usage: saga stock set SKU QUANTITY")
+        sku, raw = args.rest
+        try:
+            quantity = int(raw)
+        except ValueError:
+            raise BadInput(f"QUANTITY must be a whole number, got {raw!r}") from None
+        inventory.set_stock(db, sku, quantity)
+    elif args.action is not None:
+        raise BadInput(f"unknown stock command {args.action!r}; try 'saga stock set SKU QUANTITY'")
+    rows = inventory.list_stock(db)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(f"{'SKU':<16} {'ON HAND':>8} {'RESERVED':>9} {'AVAILABLE':>10}")
+        for r in rows:
+            print(f"{r['sku']:<16} {r['on_hand']:>8} {r['reserved']:>9} {r['available']:>10}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from saga import demo
+
+    return demo.run(
+        settings,
+        orders=args.orders,
+        transient=args.transient_rate,
+        business=args.business_rate,
+        timeout=args.timeout,
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="saga", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("orchestrator", help="run the orchestrator (outcomes, recovery, sweeper)")
+
+    w = sub.add_parser("worker", help="run a service worker")
+    w.add_argument("service", choices=[*SERVICES, "all"])
+    w.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
+    w.add_argument("--concurrency", type=int, default=1)
+
+    s = sub.add_parser("submit", help="submit an order (a JSON file, or - for stdin)")
+    s.add_argument("file")
+    s.add_argument("--wait", action="store_true", help="block until the saga ends")
+    s.add_argument("--timeout", type=float, default=None, help="with --wait: give up after")
+    s.add_argument("--json", action="store_true")
+
+    st = sub.add_parser("status", help="show one saga and its steps")
+    st.add_argument("saga_id")
+    st.add_argument("--json", action="store_true")
+
+    ls = sub.add_parser("list", help="list sagas, newest first")
+    ls.add_argument("--state")
+    ls.add_argument("--limit", type=int, default=100)
+    ls.add_argument("--json", action="store_true")
+
+    al = sub.add_parser("alerts", help="list compensations that failed for good")
+    al.add_argument("--json", action="store_true")
+
+    sk = sub.add_parser("stock", help="list stock, or 'stock set SKU QUANTITY'")
+    sk.add_argument("action", nargs="?", choices=["set"])
+    sk.add_argument("rest", nargs="*")
+    sk.add_argument("--json", action="store_true")
+
+    d = sub.add_parser("demo", help="start everything, run a batch of orders, print outcomes")
+    d.add_argument("--orders", type=int, default=24)
+    d.add_argument("--transient-rate", type=float, default=0.1)
+    d.add_argument("--business-rate", type=float, default=0.03)
+    d.add_argument("--timeout", type=float, default=180.0)
+    return p
+
+
+COMMANDS = {
+    "orchestrator": cmd_orchestrator,
+    "worker": cmd_worker,
+    "submit": cmd_submit,
+    "status": cmd_status,
+    "list": cmd_list,
+    "alerts": cmd_alerts,
+    "stock": cmd_stock,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        settings = config.load()
+        _setup_logging(settings)
+        return COMMANDS[args.command](args, settings)
+    except (BadInput, InvalidOrder, SagaNotFound, BusinessError) as exc:
+        print(f"saga: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ConfigError as exc:
+        print(f"saga: configuration: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (SagaError, TimeoutError) as exc:
+        print(f"saga: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""Every setting, read from the environment in one place.
+
+All variables share the prefix ``SAGA_``. Nothing else in the code base reads ``os.environ``
+for configuration: build a :class:`Settings` with :func:`load` and pass it down.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from saga.errors import ConfigError
+
+PREFIX = "SAGA_"
+SERVICES = ("inventory", "payment", "shipping", "notification")
+ORCHESTRATOR_QUEUE = "orchestrator"
+
+
+@dataclass(frozen=True)
+class FailureRates:
+    """Probabilities of an injected failure for one step (or, under ``"*"``, for every step)."""
+
+    transient: float = 0.0
+    business: float = 0.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    data_dir: Path = Path("./var")
+    # Prepended to every queue name so that two systems (or two test runs) can share one Redis.
+    queue_prefix: str = ""
+    # Redis redelivers an unacknowledged message only after this many seconds: keep it well
+    # above the longest step plus its retry countdowns, or healthy steps run twice.
+    visibility_timeout: float = 600.0
+    # How often a worker looks for unacked messages whose visibility timeout has passed.
+    unacked_restore_interval: float = 10.0
+    # The orchestrator re-dispatches a step whose outcome has not come back in this time.
+    step_timeout: float = 30.0
+    # Dispatches of one step (first one included) before the orchestrator gives it up.
+    max_dispatches: int = 5
+    sweep_interval: float = 1.0
+    failure_rates: Mapping[str, FailureRates] = field(default_factory=dict)
+    log_level: str = "INFO"
+
+    def queue(self, name: str) -> str:
+        return f"{self.queue_prefix}{name}"
+
+    def path(self, filename: str) -> Path:
+        return self.data_dir / filename
+
+    def with_(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    def failure_rates_for(self, step: str) -> FailureRates:
+        return self.failure_rates.get(step) or self.failure_rates.get("*") or FailureRates()
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that makes a child process load these same settings."""
+        rates = {
+            name: {"transient": r.transient, "business": r.business}
+            for name, r in self.failure_rates.items()
+        }
+        return {
+            f"{PREFIX}BROKER_URL": self.broker_url,
+            f"{PREFIX}DATA_DIR": str(self.data_dir),
+            f"{PREFIX}QUEUE_PREFIX": self.queue_prefix,
+            f"{PREFIX}VISIBILITY_TIMEOUT": str(self.visibility_timeout),
+            f"{PREFIX}UNACKED_RESTORE_INTERVAL": str(self.unacked_restore_interval),
+            f"{PREFIX}STEP_TIMEOUT": str(self.step_timeout),
+            f"{PREFIX}MAX_DISPATCHES": str(self.max_dispatches),
+            f"{PREFIX}SWEEP_INTERVAL": str(self.sweep_interval),
+            f"{PREFIX}FAILURE_RATES": json.dumps(rates),
+            f"{PREFIX}LOG_LEVEL": self.log_level,
+        }
+
+
+def _number(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
+    raw = env.get(PREFIX + name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{PREFIX}{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{PREFIX}{name} must be at least {minimum}, got {raw!r}")
+    return value
+
+
+def parse_failure_rates(raw: str) -> dict[str, FailureRates]:
+    """Parse ``{"*": {"transient": 0.1}, "charge_payment": {"business": 0.05}}``."""
+    name = PREFIX + "FAILURE_RATES"
+    try:
+        data = json.loads(raw) if raw.strip() else {}
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{name} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f'{name} must be a JSON object like {{"*": {{"transient": 0.1}}}}')
+    rates: dict[str, FailureRates] = {}
+    for step, spec in data.items():
+        if not isinstance(spec, dict) or set(spec) - {"transient", "business"}:
+            raise ConfigError(
+                f"{name}[{step!r}] must be an object with 'transient' and/or 'business'"
+            )
+        values = {}
+        for kind, value in spec.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+                raise ConfigError(f"{name}[{step!r}].{kind} must be a probability in [0, 1]")
+            values[kind] = float(value)
+        rates[step] = FailureRates(**values)
+    return rates
+
+
+def load(env: Mapping[str, str] | None = None) -> Settings:
+    """Read the settings from ``env`` (the process environment by default)."""
+    env = os.environ if env is None else env
+    defaults = Settings()
+    return Settings(
+        broker_url=env.get(PREFIX + "BROKER_URL") or defaults.broker_url,
+        data_dir=Path(env.get(PREFIX + "DATA_DIR") or defaults.data_dir),
+        queue_prefix=env.get(PREFIX + "QUEUE_PREFIX", defaults.queue_prefix),
+        visibility_timeout=_number(env, "VISIBILITY_TIMEOUT", defaults.visibility_timeout, 1),
+        unacked_restore_interval=_number(
+            env, "UNACKED_RESTORE_INTERVAL", defaults.unacked_restore_interval, 0.1
+        ),
+        step_timeout=_number(env, "STEP_TIMEOUT", defaults.step_timeout, 0.1),
+        max_dispatches=int(_number(env, "MAX_DISPATCHES", defaults.max_dispatches, 1)),
+        sweep_interval=_number(env, "SWEEP_INTERVAL", defaults.sweep_interval, 0.05),
+        failure_rates=parse_failure_rates(env.get(PREFIX + "FAILURE_RATES", "")),
+        log_level=(env.get(PREFIX + "LOG_LEVEL") or defaults.log_level).upper(),
+    )

@@ -1,0 +1,59 @@
+"""One root error type, split by whether trying again can help.
+
+Errors cross the broker as JSON (``to_dict``/``from_dict``), never pickled.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SagaError(Exception):
+    """Root of every error this project raises on purpose."""
+
+    retryable = False
+
+    def __init__(self, message: str, *, saga_id: str | None = None, step: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.saga_id = saga_id
+        self.step = step
+
+    def __str__(self) -> str:
+        where = ", ".join(f"{k}={v}" for k, v in (("saga", self.saga_id), ("step", self.step)) if v)
+        return f"{self.message} ({where})" if where else self.message
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": type(self).__name__, "message": self.message}
+
+
+class BusinessError(SagaError):
+    """The request was understood and refused (declined card, out of stock): never retried."""
+
+
+class TransientError(SagaError):
+    """A passing fault (timeout, lock, outage): the same request may succeed later."""
+
+    retryable = True
+
+
+class InvalidOrder(BusinessError):
+    """An order that cannot be accepted; ``field`` names the offending field."""
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"invalid order: {field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+class SagaNotFound(SagaError):
+    def __init__(self, saga_id: str):
+        super().__init__(f"no saga with id {saga_id!r}", saga_id=saga_id)
+
+
+class TransitionRefused(SagaError):
+    """A state change that the saga state machine does not allow from the current state."""
+
+
+class ConfigError(SagaError):
+    """A setting that cannot be used; the message names the variable."""

@@ -1,0 +1,35 @@
+"""Retry policy and backoff: pure functions, testable without a broker."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often a transient failure is retried, and how long to wait before each retry."""
+
+    max_retries: int = 3
+    backoff_base: float = 0.2  # seconds before the first retry
+    backoff_max: float = 5.0
+    jitter: bool = True
+
+    def delay(self, retries_so_far: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait before retry number ``retries_so_far + 1``.
+
+        Exponential, capped at ``backoff_max``; with jitter, a uniform draw from
+        [delay / 2, delay] ("equal jitter") so that a crowd of failures does not retry in step.
+        """
+        delay = min(self.backoff_max, self.backoff_base * (2**retries_so_far))
+        if self.jitter:
+            delay = (rng or random).uniform(delay / 2, delay)
+        return delay
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> RetryPolicy:
+        return cls(**data) if data else cls()

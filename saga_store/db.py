@@ -1,0 +1,53 @@
+"""Opening the saga database and running one transaction on it."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from saga.errors import ConfigError, TransientError
+
+BUSY_TIMEOUT_MS = 10_000
+
+
+def connect(path: Path | str) -> sqlite3.Connection:
+    """Open (creating if need be) a SQLite database in WAL mode with a busy timeout.
+
+    The connection is in autocommit mode: every write goes through :func:`transaction`,
+    which takes the write lock up front (``BEGIN IMMEDIATE``) so that two writers never
+    deadlock on a lock upgrade.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
+        )
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+    except (OSError, sqlite3.OperationalError) as exc:
+        raise ConfigError(
+            f"cannot open database {path}: {exc} (is SAGA_DATA_DIR writable?)"
+        ) from exc
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction: committed when the block ends, rolled back if it raises."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        raise TransientError(f"database busy: {exc}") from exc
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    else:
+        conn.execute("COMMIT")

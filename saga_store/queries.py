@@ -1,0 +1,110 @@
+"""Reading the saga store: views for people and the orchestrator's scans. Nothing here writes."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from saga.errors import SagaNotFound
+from saga_store.models import Alert, SagaState, SagaView, StepState, StepView
+
+ACTIVE_STATES = ("pending", "running", "compensating")
+
+
+def get_saga(conn: sqlite3.Connection, saga_id: str) -> SagaView:
+    row = conn.execute("SELECT * FROM sagas WHERE id = ?", (saga_id,)).fetchone()
+    if row is None:
+        raise SagaNotFound(saga_id)
+    steps = conn.execute(
+        "SELECT * FROM saga_steps WHERE saga_id = ? ORDER BY position", (saga_id,)
+    ).fetchall()
+    return SagaView(
+        id=row["id"],
+        definition=row["definition"],
+        state=SagaState(row["state"]),
+        input=json.loads(row["input"]),
+        error=row["error"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        steps=tuple(
+            StepView(
+                name=s["step_name"],
+                state=StepState(s["state"]),
+                output=json.loads(s["output"]) if s["output"] is not None else None,
+                error=s["error"],
+                attempts=s["attempts"],
+                compensation_attempts=s["compensation_attempts"],
+            )
+            for s in steps
+        ),
+    )
+
+
+def saga_state(conn: sqlite3.Connection, saga_id: str) -> SagaState:
+    row = conn.execute("SELECT state FROM sagas WHERE id = ?", (saga_id,)).fetchone()
+    if row is None:
+        raise SagaNotFound(saga_id)
+    return SagaState(row["state"])
+
+
+def list_sagas(
+    conn: sqlite3.Connection, state: SagaState | None = None, limit: int = 100
+) -> list[sqlite3.Row]:
+    if state is None:
+        sql, args = "SELECT * FROM sagas ORDER BY created_at DESC LIMIT ?", (limit,)
+    else:
+        sql = "SELECT * FROM sagas WHERE state = ? ORDER BY created_at DESC LIMIT ?"
+        args = (state.value, limit)  # type: ignore[assignment]
+    return conn.execute(sql, args).fetchall()
+
+
+def count_by_state(conn: sqlite3.Connection) -> dict[str, int]:
+    rows = conn.execute("SELECT state, COUNT(*) AS n FROM sagas GROUP BY state").fetchall()
+    return {r["state"]: r["n"] for r in rows}
+
+
+def active_saga_ids(conn: sqlite3.Connection) -> list[str]:
+    """Sagas not yet in a terminal state (served by a partial index on state)."""
+    rows = conn.execute(
+        "SELECT id FROM sagas WHERE state IN ('pending', 'running', 'compensating')"
+    ).fetchall()
+    return [r["id"] for r in rows]
+
+
+def overdue_steps(conn: sqlite3.Connection, now: float, limit: int = 500) -> list[tuple[str, str]]:
+    rows = conn.execute(
+        "SELECT saga_id, step_name FROM saga_steps "
+        "WHERE deadline_at IS NOT NULL AND deadline_at <= ? ORDER BY deadline_at LIMIT ?",
+        (now, limit),
+    ).fetchall()
+    return [(r["saga_id"], r["step_name"]) for r in rows]
+
+
+def step_outputs(conn: sqlite3.Connection, saga_id: str) -> tuple[dict, dict[str, object]]:
+    """The saga's input and the outputs of its completed steps, to build a command from."""
+    row = conn.execute("SELECT input FROM sagas WHERE id = ?", (saga_id,)).fetchone()
+    if row is None:
+        raise SagaNotFound(saga_id)
+    outputs = {
+        r["step_name"]: json.loads(r["output"])
+        for r in conn.execute(
+            "SELECT step_name, output FROM saga_steps WHERE saga_id = ? AND output IS NOT NULL",
+            (saga_id,),
+        )
+    }
+    return json.loads(row["input"]), outputs
+
+
+def alerts(conn: sqlite3.Connection, include_resolved: bool = False) -> list[Alert]:
+    sql = "SELECT * FROM alerts"
+    if not include_resolved:
+        sql += " WHERE resolved_at IS NULL"
+    rows = conn.execute(sql + " ORDER BY id").fetchall()
+    return [
+        Alert(r["id"], r["saga_id"], r["step_name"], r["error"], r["created_at"], r["resolved_at"])
+        for r in rows
+    ]
+
+
+def counters(conn: sqlite3.Connection) -> dict[str, int]:
+    return {r["name"]: r["value"] for r in conn.execute("SELECT name, value FROM counters")}

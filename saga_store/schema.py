@@ -1,0 +1,76 @@
+"""The saga database's schema, versioned with ``PRAGMA user_version``."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from saga_store.db import transaction
+
+SAGA_STATES = "'pending','running','completed','compensating','compensated','failed'"
+STEP_STATES = "'pending','running','completed','failed','compensating','compensated'"
+
+# Each entry upgrades the schema from version i to i + 1; never edit one that has shipped.
+MIGRATIONS: tuple[str, ...] = (
+    f"""
+    CREATE TABLE sagas (
+        id TEXT PRIMARY KEY,
+        state TEXT NOT NULL CHECK (state IN ({SAGA_STATES})),
+        input JSON NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        definition TEXT NOT NULL,
+        idempotency_key TEXT UNIQUE,
+        error TEXT
+    );
+    CREATE INDEX sagas_by_state ON sagas(state)
+        WHERE state IN ('pending', 'running', 'compensating');
+    CREATE TABLE saga_steps (
+        saga_id TEXT NOT NULL REFERENCES sagas(id),
+        step_name TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ({STEP_STATES})),
+        output JSON,
+        error TEXT,
+        position INTEGER NOT NULL,
+        compensable INTEGER NOT NULL,
+        best_effort INTEGER NOT NULL,
+        timeout REAL NOT NULL,
+        max_dispatches INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        compensation_attempts INTEGER NOT NULL DEFAULT 0,
+        deadline_at REAL,
+        PRIMARY KEY (saga_id, step_name)
+    );
+    CREATE INDEX saga_steps_by_deadline ON saga_steps(deadline_at) WHERE deadline_at IS NOT NULL;
+    CREATE TABLE alerts (
+        id INTEGER PRIMARY KEY,
+        saga_id TEXT NOT NULL REFERENCES sagas(id),
+        step_name TEXT NOT NULL,
+        error TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        resolved_at TEXT
+    );
+    CREATE INDEX alerts_by_saga ON alerts(saga_id);
+    CREATE TABLE counters (
+        name TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    );
+    """,
+)
+
+VERSION = len(MIGRATIONS)
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema up to :data:`VERSION`; returns the version found before."""
+    with transaction(conn):
+        found = conn.execute("PRAGMA user_version").fetchone()[0]
+        if found > VERSION:
+            raise RuntimeError(
+                f"the saga database has schema version {found}, newer than this code's {VERSION}"
+            )
+        for version in range(found, VERSION):
+            for statement in MIGRATIONS[version].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {VERSION}")
+    return int(found)

@@ -1,0 +1,42 @@
+"""Injected failures: random ones set by configuration, and a fault plan carried by an order.
+
+An order's ``faults`` object maps an operation (a task name such as ``charge_payment`` or
+``refund_payment``) to what should go wrong there:
+
+- ``fail_transient``: N — fail with a transient error on the first N tries of each delivery
+- ``fail_business``: true — fail for a business reason (recorded, so every repeat agrees)
+- ``crash_after_effect``: true — kill the worker process after the effect is committed and
+  before the outcome is sent (once: the redelivered run finds the effect and replies)
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from saga.config import FailureRates
+
+FAULT_FIELDS = {"fail_transient": int, "fail_business": bool, "crash_after_effect": bool}
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    fail_transient: int = 0
+    fail_business: bool = False
+    crash_after_effect: bool = False
+
+    @classmethod
+    def for_operation(cls, faults: dict[str, Any] | None, operation: str) -> FaultPlan:
+        spec = (faults or {}).get(operation) or {}
+        return cls(**{k: v for k, v in spec.items() if k in FAULT_FIELDS})
+
+
+def draw(rates: FailureRates, rng: random.Random | None = None) -> str | None:
+    """``"transient"``, ``"business"`` or None, with the configured probabilities."""
+    roll = (rng or random).random()
+    if roll < rates.transient:
+        return "transient"
+    if roll < rates.transient + rates.business:
+        return "business"
+    return None

@@ -1,0 +1,103 @@
+"""The inventory service: stock per SKU and reservations against it."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from typing import Any
+
+from saga.errors import BusinessError
+from saga_store.db import transaction
+from workers.service import Service
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS stock (
+    sku TEXT PRIMARY KEY,
+    on_hand INTEGER NOT NULL CHECK (on_hand >= 0),
+    available INTEGER NOT NULL CHECK (available >= 0)
+);
+CREATE TABLE IF NOT EXISTS reservations (
+    id TEXT PRIMARY KEY,
+    items TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('held', 'released'))
+);
+"""
+
+service = Service("inventory", SCHEMA)
+
+
+@service.action("reserve_inventory")
+def reserve(db: sqlite3.Connection, payload: dict[str, Any]) -> dict[str, Any]:
+    items = payload["items"]
+    for item in items:
+        row = db.execute("SELECT available FROM stock WHERE sku = ?", (item["sku"],)).fetchone()
+        if row is None:
+            raise BusinessError(f"unknown SKU {item['sku']!r}")
+        if row["available"] < item["quantity"]:
+            raise BusinessError(
+                f"out of stock: {item['sku']!r} has {row['available']}, "
+                f"{item['quantity']} requested"
+            )
+        db.execute(
+            "UPDATE stock SET available = available - ? WHERE sku = ?",
+            (item["quantity"], item["sku"]),
+        )
+    reservation_id = "res_" + uuid.uuid4().hex[:16]
+    db.execute(
+        "INSERT INTO reservations (id, items, state) VALUES (?, ?, 'held')",
+        (reservation_id, json.dumps(items)),
+    )
+    return {"reservation_id": reservation_id}
+
+
+@service.compensation("release_inventory", undoes="reserve_inventory")
+def release(
+    db: sqlite3.Connection, payload: dict[str, Any], reserved: dict[str, Any]
+) -> dict[str, Any]:
+    row = db.execute(
+        "SELECT items FROM reservations WHERE id = ? AND state = 'held'",
+        (reserved["reservation_id"],),
+    ).fetchone()
+    if row is not None:
+        for item in json.loads(row["items"]):
+            db.execute(
+                "UPDATE stock SET available = available + ? WHERE sku = ?",
+                (item["quantity"], item["sku"]),
+            )
+        db.execute(
+            "UPDATE reservations SET state = 'released' WHERE id = ?",
+            (reserved["reservation_id"],),
+        )
+    return {"released": reserved["reservation_id"]}
+
+
+def set_stock(db: sqlite3.Connection, sku: str, on_hand: int) -> None:
+    """Set what the warehouse holds of ``sku``; what is available follows, less live
+    reservations. Refused where live reservations hold more than ``on_hand``."""
+    if on_hand < 0:
+        raise BusinessError(f"stock for {sku!r} cannot be negative")
+    with transaction(db):
+        row = db.execute("SELECT on_hand, available FROM stock WHERE sku = ?", (sku,)).fetchone()
+        held = (row["on_hand"] - row["available"]) if row else 0
+        if on_hand < held:
+            raise BusinessError(f"{sku!r}: live reservations hold {held}, cannot set {on_hand}")
+        db.execute(
+            "INSERT INTO stock (sku, on_hand, available) VALUES (?, ?, ?) "
+            "ON CONFLICT (sku) DO UPDATE SET on_hand = excluded.on_hand, "
+            "available = excluded.available",
+            (sku, on_hand, on_hand - held),
+        )
+
+
+def list_stock(db: sqlite3.Connection) -> list[dict[str, Any]]:
+    rows = db.execute("SELECT sku, on_hand, available FROM stock ORDER BY sku").fetchall()
+    return [
+        {
+            "sku": r["sku"],
+            "on_hand": r["on_hand"],
+            "available": r["available"],
+            "reserved": r["on_hand"] - r["available"],
+        }
+        for r in rows
+    ]

@@ -1,0 +1,107 @@
+"""The idempotency ledger: each service's record of which keys took effect.
+
+An action's effect and its ledger row are written in one local transaction, so a key takes
+effect at most once and a repeat returns the first result. A compensation for a key whose
+action never ran is recorded too, so that the late action is refused instead of taking effect.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from saga.errors import BusinessError
+from saga_store.db import transaction
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS idempotency (
+    key TEXT PRIMARY KEY,
+    operation TEXT,
+    action_status TEXT CHECK (action_status IN ('done', 'rejected', 'blocked')),
+    action_result TEXT,
+    compensation TEXT,
+    compensation_status TEXT CHECK (compensation_status IN ('done')),
+    compensation_result TEXT,
+    updated_at TEXT NOT NULL
+);
+"""
+
+BLOCKED = "refused: this request was already compensated"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def run_action(
+    conn: sqlite3.Connection, key: str, operation: str, effect: Callable[[], Any]
+) -> tuple[Any, bool]:
+    """Run ``effect`` once for ``key``; returns ``(output, fresh)``.
+
+    A business failure is recorded (its partial writes rolled back) and raised again on
+    every repeat. A transient failure (any other exception) rolls everything back and
+    records nothing, so a retry starts afresh.
+    """
+    refusal: str | None = None
+    with transaction(conn):
+        row = conn.execute("SELECT * FROM idempotency WHERE key = ?", (key,)).fetchone()
+        if row is not None and row["action_status"] == "done":
+            return json.loads(row["action_result"]), False
+        if row is not None and row["action_status"] is not None:
+            refusal = json.loads(row["action_result"])
+        elif row is not None:  # compensated before the action arrived
+            refusal = BLOCKED
+            conn.execute(
+                "UPDATE idempotency SET operation = ?, action_status = 'blocked', "
+                "action_result = ?, updated_at = ? WHERE key = ?",
+                (operation, json.dumps(refusal), _now(), key),
+            )
+        else:
+            conn.execute("SAVEPOINT effect")
+            try:
+                output = effect()
+            except BusinessError as exc:
+                conn.execute("ROLLBACK TO effect")
+                refusal = exc.message
+                status, result = "rejected", refusal
+            else:
+                status, result = "done", output
+            conn.execute("RELEASE effect")
+            conn.execute(
+                "INSERT INTO idempotency (key, operation, action_status, action_result, "
+                "updated_at) VALUES (?, ?, ?, ?, ?)",
+                (key, operation, status, json.dumps(result), _now()),
+            )
+    if refusal is not None:
+        raise BusinessError(refusal)
+    return output, True
+
+
+def run_compensation(
+    conn: sqlite3.Connection, key: str, compensation: str, undo: Callable[[Any], Any]
+) -> tuple[Any, bool]:
+    """Undo the action recorded under ``key`` once; returns ``(output, fresh)``.
+
+    Where the action never took effect (refused, or not arrived yet), nothing is undone,
+    and the key is marked so that a late action is refused.
+    """
+    with transaction(conn):
+        row = conn.execute("SELECT * FROM idempotency WHERE key = ?", (key,)).fetchone()
+        if row is not None and row["compensation_status"] == "done":
+            return json.loads(row["compensation_result"]), False
+        if row is not None and row["action_status"] == "done":
+            output = undo(json.loads(row["action_result"]))
+        else:
+            output = {"undone": False, "reason": "the action never took effect"}
+        conn.execute(
+            "INSERT INTO idempotency (key, compensation, compensation_status, "
+            "compensation_result, updated_at) VALUES (?, ?, 'done', ?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET compensation = excluded.compensation, "
+            "compensation_status = 'done', compensation_result = excluded.compensation_result, "
+            "updated_at = excluded.updated_at",
+            (key, compensation, json.dumps(output), _now()),
+        )
+    return output, True

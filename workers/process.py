@@ -1,0 +1,49 @@
+"""A service worker process: a Celery worker serving one service's queue (or all four)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from celery import Celery
+
+from saga.celery_app import make_app
+from saga.config import Settings
+from workers import SERVICES, task
+
+
+def build(settings: Settings, services: Sequence[str] = tuple(SERVICES)) -> Celery:
+    """A Celery app with the tasks of ``services`` registered and routed to their queues."""
+    app = make_app(settings, "workers")
+    for name in services:
+        task.register(app, settings, SERVICES[name])
+    return app
+
+
+def run(
+    settings: Settings,
+    services: Sequence[str],
+    *,
+    pool: str = "prefork",
+    concurrency: int = 1,
+    loglevel: str = "INFO",
+) -> None:
+    """Run a worker in the foreground for ``services`` until it is stopped."""
+    app = build(settings, services)
+    name = "all" if len(services) > 1 else services[0]
+    app.worker_main(
+        [
+            "worker",
+            "--queues",
+            ",".join(settings.queue(s) for s in services),
+            "--pool",
+            pool,
+            "--concurrency",
+            str(concurrency),
+            "--loglevel",
+            loglevel,
+            "--hostname",
+            f"{name}-{settings.queue_prefix or 'main'}@%h",
+            "--without-mingle",
+            "--without-gossip",
+        ]
+    )

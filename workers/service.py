@@ -1,0 +1,88 @@
+"""A service: its own SQLite database, its operations, and nothing about sagas.
+
+An operation is a plain function of ``(db, payload)`` (an action) or of
+``(db, payload, action_output)`` (a compensation) that writes its effect through ``db``
+inside the transaction it is given and returns a JSON-able result. It raises
+:class:`BusinessError` for a refusal and :class:`TransientError` for a passing fault.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from saga_store.db import connect, transaction
+from workers import ledger
+
+Action = Callable[[sqlite3.Connection, dict[str, Any]], Any]
+Compensation = Callable[[sqlite3.Connection, dict[str, Any], Any], Any]
+
+
+@dataclass(frozen=True)
+class Operation:
+    name: str  # also the Celery task name
+    func: Callable[..., Any]
+    undoes: str | None = None  # set on a compensation: the action it undoes
+
+    @property
+    def is_compensation(self) -> bool:
+        return self.undoes is not None
+
+
+@dataclass
+class Service:
+    name: str  # also the queue name
+    schema: str
+    operations: dict[str, Operation] = field(default_factory=dict)
+    _local: threading.local = field(default_factory=threading.local, repr=False)
+
+    def action(self, name: str) -> Callable[[Action], Action]:
+        def register(func: Action) -> Action:
+            self.operations[name] = Operation(name, func)
+            return func
+
+        return register
+
+    def compensation(self, name: str, undoes: str) -> Callable[[Compensation], Compensation]:
+        def register(func: Compensation) -> Compensation:
+            self.operations[name] = Operation(name, func, undoes)
+            return func
+
+        return register
+
+    def database(self, data_dir: Path) -> sqlite3.Connection:
+        """This thread's connection to the service's own database, created on first use."""
+        path = Path(data_dir) / f"{self.name}.db"
+        conn = getattr(self._local, "conn", None)
+        if conn is None or self._local.path != path:
+            conn = connect(path)
+            with transaction(conn):
+                for statement in (ledger.SCHEMA + self.schema).split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+            self._local.conn, self._local.path = conn, path
+        return conn
+
+    def run(
+        self,
+        db: sqlite3.Connection,
+        operation: str,
+        key: str,
+        payload: dict[str, Any],
+        before_effect: Callable[[], None] | None = None,
+    ) -> tuple[Any, bool]:
+        """Run ``operation`` for idempotency ``key``; returns ``(output, fresh)``."""
+        op = self.operations[operation]
+        if op.is_compensation:
+            return ledger.run_compensation(db, key, op.name, lambda out: op.func(db, payload, out))
+
+        def effect() -> Any:
+            if before_effect is not None:
+                before_effect()
+            return op.func(db, payload)
+
+        return ledger.run_action(db, key, op.name, effect)

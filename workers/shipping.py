@@ -1,0 +1,49 @@
+"""The shipping service: shipments with a tracking number."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from typing import Any
+
+from workers.service import Service
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS shipments (
+    id TEXT PRIMARY KEY,
+    reference TEXT NOT NULL,
+    address TEXT NOT NULL,
+    items TEXT NOT NULL,
+    tracking_number TEXT NOT NULL UNIQUE,
+    state TEXT NOT NULL CHECK (state IN ('created', 'cancelled'))
+);
+"""
+
+service = Service("shipping", SCHEMA)
+
+
+@service.action("create_shipment")
+def create(db: sqlite3.Connection, payload: dict[str, Any]) -> dict[str, Any]:
+    shipment_id = "shp_" + uuid.uuid4().hex[:16]
+    tracking = "TRK" + uuid.uuid4().hex[:12].upper()
+    db.execute(
+        "INSERT INTO shipments (id, reference, address, items, tracking_number, state) "
+        "VALUES (?, ?, ?, ?, ?, 'created')",
+        (
+            shipment_id,
+            payload["reference"],
+            json.dumps(payload["address"]),
+            json.dumps(payload["items"]),
+            tracking,
+        ),
+    )
+    return {"shipment_id": shipment_id, "tracking_number": tracking}
+
+
+@service.compensation("cancel_shipment", undoes="create_shipment")
+def cancel(
+    db: sqlite3.Connection, payload: dict[str, Any], created: dict[str, Any]
+) -> dict[str, Any]:
+    db.execute("UPDATE shipments SET state = 'cancelled' WHERE id = ?", (created["shipment_id"],))
+    return {"cancelled": created["shipment_id"]}
