@@ -249,7 +249,7 @@ class Engine:
 
     def _alert(self, saga_id: str, step: str, error: str) -> None:
         alert_log.critical(
-            "compensation %s of saga %s failed for good: %s",
+            "compensation of step %s failed for good in saga %s: %s",
             step,
             saga_id,
             error,

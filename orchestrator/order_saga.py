@@ -171,6 +171,9 @@ def _faults(value: Any) -> dict[str, Any]:
                 )
             if kind is int:
                 _integer(val, f"{field}.{key}", 0, 1000)
+            elif kind is float:
+                if isinstance(val, bool) or not isinstance(val, int | float) or not 0 <= val <= 60:
+                    raise InvalidOrder(f"{field}.{key}", "must be a number of seconds, 0 to 60")
             elif not isinstance(val, bool):
                 raise InvalidOrder(f"{field}.{key}", "must be true or false")
     return value
@@ -235,7 +238,7 @@ ORDER_SAGA = SagaDefinition(
             action="reserve_inventory",
             compensation="release_inventory",
             queue="inventory",
-            payload=lambda order, _: {"items": order["items"]},
+            payload=lambda order, _: {"reference": _reference(order), "items": order["items"]},
             retry=STEP_RETRY,
             compensation_retry=COMPENSATION_RETRY,
         ),

@@ -7,6 +7,8 @@ An order's ``faults`` object maps an operation (a task name such as ``charge_pay
 - ``fail_business``: true — fail for a business reason (recorded, so every repeat agrees)
 - ``crash_after_effect``: true — kill the worker process after the effect is committed and
   before the outcome is sent (once: the redelivered run finds the effect and replies)
+- ``delay_seconds``: S — a slow step: wait S seconds before the effect, after touching
+  ``DATA_DIR/running/OPERATION.KEY`` so that a test or a demo knows the step is under way
 """
 
 from __future__ import annotations
@@ -17,7 +19,12 @@ from typing import Any
 
 from saga.config import FailureRates
 
-FAULT_FIELDS = {"fail_transient": int, "fail_business": bool, "crash_after_effect": bool}
+FAULT_FIELDS = {
+    "fail_transient": int,
+    "fail_business": bool,
+    "crash_after_effect": bool,
+    "delay_seconds": float,
+}
 
 
 @dataclass(frozen=True)
@@ -25,6 +32,7 @@ class FaultPlan:
     fail_transient: int = 0
     fail_business: bool = False
     crash_after_effect: bool = False
+    delay_seconds: float = 0.0
 
     @classmethod
     def for_operation(cls, faults: dict[str, Any] | None, operation: str) -> FaultPlan:

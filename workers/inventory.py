@@ -19,6 +19,7 @@ CREATE TABLE IF NOT EXISTS stock (
 );
 CREATE TABLE IF NOT EXISTS reservations (
     id TEXT PRIMARY KEY,
+    reference TEXT NOT NULL,
     items TEXT NOT NULL,
     state TEXT NOT NULL CHECK (state IN ('held', 'released'))
 );
@@ -45,8 +46,8 @@ def reserve(db: sqlite3.Connection, payload: dict[str, Any]) -> dict[str, Any]:
         )
     reservation_id = "res_" + uuid.uuid4().hex[:16]
     db.execute(
-        "INSERT INTO reservations (id, items, state) VALUES (?, ?, 'held')",
-        (reservation_id, json.dumps(items)),
+        "INSERT INTO reservations (id, reference, items, state) VALUES (?, ?, ?, 'held')",
+        (reservation_id, payload["reference"], json.dumps(items)),
     )
     return {"reservation_id": reservation_id}
 

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sqlite3
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -83,6 +84,9 @@ def execute(
             raise TransientError(f"{operation} failed (fault plan, try {tries + 1})")
         if faults.draw(settings.failure_rates_for(operation)) == "transient":
             raise TransientError(f"{operation} failed (random transient failure)")
+        if plan.delay_seconds:
+            _signal_running(settings, operation, key)
+            time.sleep(plan.delay_seconds)  # the injected slowness itself, not a wait
         db = service.database(settings.data_dir)
         output, fresh = service.run(db, operation, key, payload, before_effect=inject)
     except BusinessError as exc:
@@ -98,6 +102,12 @@ def execute(
         log.warning("%s: crashing after the effect, before the reply (fault plan)", operation)
         os.kill(os.getpid(), signal.SIGKILL)
     return _reply(task, settings, reply, "succeeded", output=output)
+
+
+def _signal_running(settings: Settings, operation: str, key: str) -> None:
+    marker = settings.data_dir / "running" / f"{operation}.{key}"
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
 
 
 def _retry_or_give_up(

@@ -1,0 +1,97 @@
+"""Test helpers: orders, and what the services hold for an order (as a user would check)."""
+
+from __future__ import annotations
+
+import copy
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+BASE_ORDER: dict[str, Any] = {
+    "order_id": "ORD-1",
+    "customer_email": "ada@example.com",
+    "items": [{"sku": "WIDGET", "quantity": 2}],
+    "amount_cents": 4998,
+    "currency": "EUR",
+    "card_number": "4242424242424242",
+    "shipping_address": {
+        "name": "Ada Lovelace",
+        "line1": "12 St James's Square",
+        "city": "London",
+        "postal_code": "SW1Y 4JH",
+        "country": "GB",
+    },
+}
+
+STOCK = {"WIDGET": 10, "GADGET": 5}
+
+
+def make_order(order_id: str = "ORD-1", **changes: Any) -> dict[str, Any]:
+    order = copy.deepcopy(BASE_ORDER)
+    order["order_id"] = order_id
+    order.update(changes)
+    return order
+
+
+def _db(data_dir: Path, service: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(data_dir / f"{service}.db")
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def service_records(data_dir: Path, order_id: str) -> dict[str, Any]:
+    """Live and undone records of each service for one order."""
+
+    def count(service: str, sql: str) -> int:
+        path = data_dir / f"{service}.db"
+        if not path.exists():
+            return 0
+        conn = _db(data_dir, service)
+        try:
+            return int(conn.execute(sql, (order_id,)).fetchone()[0])
+        except sqlite3.OperationalError:  # the table does not exist yet: nothing ran there
+            return 0
+        finally:
+            conn.close()
+
+    return {
+        "reservations_held": count(
+            "inventory", "SELECT COUNT(*) FROM reservations WHERE reference = ? AND state = 'held'"
+        ),
+        "reservations_released": count(
+            "inventory",
+            "SELECT COUNT(*) FROM reservations WHERE reference = ? AND state = 'released'",
+        ),
+        "charges": count("payment", "SELECT COUNT(*) FROM charges WHERE reference = ?"),
+        "charges_live": count(
+            "payment", "SELECT COUNT(*) FROM charges WHERE reference = ? AND state = 'charged'"
+        ),
+        "refunds": count(
+            "payment",
+            "SELECT COUNT(*) FROM refunds JOIN charges ON charges.id = refunds.charge_id "
+            "WHERE charges.reference = ?",
+        ),
+        "shipments": count("shipping", "SELECT COUNT(*) FROM shipments WHERE reference = ?"),
+        "shipments_live": count(
+            "shipping",
+            "SELECT COUNT(*) FROM shipments WHERE reference = ? AND state = 'created'",
+        ),
+        "confirmations": count("notification", "SELECT COUNT(*) FROM outbox WHERE reference = ?"),
+    }
+
+
+def available(data_dir: Path, sku: str) -> int:
+    conn = _db(data_dir, "inventory")
+    try:
+        return int(conn.execute("SELECT available FROM stock WHERE sku = ?", (sku,)).fetchone()[0])
+    finally:
+        conn.close()
+
+
+def all_text_of(data_dir: Path) -> str:
+    """Every byte the system wrote under the data dir, as text (to look for card numbers)."""
+    chunks = []
+    for path in data_dir.rglob("*"):
+        if path.is_file():
+            chunks.append(path.read_bytes().decode("latin-1"))
+    return "\n".join(chunks)

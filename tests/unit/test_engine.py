@@ -1,0 +1,229 @@
+"""The engine against real SQLite stores and the real service code, with commands run
+synchronously one at a time (no broker): the state machine's stories, in milliseconds."""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.engine import Engine
+from orchestrator.process import DEFINITIONS
+from saga.config import Settings
+from saga.errors import BusinessError, InvalidOrder
+from saga_store import SagaState, StepState, queries
+from tests.helpers import STOCK, available, make_order, service_records
+from workers import SERVICES, inventory
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Harness:
+    """Runs each published command against the services, like a worker would, and hands
+    back the outcome it would send."""
+
+    def __init__(self, data_dir: Path):
+        self.settings = Settings(data_dir=data_dir, step_timeout=30, max_dispatches=3)
+        self.clock = Clock()
+        self.commands: deque[tuple[str, dict[str, Any]]] = deque()
+        self.engine = self.restart()
+        db = inventory.service.database(data_dir)
+        for sku, qty in STOCK.items():
+            inventory.set_stock(db, sku, qty)
+
+    def restart(self) -> Engine:
+        self.engine = Engine(self.settings, DEFINITIONS, self.publish, clock=self.clock)
+        return self.engine
+
+    def publish(self, task: str, queue: str, kwargs: dict[str, Any]) -> None:
+        self.commands.append((task, kwargs))
+
+    def execute_next(self) -> dict[str, Any]:
+        task, kw = self.commands.popleft()
+        service = next(s for s in SERVICES.values() if task in s.operations)
+        plan = (kw["fault_plan"] or {}).get(task, {})
+        db = service.database(self.settings.data_dir)
+        if plan.get("fail_transient", 0) > 0:
+            return {**kw["reply"], "status": "exhausted", "error": f"{task} kept failing"}
+        try:
+            if plan.get("fail_business"):
+                raise BusinessError(f"{task} refused")
+            output, _ = service.run(db, task, kw["key"], kw["payload"])
+        except BusinessError as exc:
+            return {**kw["reply"], "status": "rejected", "error": exc.message}
+        return {**kw["reply"], "status": "succeeded", "output": output}
+
+    def run_all(self) -> list[str]:
+        tasks = []
+        while self.commands:
+            tasks.append(self.commands[0][0])
+            self.engine.handle_outcome(self.execute_next())
+        return tasks
+
+    def submit(self, order: dict[str, Any]) -> str:
+        saga_id, _ = self.engine.submit("order", order)
+        return saga_id
+
+    def saga(self, saga_id: str):  # type: ignore[no-untyped-def]
+        return self.engine.get(saga_id)
+
+
+@pytest.fixture
+def h(tmp_path: Path) -> Harness:
+    return Harness(tmp_path)
+
+
+def test_success_path(h: Harness) -> None:
+    sid = h.submit(make_order("A"))
+    assert h.run_all() == [
+        "reserve_inventory",
+        "charge_payment",
+        "create_shipment",
+        "send_confirmation",
+    ]
+    view = h.saga(sid)
+    assert view.state is SagaState.COMPLETED
+    assert all(s.state is StepState.COMPLETED for s in view.steps)
+    assert service_records(h.settings.data_dir, "A") == {
+        "reservations_held": 1,
+        "reservations_released": 0,
+        "charges": 1,
+        "charges_live": 1,
+        "refunds": 0,
+        "shipments": 1,
+        "shipments_live": 1,
+        "confirmations": 1,
+    }
+
+
+def test_declined_card_releases_the_reservation(h: Harness) -> None:
+    sid = h.submit(make_order("A", card_number="4000000000000002"))
+    assert h.run_all() == ["reserve_inventory", "charge_payment", "release_inventory"]
+    view = h.saga(sid)
+    assert view.state is SagaState.COMPENSATED
+    assert view.step("charge_payment").state is StepState.FAILED
+    assert view.step("reserve_inventory").state is StepState.COMPENSATED
+    assert available(h.settings.data_dir, "WIDGET") == STOCK["WIDGET"]
+    assert service_records(h.settings.data_dir, "A")["charges_live"] == 0
+
+
+def test_compensations_run_one_at_a_time_last_first(h: Harness) -> None:
+    h.submit(
+        make_order(
+            "A", faults={"send_confirmation": {}, "create_shipment": {"fail_business": True}}
+        )
+    )
+    assert h.run_all()[3:] == ["refund_payment", "release_inventory"]
+
+
+def test_duplicate_outcome_changes_nothing(h: Harness) -> None:
+    sid = h.submit(make_order("A"))
+    outcome = h.execute_next()
+    assert h.engine.handle_outcome(outcome) is True
+    before = h.saga(sid)
+    assert h.engine.handle_outcome(outcome) is False
+    assert h.saga(sid) == before
+    assert len(h.commands) == 1  # the duplicate dispatched nothing
+    assert queries.counters(h.engine.db)["duplicate_outcomes"] == 1
+
+
+def test_late_outcome_of_a_given_up_step_changes_nothing(h: Harness) -> None:
+    sid = h.submit(make_order("A"))
+    h.engine.handle_outcome(h.execute_next())  # reserved; the charge command is lost:
+    h.commands.clear()
+    for _ in range(3):  # each deadline passes with no outcome; the third gives it up
+        h.clock.now += 31
+        h.engine.sweep()
+    tasks = [t for t, _ in h.commands]
+    assert tasks == ["charge_payment", "charge_payment", "refund_payment"]
+    h.commands.popleft()
+    late = h.execute_next()  # a slow delivery of the charge finally replies
+    assert h.engine.handle_outcome(late) is False
+    h.run_all()
+    view = h.saga(sid)
+    assert view.state is SagaState.COMPENSATED
+    assert view.step("charge_payment").error == "no outcome after 3 dispatches"
+    records = service_records(h.settings.data_dir, "A")
+    assert records["charges_live"] == 0 and records["reservations_held"] == 0
+
+
+def test_compensation_that_arrives_first_blocks_the_late_action(h: Harness) -> None:
+    sid = h.submit(make_order("A"))
+    h.engine.handle_outcome(h.execute_next())
+    stuck = h.commands.popleft()  # a charge delivery that is stuck somewhere
+    for _ in range(3):
+        h.clock.now += 31
+        h.engine.sweep()
+        if h.commands and h.commands[-1][0] == "charge_payment":
+            h.commands.pop()
+    h.run_all()  # refund (of nothing) and release
+    h.commands.append(stuck)
+    assert h.execute_next()["status"] == "rejected"
+    assert h.saga(sid).state is SagaState.COMPENSATED
+    assert service_records(h.settings.data_dir, "A")["charges"] == 0
+
+
+def test_same_order_id_starts_one_saga(h: Harness) -> None:
+    first = h.submit(make_order("A"))
+    again = h.submit(make_order("A"))
+    assert first == again and len(h.commands) == 1
+
+
+def test_invalid_order_stores_nothing(h: Harness) -> None:
+    with pytest.raises(InvalidOrder, match="amount_cents"):
+        h.submit(make_order("A", amount_cents=-5))
+    assert h.engine.db.execute("SELECT COUNT(*) FROM sagas").fetchone()[0] == 0
+    assert not h.commands
+
+
+def test_recovery_resends_lost_commands(h: Harness) -> None:
+    sid = h.submit(make_order("A"))
+    h.engine.handle_outcome(h.execute_next())
+    h.commands.clear()  # the orchestrator died before publishing the next command
+    h.restart()
+    assert h.engine.recover() == 1
+    h.run_all()
+    assert h.saga(sid).state is SagaState.COMPLETED
+    assert service_records(h.settings.data_dir, "A")["charges"] == 1
+
+
+def test_email_failing_still_completes(h: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    sid = h.submit(make_order("A", faults={"send_confirmation": {"fail_transient": 9}}))
+    with caplog.at_level(logging.WARNING, logger="saga.orchestrator"):
+        h.run_all()
+    view = h.saga(sid)
+    assert view.state is SagaState.COMPLETED
+    assert view.step("send_confirmation").state is StepState.FAILED
+    assert any("best-effort" in r.message for r in caplog.records)
+
+
+def test_compensation_that_keeps_failing_alerts(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    sid = h.submit(
+        make_order(
+            "A",
+            faults={
+                "create_shipment": {"fail_business": True},
+                "refund_payment": {"fail_transient": 99},
+            },
+        )
+    )
+    with caplog.at_level(logging.CRITICAL, logger="saga.alert"):
+        h.run_all()
+    view = h.saga(sid)
+    assert view.state is SagaState.FAILED
+    assert view.step("reserve_inventory").state is StepState.COMPENSATED  # still ran
+    [alert] = queries.alerts(h.engine.db)
+    assert (alert.saga_id, alert.step) == (sid, "charge_payment")
+    [record] = [r for r in caplog.records if r.name == "saga.alert"]
+    assert record.levelno == logging.CRITICAL and sid in record.getMessage()

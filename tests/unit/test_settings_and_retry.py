@@ -1,0 +1,59 @@
+"""Configuration from the environment, and the backoff policy."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from saga import config
+from saga.errors import ConfigError
+from saga.retry import RetryPolicy
+
+
+def test_defaults() -> None:
+    s = config.load({})
+    assert s.broker_url == "redis://127.0.0.1:6379/0"
+    assert s.data_dir == Path("./var")
+    assert s.queue("payment") == "payment"
+
+
+def test_settings_round_trip_through_the_environment() -> None:
+    s = config.load(
+        {
+            "SAGA_QUEUE_PREFIX": "x.",
+            "SAGA_STEP_TIMEOUT": "2.5",
+            "SAGA_FAILURE_RATES": '{"*": {"transient": 0.1}}',
+        }
+    )
+    assert config.load(s.to_env()) == s
+    assert s.queue("payment") == "x.payment"
+    assert s.failure_rates_for("charge_payment").transient == 0.1
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({"SAGA_STEP_TIMEOUT": "soon"}, "SAGA_STEP_TIMEOUT"),
+        ({"SAGA_MAX_DISPATCHES": "0"}, "SAGA_MAX_DISPATCHES"),
+        ({"SAGA_FAILURE_RATES": "{"}, "SAGA_FAILURE_RATES"),
+        ({"SAGA_FAILURE_RATES": '{"*": {"transient": 2}}'}, "SAGA_FAILURE_RATES"),
+    ],
+)
+def test_bad_setting_is_named(env: dict[str, str], names: str) -> None:
+    with pytest.raises(ConfigError, match=names):
+        config.load(env)
+
+
+def test_backoff_grows_exponentially_up_to_the_cap() -> None:
+    policy = RetryPolicy(backoff_base=0.5, backoff_max=3.0, jitter=False)
+    assert [policy.delay(n) for n in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+
+
+def test_jitter_stays_within_half_and_full_delay() -> None:
+    policy = RetryPolicy(backoff_base=1.0, backoff_max=100.0)
+    rng = random.Random(1)
+    delays = [policy.delay(3, rng) for _ in range(200)]
+    assert all(4.0 <= d <= 8.0 for d in delays)
+    assert len({round(d, 3) for d in delays}) > 100

@@ -1,0 +1,298 @@
+"""Every saga transition, allowed and refused, against a real SQLite file."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from saga.errors import SagaNotFound, TransitionRefused
+from saga_store import SagaState, StepSpec, StepState, open_store, queries, schema
+from saga_store import transitions as t
+from saga_store.models import Phase
+
+STEPS = [
+    StepSpec("a", compensable=True, best_effort=False, timeout=10, max_dispatches=3),
+    StepSpec("b", compensable=True, best_effort=False, timeout=10, max_dispatches=3),
+    StepSpec("c", compensable=True, best_effort=False, timeout=10, max_dispatches=3),
+    StepSpec("mail", compensable=False, best_effort=True, timeout=10, max_dispatches=3),
+]
+NOW = 1_000.0
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> sqlite3.Connection:
+    return open_store(tmp_path / "sagas.db")
+
+
+def new_saga(db: sqlite3.Connection, saga_id: str = "s1") -> str:
+    t.create_saga(db, saga_id, "test", {"x": 1}, STEPS, NOW, idempotency_key=saga_id)
+    return saga_id
+
+
+def running(db: sqlite3.Connection, upto: str | None = None) -> str:
+    """A started saga whose steps before ``upto`` completed (``upto`` is running)."""
+    sid = new_saga(db)
+    t.start_saga(db, sid, NOW)
+    for spec in STEPS:
+        if spec.name == upto:
+            break
+        t.complete_step(db, sid, spec.name, {"done": spec.name}, NOW)
+    return sid
+
+
+def states(db: sqlite3.Connection, sid: str = "s1") -> tuple[str, dict[str, str]]:
+    view = queries.get_saga(db, sid)
+    return view.state.value, {s.name: s.state.value for s in view.steps}
+
+
+def snapshot(db: sqlite3.Connection) -> list[tuple]:
+    return [
+        tuple(r)
+        for table in ("sagas", "saga_steps", "alerts")
+        for r in db.execute(f"SELECT * FROM {table} ORDER BY 1, 2")
+    ]
+
+
+# --- schema -----------------------------------------------------------------------------
+
+
+def test_schema_has_the_designed_columns_and_a_version(db: sqlite3.Connection) -> None:
+    def columns(table: str) -> list[str]:
+        return [r[1] for r in db.execute(f"PRAGMA table_info({table})")]
+
+    assert columns("sagas")[:5] == ["id", "state", "input", "created_at", "updated_at"]
+    assert columns("saga_steps")[:5] == ["saga_id", "step_name", "state", "output", "error"]
+    assert db.execute("PRAGMA user_version").fetchone()[0] == schema.VERSION
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_schema_refuses_an_unknown_state_word(db: sqlite3.Connection) -> None:
+    new_saga(db)
+    with pytest.raises(sqlite3.IntegrityError):
+        db.execute("UPDATE sagas SET state = 'done' WHERE id = 's1'")
+
+
+def test_migrate_twice_changes_nothing(tmp_path: Path) -> None:
+    open_store(tmp_path / "x.db")
+    assert schema.migrate(open_store(tmp_path / "x.db")) == schema.VERSION
+
+
+# --- create and start -------------------------------------------------------------------
+
+
+def test_create_stores_pending_saga_and_steps(db: sqlite3.Connection) -> None:
+    new_saga(db)
+    assert states(db) == ("pending", dict.fromkeys(["a", "b", "c", "mail"], "pending"))
+    assert queries.get_saga(db, "s1").input == {"x": 1}
+
+
+def test_create_with_a_known_key_returns_the_first_saga(db: sqlite3.Connection) -> None:
+    t.create_saga(db, "first", "test", {}, STEPS, NOW, idempotency_key="k")
+    assert t.create_saga(db, "second", "test", {}, STEPS, NOW, idempotency_key="k") == (
+        "first",
+        False,
+    )
+    assert db.execute("SELECT COUNT(*) FROM sagas").fetchone()[0] == 1
+
+
+def test_start_runs_and_dispatches_the_first_step(db: sqlite3.Connection) -> None:
+    new_saga(db)
+    result = t.start_saga(db, "s1", NOW)
+    assert result.dispatches == [t.Dispatch("s1", "a", Phase.ACTION, 1)]
+    assert states(db) == (
+        "running",
+        {"a": "running", "b": "pending", "c": "pending", "mail": "pending"},
+    )
+
+
+def test_start_is_refused_once_running(db: sqlite3.Connection) -> None:
+    running(db, "a")
+    before = snapshot(db)
+    with pytest.raises(TransitionRefused):
+        t.start_saga(db, "s1", NOW)
+    assert snapshot(db) == before
+
+
+def test_unknown_saga_is_named(db: sqlite3.Connection) -> None:
+    with pytest.raises(SagaNotFound, match="nope"):
+        t.start_saga(db, "nope", NOW)
+
+
+# --- steps ------------------------------------------------------------------------------
+
+
+def test_complete_step_starts_the_next_one(db: sqlite3.Connection) -> None:
+    sid = running(db, "a")
+    result = t.complete_step(db, sid, "a", {"id": 1}, NOW)
+    assert [d.step for d in result.dispatches] == ["b"]
+    assert states(db)[1]["a"] == "completed"
+    assert queries.get_saga(db, sid).step("a").output == {"id": 1}
+
+
+def test_completing_the_last_step_completes_the_saga(db: sqlite3.Connection) -> None:
+    sid = running(db, "mail")
+    result = t.complete_step(db, sid, "mail", {}, NOW)
+    assert result.saga_state is SagaState.COMPLETED and result.dispatches == []
+    assert states(db) == ("completed", dict.fromkeys(["a", "b", "c", "mail"], "completed"))
+
+
+@pytest.mark.parametrize("step", ["a", "c"])  # a: already completed; c: not started
+def test_outcome_for_a_step_not_running_is_refused(db: sqlite3.Connection, step: str) -> None:
+    sid = running(db, "b")
+    before = snapshot(db)
+    with pytest.raises(TransitionRefused):
+        t.complete_step(db, sid, step, {}, NOW)
+    with pytest.raises(TransitionRefused):
+        t.fail_step(db, sid, step, "late", business=True, now=NOW)
+    assert snapshot(db) == before
+
+
+def test_business_failure_compensates_completed_steps_last_first(db: sqlite3.Connection) -> None:
+    sid = running(db, "c")
+    result = t.fail_step(db, sid, "c", "declined", business=True, now=NOW)
+    assert result.dispatches == [t.Dispatch(sid, "b", Phase.COMPENSATION, 1)]
+    assert states(db) == (
+        "compensating",
+        {"a": "compensating", "b": "compensating", "c": "failed", "mail": "pending"},
+    )
+    assert queries.get_saga(db, sid).error == "c: declined"
+    result = t.complete_compensation(db, sid, "b", NOW)
+    assert [d.step for d in result.dispatches] == ["a"]
+    result = t.complete_compensation(db, sid, "a", NOW)
+    assert result.saga_state is SagaState.COMPENSATED
+    assert states(db)[1] == {
+        "a": "compensated",
+        "b": "compensated",
+        "c": "failed",
+        "mail": "pending",
+    }
+
+
+def test_business_failure_of_the_first_step_ends_compensated(db: sqlite3.Connection) -> None:
+    sid = running(db, "a")
+    result = t.fail_step(db, sid, "a", "unknown SKU", business=True, now=NOW)
+    assert result.saga_state is SagaState.COMPENSATED and result.dispatches == []
+
+
+def test_exhausted_step_is_compensated_too(db: sqlite3.Connection) -> None:
+    sid = running(db, "b")
+    result = t.fail_step(db, sid, "b", "timeout", business=False, now=NOW)
+    assert result.dispatches == [t.Dispatch(sid, "b", Phase.COMPENSATION, 1)]
+    assert states(db)[1]["b"] == "compensating"
+
+
+def test_best_effort_failure_lets_the_saga_complete(db: sqlite3.Connection) -> None:
+    sid = running(db, "mail")
+    result = t.fail_step(db, sid, "mail", "smtp down", business=False, now=NOW)
+    assert result.saga_state is SagaState.COMPLETED
+    view = queries.get_saga(db, sid)
+    assert view.step("mail").state is StepState.FAILED and view.step("mail").error == "smtp down"
+
+
+# --- compensations ----------------------------------------------------------------------
+
+
+def test_compensation_outcome_is_refused_unless_in_flight(db: sqlite3.Connection) -> None:
+    sid = running(db, "c")
+    t.fail_step(db, sid, "c", "declined", business=True, now=NOW)
+    before = snapshot(db)
+    for step in ("a", "c"):  # a: queued, not yet dispatched; c: never compensated
+        with pytest.raises(TransitionRefused):
+            t.complete_compensation(db, sid, step, NOW)
+        with pytest.raises(TransitionRefused):
+            t.fail_compensation(db, sid, step, "x", NOW)
+    assert snapshot(db) == before
+
+
+def test_failed_compensation_alerts_and_the_others_still_run(db: sqlite3.Connection) -> None:
+    sid = running(db, "c")
+    t.fail_step(db, sid, "c", "declined", business=True, now=NOW)
+    result = t.fail_compensation(db, sid, "b", "refund API down", NOW)
+    assert result.alerts == [("b", "refund API down")]
+    assert [d.step for d in result.dispatches] == ["a"]
+    result = t.complete_compensation(db, sid, "a", NOW)
+    assert result.saga_state is SagaState.FAILED
+    assert states(db)[1]["b"] == "failed" and states(db)[1]["a"] == "compensated"
+    [alert] = queries.alerts(db)
+    assert (alert.saga_id, alert.step, alert.error) == (sid, "b", "refund API down")
+
+
+def test_duplicate_compensation_outcome_is_refused(db: sqlite3.Connection) -> None:
+    sid = running(db, "b")
+    t.fail_step(db, sid, "b", "declined", business=True, now=NOW)
+    t.complete_compensation(db, sid, "a", NOW)
+    with pytest.raises(TransitionRefused):
+        t.complete_compensation(db, sid, "a", NOW)
+
+
+# --- deadlines and recovery -------------------------------------------------------------
+
+
+def test_redispatch_is_refused_before_the_deadline(db: sqlite3.Connection) -> None:
+    sid = running(db, "a")
+    with pytest.raises(TransitionRefused):
+        t.redispatch_overdue(db, sid, "a", NOW + 5)
+
+
+def test_overdue_step_is_dispatched_again(db: sqlite3.Connection) -> None:
+    sid = running(db, "a")
+    assert queries.overdue_steps(db, NOW + 11) == [(sid, "a")]
+    result = t.redispatch_overdue(db, sid, "a", NOW + 11)
+    assert result.dispatches == [t.Dispatch(sid, "a", Phase.ACTION, 2)]
+    assert queries.overdue_steps(db, NOW + 20) == []
+    assert queries.counters(db)["redispatches"] == 1
+
+
+def test_step_is_given_up_after_its_budget_and_compensated(db: sqlite3.Connection) -> None:
+    sid = running(db, "b")
+    now = NOW
+    for _ in range(2):
+        now += 11
+        t.redispatch_overdue(db, sid, "b", now)
+    result = t.redispatch_overdue(db, sid, "b", now + 11)
+    assert result.dispatches == [t.Dispatch(sid, "b", Phase.COMPENSATION, 1)]
+    view = queries.get_saga(db, sid)
+    assert view.state is SagaState.COMPENSATING
+    assert view.step("b").error == "no outcome after 3 dispatches"
+    with pytest.raises(TransitionRefused):  # its late success changes nothing
+        t.complete_step(db, sid, "b", {}, now + 12)
+
+
+def test_compensation_given_up_raises_an_alert(db: sqlite3.Connection) -> None:
+    sid = running(db, "b")
+    t.fail_step(db, sid, "b", "declined", business=True, now=NOW)
+    now = NOW
+    for _ in range(3):
+        now += 11
+        result = t.redispatch_overdue(db, sid, "a", now)
+    assert result.saga_state is SagaState.FAILED
+    assert [a.step for a in queries.alerts(db)] == ["a"]
+
+
+def test_resume_starts_a_pending_saga(db: sqlite3.Connection) -> None:
+    new_saga(db)
+    assert [d.step for d in t.resume_saga(db, "s1", NOW).dispatches] == ["a"]
+
+
+def test_resume_sends_the_in_flight_command_again(db: sqlite3.Connection) -> None:
+    sid = running(db, "b")
+    result = t.resume_saga(db, sid, NOW + 5)
+    assert result.dispatches == [t.Dispatch(sid, "b", Phase.ACTION, 1)]
+    assert queries.overdue_steps(db, NOW + 11) == []  # deadline re-armed from NOW + 5
+
+
+def test_resume_sends_the_in_flight_compensation_again(db: sqlite3.Connection) -> None:
+    sid = running(db, "c")
+    t.fail_step(db, sid, "c", "declined", business=True, now=NOW)
+    result = t.resume_saga(db, sid, NOW)
+    assert result.dispatches == [t.Dispatch(sid, "b", Phase.COMPENSATION, 1)]
+
+
+def test_resume_is_refused_for_a_terminal_saga(db: sqlite3.Connection) -> None:
+    sid = running(db, "a")
+    t.fail_step(db, sid, "a", "declined", business=True, now=NOW)
+    with pytest.raises(TransitionRefused):
+        t.resume_saga(db, sid, NOW)
+    assert queries.active_saga_ids(db) == []
