@@ -227,7 +227,7 @@ def _reference(order: Mapping[str, Any]) -> str:
 
 STEP_RETRY = RetryPolicy(max_retries=3, backoff_base=0.2, backoff_max=5.0)
 # A compensation must not give up lightly: giving up means a person is paged.
-COMPENSATION_RETRY = RetryPolicy(max_retries=5, backoff_base=0.5, backoff_max=10.0)
+COMPENSATION_RETRY = RetryPolicy(max_retries=5, backoff_base=0.25, backoff_max=4.0)
 
 ORDER_SAGA = SagaDefinition(
     name=NAME,

@@ -13,7 +13,7 @@ from typing import Any
 import orchestrator
 from saga import broker
 from saga.config import ORCHESTRATOR_QUEUE, SERVICES, FailureRates, Settings
-from saga.processes import Child, saga_command
+from saga.processes import Child, saga_command, stop_all
 from saga_store import open_store, queries
 from workers import inventory
 
@@ -112,8 +112,7 @@ def run(
         print(f"random failures per step: transient {transient:.0%}, business {business:.0%}\n")
         return _run_batch(settings, make_orders(orders), timeout)
     finally:
-        for child in children:
-            child.stop()
+        stop_all(children)
         if owned is not None:
             owned.stop()
 

@@ -1,0 +1,95 @@
+"""A running system for a test: one worker process per service and the orchestrator,
+each a real ``saga`` process on the real broker, stopped by PID when the test ends."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import orchestrator
+from saga.config import SERVICES, Settings
+from saga.processes import Child, saga_command, stop_all, wait_for
+from saga_store import SagaView, open_store, queries
+from tests.helpers import STOCK
+from workers import inventory
+
+
+class System:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        env = {**settings.to_env(), "PYTHONUNBUFFERED": "1"}
+        logs = settings.data_dir / "logs"
+        self.workers = {
+            s: Child(f"worker {s}", saga_command("worker", s), env, logs / f"{s}.log")
+            for s in SERVICES
+        }
+        self.orchestrator = Child(
+            "orchestrator", saga_command("orchestrator"), env, logs / "orchestrator.log"
+        )
+
+    @property
+    def data_dir(self) -> Path:
+        return self.settings.data_dir
+
+    def start(self) -> System:
+        db = inventory.service.database(self.data_dir)
+        for sku, quantity in STOCK.items():
+            inventory.set_stock(db, sku, quantity)
+        for child in (*self.workers.values(), self.orchestrator):
+            child.start()
+        return self
+
+    def stop(self) -> None:
+        stop_all([*self.workers.values(), self.orchestrator])
+
+    def submit(self, order: dict[str, Any]) -> str:
+        return orchestrator.submit(order, settings=self.settings)
+
+    def wait(self, saga_id: str, timeout: float = 60) -> SagaView:
+        return orchestrator.wait(saga_id, settings=self.settings, timeout=timeout)
+
+    def wait_step_running(
+        self, operation: str, saga_id: str, step: str, timeout: float = 30
+    ) -> None:
+        """Until a slow step (fault ``delay_seconds``) has started in its worker."""
+        marker = self.data_dir / "running" / f"{operation}.{saga_id}:{step}"
+        wait_for(marker.exists, timeout, f"{operation} to start in its worker")
+
+    def kill_and_wait(self, child: Child, sig: int = signal.SIGKILL) -> None:
+        child.kill(sig)
+        wait_for(lambda: not child.alive(), 10, f"{child.name} to die")
+        child.stop()  # reap it and any orphaned pool children
+
+    def counters(self) -> dict[str, int]:
+        return queries.counters(open_store(self.data_dir / "sagas.db"))
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"----- {c.name} -----\n{c.log_text()[-4000:]}"
+            for c in (*self.workers.values(), self.orchestrator)
+        )
+
+
+@pytest.fixture
+def make_system(settings: Settings) -> Iterator[Callable[..., System]]:
+    """Start a system, with settings changed as given; stopped (by PID) at the end."""
+    started: list[System] = []
+
+    def make(**changes: Any) -> System:
+        system = System(settings.with_(**changes)).start()
+        started.append(system)
+        return system
+
+    yield make
+    for system in started:
+        system.stop()
+        print(system.logs())  # shown by pytest only when the test failed
+
+
+@pytest.fixture
+def system(make_system: Callable[..., System]) -> System:
+    return make_system()

@@ -1,0 +1,256 @@
+"""The order saga end to end: real worker and orchestrator processes on a real Redis,
+real SQLite files, real SIGKILLs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+from collections.abc import Callable
+
+import pytest
+
+from saga.celery_app import OUTCOME_TASK, make_app
+from saga.config import ORCHESTRATOR_QUEUE
+from saga.processes import children_of, wait_for
+from saga_store import SagaState, StepState, open_store, queries
+from tests.helpers import STOCK, all_text_of, available, make_order, service_records
+from tests.integration.conftest import System
+
+pytestmark = pytest.mark.processes
+
+ONE_OF_EACH = {
+    "reservations_held": 1,
+    "reservations_released": 0,
+    "charges": 1,
+    "charges_live": 1,
+    "refunds": 0,
+    "shipments": 1,
+    "shipments_live": 1,
+    "confirmations": 1,
+}
+NOTHING_LIVE = {"reservations_held": 0, "charges_live": 0, "shipments_live": 0}
+
+
+def live(records: dict[str, int]) -> dict[str, int]:
+    return {k: records[k] for k in NOTHING_LIVE}
+
+
+def test_full_success_path(system: System) -> None:
+    saga_id = system.submit(make_order("A-1"))
+    view = system.wait(saga_id)
+    assert view.state is SagaState.COMPLETED
+    assert [s.state for s in view.steps] == [StepState.COMPLETED] * 4
+    assert service_records(system.data_dir, "A-1") == ONE_OF_EACH
+    assert available(system.data_dir, "WIDGET") == STOCK["WIDGET"] - 2
+    # each step ran in its own service's worker
+    assert "charge_payment" in system.workers["payment"].log_text()
+    assert "charge_payment" not in system.workers["inventory"].log_text()
+    # no full card number anywhere: not in the store, the services' files or any log
+    assert "4242424242424242" not in all_text_of(system.data_dir)
+
+
+def test_payment_failure_triggers_compensation(system: System) -> None:
+    saga_id = system.submit(make_order("A-2", card_number="4000000000000002"))
+    view = system.wait(saga_id)
+    assert view.state is SagaState.COMPENSATED
+    assert view.step("charge_payment").state is StepState.FAILED
+    assert view.step("charge_payment").error == "card declined"
+    assert view.step("reserve_inventory").state is StepState.COMPENSATED
+    records = service_records(system.data_dir, "A-2")
+    assert records["charges"] == 0 and records["reservations_released"] == 1
+    assert available(system.data_dir, "WIDGET") == STOCK["WIDGET"]
+
+
+def test_crash_recovery_resumes_saga(system: System) -> None:
+    # Given a saga whose shipment step is under way
+    saga_id = system.submit(make_order("A-3", faults={"create_shipment": {"delay_seconds": 1}}))
+    system.wait_step_running("create_shipment", saga_id, "create_shipment")
+    # When the orchestrator is SIGKILLed and started again
+    system.kill_and_wait(system.orchestrator)
+    system.orchestrator.start()
+    # Then the saga completes with every effect exactly once
+    assert system.wait(saga_id).state is SagaState.COMPLETED
+    assert service_records(system.data_dir, "A-3") == ONE_OF_EACH
+
+
+@pytest.mark.parametrize(
+    ("crash_at", "card", "final", "records"),
+    [
+        ("before_dispatch:charge_payment", "4242424242424242", SagaState.COMPLETED, ONE_OF_EACH),
+        ("after_dispatch:create_shipment", "4242424242424242", SagaState.COMPLETED, ONE_OF_EACH),
+        (
+            "before_dispatch:release_inventory",
+            "4000000000000002",
+            SagaState.COMPENSATED,
+            {
+                **ONE_OF_EACH,
+                "reservations_held": 0,
+                "reservations_released": 1,
+                "charges": 0,
+                "charges_live": 0,
+                "shipments": 0,
+                "shipments_live": 0,
+                "confirmations": 0,
+            },
+        ),
+    ],
+)
+def test_orchestrator_crash_points(
+    make_system: Callable[..., System],
+    crash_at: str,
+    card: str,
+    final: SagaState,
+    records: dict[str, int],
+) -> None:
+    system = make_system(step_timeout=5.0)
+    saga_id = system.submit(
+        make_order("A-4", card_number=card, faults={"orchestrator": {"crash_at": crash_at}})
+    )
+    wait_for(
+        lambda: not system.orchestrator.alive(), 30, f"the orchestrator to crash at {crash_at}"
+    )
+    system.orchestrator.stop()
+    system.orchestrator.start()
+    assert system.wait(saga_id).state is final
+    assert service_records(system.data_dir, "A-4") == records
+
+
+def test_worker_killed_while_its_step_runs(make_system: Callable[..., System]) -> None:
+    system = make_system(step_timeout=4.0)
+    # Given a charge under way in the payment worker
+    saga_id = system.submit(make_order("A-5", faults={"charge_payment": {"delay_seconds": 2}}))
+    system.wait_step_running("charge_payment", saga_id, "charge_payment")
+    # When the worker's main process is SIGKILLed (its message stays unacked in Redis)
+    system.kill_and_wait(system.workers["payment"])
+    system.workers["payment"].start()
+    # Then the orchestrator's deadline sends the step again and it takes effect once
+    view = system.wait(saga_id, timeout=90)
+    assert view.state is SagaState.COMPLETED
+    assert view.step("charge_payment").attempts >= 2
+    assert service_records(system.data_dir, "A-5") == ONE_OF_EACH
+    assert system.counters()["redispatches"] >= 1
+
+
+def test_worker_dies_after_the_effect_before_replying(system: System) -> None:
+    # The pool child kills itself right after the shipment is committed; the message is
+    # redelivered, the ledger returns the first result, and the reply goes out.
+    saga_id = system.submit(
+        make_order("A-6", faults={"create_shipment": {"crash_after_effect": True}})
+    )
+    assert system.wait(saga_id).state is SagaState.COMPLETED
+    assert service_records(system.data_dir, "A-6") == ONE_OF_EACH
+    assert "crashing after the effect" in system.workers["shipping"].log_text()
+
+
+def test_compensation_that_keeps_failing_alerts(system: System) -> None:
+    saga_id = system.submit(
+        make_order(
+            "A-7",
+            faults={
+                "create_shipment": {"fail_business": True},
+                "refund_payment": {"fail_transient": 100},
+            },
+        )
+    )
+    view = system.wait(saga_id)
+    assert view.state is SagaState.FAILED
+    assert view.step("charge_payment").state is StepState.FAILED
+    assert "compensation failed" in (view.step("charge_payment").error or "")
+    # the other compensation still ran
+    assert view.step("reserve_inventory").state is StepState.COMPENSATED
+    assert available(system.data_dir, "WIDGET") == STOCK["WIDGET"]
+    [alert] = queries.alerts(open_store(system.data_dir / "sagas.db"))
+    assert (alert.saga_id, alert.step) == (saga_id, "charge_payment")
+    log = system.orchestrator.log_text()
+    assert (
+        f"CRITICAL saga.alert: compensation of step charge_payment failed for good in saga "
+        f"{saga_id}" in log
+    )
+
+
+def test_email_failing_still_completes(system: System) -> None:
+    saga_id = system.submit(make_order("A-8", faults={"send_confirmation": {"fail_transient": 50}}))
+    view = system.wait(saga_id)
+    assert view.state is SagaState.COMPLETED
+    assert view.step("send_confirmation").state is StepState.FAILED
+    assert service_records(system.data_dir, "A-8") == {**ONE_OF_EACH, "confirmations": 0}
+    assert "best-effort step send_confirmation" in system.orchestrator.log_text()
+
+
+def test_transient_failures_are_retried(system: System) -> None:
+    saga_id = system.submit(make_order("A-9", faults={"charge_payment": {"fail_transient": 2}}))
+    assert system.wait(saga_id).state is SagaState.COMPLETED
+    assert service_records(system.data_dir, "A-9") == ONE_OF_EACH
+
+
+def test_same_order_id_twice_starts_one_saga(system: System) -> None:
+    first = system.submit(make_order("A-10"))
+    second = system.submit(make_order("A-10"))
+    assert first == second
+    system.wait(first)
+    assert service_records(system.data_dir, "A-10") == ONE_OF_EACH
+
+
+def test_duplicate_outcome_over_the_broker_changes_nothing(system: System) -> None:
+    saga_id = system.submit(make_order("A-11"))
+    before = system.wait(saga_id)
+    app = make_app(system.settings)
+    outcome = {
+        "saga_id": saga_id,
+        "step": "charge_payment",
+        "phase": "action",
+        "attempt": 1,
+        "status": "succeeded",
+        "output": {"charge_id": "ch_forged"},
+    }
+    app.send_task(OUTCOME_TASK, args=[outcome], queue=system.settings.queue(ORCHESTRATOR_QUEUE))
+    wait_for(
+        lambda: system.counters().get("duplicate_outcomes", 0) >= 1,
+        20,
+        "the duplicate outcome to be handled",
+    )
+    assert system.wait(saga_id) == before
+    assert service_records(system.data_dir, "A-11") == ONE_OF_EACH
+
+
+def test_compensation_before_its_action_blocks_the_action(system: System) -> None:
+    app = make_app(system.settings)
+    payload = {
+        "reference": "A-12",
+        "card": {"token": "tok_visa", "last4": "4242"},
+        "amount_cents": 100,
+        "currency": "EUR",
+    }
+    queue = system.settings.queue("payment")
+    app.send_task("refund_payment", kwargs={"key": "k-12", "payload": payload}, queue=queue)
+    app.send_task("charge_payment", kwargs={"key": "k-12", "payload": payload}, queue=queue)
+
+    def action_refused() -> bool:
+        conn = sqlite3.connect(system.data_dir / "payment.db")
+        try:
+            row = conn.execute(
+                "SELECT action_status FROM idempotency WHERE key = 'k-12'"
+            ).fetchone()
+        except sqlite3.OperationalError:
+            return False
+        finally:
+            conn.close()
+        return row is not None and row[0] == "blocked"
+
+    wait_for(action_refused, 30, "the late charge to be refused")
+    assert service_records(system.data_dir, "A-12")["charges"] == 0
+
+
+def test_pool_child_sigkill_redelivers_to_the_same_worker(system: System) -> None:
+    # Given a reservation under way in the inventory worker's pool child
+    saga_id = system.submit(make_order("A-13", faults={"reserve_inventory": {"delay_seconds": 1}}))
+    system.wait_step_running("reserve_inventory", saga_id, "reserve_inventory")
+    worker = system.workers["inventory"]
+    [child] = children_of(worker.pid)
+    # When the child is SIGKILLed, the main process sees the worker lost and requeues
+    os.kill(child, signal.SIGKILL)
+    # Then the step runs again and the saga completes, the reservation made once
+    assert system.wait(saga_id).state is SagaState.COMPLETED
+    assert worker.alive()
+    assert service_records(system.data_dir, "A-13") == ONE_OF_EACH
