@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
 
 from saga.config import ORCHESTRATOR_QUEUE, Settings
@@ -11,14 +13,20 @@ SUBMIT_TASK = "saga.submit"
 
 
 def make_app(settings: Settings, name: str = "saga") -> Celery:
-    """A Celery app wired for safe redelivery.
+    """A Celery app configured by :func:`celery_config`."""
+    app = Celery(name, set_as_current=False)
+    app.conf.update(celery_config(settings))
+    return app
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery's settings, wired for safe redelivery.
 
     Late acks with reject-on-worker-lost and a prefetch of one mean that a message is
     removed from the broker only after its task finished, and a killed worker's message
     goes back to the queue instead of being lost. JSON is the only accepted content type.
     """
-    app = Celery(name, set_as_current=False)
-    app.conf.update(
+    return dict(
         broker_url=settings.broker_url,
         broker_connection_retry_on_startup=True,
         broker_transport_options={
@@ -46,4 +54,3 @@ def make_app(settings: Settings, name: str = "saga") -> Celery:
         worker_send_task_events=False,
         worker_enable_remote_control=False,
     )
-    return app

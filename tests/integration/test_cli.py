@@ -1,0 +1,139 @@
+"""The ``saga`` command as a user runs it: exit status, stdout, stderr."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from saga.config import Settings
+from saga.processes import saga_command
+from tests.helpers import make_order
+from tests.integration.conftest import System
+
+
+def saga(settings: Settings, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        saga_command(*args),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **settings.to_env()},
+    )
+
+
+def write(tmp_path: Path, content: Any, name: str = "order.json") -> str:
+    path = tmp_path / name
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    return str(path)
+
+
+def stored_sagas(settings: Settings) -> list[Any]:
+    result = saga(settings, "list", "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ("", "not valid JSON"),
+        (json.dumps(make_order(amount_cents="12")), "amount_cents: must be an integer"),
+        (json.dumps(make_order(items=[{"sku": "W", "quantity": 0}])), "items[0].quantity"),
+        (json.dumps(make_order(customer_email="nobody")), "customer_email"),
+        (json.dumps([make_order()]), "order: must be a JSON object"),
+        ("x" * (1 << 20 + 1), "larger than"),
+    ],
+    ids=[
+        "broken JSON",
+        "empty",
+        "amount as text",
+        "zero quantity",
+        "bad email",
+        "a list",
+        "oversized",
+    ],
+)
+def test_bad_order_exits_2_and_stores_nothing(
+    settings: Settings, tmp_path: Path, content: str, message: str
+) -> None:
+    result = saga(settings, "submit", write(tmp_path, content))
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert stored_sagas(settings) == []
+
+
+def test_missing_file_and_unknown_saga_exit_2(settings: Settings, tmp_path: Path) -> None:
+    result = saga(settings, "submit", str(tmp_path / "nope.json"))
+    assert result.returncode == 2 and "cannot read" in result.stderr
+    result = saga(settings, "status", "no-such-saga")
+    assert result.returncode == 2 and "no saga with id 'no-such-saga'" in result.stderr
+
+
+def test_bad_setting_is_named(settings: Settings) -> None:
+    result = subprocess.run(
+        saga_command("list"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **settings.to_env(), "SAGA_STEP_TIMEOUT": "x"},
+    )
+    assert result.returncode == 2 and "SAGA_STEP_TIMEOUT" in result.stderr
+
+
+def test_stock(settings: Settings) -> None:
+    assert saga(settings, "stock", "set", "WIDGET", "7").returncode == 0
+    listed = json.loads(saga(settings, "stock", "--json").stdout)
+    assert listed == [{"sku": "WIDGET", "on_hand": 7, "available": 7, "reserved": 0}]
+    bad = saga(settings, "stock", "set", "WIDGET", "lots")
+    assert bad.returncode == 2 and "QUANTITY must be a whole number" in bad.stderr
+    negative = saga(settings, "stock", "set", "WIDGET", "-1")
+    assert negative.returncode == 2 and "cannot be negative" in negative.stderr
+
+
+@pytest.mark.processes
+def test_submit_wait_status_and_list(system: System, tmp_path: Path) -> None:
+    settings = system.settings
+    done = saga(
+        settings,
+        "submit",
+        write(tmp_path, make_order("C-1")),
+        "--wait",
+        "--json",
+        "--timeout",
+        "60",
+    )
+    assert done.returncode == 0, done.stderr
+    view = json.loads(done.stdout)
+    assert view["state"] == "completed"
+    assert [s["name"] for s in view["steps"]] == [
+        "reserve_inventory",
+        "charge_payment",
+        "create_shipment",
+        "send_confirmation",
+    ]
+    assert set(view["steps"][0]) == {"name", "state", "output", "error"}
+
+    status = json.loads(saga(settings, "status", view["id"], "--json").stdout)
+    assert {k: status[k] for k in ("id", "state", "steps")} == {
+        k: view[k] for k in ("id", "state", "steps")
+    }
+    table = saga(settings, "status", view["id"]).stdout
+    assert "charge_payment" in table and "completed" in table
+
+    piped = saga(settings, "submit", "-", stdin=json.dumps(make_order("C-2")))
+    assert piped.returncode == 0 and len(piped.stdout.strip()) == 32
+    again = saga(settings, "submit", "-", stdin=json.dumps(make_order("C-2")))
+    assert again.stdout == piped.stdout  # the same order_id: the same saga
+
+    completed = json.loads(saga(settings, "list", "--state", "completed", "--json").stdout)
+    assert view["id"] in [s["id"] for s in completed]
+    bad_state = saga(settings, "list", "--state", "done")
+    assert bad_state.returncode == 2 and "unknown state 'done'" in bad_state.stderr
