@@ -9,6 +9,7 @@ transition makes the redelivery harmless.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from typing import Any
 
@@ -18,7 +19,7 @@ from orchestrator.engine import Engine, Publisher
 from orchestrator.order_saga import ORDER_SAGA
 from saga.celery_app import OUTCOME_TASK, SUBMIT_TASK, make_app
 from saga.config import ORCHESTRATOR_QUEUE, Settings
-from saga.errors import InvalidOrder
+from saga.errors import InvalidOrder, TransientError
 
 log = logging.getLogger("saga.orchestrator")
 
@@ -60,11 +61,21 @@ def build(settings: Settings) -> tuple[Celery, Engine]:
     app = make_app(settings, "orchestrator")
     engine = Engine(settings, DEFINITIONS, celery_publisher(app, settings), crash_points=True)
 
-    @app.task(name=OUTCOME_TASK, acks_late=True)
+    # A store locked for longer than its busy timeout is retried, not dropped: a dropped
+    # outcome would cost the step a deadline and a re-dispatch.
+    retry = {
+        "acks_late": True,
+        "autoretry_for": (TransientError, sqlite3.OperationalError),
+        "retry_backoff": 0.5,
+        "retry_backoff_max": 10,
+        "max_retries": None,
+    }
+
+    @app.task(name=OUTCOME_TASK, **retry)
     def outcome(outcome: dict[str, Any]) -> None:
         engine.handle_outcome(outcome)
 
-    @app.task(name=SUBMIT_TASK, acks_late=True)
+    @app.task(name=SUBMIT_TASK, **retry)
     def submit(order: Any, definition: str = ORDER_SAGA.name) -> str | None:
         try:
             saga_id, _ = engine.submit(definition, order)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from saga.celery_app import OUTCOME_TASK, make_app
+from saga.celery_app import OUTCOME_TASK, SUBMIT_TASK, make_app
 from saga.config import ORCHESTRATOR_QUEUE
 from saga.processes import children_of, wait_for
 from saga_store import SagaState, StepState, open_store, queries
@@ -190,6 +190,23 @@ def test_same_order_id_twice_starts_one_saga(system: System) -> None:
     assert first == second
     system.wait(first)
     assert service_records(system.data_dir, "A-10") == ONE_OF_EACH
+
+
+def test_a_producer_can_submit_through_the_orchestrator_queue(system: System) -> None:
+    app = make_app(system.settings)
+    app.send_task(
+        SUBMIT_TASK, args=[make_order("A-14")], queue=system.settings.queue(ORCHESTRATOR_QUEUE)
+    )
+    store = open_store(system.data_dir / "sagas.db")
+    row = wait_for(
+        lambda: store.execute(
+            "SELECT id FROM sagas WHERE idempotency_key = 'order:A-14'"
+        ).fetchone(),
+        30,
+        "the submitted saga to be stored",
+    )
+    assert system.wait(row[0]).state is SagaState.COMPLETED  # type: ignore[index]
+    assert service_records(system.data_dir, "A-14") == ONE_OF_EACH
 
 
 def test_duplicate_outcome_over_the_broker_changes_nothing(system: System) -> None:

@@ -1,0 +1,11 @@
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY saga ./saga
+COPY saga_store ./saga_store
+COPY orchestrator ./orchestrator
+COPY workers ./workers
+RUN pip install --no-cache-dir . && useradd --create-home saga && mkdir /data && chown saga /data
+USER saga
+ENV SAGA_DATA_DIR=/data
+CMD ["saga", "--help"]
