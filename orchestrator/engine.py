@@ -126,8 +126,15 @@ class Engine:
         return True
 
     def sweep(self) -> int:
-        """Re-dispatch (or give up) every step whose deadline passed; returns how many."""
+        """Re-dispatch (or give up) every step whose deadline passed, and start every saga
+        left pending by a submitter that died before dispatching; returns how many."""
         handled = 0
+        stale = transitions.iso(self.clock() - self.settings.step_timeout)
+        for saga_id in queries.stale_pending(self.db, stale):
+            with contextlib.suppress(TransitionRefused):
+                self._send(transitions.resume_saga(self.db, saga_id, self.clock()))
+                log.warning("starting saga %s, left pending by its submitter", saga_id)
+                handled += 1
         for saga_id, step in queries.overdue_steps(self.db, self.clock()):
             try:
                 result = transitions.redispatch_overdue(self.db, saga_id, step, self.clock())

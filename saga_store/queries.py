@@ -71,6 +71,14 @@ def active_saga_ids(conn: sqlite3.Connection) -> list[str]:
     return [r["id"] for r in rows]
 
 
+def stale_pending(conn: sqlite3.Connection, created_before: str) -> list[str]:
+    """Sagas stored but never started (their submitter died in between)."""
+    rows = conn.execute(
+        "SELECT id FROM sagas WHERE state = 'pending' AND created_at < ?", (created_before,)
+    ).fetchall()
+    return [r["id"] for r in rows]
+
+
 def overdue_steps(conn: sqlite3.Connection, now: float, limit: int = 500) -> list[tuple[str, str]]:
     rows = conn.execute(
         "SELECT saga_id, step_name FROM saga_steps "

@@ -10,8 +10,9 @@ from collections.abc import Callable
 
 import pytest
 
+import orchestrator
 from saga.celery_app import OUTCOME_TASK, SUBMIT_TASK, make_app
-from saga.config import ORCHESTRATOR_QUEUE
+from saga.config import ORCHESTRATOR_QUEUE, FailureRates
 from saga.processes import children_of, wait_for
 from saga_store import SagaState, StepState, open_store, queries
 from tests.helpers import STOCK, all_text_of, available, make_order, service_records
@@ -37,8 +38,8 @@ def live(records: dict[str, int]) -> dict[str, int]:
 
 
 def test_full_success_path(system: System) -> None:
-    saga_id = system.submit(make_order("A-1"))
-    view = system.wait(saga_id)
+    saga_id = orchestrator.run(make_order("A-1"), settings=system.settings, timeout=60)
+    view = orchestrator.get_saga(saga_id, settings=system.settings)
     assert view.state is SagaState.COMPLETED
     assert [s.state for s in view.steps] == [StepState.COMPLETED] * 4
     assert service_records(system.data_dir, "A-1") == ONE_OF_EACH
@@ -271,3 +272,25 @@ def test_pool_child_sigkill_redelivers_to_the_same_worker(system: System) -> Non
     assert system.wait(saga_id).state is SagaState.COMPLETED
     assert worker.alive()
     assert service_records(system.data_dir, "A-13") == ONE_OF_EACH
+
+
+def test_random_failures_leave_every_order_consistent(make_system: Callable[..., System]) -> None:
+    rates = {"*": FailureRates(transient=0.3, business=0.05)}
+    system = make_system(failure_rates=rates, step_timeout=10.0)
+    ids = {
+        f"R-{n}": system.submit(make_order(f"R-{n}", items=[{"sku": "WIDGET", "quantity": 1}]))
+        for n in range(12)
+    }
+    final = {order_id: system.wait(saga_id, timeout=90) for order_id, saga_id in ids.items()}
+    for order_id, view in final.items():
+        records = service_records(system.data_dir, order_id)
+        if view.state is SagaState.COMPLETED:
+            assert {
+                k: records[k] for k in ("reservations_held", "charges_live", "shipments_live")
+            } == {"reservations_held": 1, "charges_live": 1, "shipments_live": 1}, order_id
+        else:
+            assert view.state in (SagaState.COMPENSATED, SagaState.FAILED), order_id
+            assert live(records) == NOTHING_LIVE or view.state is SagaState.FAILED, order_id
+        assert records["charges"] <= 1 and records["shipments"] <= 1, order_id
+    held = sum(v.state is SagaState.COMPLETED for v in final.values())
+    assert available(system.data_dir, "WIDGET") == STOCK["WIDGET"] - held

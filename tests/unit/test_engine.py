@@ -227,3 +227,40 @@ def test_compensation_that_keeps_failing_alerts(
     assert (alert.saga_id, alert.step) == (sid, "charge_payment")
     [record] = [r for r in caplog.records if r.name == "saga.alert"]
     assert record.levelno == logging.CRITICAL and sid in record.getMessage()
+
+
+def test_saga_left_pending_by_a_dead_submitter_is_started(h: Harness) -> None:
+    sid = h.submit(make_order("A"))
+    h.commands.clear()
+    h.engine.db.execute("UPDATE sagas SET state = 'pending' WHERE id = ?", (sid,))
+    h.engine.db.execute(
+        "UPDATE saga_steps SET state = 'pending', attempts = 0, "
+        "deadline_at = NULL WHERE saga_id = ?",
+        (sid,),
+    )
+    h.engine.sweep()
+    assert not h.commands  # too young: its submitter may still be dispatching
+    h.clock.now += 31
+    h.engine.sweep()
+    h.run_all()
+    assert h.saga(sid).state is SagaState.COMPLETED
+
+
+@pytest.mark.parametrize(
+    ("items", "error"),
+    [
+        ([{"sku": "NOPE", "quantity": 1}], "unknown SKU 'NOPE'"),
+        ([{"sku": "GADGET", "quantity": 6}], "out of stock: 'GADGET' has 5, 6 requested"),
+        ([{"sku": "WIDGET", "quantity": 1}, {"sku": "GADGET", "quantity": 9}], "out of stock"),
+    ],
+)
+def test_reservation_refused_compensates_with_nothing_held(
+    h: Harness, items: list[Any], error: str
+) -> None:
+    sid = h.submit(make_order("A", items=items))
+    h.run_all()
+    view = h.saga(sid)
+    assert view.state is SagaState.COMPENSATED
+    assert error in (view.step("reserve_inventory").error or "")
+    assert available(h.settings.data_dir, "WIDGET") == STOCK["WIDGET"]
+    assert available(h.settings.data_dir, "GADGET") == STOCK["GADGET"]
