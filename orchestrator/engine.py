@@ -21,7 +21,7 @@ from orchestrator.definition import SagaDefinition
 from saga.config import Settings
 from saga.errors import SagaNotFound, TransitionRefused
 from saga_store import open_store, queries, transitions
-from saga_store.models import Dispatch, Phase, SagaState, SagaView
+from saga_store.models import Dispatch, Phase, SagaView
 from saga_store.transitions import Transition
 
 log = logging.getLogger("saga.orchestrator")
@@ -232,20 +232,9 @@ class Engine:
         return str(row["definition"])
 
     def _log_step_failure(self, saga_id: str, step: str, status: str, error: str) -> None:
-        state = queries.saga_state(self.db, saga_id)
+        """A business refusal is expected (info); retries running out is not (warning)."""
         extra = {"saga_id": saga_id, "step": step}
-        if state is SagaState.COMPENSATING or (state.terminal and state is not SagaState.COMPLETED):
-            level = logging.INFO if status == "rejected" else logging.WARNING
-            log.log(
-                level,
-                "step %s of saga %s failed (%s): %s; compensating",
-                step,
-                saga_id,
-                status,
-                error,
-                extra=extra,
-            )
-        else:
+        if self.definitions[self._definition_of(saga_id)].step(step).best_effort:
             log.warning(
                 "best-effort step %s of saga %s failed: %s; the saga goes on",
                 step,
@@ -253,6 +242,17 @@ class Engine:
                 error,
                 extra=extra,
             )
+            return
+        level = logging.INFO if status == "rejected" else logging.WARNING
+        log.log(
+            level,
+            "step %s of saga %s failed (%s): %s; compensating",
+            step,
+            saga_id,
+            status,
+            error,
+            extra=extra,
+        )
 
     def _alert(self, saga_id: str, step: str, error: str) -> None:
         alert_log.critical(

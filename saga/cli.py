@@ -22,9 +22,14 @@ class BadInput(Exception):
     pass
 
 
-def _setup_logging(settings: Settings) -> None:
+SERVER_COMMANDS = {"orchestrator", "worker"}
+
+
+def _setup_logging(settings: Settings, command: str) -> None:
+    # A one-shot command's output is its answer; its info lines would only bury it.
+    level = settings.log_level if command in SERVER_COMMANDS else "WARNING"
     logging.basicConfig(
-        level=settings.log_level,
+        level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -245,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         settings = config.load()
-        _setup_logging(settings)
+        _setup_logging(settings, args.command)
         return COMMANDS[args.command](args, settings)
     except (BadInput, InvalidOrder, SagaNotFound, BusinessError) as exc:
         print(f"saga: {exc}", file=sys.stderr)

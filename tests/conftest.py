@@ -19,7 +19,7 @@ import pytest
 # no Docker engine, so take Celery's own in-process worker fixture back.
 from celery.contrib.pytest import celery_worker  # noqa: F401
 
-from saga import broker
+from saga import broker, config
 from saga.config import ORCHESTRATOR_QUEUE, SERVICES, Settings
 from saga.errors import ConfigError
 
@@ -28,7 +28,7 @@ CI = bool(os.environ.get("CI"))
 
 @pytest.fixture(scope="session")
 def broker_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    url = os.environ.get("SAGA_BROKER_URL") or "redis://127.0.0.1:6379/0"
+    url = config.load().broker_url
     try:
         url, owned = broker.ensure(url, tmp_path_factory.mktemp("broker"))
     except ConfigError as exc:
