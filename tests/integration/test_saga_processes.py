@@ -11,6 +11,7 @@ from collections.abc import Callable
 import pytest
 
 import orchestrator
+from saga import broker
 from saga.celery_app import OUTCOME_TASK, SUBMIT_TASK, make_app
 from saga.config import ORCHESTRATOR_QUEUE, FailureRates
 from saga.processes import children_of, wait_for
@@ -294,3 +295,24 @@ def test_random_failures_leave_every_order_consistent(make_system: Callable[...,
         assert records["charges"] <= 1 and records["shipments"] <= 1, order_id
     held = sum(v.state is SagaState.COMPLETED for v in final.values())
     assert available(system.data_dir, "WIDGET") == STOCK["WIDGET"] - held
+
+
+def test_lost_command_is_sent_again_after_its_deadline(make_system: Callable[..., System]) -> None:
+    system = make_system(step_timeout=3.0)
+    # Given a charge command waiting on a queue nobody serves
+    system.kill_and_wait(system.workers["payment"])
+    saga_id = system.submit(make_order("A-15"))
+    queue = system.settings.queue("payment")
+    wait_for(
+        lambda: broker.queue_depths(system.settings.broker_url, [queue])[queue] == 1,
+        30,
+        "the charge command to be queued",
+    )
+    # When the message is lost
+    broker.purge(system.settings.broker_url, [queue])
+    system.workers["payment"].start()
+    # Then the sweeper sends it again and the saga completes
+    view = system.wait(saga_id, timeout=60)
+    assert view.state is SagaState.COMPLETED
+    assert view.step("charge_payment").attempts >= 2
+    assert service_records(system.data_dir, "A-15") == ONE_OF_EACH
