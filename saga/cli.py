@@ -180,6 +180,24 @@ def cmd_stock(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
+    from saga import audit
+
+    report = audit.audit(settings.data_dir, settle_seconds=args.settle)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        states = ", ".join(f"{n} {s}" for s, n in sorted(report.sagas_by_state.items()))
+        print(f"sagas: {states or 'none'}")
+        for v in report.violations:
+            print(
+                f"VIOLATION [{v.check}] {('saga ' + v.saga_id + ': ') if v.saga_id else ''}"
+                f"{v.message}"
+            )
+        print("audit clean" if report.ok else f"{len(report.violations)} violation(s)")
+    return 0 if report.ok else 1
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from saga import demo
 
@@ -226,6 +244,15 @@ def parser() -> argparse.ArgumentParser:
     sk.add_argument("rest", nargs="*")
     sk.add_argument("--json", action="store_true")
 
+    au = sub.add_parser("audit", help="cross-check the saga store against every service")
+    au.add_argument(
+        "--settle",
+        type=float,
+        default=60.0,
+        help="seconds after which a saga must have ended (default 60)",
+    )
+    au.add_argument("--json", action="store_true")
+
     d = sub.add_parser("demo", help="start everything, run a batch of orders, print outcomes")
     d.add_argument("--orders", type=int, default=24)
     d.add_argument("--transient-rate", type=float, default=0.1)
@@ -242,6 +269,7 @@ COMMANDS = {
     "list": cmd_list,
     "alerts": cmd_alerts,
     "stock": cmd_stock,
+    "audit": cmd_audit,
     "demo": cmd_demo,
 }
 

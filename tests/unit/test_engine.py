@@ -4,77 +4,15 @@ synchronously one at a time (no broker): the state machine's stories, in millise
 from __future__ import annotations
 
 import logging
-from collections import deque
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from orchestrator.engine import Engine
-from orchestrator.process import DEFINITIONS
-from saga.config import Settings
-from saga.errors import BusinessError, InvalidOrder
+from saga.errors import InvalidOrder
 from saga_store import SagaState, StepState, queries
+from tests.harness import Harness
 from tests.helpers import STOCK, available, make_order, service_records
-from workers import SERVICES, inventory
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Harness:
-    """Runs each published command against the services, like a worker would, and hands
-    back the outcome it would send."""
-
-    def __init__(self, data_dir: Path):
-        self.settings = Settings(data_dir=data_dir, step_timeout=30, max_dispatches=3)
-        self.clock = Clock()
-        self.commands: deque[tuple[str, dict[str, Any]]] = deque()
-        self.engine = self.restart()
-        db = inventory.service.database(data_dir)
-        for sku, qty in STOCK.items():
-            inventory.set_stock(db, sku, qty)
-
-    def restart(self) -> Engine:
-        self.engine = Engine(self.settings, DEFINITIONS, self.publish, clock=self.clock)
-        return self.engine
-
-    def publish(self, task: str, queue: str, kwargs: dict[str, Any]) -> None:
-        self.commands.append((task, kwargs))
-
-    def execute_next(self) -> dict[str, Any]:
-        task, kw = self.commands.popleft()
-        service = next(s for s in SERVICES.values() if task in s.operations)
-        plan = (kw["fault_plan"] or {}).get(task, {})
-        db = service.database(self.settings.data_dir)
-        if plan.get("fail_transient", 0) > 0:
-            return {**kw["reply"], "status": "exhausted", "error": f"{task} kept failing"}
-        try:
-            if plan.get("fail_business"):
-                raise BusinessError(f"{task} refused")
-            output, _ = service.run(db, task, kw["key"], kw["payload"])
-        except BusinessError as exc:
-            return {**kw["reply"], "status": "rejected", "error": exc.message}
-        return {**kw["reply"], "status": "succeeded", "output": output}
-
-    def run_all(self) -> list[str]:
-        tasks = []
-        while self.commands:
-            tasks.append(self.commands[0][0])
-            self.engine.handle_outcome(self.execute_next())
-        return tasks
-
-    def submit(self, order: dict[str, Any]) -> str:
-        saga_id, _ = self.engine.submit("order", order)
-        return saga_id
-
-    def saga(self, saga_id: str):  # type: ignore[no-untyped-def]
-        return self.engine.get(saga_id)
 
 
 @pytest.fixture

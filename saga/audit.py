@@ -1,0 +1,209 @@
+"""The consistency audit: the orchestrator's store cross-checked against every service's.
+
+It only reads. Each violation names the check, the saga (where there is one) and what is
+wrong; an empty list means every order ended fully done or fully undone.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+TERMINAL = {"completed", "compensated", "failed"}
+
+
+@dataclass(frozen=True)
+class Violation:
+    check: str
+    saga_id: str | None
+    message: str
+
+
+@dataclass
+class Report:
+    sagas_by_state: dict[str, int]
+    violations: list[Violation] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "sagas_by_state": self.sagas_by_state,
+            "violations": [asdict(v) for v in self.violations],
+        }
+
+
+def _rows(path: Path, sql: str) -> list[sqlite3.Row]:
+    """Rows of ``sql`` in the database at ``path``; none where the file or table is not
+    there yet (a service that never ran holds nothing)."""
+    if not path.exists():
+        return []
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    conn.row_factory = sqlite3.Row
+    try:
+        return conn.execute(sql).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return []
+        raise
+    finally:
+        conn.close()
+
+
+def audit(data_dir: Path, settle_seconds: float = 60.0, now: float | None = None) -> Report:
+    now = time.time() if now is None else now
+    sagas = _rows(data_dir / "sagas.db", "SELECT id, state, input, created_at FROM sagas")
+    alerted = {r["saga_id"] for r in _rows(data_dir / "sagas.db", "SELECT saga_id FROM alerts")}
+    report = Report(dict(Counter(r["state"] for r in sagas)))
+    bad = report.violations.append
+
+    by_ref: dict[str, sqlite3.Row] = {}
+    orders: dict[str, dict[str, Any]] = {}
+    for row in sagas:
+        order = json.loads(row["input"])
+        orders[row["id"]] = order
+        by_ref[str(order.get("order_id"))] = row
+
+    # what each service holds, per order reference
+    held = Counter(
+        r["reference"]
+        for r in _rows(
+            data_dir / "inventory.db", "SELECT reference FROM reservations WHERE state = 'held'"
+        )
+    )
+    charges = _rows(
+        data_dir / "payment.db",
+        "SELECT reference, amount_cents, currency, state, "
+        "(SELECT COALESCE(SUM(amount_cents), 0) FROM refunds "
+        " WHERE charge_id = charges.id) AS refunded FROM charges",
+    )
+    charged = Counter(r["reference"] for r in charges if r["refunded"] < r["amount_cents"])
+    shipments = Counter(
+        r["reference"]
+        for r in _rows(
+            data_dir / "shipping.db", "SELECT reference FROM shipments WHERE state = 'created'"
+        )
+    )
+    mails = Counter(
+        r["reference"] for r in _rows(data_dir / "notification.db", "SELECT reference FROM outbox")
+    )
+
+    for row in sagas:
+        sid, state, ref = row["id"], row["state"], str(orders[row["id"]].get("order_id"))
+        live = {
+            "live reservations": held[ref],
+            "unrefunded charges": charged[ref],
+            "live shipments": shipments[ref],
+        }
+        if state not in TERMINAL:
+            age = now - datetime.fromisoformat(row["created_at"]).timestamp()
+            if age > settle_seconds:
+                bad(Violation("settled", sid, f"still {state} after {age:.0f}s"))
+        elif state == "completed":
+            wrong = {k: n for k, n in live.items() if n != 1}
+            if wrong:
+                bad(Violation("completed", sid, f"completed but holds {_say(wrong)} (want 1 each)"))
+            if mails[ref] > 1:
+                bad(Violation("completed", sid, f"{mails[ref]} confirmations sent"))
+        elif state == "compensated":
+            left = {k: n for k, n in live.items() if n}
+            if left:
+                bad(Violation("compensated", sid, f"compensated but holds {_say(left)}"))
+        elif sid not in alerted:
+            bad(Violation("alerted", sid, "failed with no alert"))
+
+    _check_stock(data_dir, bad)
+    _check_money(sagas, orders, charges, bad)
+    _check_strays(data_dir, by_ref, {r["id"] for r in sagas}, bad)
+    return report
+
+
+def _say(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {what}" for what, n in counts.items())
+
+
+def _check_stock(data_dir: Path, bad: Any) -> None:
+    reserved: dict[str, int] = defaultdict(int)
+    for r in _rows(
+        data_dir / "inventory.db", "SELECT items FROM reservations WHERE state = 'held'"
+    ):
+        for item in json.loads(r["items"]):
+            reserved[item["sku"]] += item["quantity"]
+    for r in _rows(data_dir / "inventory.db", "SELECT sku, on_hand, available FROM stock"):
+        if r["available"] + reserved[r["sku"]] != r["on_hand"]:
+            bad(
+                Violation(
+                    "stock",
+                    None,
+                    f"{r['sku']}: on hand {r['on_hand']} but available "
+                    f"{r['available']} + reserved {reserved[r['sku']]}",
+                )
+            )
+
+
+def _check_money(
+    sagas: list[sqlite3.Row],
+    orders: dict[str, dict[str, Any]],
+    charges: list[sqlite3.Row],
+    bad: Any,
+) -> None:
+    # A failed saga may keep a charge its refund could not undo: its alert covers it.
+    failed_refs = {str(orders[r["id"]].get("order_id")) for r in sagas if r["state"] == "failed"}
+    kept: Counter[str] = Counter()
+    for c in charges:
+        if c["reference"] not in failed_refs:
+            kept[c["currency"]] += c["amount_cents"] - c["refunded"]
+    owed: Counter[str] = Counter()
+    for r in sagas:
+        if r["state"] == "completed":
+            order = orders[r["id"]]
+            owed[order["currency"]] += order["amount_cents"]
+    for currency in set(kept) | set(owed):
+        if kept[currency] != owed[currency]:
+            bad(
+                Violation(
+                    "money",
+                    None,
+                    f"{currency}: charges less refunds {kept[currency]} "
+                    f"!= completed orders {owed[currency]}",
+                )
+            )
+
+
+def _check_strays(
+    data_dir: Path, by_ref: dict[str, sqlite3.Row], saga_ids: set[str], bad: Any
+) -> None:
+    records = {
+        "reservation": ("inventory.db", "SELECT reference FROM reservations"),
+        "charge": ("payment.db", "SELECT reference FROM charges"),
+        "shipment": ("shipping.db", "SELECT reference FROM shipments"),
+        "confirmation": ("notification.db", "SELECT reference FROM outbox"),
+    }
+    for what, (db, sql) in records.items():
+        counts = Counter(r["reference"] for r in _rows(data_dir / db, sql))
+        for ref, n in counts.items():
+            saga = by_ref.get(ref)
+            if saga is None:
+                bad(Violation("strays", None, f"a {what} for {ref!r}, which no saga knows"))
+            elif n > 1:
+                bad(
+                    Violation(
+                        "once",
+                        saga["id"],
+                        f"{n} {what}s for one order: an idempotency key took effect twice",
+                    )
+                )
+    for db in ("inventory.db", "payment.db", "shipping.db", "notification.db"):
+        for r in _rows(data_dir / db, "SELECT key FROM idempotency"):
+            saga_id = str(r["key"]).split(":", 1)[0]
+            if saga_id not in saga_ids:
+                bad(Violation("strays", None, f"{db}: idempotency key {r['key']!r} of no saga"))
