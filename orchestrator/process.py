@@ -17,6 +17,7 @@ from celery import Celery, bootsteps
 
 from orchestrator.engine import Engine, Publisher
 from orchestrator.order_saga import ORDER_SAGA
+from saga import watchdog
 from saga.celery_app import OUTCOME_TASK, SUBMIT_TASK, make_app
 from saga.config import ORCHESTRATOR_QUEUE, Settings
 from saga.errors import InvalidOrder, TransientError
@@ -105,13 +106,15 @@ def build(settings: Settings) -> tuple[Celery, Engine]:
 def run(settings: Settings, loglevel: str = "INFO") -> None:
     """Run the orchestrator in the foreground until it is stopped."""
     app, _ = build(settings)
+    queue = settings.queue(ORCHESTRATOR_QUEUE)
+    watchdog.install(app, settings.broker_url, [queue], settings.stall_timeout)
     app.worker_main(
         [
             "worker",
             "--pool",
             "solo",
             "--queues",
-            settings.queue(ORCHESTRATOR_QUEUE),
+            queue,
             "--hostname",
             f"orchestrator-{settings.queue_prefix or 'main'}@%h",
             "--loglevel",

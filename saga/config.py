@@ -42,7 +42,11 @@ class Settings:
     step_timeout: float = 30.0
     # Dispatches of one step (first one included) before the orchestrator gives it up.
     max_dispatches: int = 5
+    # Runs of one message in a row in which its worker died, before the worker gives it up.
+    max_deliveries: int = 3
     sweep_interval: float = 1.0
+    # A worker whose queues hold messages while it receives none for this long restarts.
+    stall_timeout: float = 20.0
     failure_rates: Mapping[str, FailureRates] = field(default_factory=dict)
     log_level: str = "INFO"
 
@@ -72,7 +76,9 @@ class Settings:
             f"{PREFIX}UNACKED_RESTORE_INTERVAL": str(self.unacked_restore_interval),
             f"{PREFIX}STEP_TIMEOUT": str(self.step_timeout),
             f"{PREFIX}MAX_DISPATCHES": str(self.max_dispatches),
+            f"{PREFIX}MAX_DELIVERIES": str(self.max_deliveries),
             f"{PREFIX}SWEEP_INTERVAL": str(self.sweep_interval),
+            f"{PREFIX}STALL_TIMEOUT": str(self.stall_timeout),
             f"{PREFIX}FAILURE_RATES": json.dumps(rates),
             f"{PREFIX}LOG_LEVEL": self.log_level,
         }
@@ -129,7 +135,9 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         ),
         step_timeout=_number(env, "STEP_TIMEOUT", defaults.step_timeout, 0.1),
         max_dispatches=int(_number(env, "MAX_DISPATCHES", defaults.max_dispatches, 1)),
+        max_deliveries=int(_number(env, "MAX_DELIVERIES", defaults.max_deliveries, 1)),
         sweep_interval=_number(env, "SWEEP_INTERVAL", defaults.sweep_interval, 0.05),
+        stall_timeout=_number(env, "STALL_TIMEOUT", defaults.stall_timeout, 1),
         failure_rates=parse_failure_rates(env.get(PREFIX + "FAILURE_RATES", "")),
         log_level=(env.get(PREFIX + "LOG_LEVEL") or defaults.log_level).upper(),
     )

@@ -46,6 +46,10 @@ class InvalidOrder(BusinessError):
         self.problem = problem
 
 
+class MalformedCommand(BusinessError):
+    """A message whose shape or payload a worker cannot read: retrying cannot mend it."""
+
+
 class SagaNotFound(SagaError):
     def __init__(self, saga_id: str):
         super().__init__(f"no saga with id {saga_id!r}", saga_id=saga_id)

@@ -48,6 +48,7 @@ def settings(broker_url: str, tmp_path: Path) -> Iterator[Settings]:
         queue_prefix=f"test-{uuid.uuid4().hex[:10]}.",
         step_timeout=20.0,
         sweep_interval=0.2,
+        stall_timeout=4.0,
     )
     yield s
     broker.purge(broker_url, [s.queue(q) for q in (*SERVICES, ORCHESTRATOR_QUEUE)])

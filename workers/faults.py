@@ -7,6 +7,8 @@ An order's ``faults`` object maps an operation (a task name such as ``charge_pay
 - ``fail_business``: true — fail for a business reason (recorded, so every repeat agrees)
 - ``crash_after_effect``: true — kill the worker process after the effect is committed and
   before the outcome is sent (once: the redelivered run finds the effect and replies)
+- ``crash_before_effect``: true — kill the worker process before the effect, on every
+  delivery: a poison message, given up after ``SAGA_MAX_DELIVERIES`` runs that never ended
 - ``delay_seconds``: S — a slow step: wait S seconds before the effect, after touching
   ``DATA_DIR/running/OPERATION.KEY`` so that a test or a demo knows the step is under way
 """
@@ -23,6 +25,7 @@ FAULT_FIELDS = {
     "fail_transient": int,
     "fail_business": bool,
     "crash_after_effect": bool,
+    "crash_before_effect": bool,
     "delay_seconds": float,
 }
 
@@ -32,6 +35,7 @@ class FaultPlan:
     fail_transient: int = 0
     fail_business: bool = False
     crash_after_effect: bool = False
+    crash_before_effect: bool = False
     delay_seconds: float = 0.0
 
     @classmethod

@@ -27,6 +27,12 @@ CREATE TABLE IF NOT EXISTS idempotency (
     compensation_result TEXT,
     updated_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS deliveries (
+    key TEXT NOT NULL,
+    operation TEXT NOT NULL,
+    unfinished INTEGER NOT NULL,
+    PRIMARY KEY (key, operation)
+);
 """
 
 BLOCKED = "refused: this request was already compensated"
@@ -46,6 +52,7 @@ def run_action(
     records nothing, so a retry starts afresh.
     """
     refusal: str | None = None
+    failure: BusinessError | None = None
     with transaction(conn):
         row = conn.execute("SELECT * FROM idempotency WHERE key = ?", (key,)).fetchone()
         if row is not None and row["action_status"] == "done":
@@ -65,7 +72,7 @@ def run_action(
                 output = effect()
             except BusinessError as exc:
                 conn.execute("ROLLBACK TO effect")
-                refusal = exc.message
+                failure, refusal = exc, exc.message
                 status, result = "rejected", refusal
             else:
                 status, result = "done", output
@@ -75,6 +82,8 @@ def run_action(
                 "updated_at) VALUES (?, ?, ?, ?, ?)",
                 (key, operation, status, json.dumps(result), _now()),
             )
+    if failure is not None:
+        raise failure
     if refusal is not None:
         raise BusinessError(refusal)
     return output, True
@@ -105,3 +114,22 @@ def run_compensation(
             (key, compensation, json.dumps(output), _now()),
         )
     return output, True
+
+
+def begin_delivery(conn: sqlite3.Connection, key: str, operation: str) -> int:
+    """Count one more run of ``operation`` for ``key``; returns how many runs in a row
+    started without finishing (the worker died in each). Redis keeps no delivery count,
+    so a message that kills its worker would otherwise come back for ever."""
+    with transaction(conn):
+        row = conn.execute(
+            "INSERT INTO deliveries (key, operation, unfinished) VALUES (?, ?, 1) "
+            "ON CONFLICT (key, operation) DO UPDATE SET unfinished = unfinished + 1 "
+            "RETURNING unfinished",
+            (key, operation),
+        ).fetchone()
+    return int(row[0])
+
+
+def end_delivery(conn: sqlite3.Connection, key: str, operation: str) -> None:
+    with transaction(conn):
+        conn.execute("DELETE FROM deliveries WHERE key = ? AND operation = ?", (key, operation))

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from celery import Celery
 
+from saga import watchdog
 from saga.celery_app import make_app
 from saga.config import Settings
 from workers import SERVICES, task
@@ -29,12 +30,16 @@ def run(
 ) -> None:
     """Run a worker in the foreground for ``services`` until it is stopped."""
     app = build(settings, services)
+    for service in services:  # a data dir that cannot be written fails here, not mid-saga
+        SERVICES[service].prepare(settings.data_dir)
+    queues = [settings.queue(s) for s in services]
+    watchdog.install(app, settings.broker_url, queues, settings.stall_timeout)
     name = "all" if len(services) > 1 else services[0]
     app.worker_main(
         [
             "worker",
             "--queues",
-            ",".join(settings.queue(s) for s in services),
+            ",".join(queues),
             "--pool",
             pool,
             "--concurrency",

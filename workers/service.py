@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from saga.errors import MalformedCommand
 from saga_store.db import connect, transaction
 from workers import ledger
 
@@ -59,12 +60,21 @@ class Service:
         path = Path(data_dir) / f"{self.name}.db"
         conn = getattr(self._local, "conn", None)
         if conn is None or self._local.path != path:
-            conn = connect(path)
-            with transaction(conn):
-                for statement in (ledger.SCHEMA + self.schema).split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
+            conn = self._open(path)
             self._local.conn, self._local.path = conn, path
+        return conn
+
+    def prepare(self, data_dir: Path) -> None:
+        """Create the database now, so that a data dir that cannot be written fails at
+        start; nothing is kept open (a prefork worker forks after this)."""
+        self._open(Path(data_dir) / f"{self.name}.db").close()
+
+    def _open(self, path: Path) -> sqlite3.Connection:
+        conn = connect(path)
+        with transaction(conn):
+            for statement in (ledger.SCHEMA + self.schema).split(";"):
+                if statement.strip():
+                    conn.execute(statement)
         return conn
 
     def run(
@@ -78,11 +88,21 @@ class Service:
         """Run ``operation`` for idempotency ``key``; returns ``(output, fresh)``."""
         op = self.operations[operation]
         if op.is_compensation:
-            return ledger.run_compensation(db, key, op.name, lambda out: op.func(db, payload, out))
+            return ledger.run_compensation(
+                db, key, op.name, lambda out: _checked(op.name, op.func, db, payload, out)
+            )
 
         def effect() -> Any:
             if before_effect is not None:
                 before_effect()
-            return op.func(db, payload)
+            return _checked(op.name, op.func, db, payload)
 
         return ledger.run_action(db, key, op.name, effect)
+
+
+def _checked(name: str, func: Callable[..., Any], *args: Any) -> Any:
+    """Run an operation; a payload it cannot read is refused, since no retry can mend it."""
+    try:
+        return func(*args)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise MalformedCommand(f"{name}: malformed payload ({type(exc).__name__}: {exc})") from exc

@@ -19,9 +19,9 @@ from celery import Celery, Task
 
 from saga.celery_app import OUTCOME_TASK
 from saga.config import ORCHESTRATOR_QUEUE, Settings
-from saga.errors import BusinessError, TransientError
+from saga.errors import BusinessError, MalformedCommand, TransientError
 from saga.retry import RetryPolicy
-from workers import faults
+from workers import faults, ledger
 from workers.service import Service
 
 log = logging.getLogger("saga.worker")
@@ -65,11 +65,40 @@ def execute(
     retry: dict[str, Any] | None,
     fault_plan: dict[str, Any] | None,
 ) -> Any:
+    problem = _malformed(key, payload, reply, retry, fault_plan)
+    if problem:
+        log.error("%s: refusing a malformed command: %s", operation, problem)
+        return {"status": "refused", "error": problem}
     policy = RetryPolicy.from_dict(retry)
     plan = faults.FaultPlan.for_operation(fault_plan, operation)
-    is_compensation = service.operations[operation].is_compensation
     tries = task.request.retries
     context = {"key": key, "operation": operation, "try": tries + 1}
+    db = service.database(settings.data_dir)
+    runs = ledger.begin_delivery(db, key, operation)
+    try:
+        if runs > settings.max_deliveries:
+            error = f"{operation}: the worker died in each of its last {runs - 1} runs"
+            log.error("%s; giving it up", error, extra=context)
+            return _reply(task, settings, reply, "exhausted", error=error)
+        return _run(task, settings, service, operation, key, payload, reply, policy, plan, context)
+    finally:
+        ledger.end_delivery(db, key, operation)
+
+
+def _run(
+    task: Task,
+    settings: Settings,
+    service: Service,
+    operation: str,
+    key: str,
+    payload: dict[str, Any],
+    reply: dict[str, Any] | None,
+    policy: RetryPolicy,
+    plan: faults.FaultPlan,
+    context: dict[str, Any],
+) -> Any:
+    tries = task.request.retries
+    is_compensation = service.operations[operation].is_compensation
 
     def inject() -> None:
         """Failures that happen where the effect would: recorded by the ledger if business."""
@@ -87,8 +116,14 @@ def execute(
         if plan.delay_seconds:
             _signal_running(settings, operation, key)
             time.sleep(plan.delay_seconds)  # the injected slowness itself, not a wait
+        if plan.crash_before_effect:
+            log.warning("%s: crashing before the effect (fault plan)", operation)
+            os.kill(os.getpid(), signal.SIGKILL)
         db = service.database(settings.data_dir)
         output, fresh = service.run(db, operation, key, payload, before_effect=inject)
+    except MalformedCommand as exc:
+        log.error("%s", exc.message, extra=context)
+        return _reply(task, settings, reply, "rejected", error=exc.message)
     except BusinessError as exc:
         log.info("%s refused: %s", operation, exc.message, extra=context)
         return _reply(task, settings, reply, "rejected", error=exc.message)
@@ -102,6 +137,31 @@ def execute(
         log.warning("%s: crashing after the effect, before the reply (fault plan)", operation)
         os.kill(os.getpid(), signal.SIGKILL)
     return _reply(task, settings, reply, "succeeded", output=output)
+
+
+def _malformed(key: Any, payload: Any, reply: Any, retry: Any, fault_plan: Any) -> str | None:
+    """What is wrong with a command's shape, if anything (it may come from anywhere)."""
+    if not isinstance(key, str) or not key or len(key) > 300:
+        return "key must be a non-empty string"
+    if not isinstance(payload, dict):
+        return "payload must be an object"
+    if reply is not None and not (
+        isinstance(reply, dict)
+        and isinstance(reply.get("saga_id"), str)
+        and isinstance(reply.get("step"), str)
+        and reply.get("phase") in ("action", "compensation")
+    ):
+        return "reply must be an object with saga_id, step and phase"
+    if retry is not None:
+        try:
+            RetryPolicy.from_dict(retry).delay(0)
+        except (TypeError, ValueError) as exc:
+            return f"retry is not a retry policy: {exc}"
+    if fault_plan is not None and not (
+        isinstance(fault_plan, dict) and all(isinstance(v, dict) for v in fault_plan.values())
+    ):
+        return "fault_plan must map operations to objects"
+    return None
 
 
 def _signal_running(settings: Settings, operation: str, key: str) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 
 import orchestrator
-from saga import broker
+from saga import audit, broker
 from saga.celery_app import OUTCOME_TASK, SUBMIT_TASK, make_app
 from saga.config import ORCHESTRATOR_QUEUE, FailureRates
 from saga.processes import children_of, wait_for
@@ -116,6 +116,7 @@ def test_orchestrator_crash_points(
     system.orchestrator.start()
     assert system.wait(saga_id).state is final
     assert service_records(system.data_dir, "A-4") == records
+    assert audit.audit(system.data_dir).ok
 
 
 def test_worker_killed_while_its_step_runs(make_system: Callable[..., System]) -> None:
@@ -295,6 +296,8 @@ def test_random_failures_leave_every_order_consistent(make_system: Callable[...,
         assert records["charges"] <= 1 and records["shipments"] <= 1, order_id
     held = sum(v.state is SagaState.COMPLETED for v in final.values())
     assert available(system.data_dir, "WIDGET") == STOCK["WIDGET"] - held
+    report = audit.audit(system.data_dir)
+    assert report.ok, report.violations
 
 
 def test_lost_command_is_sent_again_after_its_deadline(make_system: Callable[..., System]) -> None:

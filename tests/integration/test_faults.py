@@ -1,0 +1,216 @@
+"""Faults beyond a clean crash: poison messages, bad messages, a broker that goes away,
+a locked store, a data dir that cannot be written."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from kombu import Connection, Exchange, Queue
+
+from saga import audit, broker
+from saga.celery_app import OUTCOME_TASK, make_app
+from saga.config import ORCHESTRATOR_QUEUE, Settings
+from saga.processes import saga_command, wait_for
+from saga_store import SagaState, open_store
+from tests.helpers import make_order, service_records
+from tests.integration.conftest import System
+
+pytestmark = pytest.mark.processes
+
+
+def assert_clean(system: System) -> None:
+    report = audit.audit(system.data_dir)
+    assert report.ok, report.violations
+
+
+def test_poison_step_is_given_up_and_the_saga_compensates(system: System) -> None:
+    # Given a reservation whose worker dies every time it runs it
+    saga_id = system.submit(
+        make_order("P-1", faults={"reserve_inventory": {"crash_before_effect": True}})
+    )
+    # Then it is given up after a bounded number of runs, and the saga compensates
+    view = system.wait(saga_id, timeout=90)
+    assert view.state is SagaState.COMPENSATED
+    assert "died in each of its last 3 runs" in (view.step("reserve_inventory").error or "")
+    assert system.workers["inventory"].alive()
+    assert service_records(system.data_dir, "P-1")["reservations_held"] == 0
+    assert_clean(system)
+    # and the worker serves the next order
+    assert system.wait(system.submit(make_order("P-2"))).state is SagaState.COMPLETED
+
+
+def publish_raw(settings: Settings, queue: str, body: object, **options: object) -> None:
+    name = settings.queue(queue)
+    with Connection(settings.broker_url) as conn:
+        conn.Producer().publish(
+            body,
+            exchange=name,
+            routing_key=name,
+            declare=[Queue(name, Exchange(name), routing_key=name)],
+            headers={
+                "task": options.pop("task", "charge_payment"),
+                "id": str(uuid.uuid4()),
+                "lang": "py",
+                "argsrepr": "",
+                "kwargsrepr": "",
+            },
+            **options,  # type: ignore[arg-type]
+        )
+
+
+def test_bad_messages_are_rejected_and_the_workers_keep_serving(system: System) -> None:
+    settings = system.settings
+    app = make_app(settings)
+    for queue, task in (("payment", "charge_payment"), (ORCHESTRATOR_QUEUE, OUTCOME_TASK)):
+        publish_raw(
+            settings,
+            queue,
+            "{not json",
+            content_type="application/json",
+            content_encoding="utf-8",
+            task=task,
+        )
+        publish_raw(settings, queue, [[], {"key": "k"}, {}], serializer="pickle", task=task)
+    publish_raw(settings, "payment", [[], {}, {}], serializer="json", task="mine_bitcoin")
+    app.send_task(
+        "charge_payment", kwargs={"key": 42, "payload": "x"}, queue=settings.queue("payment")
+    )
+    app.send_task(
+        "charge_payment",
+        kwargs={"key": "k-9", "payload": {"card": None}},
+        queue=settings.queue("payment"),
+    )
+    app.send_task(
+        OUTCOME_TASK,
+        args=[{"saga_id": "x", "phase": "sideways"}],
+        queue=settings.queue(ORCHESTRATOR_QUEUE),
+    )
+
+    # every bad message is logged where it landed
+    payment, orch = system.workers["payment"], system.orchestrator
+    wait_for(
+        lambda: (
+            payment.log_text().count("Refusing to deserialize untrusted content") >= 1
+            and "Expecting property name" in payment.log_text()
+            and "unregistered task" in payment.log_text()
+            and "refusing a malformed command: key must be a non-empty string" in payment.log_text()
+            and "charge_payment: malformed payload" in payment.log_text()
+        ),
+        30,
+        "the payment worker to reject each bad message",
+    )
+    wait_for(
+        lambda: (
+            "Refusing to deserialize untrusted content" in orch.log_text()
+            and "Expecting property name" in orch.log_text()
+            and "dropping a malformed outcome" in orch.log_text()
+        ),
+        30,
+        "the orchestrator to reject each bad message",
+    )
+    # and nothing else was lost: a real order still goes through
+    saga_id = system.submit(make_order("B-1"))
+    assert system.wait(saga_id).state is SagaState.COMPLETED
+    assert payment.alive() and orch.alive()
+    assert service_records(system.data_dir, "B-1")["charges"] == 1
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path):  # type: ignore[no-untyped-def]
+    server = broker.OwnedRedis(tmp_path / "redis.pid")
+    server.start()
+    yield server
+    server.stop()
+
+
+ONE = [{"sku": "WIDGET", "quantity": 1}]
+
+
+def test_redis_restarted_mid_run_loses_nothing(
+    make_system: Callable[..., System], own_redis: broker.OwnedRedis
+) -> None:
+    system = make_system(broker_url=own_redis.url, step_timeout=3.0)
+    # Given sagas in flight, one of them slow in the shipping worker
+    slow = system.submit(
+        make_order("R-0", items=ONE, faults={"create_shipment": {"delay_seconds": 2}})
+    )
+    others = [system.submit(make_order(f"R-{n}", items=ONE)) for n in range(1, 6)]
+    system.wait_step_running("create_shipment", slow, "create_shipment")
+    # When Redis dies, losing every queued message, and comes back a little later
+    port = own_redis.port
+    own_redis.stop(hard=True)
+    more = []
+    with pytest.raises(Exception, match="onnect"):  # the client sees the outage as it is
+        more.append(system.submit(make_order("R-6", items=ONE)))
+    own_redis.start(port)
+    more.append(system.submit(make_order("R-7", items=ONE)))
+    # Then every saga ends, each effect once, and the orchestrator never stopped
+    # R-6 was stored before its publish failed: the sweeper starts it
+    more.append(saga_of(system, "R-6"))
+    for saga_id in [slow, *others, *more]:
+        assert system.wait(saga_id, timeout=120).state is SagaState.COMPLETED
+    for n in range(8):
+        assert service_records(system.data_dir, f"R-{n}")["charges"] == 1
+    assert system.orchestrator.alive()
+    assert_clean(system)
+
+
+def saga_of(system: System, order_id: str) -> str:
+    store = open_store(system.data_dir / "sagas.db")
+    row = store.execute(
+        "SELECT id FROM sagas WHERE idempotency_key = ?", (f"order:{order_id}",)
+    ).fetchone()
+    assert row is not None, f"no saga stored for {order_id}"
+    return str(row["id"])
+
+
+def test_store_locked_by_another_process_for_a_while(system: System) -> None:
+    # Given a saga under way
+    saga_id = system.submit(make_order("L-1", faults={"charge_payment": {"delay_seconds": 1}}))
+    system.wait_step_running("charge_payment", saga_id, "charge_payment")
+    # When another process holds the store's write lock for 3 seconds
+    locked = system.data_dir / "locked"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sqlite3, sys, time, pathlib\n"
+                f"c = sqlite3.connect({str(system.data_dir / 'sagas.db')!r})\n"
+                "c.isolation_level = None\n"
+                "c.execute('BEGIN IMMEDIATE')\n"
+                f"pathlib.Path({str(locked)!r}).touch()\n"
+                "time.sleep(3)\n"
+                "c.execute('COMMIT')\n"
+            ),
+        ]
+    )
+    try:
+        wait_for(locked.exists, 10, "the lock to be taken")
+        # Then the orchestrator waits, and carries on
+        assert system.wait(saga_id).state is SagaState.COMPLETED
+    finally:
+        holder.wait(20)
+    assert holder.returncode == 0
+    assert service_records(system.data_dir, "L-1")["charges"] == 1
+
+
+@pytest.mark.parametrize("command", [["worker", "payment"], ["orchestrator"]])
+def test_unwritable_data_dir_is_a_clear_error_at_start(
+    settings: Settings, tmp_path: Path, command: list[str]
+) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the data dir should be")
+    env = {**os.environ, **settings.with_(data_dir=blocker / "data").to_env()}
+    result = subprocess.run(
+        saga_command(*command), env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "cannot open database" in result.stderr and "SAGA_DATA_DIR" in result.stderr
+    assert "Traceback" not in result.stderr
