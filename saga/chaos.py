@@ -10,6 +10,7 @@ The same ``seed`` replays the same schedule of faults.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -82,7 +83,7 @@ class Result:
 
 
 def make_order(n: int, rng: random.Random, opts: Options) -> dict[str, Any]:
-    sku = rng.choice(list(SKUS))
+    sku = rng.choices(list(SKUS), weights=[60, 37, 3])[0]  # GIZMO: scarce, so some run out
     quantity = rng.randint(1, 3)
     order: dict[str, Any] = {
         "order_id": f"chaos-{opts.seed}-{n:06d}",
@@ -135,7 +136,7 @@ class Campaign:
         self.settings = self.base.with_(
             broker_url=url,
             data_dir=data_dir,
-            queue_prefix="chaos.",
+            queue_prefix=f"{self.base.queue_prefix}chaos.",
             step_timeout=self.opts.step_timeout,
             sweep_interval=0.5,
             failure_rates={"*": FailureRates(self.opts.transient_rate, self.opts.business_rate)},
@@ -175,13 +176,11 @@ class Campaign:
         submitter.start()
         next_kill = started + self.rng.expovariate(1 / self.opts.kill_every)
         redis_restart_at = started + (self.opts.orders / self.opts.rate) / 2
-        while not done.is_set() or self.restarts:
+        while not done.is_set() or self.restarts or self._kills_owed():
             now = time.monotonic()
             self._restart_due(now)
-            kills_left = (
-                self.opts.kills is None or sum(self.result.kills.values()) < self.opts.kills
-            )
-            if not done.is_set() and kills_left and now >= next_kill:
+            wanted = not done.is_set() if self.opts.kills is None else self._kills_owed()
+            if wanted and now >= next_kill:
                 self._kill_one(now)
                 next_kill = now + self.rng.expovariate(1 / self.opts.kill_every)
             if self.opts.restart_redis and self.redis is not None and now >= redis_restart_at:
@@ -206,25 +205,29 @@ class Campaign:
                 log.warning("submitting %s: %s", order["order_id"], exc)
         done.set()
 
+    def _kills_owed(self) -> bool:
+        return self.opts.kills is not None and sum(self.result.kills.values()) < self.opts.kills
+
     def _kill_one(self, now: float) -> None:
-        kind = self.rng.choice(["worker", "pool child", "orchestrator"])
-        if kind == "orchestrator":
-            target = self.orchestrator
-        else:
-            target = self.workers[self.rng.choice(list(self.workers))]
-        assert target is not None
-        if not target.alive():
+        """SIGKILL a worker's main process, a pool child or the orchestrator; a dead main
+        process is started again after a random delay, a pool child by its worker."""
+        alive = [c for c in self.children() if c.alive()]
+        if not alive:
             return
-        if kind == "pool child":
-            pids = children_of(target.pid)
-            if not pids:
-                return
-            signal_pid = self.rng.choice(pids)
-            try:
-                os.kill(signal_pid, signal.SIGKILL)
-            except ProcessLookupError:
-                return
+        kind = self.rng.choice(["worker", "pool child", "orchestrator"])
+        workers = [c for c in alive if c is not self.orchestrator]
+        if (kind == "orchestrator" and self.orchestrator in alive) or not workers:
+            kind, target = "orchestrator", self.orchestrator
         else:
+            kind = "worker" if kind == "orchestrator" else kind
+            target = self.rng.choice(workers)
+        assert target is not None
+        pool = children_of(target.pid) if kind == "pool child" else []
+        if pool:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.rng.choice(pool), signal.SIGKILL)
+        else:
+            kind = "worker" if kind == "pool child" else kind
             target.kill(signal.SIGKILL)
             target.proc.wait(10)  # type: ignore[union-attr]
             target.stop()  # reap it and its orphaned pool children

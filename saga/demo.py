@@ -83,7 +83,7 @@ def run(
     settings = settings.with_(
         broker_url=url,
         data_dir=data_dir,
-        queue_prefix="demo.",
+        queue_prefix=f"{settings.queue_prefix}demo.",
         failure_rates={"*": FailureRates(transient=transient, business=business)},
     )
     broker.purge(url, [settings.queue(q) for q in (*SERVICES, ORCHESTRATOR_QUEUE)])
