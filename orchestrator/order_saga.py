@@ -82,7 +82,7 @@ def _items(value: Any) -> list[dict[str, Any]]:
         field = f"items[{i}]"
         if not isinstance(item, dict):
             raise InvalidOrder(field, "must be an object with sku and quantity")
-        extra = set(item) - {"sku", "quantity"}
+        extra = set(item) - {"sku", "quantity", "unit_price_cents"}
         if extra:
             raise InvalidOrder(field, f"unknown field {sorted(extra)[0]!r}")
         if "sku" not in item:
@@ -100,7 +100,28 @@ def _items(value: Any) -> list[dict[str, Any]]:
         seen.add(sku)
         quantity = _integer(item["quantity"], f"{field}.quantity", 1, MAX_QUANTITY)
         items.append({"sku": sku, "quantity": quantity})
+        if "unit_price_cents" in item:
+            items[-1]["unit_price_cents"] = _integer(
+                item["unit_price_cents"], f"{field}.unit_price_cents", 1, MAX_AMOUNT_CENTS
+            )
+    priced = ["unit_price_cents" in item for item in items]
+    if any(priced) and not all(priced):
+        missing = priced.index(False)
+        raise InvalidOrder(
+            f"items[{missing}].unit_price_cents", "give a unit price for every item or for none"
+        )
     return items
+
+
+def _amount(value: Any, items: list[dict[str, Any]]) -> int:
+    amount = _integer(value, "amount_cents", 1, MAX_AMOUNT_CENTS)
+    if items and "unit_price_cents" in items[0]:
+        expected = sum(i["quantity"] * i["unit_price_cents"] for i in items)
+        if amount != expected:
+            raise InvalidOrder(
+                "amount_cents", f"does not match the items: they come to {expected}, not {amount}"
+            )
+    return amount
 
 
 def _card(value: Any) -> dict[str, str]:
@@ -205,8 +226,8 @@ def prepare(document: Any) -> tuple[dict[str, Any], str]:
     stored: dict[str, Any] = {
         "order_id": order_id,
         "customer_email": email,
-        "items": _items(document["items"]),
-        "amount_cents": _integer(document["amount_cents"], "amount_cents", 1, MAX_AMOUNT_CENTS),
+        "items": (items := _items(document["items"])),
+        "amount_cents": _amount(document["amount_cents"], items),
         "currency": _match(
             CURRENCY,
             _string(document["currency"], "currency", 3),

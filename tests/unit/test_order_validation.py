@@ -37,6 +37,18 @@ BAD = [
     ("amount zero", make_order(amount_cents=0), "amount_cents"),
     ("amount float", make_order(amount_cents=12.5), "amount_cents"),
     ("amount enormous", make_order(amount_cents=10**15), "amount_cents"),
+    (
+        "amount does not match the items",
+        make_order(items=[{"sku": "W", "quantity": 2, "unit_price_cents": 500}], amount_cents=999),
+        "amount_cents",
+    ),
+    (
+        "price on some items only",
+        make_order(
+            items=[{"sku": "W", "quantity": 1, "unit_price_cents": 5}, {"sku": "G", "quantity": 1}]
+        ),
+        "items[1].unit_price_cents",
+    ),
     ("currency lowercase", make_order(currency="eur"), "currency"),
     ("card too short", make_order(card_number="4242"), "card_number"),
     ("card checksum", make_order(card_number="4242424242424241"), "card_number"),
@@ -95,3 +107,12 @@ def test_unicode_is_accepted_and_normalised() -> None:
         )
     )
     assert stored["shipping_address"]["name"] == "Zoë Ω"
+
+
+def test_priced_items_that_add_up_are_accepted() -> None:
+    items = [
+        {"sku": "W", "quantity": 2, "unit_price_cents": 500},
+        {"sku": "G", "quantity": 1, "unit_price_cents": 250},
+    ]
+    stored, _ = prepare(make_order(items=items, amount_cents=1250))
+    assert stored["items"] == items and stored["amount_cents"] == 1250
