@@ -13,6 +13,7 @@ import signal
 import sqlite3
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery, Task
@@ -48,95 +49,128 @@ def _make_task(settings: Settings, service: Service, operation: str) -> Callable
         retry: dict[str, Any] | None = None,
         fault_plan: dict[str, Any] | None = None,
     ) -> Any:
-        return execute(task, settings, service, operation, key, payload, reply, retry, fault_plan)
+        problem = _malformed(key, payload, reply, retry, fault_plan)
+        if problem:
+            log.error("%s: refusing a malformed command: %s", operation, problem)
+            return {"status": "refused", "error": problem}
+        delivery = Delivery(
+            task,
+            settings,
+            service,
+            operation,
+            key,
+            payload,
+            reply,
+            RetryPolicy.from_dict(retry),
+            faults.FaultPlan.for_operation(fault_plan, operation),
+        )
+        return delivery.execute()
 
     run.__name__ = operation
     return run
 
 
-def execute(
-    task: Task,
-    settings: Settings,
-    service: Service,
-    operation: str,
-    key: str,
-    payload: dict[str, Any],
-    reply: dict[str, Any] | None,
-    retry: dict[str, Any] | None,
-    fault_plan: dict[str, Any] | None,
-) -> Any:
-    problem = _malformed(key, payload, reply, retry, fault_plan)
-    if problem:
-        log.error("%s: refusing a malformed command: %s", operation, problem)
-        return {"status": "refused", "error": problem}
-    policy = RetryPolicy.from_dict(retry)
-    plan = faults.FaultPlan.for_operation(fault_plan, operation)
-    tries = task.request.retries
-    context = {"key": key, "operation": operation, "try": tries + 1}
-    db = service.database(settings.data_dir)
-    runs = ledger.begin_delivery(db, key, operation)
-    try:
-        if runs > settings.max_deliveries:
-            error = f"{operation}: the worker died in each of its last {runs - 1} runs"
-            log.error("%s; giving it up", error, extra=context)
-            return _reply(task, settings, reply, "exhausted", error=error)
-        return _run(task, settings, service, operation, key, payload, reply, policy, plan, context)
-    finally:
-        ledger.end_delivery(db, key, operation)
+@dataclass(frozen=True)
+class Delivery:
+    """One run of one command in this worker."""
 
+    task: Task
+    settings: Settings
+    service: Service
+    operation: str
+    key: str
+    payload: dict[str, Any]
+    reply: dict[str, Any] | None
+    policy: RetryPolicy
+    plan: faults.FaultPlan
 
-def _run(
-    task: Task,
-    settings: Settings,
-    service: Service,
-    operation: str,
-    key: str,
-    payload: dict[str, Any],
-    reply: dict[str, Any] | None,
-    policy: RetryPolicy,
-    plan: faults.FaultPlan,
-    context: dict[str, Any],
-) -> Any:
-    tries = task.request.retries
-    is_compensation = service.operations[operation].is_compensation
+    @property
+    def tries(self) -> int:
+        return int(self.task.request.retries)
 
-    def inject() -> None:
-        """Failures that happen where the effect would: recorded by the ledger if business."""
-        if plan.fail_business:
-            raise BusinessError(f"{operation} refused (fault plan)")
-        drawn = faults.draw(settings.failure_rates_for(operation))
-        if drawn == "business" and not is_compensation:
-            raise BusinessError(f"{operation} refused (random failure)")
+    @property
+    def context(self) -> dict[str, Any]:
+        return {"key": self.key, "operation": self.operation, "try": self.tries + 1}
 
-    try:
-        if tries < plan.fail_transient:
-            raise TransientError(f"{operation} failed (fault plan, try {tries + 1})")
-        if faults.draw(settings.failure_rates_for(operation)) == "transient":
-            raise TransientError(f"{operation} failed (random transient failure)")
-        if plan.delay_seconds:
-            _signal_running(settings, operation, key)
-            time.sleep(plan.delay_seconds)  # the injected slowness itself, not a wait
-        if plan.crash_before_effect:
-            log.warning("%s: crashing before the effect (fault plan)", operation)
+    def execute(self) -> Any:
+        """Run the operation, unless its worker died in each of its last runs (a poison
+        message, given up so that it cannot loop for ever)."""
+        db = self.service.database(self.settings.data_dir)
+        runs = ledger.begin_delivery(db, self.key, self.operation)
+        try:
+            if runs > self.settings.max_deliveries:
+                error = f"{self.operation}: the worker died in each of its last {runs - 1} runs"
+                log.error("%s; giving it up", error, extra=self.context)
+                return self._reply("exhausted", error=error)
+            return self._run()
+        finally:
+            ledger.end_delivery(db, self.key, self.operation)
+
+    def _run(self) -> Any:
+        op, plan, tries = self.operation, self.plan, self.tries
+        rates = self.settings.failure_rates_for(op)
+        is_compensation = self.service.operations[op].is_compensation
+
+        def inject() -> None:
+            """Failures where the effect would be: the ledger records a business one."""
+            if plan.fail_business:
+                raise BusinessError(f"{op} refused (fault plan)")
+            if faults.draw(rates) == "business" and not is_compensation:
+                raise BusinessError(f"{op} refused (random failure)")
+
+        try:
+            if tries < plan.fail_transient:
+                raise TransientError(f"{op} failed (fault plan, try {tries + 1})")
+            if faults.draw(rates) == "transient":
+                raise TransientError(f"{op} failed (random transient failure)")
+            if plan.delay_seconds:
+                self._signal_running()
+                time.sleep(plan.delay_seconds)  # the injected slowness itself, not a wait
+            if plan.crash_before_effect:
+                log.warning("%s: crashing before the effect (fault plan)", op)
+                os.kill(os.getpid(), signal.SIGKILL)
+            db = self.service.database(self.settings.data_dir)
+            output, fresh = self.service.run(db, op, self.key, self.payload, before_effect=inject)
+        except MalformedCommand as exc:
+            log.error("%s", exc.message, extra=self.context)
+            return self._reply("rejected", error=exc.message)
+        except BusinessError as exc:
+            log.info("%s refused: %s", op, exc.message, extra=self.context)
+            return self._reply("rejected", error=exc.message)
+        except (TransientError, sqlite3.OperationalError) as exc:
+            return self._retry_or_give_up(exc)
+        except Exception as exc:
+            log.exception("%s failed unexpectedly", op, extra=self.context)
+            return self._retry_or_give_up(exc)
+
+        if fresh and plan.crash_after_effect:
+            log.warning("%s: crashing after the effect, before the reply (fault plan)", op)
             os.kill(os.getpid(), signal.SIGKILL)
-        db = service.database(settings.data_dir)
-        output, fresh = service.run(db, operation, key, payload, before_effect=inject)
-    except MalformedCommand as exc:
-        log.error("%s", exc.message, extra=context)
-        return _reply(task, settings, reply, "rejected", error=exc.message)
-    except BusinessError as exc:
-        log.info("%s refused: %s", operation, exc.message, extra=context)
-        return _reply(task, settings, reply, "rejected", error=exc.message)
-    except (TransientError, sqlite3.OperationalError) as exc:
-        return _retry_or_give_up(task, settings, reply, policy, exc, context)
-    except Exception as exc:
-        log.exception("%s failed unexpectedly", operation, extra=context)
-        return _retry_or_give_up(task, settings, reply, policy, exc, context)
+        return self._reply("succeeded", output=output)
 
-    if fresh and plan.crash_after_effect:
-        log.warning("%s: crashing after the effect, before the reply (fault plan)", operation)
-        os.kill(os.getpid(), signal.SIGKILL)
-    return _reply(task, settings, reply, "succeeded", output=output)
+    def _signal_running(self) -> None:
+        marker = self.settings.data_dir / "running" / f"{self.operation}.{self.key}"
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+
+    def _retry_or_give_up(self, exc: Exception) -> Any:
+        tries = self.tries
+        if tries < self.policy.max_retries:
+            countdown = self.policy.delay(tries)
+            log.debug("%s: retry %d in %.2fs: %s", self.operation, tries + 1, countdown, exc)
+            raise self.task.retry(countdown=countdown, max_retries=self.policy.max_retries, exc=exc)
+        log.warning("%s: giving up after %d tries: %s", self.operation, tries + 1, exc)
+        return self._reply("exhausted", error=f"{exc} (after {tries + 1} tries)")
+
+    def _reply(self, status: str, output: Any = None, error: str | None = None) -> Any:
+        if self.reply is not None:
+            outcome = {**self.reply, "status": status, "output": output, "error": error}
+            self.task.app.send_task(
+                OUTCOME_TASK,
+                args=[outcome],
+                queue=self.settings.queue(ORCHESTRATOR_QUEUE),
+            )
+        return {"status": status, "output": output, "error": error}
 
 
 def _malformed(key: Any, payload: Any, reply: Any, retry: Any, fault_plan: Any) -> str | None:
@@ -162,40 +196,3 @@ def _malformed(key: Any, payload: Any, reply: Any, retry: Any, fault_plan: Any) 
     ):
         return "fault_plan must map operations to objects"
     return None
-
-
-def _signal_running(settings: Settings, operation: str, key: str) -> None:
-    marker = settings.data_dir / "running" / f"{operation}.{key}"
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.touch()
-
-
-def _retry_or_give_up(
-    task: Task,
-    settings: Settings,
-    reply: dict[str, Any] | None,
-    policy: RetryPolicy,
-    exc: Exception,
-    context: dict[str, Any],
-) -> Any:
-    tries = task.request.retries
-    if tries < policy.max_retries:
-        countdown = policy.delay(tries)
-        log.debug("%s: retry %d in %.2fs: %s", context["operation"], tries + 1, countdown, exc)
-        raise task.retry(countdown=countdown, max_retries=policy.max_retries, exc=exc)
-    log.warning("%s: giving up after %d tries: %s", context["operation"], tries + 1, exc)
-    return _reply(task, settings, reply, "exhausted", error=f"{exc} (after {tries + 1} tries)")
-
-
-def _reply(
-    task: Task,
-    settings: Settings,
-    reply: dict[str, Any] | None,
-    status: str,
-    output: Any = None,
-    error: str | None = None,
-) -> Any:
-    if reply is not None:
-        outcome = {**reply, "status": status, "output": output, "error": error}
-        task.app.send_task(OUTCOME_TASK, args=[outcome], queue=settings.queue(ORCHESTRATOR_QUEUE))
-    return {"status": status, "output": output, "error": error}

@@ -202,3 +202,16 @@ def test_reservation_refused_compensates_with_nothing_held(
     assert error in (view.step("reserve_inventory").error or "")
     assert available(h.settings.data_dir, "WIDGET") == STOCK["WIDGET"]
     assert available(h.settings.data_dir, "GADGET") == STOCK["GADGET"]
+
+
+def test_sweeper_holds_off_while_outcomes_wait(h: Harness) -> None:
+    from orchestrator.process import Sweeper
+
+    h.submit(make_order("A"))
+    h.commands.clear()  # the command is lost
+    h.clock.now += 31
+    waiting = [3]
+    sweeper = Sweeper(h.engine, interval=1, backlog=lambda: waiting[0])
+    assert sweeper.tick() == 0 and not h.commands  # its outcome may be among those 3
+    waiting[0] = 0
+    assert sweeper.tick() == 1 and [t for t, _ in h.commands] == ["reserve_inventory"]
