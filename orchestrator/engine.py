@@ -141,18 +141,19 @@ class Engine:
             except TransitionRefused:
                 continue  # its outcome came in meanwhile
             handled += 1
-            for d in result.dispatches:
+            again = [d for d in result.dispatches if d.step == step and d.attempt > 1]
+            if again:
                 log.warning(
                     "no outcome in time: re-dispatching %s of %s/%s (attempt %d)",
-                    d.phase,
+                    again[0].phase,
                     saga_id,
                     step,
-                    d.attempt,
+                    again[0].attempt,
                     extra={"saga_id": saga_id},
                 )
-            if not result.dispatches or result.dispatches[0].step != step:
+            else:
                 log.warning(
-                    "gave up %s/%s after its dispatch budget",
+                    "gave up %s/%s: no outcome within its dispatch budget",
                     saga_id,
                     step,
                     extra={"saga_id": saga_id},

@@ -74,13 +74,19 @@ def test_duplicate_outcome_changes_nothing(h: Harness) -> None:
     assert queries.counters(h.engine.db)["duplicate_outcomes"] == 1
 
 
-def test_late_outcome_of_a_given_up_step_changes_nothing(h: Harness) -> None:
+def test_late_outcome_of_a_given_up_step_changes_nothing(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
     sid = h.submit(make_order("A"))
     h.engine.handle_outcome(h.execute_next())  # reserved; the charge command is lost:
     h.commands.clear()
-    for _ in range(3):  # each deadline passes with no outcome; the third gives it up
-        h.clock.now += 31
-        h.engine.sweep()
+    with caplog.at_level(logging.WARNING, logger="saga.orchestrator"):
+        for _ in range(3):  # each deadline passes with no outcome; the third gives it up
+            h.clock.now += 31
+            h.engine.sweep()
+    said = [r.getMessage() for r in caplog.records]
+    assert said[0].startswith("no outcome in time: re-dispatching action of")
+    assert said[-1] == f"gave up {sid}/charge_payment: no outcome within its dispatch budget"
     tasks = [t for t, _ in h.commands]
     assert tasks == ["charge_payment", "charge_payment", "refund_payment"]
     h.commands.popleft()
