@@ -214,3 +214,29 @@ def test_unwritable_data_dir_is_a_clear_error_at_start(
     assert result.returncode == 2
     assert "cannot open database" in result.stderr and "SAGA_DATA_DIR" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_compensation_delivered_before_its_action(make_system: Callable[..., System]) -> None:
+    # Redis gives a dead worker's message back only after the visibility timeout; with one
+    # dispatch allowed, the orchestrator gives the step up and compensates it first.
+    system = make_system(
+        step_timeout=1.5, max_dispatches=1, visibility_timeout=6.0, unacked_restore_interval=1.0
+    )
+    # Given a charge under way in the payment worker
+    saga_id = system.submit(make_order("C-1", faults={"charge_payment": {"delay_seconds": 1}}))
+    system.wait_step_running("charge_payment", saga_id, "charge_payment")
+    # When that worker's main process dies, holding the charge message unacknowledged
+    system.kill_and_wait(system.workers["payment"])
+    system.workers["payment"].start()
+    # Then the refund comes first, and the saga ends compensated
+    view = system.wait(saga_id, timeout=60)
+    assert view.state is SagaState.COMPENSATED
+    # and when the charge message comes back, it is refused
+    payment = system.workers["payment"]
+    wait_for(
+        lambda: "refused: this request was already compensated" in payment.log_text(),
+        60,
+        "the late charge to be delivered and refused",
+    )
+    assert service_records(system.data_dir, "C-1")["charges"] == 0
+    assert_clean(system)
