@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +22,7 @@ from saga import watchdog
 from saga.celery_app import OUTCOME_TASK, SUBMIT_TASK, make_app
 from saga.config import ORCHESTRATOR_QUEUE, Settings
 from saga.errors import InvalidOrder, TransientError
+from saga.periodic import Periodic
 
 log = logging.getLogger("saga.orchestrator")
 
@@ -37,7 +37,7 @@ def celery_publisher(app: Celery, settings: Settings) -> Publisher:
 
 
 class Sweeper:
-    """Runs :meth:`Engine.sweep` every ``interval`` seconds on a thread of its own.
+    """Runs :meth:`Engine.sweep` on each tick (every ``interval`` seconds, see ``build``).
 
     While outcomes wait on the orchestrator's own queue (``backlog``), it holds off: the
     outcome a deadline waits for is most likely among them, and re-dispatching then would
@@ -47,15 +47,6 @@ class Sweeper:
 
     def __init__(self, engine: Engine, interval: float, backlog: Callable[[], int] = lambda: 0):
         self.engine, self.interval, self.backlog = engine, interval, backlog
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="saga-sweeper", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
 
     def tick(self) -> int:
         """One sweep, unless outcomes are waiting; returns how many steps it handled."""
@@ -64,10 +55,6 @@ class Sweeper:
         except Exception:  # the sweeper must outlive a passing broker or database fault
             log.exception("sweep failed; trying again in %.1fs", self.interval)
             return 0
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.tick()
 
 
 def outcome_backlog(broker_url: str, queue: str) -> Callable[[], int]:
@@ -116,11 +103,12 @@ def build(settings: Settings) -> tuple[Celery, Engine]:
 
         def __init__(self, worker: Any, **kwargs: Any):
             super().__init__(worker, **kwargs)
-            self.sweeper = Sweeper(
+            sweeper = Sweeper(
                 engine,
                 settings.sweep_interval,
                 outcome_backlog(settings.broker_url, settings.queue(ORCHESTRATOR_QUEUE)),
             )
+            self.sweeper = Periodic("saga-sweeper", settings.sweep_interval, sweeper.tick)
 
         def start(self, worker: Any) -> None:
             engine.recover()

@@ -16,7 +16,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -25,6 +24,7 @@ import redis
 from celery import Celery, bootsteps
 from celery.worker import state
 
+from saga.periodic import Periodic
 from saga.processes import children_of
 
 log = logging.getLogger("saga.watchdog")
@@ -45,14 +45,6 @@ class ConsumerWatchdog:
         self.clock = clock
         self._received = state.all_total_count[0]
         self._stalled_since: float | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="saga-watchdog", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
 
     def waiting(self) -> int | None:
         """Messages waiting on our queues, or None where the broker does not answer."""
@@ -76,18 +68,17 @@ class ConsumerWatchdog:
             self._stalled_since = self.clock()
         return waiting if self.clock() - self._stalled_since >= self.stall_timeout else 0
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            waiting = self.check()
-            if waiting:
-                log.critical(
-                    "consumer stalled: %d message(s) waiting on %s, none received "
-                    "for %.0fs; restarting this worker",
-                    waiting,
-                    ", ".join(self.queues),
-                    self.stall_timeout,
-                )
-                restart_in_place()
+    def tick(self) -> None:
+        waiting = self.check()
+        if waiting:
+            log.critical(
+                "consumer stalled: %d message(s) waiting on %s, none received "
+                "for %.0fs; restarting this worker",
+                waiting,
+                ", ".join(self.queues),
+                self.stall_timeout,
+            )
+            restart_in_place()
 
 
 def restart_in_place() -> None:
@@ -107,7 +98,8 @@ def install(app: Celery, broker_url: str, queues: Sequence[str], stall_timeout: 
 
         def __init__(self, worker: Any, **kwargs: Any):
             super().__init__(worker, **kwargs)
-            self.watchdog = ConsumerWatchdog(broker_url, queues, stall_timeout)
+            dog = ConsumerWatchdog(broker_url, queues, stall_timeout)
+            self.watchdog = Periodic("saga-watchdog", dog.interval, dog.tick)
 
         def start(self, worker: Any) -> None:
             self.watchdog.start()

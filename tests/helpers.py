@@ -25,6 +25,18 @@ BASE_ORDER: dict[str, Any] = {
 
 STOCK = {"WIDGET": 10, "GADGET": 5}
 
+# What the services hold for a completed order: one of each, nothing undone.
+ONE_OF_EACH = {
+    "reservations_held": 1,
+    "reservations_released": 0,
+    "charges": 1,
+    "charges_live": 1,
+    "refunds": 0,
+    "shipments": 1,
+    "shipments_live": 1,
+    "confirmations": 1,
+}
+
 
 def make_order(order_id: str = "ORD-1", **changes: Any) -> dict[str, Any]:
     order = copy.deepcopy(BASE_ORDER)

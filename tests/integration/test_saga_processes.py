@@ -16,21 +16,11 @@ from saga.celery_app import OUTCOME_TASK, SUBMIT_TASK, make_app
 from saga.config import ORCHESTRATOR_QUEUE, FailureRates
 from saga.processes import children_of, wait_for
 from saga_store import SagaState, StepState, open_store, queries
-from tests.helpers import STOCK, all_text_of, available, make_order, service_records
+from tests.helpers import ONE_OF_EACH, STOCK, all_text_of, available, make_order, service_records
 from tests.integration.conftest import System
 
 pytestmark = pytest.mark.processes
 
-ONE_OF_EACH = {
-    "reservations_held": 1,
-    "reservations_released": 0,
-    "charges": 1,
-    "charges_live": 1,
-    "refunds": 0,
-    "shipments": 1,
-    "shipments_live": 1,
-    "confirmations": 1,
-}
 NOTHING_LIVE = {"reservations_held": 0, "charges_live": 0, "shipments_live": 0}
 
 
