@@ -24,8 +24,9 @@ from typing import Any
 
 import orchestrator
 from saga import audit, broker
+from saga.cluster import Cluster
 from saga.config import ORCHESTRATOR_QUEUE, SERVICES, FailureRates, Settings
-from saga.processes import Child, children_of, saga_command, stop_all
+from saga.processes import Child, children_of
 from saga_store import open_store, queries
 from workers import inventory
 
@@ -115,6 +116,7 @@ class Campaign:
         self.base = settings
         self.settings = settings
         self.redis: broker.OwnedRedis | None = None
+        self.cluster: Cluster | None = None
         self.workers: dict[str, Child] = {}
         self.orchestrator: Child | None = None
         self.restarts: list[tuple[float, Child]] = []
@@ -145,24 +147,15 @@ class Campaign:
         db = inventory.service.database(data_dir)
         for sku, quantity in SKUS.items():
             inventory.set_stock(db, sku, quantity)
-        env = self.settings.to_env()
-        logs = data_dir / "logs"
-        self.workers = {
-            s: Child(f"worker {s}", saga_command("worker", s), env, logs / f"{s}.log")
-            for s in SERVICES
-        }
-        self.orchestrator = Child(
-            "orchestrator", saga_command("orchestrator"), env, logs / "orchestrator.log"
-        )
-        for child in self.children():
-            child.start()
+        self.cluster = Cluster(self.settings).start()
+        self.workers, self.orchestrator = self.cluster.workers, self.cluster.orchestrator
 
     def children(self) -> list[Child]:
-        assert self.orchestrator is not None
-        return [*self.workers.values(), self.orchestrator]
+        return self.cluster.children if self.cluster else []
 
     def stop(self) -> None:
-        stop_all(self.children())
+        if self.cluster is not None:
+            self.cluster.stop()
         if self.redis is not None:
             self.redis.stop()
 

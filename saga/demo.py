@@ -12,8 +12,8 @@ from typing import Any
 
 import orchestrator
 from saga import broker
+from saga.cluster import Cluster
 from saga.config import ORCHESTRATOR_QUEUE, SERVICES, FailureRates, Settings
-from saga.processes import Child, saga_command, stop_all
 from saga_store import open_store, queries
 from workers import inventory
 
@@ -91,28 +91,15 @@ def run(
     for sku, quantity in STOCK.items():
         inventory.set_stock(db, sku, quantity)
 
-    env = settings.to_env()
-    children = [
-        Child(f"worker {s}", saga_command("worker", s), env, data_dir / "logs" / f"{s}.log")
-        for s in SERVICES
-    ] + [
-        Child(
-            "orchestrator",
-            saga_command("orchestrator"),
-            env,
-            data_dir / "logs" / "orchestrator.log",
-        )
-    ]
+    cluster = Cluster(settings)
     try:
-        for child in children:
-            child.start()
-        print(
-            f"started {len(children) - 1} workers and the orchestrator; logs in {data_dir / 'logs'}"
-        )
+        cluster.start()
+        logs = data_dir / "logs"
+        print(f"started {len(cluster.workers)} workers and the orchestrator; logs in {logs}")
         print(f"random failures per step: transient {transient:.0%}, business {business:.0%}\n")
         return _run_batch(settings, make_orders(orders), timeout)
     finally:
-        stop_all(children)
+        cluster.stop()
         if owned is not None:
             owned.stop()
 

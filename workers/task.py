@@ -94,12 +94,17 @@ class Delivery:
 
     def execute(self) -> Any:
         """Run the operation, unless its worker died in each of its last runs (a poison
-        message, given up so that it cannot loop for ever)."""
+        message, given up so that it cannot loop for ever).
+
+        Only a redelivered message can follow a death, so only those are counted: a first
+        delivery costs no bookkeeping write."""
+        if not (self.task.request.delivery_info or {}).get("redelivered"):
+            return self._run()
         db = self.service.database(self.settings.data_dir)
-        runs = ledger.begin_delivery(db, self.key, self.operation)
+        runs = ledger.begin_delivery(db, self.key, self.operation)  # deaths so far
         try:
-            if runs > self.settings.max_deliveries:
-                error = f"{self.operation}: the worker died in each of its last {runs - 1} runs"
+            if runs >= self.settings.max_deliveries:
+                error = f"{self.operation}: the worker died in each of its last {runs} runs"
                 log.error("%s; giving it up", error, extra=self.context)
                 return self._reply("exhausted", error=error)
             return self._run()

@@ -11,25 +11,16 @@ from typing import Any
 import pytest
 
 import orchestrator
-from saga.config import SERVICES, Settings
-from saga.processes import Child, saga_command, stop_all, wait_for
+from saga.cluster import Cluster
+from saga.config import Settings
+from saga.processes import Child, wait_for
 from saga_store import SagaView, open_store, queries
 from tests.helpers import STOCK
 from workers import inventory
 
 
-class System:
-    def __init__(self, settings: Settings):
-        self.settings = settings
-        env = {**settings.to_env(), "PYTHONUNBUFFERED": "1"}
-        logs = settings.data_dir / "logs"
-        self.workers = {
-            s: Child(f"worker {s}", saga_command("worker", s), env, logs / f"{s}.log")
-            for s in SERVICES
-        }
-        self.orchestrator = Child(
-            "orchestrator", saga_command("orchestrator"), env, logs / "orchestrator.log"
-        )
+class System(Cluster):
+    """A started :class:`Cluster` with what the tests ask of it."""
 
     @property
     def data_dir(self) -> Path:
@@ -39,12 +30,8 @@ class System:
         db = inventory.service.database(self.data_dir)
         for sku, quantity in STOCK.items():
             inventory.set_stock(db, sku, quantity)
-        for child in (*self.workers.values(), self.orchestrator):
-            child.start()
+        super().start()
         return self
-
-    def stop(self) -> None:
-        stop_all([*self.workers.values(), self.orchestrator])
 
     def submit(self, order: dict[str, Any]) -> str:
         return orchestrator.submit(order, settings=self.settings)
@@ -68,10 +55,7 @@ class System:
         return queries.counters(open_store(self.data_dir / "sagas.db"))
 
     def logs(self) -> str:
-        return "\n".join(
-            f"----- {c.name} -----\n{c.log_text()[-4000:]}"
-            for c in (*self.workers.values(), self.orchestrator)
-        )
+        return "\n".join(f"----- {c.name} -----\n{c.log_text()[-4000:]}" for c in self.children)
 
 
 @pytest.fixture

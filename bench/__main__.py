@@ -1,0 +1,233 @@
+"""``python -m bench``: the saga orchestrator against a bare Celery chain, in one run.
+
+Both sides run the same four service tasks (their SQLite writes, no random failures) on the
+same workers (one prefork worker per service, ``-c 1``) and the same Redis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import store
+from bench.workload import ChainRunner, SagaRunner
+from saga import broker, config
+from saga.cluster import Cluster
+from saga.config import ORCHESTRATOR_QUEUE, SERVICES, Settings
+from saga.processes import wait_for
+from saga_store import open_store, queries
+from workers import inventory
+from workers.process import build
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _fresh(settings: Settings, name: str) -> Settings:
+    data_dir = settings.data_dir / name
+    shutil.rmtree(data_dir, ignore_errors=True)
+    data_dir.mkdir(parents=True)
+    s = settings.with_(data_dir=data_dir, queue_prefix=f"{settings.queue_prefix}{name}.")
+    broker.purge(s.broker_url, [s.queue(q) for q in (*SERVICES, ORCHESTRATOR_QUEUE)])
+    inventory.set_stock(inventory.service.database(data_dir), "WIDGET", 10_000_000)
+    return s
+
+
+def compare(settings: Settings, count: int, latency_count: int, load: float) -> dict[str, Any]:
+    """Saturation throughput and latency at a fixed offered load, chains then sagas."""
+    s = _fresh(settings, "compare")
+    cluster = Cluster(s)
+    for worker in cluster.workers.values():
+        worker.start()
+    try:
+        # no orchestrator yet: the chains' last replies come to its queue, for us to read
+        chains = ChainRunner(build(s), s)
+        chains.run("warm-c", 20)
+        chain_sat = chains.run("sat-c", count)
+        rate = max(1.0, chain_sat.per_second * load)
+        chain_lat = chains.run("lat-c", latency_count, rate)
+        cluster.orchestrator.start()
+        sagas = SagaRunner(s)
+        sagas.run("warm-s", 20)
+        saga_sat = sagas.run("sat-s", count)
+        saga_lat = sagas.run("lat-s", latency_count, rate)
+        orchestrator_rss = rss_mb(cluster.orchestrator.pid)
+    finally:
+        cluster.stop()
+    return {
+        "offered_load_per_second": round(rate, 1),
+        "chain": {"saturation": chain_sat.summary(), "at_load": chain_lat.summary()},
+        "saga": {"saturation": saga_sat.summary(), "at_load": saga_lat.summary()},
+        "ratio_throughput": round(saga_sat.per_second / chain_sat.per_second, 3),
+        "ratio_p50_latency": round(saga_lat.percentile(50) / chain_lat.percentile(50), 3)
+        if chain_lat.percentile(50)
+        else None,
+        "orchestrator_rss_mb": round(orchestrator_rss, 1),
+    }
+
+
+def recovery(settings: Settings, in_flight: int) -> dict[str, Any]:
+    """Seconds from an orchestrator's restart until every saga in flight has its command
+    sent again; and from a worker's SIGKILL until its step runs again."""
+    s = _fresh(settings, "recovery").with_(step_timeout=settings.step_timeout)
+    cluster = Cluster(s)
+    for child in cluster.workers.values():
+        child.start()
+    try:
+        # sagas in flight: submitted while the shipping worker is down, so they all wait
+        cluster.workers["shipping"].stop()
+        runner = SagaRunner(s)
+        ids = [runner_submit(runner, "rec", n) for n in range(in_flight)]
+        store_db = open_store(s.path("sagas.db"))
+        t0 = time.time()
+        cluster.orchestrator.start()
+        wait_for(
+            lambda: (
+                store_db.execute(
+                    "SELECT COUNT(*) FROM saga_steps WHERE deadline_at > ? ", (t0 + s.step_timeout,)
+                ).fetchone()[0]
+                >= in_flight
+            ),
+            120,
+            "every saga to be resumed",
+        )
+        resumed = time.time() - t0
+        cluster.workers["shipping"].start()
+        wait_for(lambda: not queries.active_saga_ids(store_db), 300, "the sagas to end")
+        del ids
+        # a worker SIGKILLed in the middle of a step
+        marker_dir = s.data_dir / "running"
+        slow = runner_submit(runner, "kill", 0, {"charge_payment": {"delay_seconds": 3}})
+        marker = marker_dir / f"charge_payment.{slow}:charge_payment"
+        wait_for(marker.exists, 60, "the slow charge to start")
+        marker.unlink()
+        payment = cluster.workers["payment"]
+        payment.kill()
+        killed = time.time()
+        payment.stop()
+        payment.start()
+        wait_for(marker.exists, s.step_timeout * 3 + 30, "the charge to run again")
+        again = time.time() - killed
+    finally:
+        cluster.stop()
+    return {
+        "in_flight": in_flight,
+        "orchestrator_restart_to_all_resumed_s": round(resumed, 2),
+        "worker_sigkill_to_step_running_again_s": round(again, 2),
+        "step_timeout_s": s.step_timeout,
+    }
+
+
+def runner_submit(
+    runner: SagaRunner, tag: str, n: int, faults: dict[str, Any] | None = None
+) -> str:
+    import orchestrator
+    from bench.workload import order
+
+    doc = order(tag, n)
+    if faults:
+        doc["faults"] = faults
+    return orchestrator.submit(doc, settings=runner.settings)
+
+
+def growth(settings: Settings, fills: list[int], count: int) -> list[dict[str, Any]]:
+    """Throughput, orchestrator memory and the start-up recovery scan with N finished
+    sagas already in the store."""
+    rows = []
+    for fill in fills:
+        s = _fresh(settings, f"growth{fill}")
+        fill_seconds = store.fill_finished(s.path("sagas.db"), fill)
+        t0 = time.perf_counter()
+        queries.active_saga_ids(open_store(s.path("sagas.db")))
+        scan = time.perf_counter() - t0
+        cluster = Cluster(s).start()
+        try:
+            run = SagaRunner(s).run(f"g{fill}", count)
+            rss = rss_mb(cluster.orchestrator.pid)
+        finally:
+            cluster.stop()
+        rows.append(
+            {
+                "finished_sagas": fill,
+                "fill_s": round(fill_seconds, 1),
+                "recovery_scan_ms": round(scan * 1000, 2),
+                "sagas_per_second": round(run.per_second, 1),
+                "orchestrator_rss_mb": round(rss, 1),
+            }
+        )
+        shutil.rmtree(s.data_dir, ignore_errors=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--count", type=int, default=600, help="chains and sagas at saturation")
+    p.add_argument("--latency-count", type=int, default=300)
+    p.add_argument(
+        "--load",
+        type=float,
+        default=0.5,
+        help="offered load for latency, as a fraction of the chain's saturation",
+    )
+    p.add_argument("--in-flight", type=int, default=1000)
+    p.add_argument(
+        "--fill", default="0,100000,1000000", help="finished sagas in the store for the growth runs"
+    )
+    p.add_argument("--growth-count", type=int, default=300)
+    p.add_argument("--json", default="bench-results.json")
+    p.add_argument("--skip", default="", help="comma list of: compare,recovery,growth")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    skip = set(filter(None, args.skip.split(",")))
+
+    base = config.load()
+    data_dir = Path(
+        tempfile.mkdtemp(
+            prefix="saga-bench-", dir=base.data_dir.parent if base.data_dir.exists() else None
+        )
+    )
+    url, owned = broker.ensure(base.broker_url, data_dir)
+    settings = base.with_(
+        broker_url=url, data_dir=data_dir, queue_prefix=f"{base.queue_prefix}bench{os.getpid()}."
+    )
+    results: dict[str, Any] = {
+        "machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]}
+    }
+    try:
+        results["store_transitions_per_second"] = round(
+            store.transitions_per_second(data_dir / "tps.db"), 0
+        )
+        print(f"store: {results['store_transitions_per_second']:.0f} transitions/s", flush=True)
+        if "compare" not in skip:
+            results["compare"] = compare(settings, args.count, args.latency_count, args.load)
+            print(json.dumps(results["compare"], indent=2), flush=True)
+        if "recovery" not in skip:
+            results["recovery"] = recovery(settings, args.in_flight)
+            print(json.dumps(results["recovery"], indent=2), flush=True)
+        if "growth" not in skip:
+            fills = [int(x) for x in args.fill.split(",") if x]
+            results["growth"] = growth(settings, fills, args.growth_count)
+            print(json.dumps(results["growth"], indent=2), flush=True)
+    finally:
+        if owned is not None:
+            owned.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+    Path(args.json).write_text(json.dumps(results, indent=2))
+    print(f"written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

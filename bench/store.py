@@ -1,0 +1,74 @@
+"""The saga store alone: transitions per second, and filling it with finished sagas."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from bench.workload import order
+from orchestrator.order_saga import ORDER_SAGA
+from saga_store import open_store, transaction, transitions
+from saga_store.transitions import iso
+
+SPECS = ORDER_SAGA.specs(30.0, 5)
+
+
+def transitions_per_second(path: Path, sagas: int = 2000) -> float:
+    """Run ``sagas`` through create, start and four completions: six transitions each."""
+    conn = open_store(path)
+    t0 = time.perf_counter()
+    for n in range(sagas):
+        sid = uuid.uuid4().hex
+        now = time.time()
+        transitions.create_saga(conn, sid, "order", {"n": n}, SPECS, now, f"t-{sid}")
+        transitions.start_saga(conn, sid, now)
+        for spec in SPECS:
+            transitions.complete_step(conn, sid, spec.name, {"ok": True}, now)
+    return sagas * (2 + len(SPECS)) / (time.perf_counter() - t0)
+
+
+def fill_finished(path: Path, count: int, batch: int = 20_000) -> float:
+    """Add ``count`` completed sagas (as the transitions leave them) in large batches;
+    returns the seconds it took."""
+    conn = open_store(path)
+    stored, _ = ORDER_SAGA.prepare(order("fill", 0))
+    t0 = time.perf_counter()
+    done = 0
+    while done < count:
+        n = min(batch, count - done)
+        now = iso(time.time())
+        sagas: list[tuple[Any, ...]] = []
+        steps: list[tuple[Any, ...]] = []
+        for _ in range(n):
+            sid = uuid.uuid4().hex
+            sagas.append((sid, json.dumps(stored), now, now, f"order:fill-{sid}"))
+            steps.extend(
+                (
+                    sid,
+                    s.name,
+                    i,
+                    int(s.compensable),
+                    int(s.best_effort),
+                    s.timeout,
+                    s.max_dispatches,
+                )
+                for i, s in enumerate(SPECS)
+            )
+        with transaction(conn):
+            conn.executemany(
+                "INSERT INTO sagas (id, state, input, created_at, updated_at, definition, "
+                "idempotency_key) VALUES (?, 'completed', ?, ?, ?, 'order', ?)",
+                sagas,
+            )
+            conn.executemany(
+                "INSERT INTO saga_steps (saga_id, step_name, state, output, position, "
+                "compensable, best_effort, timeout, max_dispatches, attempts) "
+                "VALUES (?, ?, 'completed', '{}', ?, ?, ?, ?, ?, 1)",
+                steps,
+            )
+        done += n
+    conn.close()
+    return time.perf_counter() - t0

@@ -1,0 +1,163 @@
+"""The two workloads on one running system: bare Celery chains and sagas."""
+
+from __future__ import annotations
+
+import base64
+import json
+import statistics
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import redis
+from celery import Celery, chain
+
+import orchestrator
+from orchestrator.order_saga import ORDER_SAGA
+from saga.config import ORCHESTRATOR_QUEUE, Settings
+from saga_store import open_store
+
+
+@dataclass
+class Run:
+    count: int
+    seconds: float  # first submit to last completion
+    latencies: list[float]
+
+    @property
+    def per_second(self) -> float:
+        return self.count / self.seconds if self.seconds else 0.0
+
+    def percentile(self, p: float) -> float:
+        if not self.latencies:
+            return 0.0
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "count": self.count,
+            "per_second": round(self.per_second, 1),
+            "p50_ms": round(self.percentile(50) * 1000, 1),
+            "p95_ms": round(self.percentile(95) * 1000, 1),
+            "p99_ms": round(self.percentile(99) * 1000, 1),
+            "mean_ms": round(statistics.fmean(self.latencies) * 1000, 1) if self.latencies else 0,
+        }
+
+
+def order(tag: str, n: int) -> dict[str, Any]:
+    return {
+        "order_id": f"{tag}-{n:07d}",
+        "customer_email": f"b{n}@example.com",
+        "items": [{"sku": "WIDGET", "quantity": 1}],
+        "amount_cents": 1000,
+        "currency": "EUR",
+        "card_number": "4242424242424242",
+        "shipping_address": {
+            "name": "B",
+            "line1": "1 Bench Street",
+            "city": "Oslo",
+            "postal_code": "0150",
+            "country": "NO",
+        },
+    }
+
+
+def _pace(t0: float, i: int, rate: float | None) -> None:
+    if rate:
+        delay = t0 + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)  # the offered load itself
+
+
+class ChainRunner:
+    """Plain Celery chains of the four step tasks; the last one replies on a queue of
+    ours, read straight from Redis, so that the end of each chain is seen."""
+
+    def __init__(self, app: Celery, settings: Settings):
+        self.app, self.settings = app, settings
+        self.done_queue = settings.queue(ORCHESTRATOR_QUEUE)
+        self.client = redis.Redis.from_url(settings.broker_url)
+
+    def _signatures(self, tag: str, n: int) -> Any:
+        stored, _ = ORDER_SAGA.prepare(order(tag, n))
+        outputs = {"create_shipment": {"tracking_number": "TRK-CHAIN"}}
+        sigs = []
+        for step in ORDER_SAGA.steps:
+            kwargs: dict[str, Any] = {
+                "key": f"{tag}-{n}:{step.name}",
+                "payload": step.payload(stored, outputs),
+            }
+            if step is ORDER_SAGA.steps[-1]:
+                kwargs["reply"] = {"saga_id": f"{tag}-{n}", "step": step.name, "phase": "action"}
+            sigs.append(
+                self.app.signature(
+                    step.action,
+                    kwargs=kwargs,
+                    immutable=True,
+                    queue=self.settings.queue(step.queue),
+                )
+            )
+        return chain(*sigs)
+
+    def run(self, tag: str, count: int, rate: float | None = None) -> Run:
+        started: dict[str, float] = {}
+        finished: dict[str, float] = {}
+        reader = threading.Thread(target=self._read, args=(count, finished), daemon=True)
+        reader.start()
+        t0 = time.monotonic()
+        for n in range(count):
+            _pace(t0, n, rate)
+            started[f"{tag}-{n}"] = time.monotonic()
+            self._signatures(tag, n).apply_async()
+        reader.join(timeout=600)
+        latencies = [finished[k] - started[k] for k in finished if k in started]
+        last = max(finished.values(), default=t0)
+        return Run(len(finished), last - t0, latencies)
+
+    def _read(self, count: int, finished: dict[str, float]) -> None:
+        while len(finished) < count:
+            item = self.client.brpop([self.done_queue], timeout=5)
+            if item is None:
+                continue
+            message = json.loads(item[1])
+            body = base64.b64decode(message["body"])
+            outcome = json.loads(body)[0][0]
+            finished[outcome["saga_id"]] = time.monotonic()
+
+
+def _ts(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+class SagaRunner:
+    """Sagas through the orchestrator; each one's time from submit to its terminal state
+    is read from the store (``created_at`` to ``updated_at``)."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    def run(self, tag: str, count: int, rate: float | None = None, timeout: float = 600) -> Run:
+        ids = []
+        t0 = time.monotonic()
+        wall0 = time.time()
+        for n in range(count):
+            _pace(t0, n, rate)
+            ids.append(orchestrator.submit(order(tag, n), settings=self.settings))
+        store = open_store(self.settings.path("sagas.db"))
+        marks = ",".join("?" * len(ids))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            rows = store.execute(
+                f"SELECT created_at, updated_at FROM sagas WHERE id IN ({marks}) "
+                "AND state IN ('completed', 'compensated', 'failed')",
+                ids,
+            ).fetchall()
+            if len(rows) == count:
+                break
+            time.sleep(0.2)
+        latencies = [_ts(r["updated_at"]) - _ts(r["created_at"]) for r in rows]
+        last = max((_ts(r["updated_at"]) for r in rows), default=wall0)
+        return Run(len(rows), last - wall0, latencies)
