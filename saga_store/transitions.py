@@ -57,6 +57,22 @@ def _step(conn: sqlite3.Connection, saga_id: str, step: str) -> sqlite3.Row:
     return row
 
 
+def _saga_and_step(
+    conn: sqlite3.Connection, saga_id: str, step: str
+) -> tuple[SagaState, sqlite3.Row]:
+    """The saga's state and the step's row, in one query."""
+    row = conn.execute(
+        "SELECT sagas.state AS saga_state, saga_steps.* FROM sagas LEFT JOIN saga_steps "
+        "ON saga_steps.saga_id = sagas.id AND saga_steps.step_name = ? WHERE sagas.id = ?",
+        (step, saga_id),
+    ).fetchone()
+    if row is None:
+        raise SagaNotFound(saga_id)
+    if row["step_name"] is None:
+        raise TransitionRefused(f"saga has no step {step!r}", saga_id=saga_id, step=step)
+    return SagaState(row["saga_state"]), row
+
+
 def _require(actual: str, allowed: set[str], what: str, saga_id: str, step: str | None = None):
     if actual not in allowed:
         raise TransitionRefused(
@@ -87,23 +103,22 @@ def _dispatch(
 
 
 def _advance(conn: sqlite3.Connection, saga_id: str, now: float) -> Transition:
-    """Start the first pending step, or complete the saga when none is left."""
-    nxt = conn.execute(
-        "SELECT * FROM saga_steps WHERE saga_id = ? AND state = 'pending' "
-        "ORDER BY position LIMIT 1",
-        (saga_id,),
+    """Start the first pending step, or complete the saga when none is left.
+
+    The step is found, started and dispatched in one statement: this is the hot path."""
+    started = conn.execute(
+        "UPDATE saga_steps SET state = 'running', attempts = attempts + 1, "
+        "deadline_at = ? + timeout WHERE saga_id = ? AND position = ("
+        " SELECT MIN(position) FROM saga_steps WHERE saga_id = ? AND state = 'pending') "
+        "RETURNING step_name, attempts",
+        (now, saga_id, saga_id),
     ).fetchone()
-    if nxt is None:
+    if started is None:
         _set_saga(conn, saga_id, SagaState.COMPLETED, now)
         return Transition(saga_id, SagaState.COMPLETED)
-    conn.execute(
-        "UPDATE saga_steps SET state = 'running' WHERE saga_id = ? AND step_name = ?",
-        (saga_id, nxt["step_name"]),
-    )
     _set_saga(conn, saga_id, SagaState.RUNNING, now)
-    return Transition(
-        saga_id, SagaState.RUNNING, [_dispatch(conn, saga_id, nxt, Phase.ACTION, now)]
-    )
+    dispatch = Dispatch(saga_id, started["step_name"], Phase.ACTION, started["attempts"])
+    return Transition(saga_id, SagaState.RUNNING, [dispatch])
 
 
 def _compensate_next(conn: sqlite3.Connection, saga_id: str, now: float) -> Transition:
@@ -239,10 +254,9 @@ def complete_step(
     (or the saga completes). Refused for a step that is not running: a duplicate or late
     outcome."""
     with transaction(conn):
-        _require(_saga_state(conn, saga_id), {"running"}, "completing a step", saga_id, step)
-        _require(
-            _step(conn, saga_id, step)["state"], {"running"}, "completing the step", saga_id, step
-        )
+        state, row = _saga_and_step(conn, saga_id, step)
+        _require(state, {"running"}, "completing a step", saga_id, step)
+        _require(row["state"], {"running"}, "completing the step", saga_id, step)
         conn.execute(
             "UPDATE saga_steps SET state = 'completed', output = ?, error = NULL, "
             "deadline_at = NULL WHERE saga_id = ? AND step_name = ?",
@@ -260,8 +274,8 @@ def fail_step(
     A best-effort step's failure lets the saga go on; any other starts compensation of
     every step that took effect, last first. Refused for a step that is not running."""
     with transaction(conn):
-        _require(_saga_state(conn, saga_id), {"running"}, "failing a step", saga_id, step)
-        row = _step(conn, saga_id, step)
+        state, row = _saga_and_step(conn, saga_id, step)
+        _require(state, {"running"}, "failing a step", saga_id, step)
         _require(row["state"], {"running"}, "failing the step", saga_id, step)
         return _fail_action(conn, saga_id, row, error, not business, now)
 
@@ -273,10 +287,8 @@ def complete_compensation(
     compensation is dispatched, or the saga ends (``compensated``, or ``failed`` where a
     compensation raised an alert). Refused unless this compensation is in flight."""
     with transaction(conn):
-        _require(
-            _saga_state(conn, saga_id), {"compensating"}, "completing a compensation", saga_id, step
-        )
-        row = _step(conn, saga_id, step)
+        state, row = _saga_and_step(conn, saga_id, step)
+        _require(state, {"compensating"}, "completing a compensation", saga_id, step)
         in_flight = row["state"] == "compensating" and row["deadline_at"] is not None
         _require(
             "in flight" if in_flight else row["state"],
@@ -300,10 +312,8 @@ def fail_compensation(
     stored, and the remaining compensations still run; the saga will end ``failed``.
     Refused unless this compensation is in flight."""
     with transaction(conn):
-        _require(
-            _saga_state(conn, saga_id), {"compensating"}, "failing a compensation", saga_id, step
-        )
-        row = _step(conn, saga_id, step)
+        state, row = _saga_and_step(conn, saga_id, step)
+        _require(state, {"compensating"}, "failing a compensation", saga_id, step)
         in_flight = row["state"] == "compensating" and row["deadline_at"] is not None
         _require(
             "in flight" if in_flight else row["state"],

@@ -1,0 +1,56 @@
+"""The benchmark keeps working: a smoke run of a few dozen sagas (no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from saga.config import Settings
+
+pytestmark = pytest.mark.processes
+
+
+@pytest.mark.timeout(300)
+def test_bench_smoke_run_writes_every_figure(settings: Settings, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    env = {**os.environ, **settings.with_(step_timeout=3.0).to_env()}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--count",
+            "30",
+            "--latency-count",
+            "20",
+            "--in-flight",
+            "20",
+            "--fill",
+            "0,2000",
+            "--growth-count",
+            "15",
+            "--json",
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    compare = figures["compare"]
+    assert compare["chain"]["saturation"]["count"] == 30
+    assert compare["saga"]["saturation"]["count"] == 30
+    assert compare["saga"]["at_load"]["count"] == 20
+    assert compare["ratio_throughput"] > 0 and compare["ratio_p50_latency"] > 0
+    assert figures["store_transitions_per_second"] > 0
+    assert figures["recovery"]["in_flight"] == 20
+    assert [g["finished_sagas"] for g in figures["growth"]] == [0, 2000]
+    assert all(g["sagas_per_second"] > 0 for g in figures["growth"])
