@@ -12,7 +12,6 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -193,11 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     skip = set(filter(None, args.skip.split(",")))
 
     base = config.load()
-    data_dir = Path(
-        tempfile.mkdtemp(
-            prefix="saga-bench-", dir=base.data_dir.parent if base.data_dir.exists() else None
-        )
-    )
+    data_dir = base.data_dir / f"bench-{os.getpid()}"
     url, owned = broker.ensure(base.broker_url, data_dir)
     settings = base.with_(
         broker_url=url, data_dir=data_dir, queue_prefix=f"{base.queue_prefix}bench{os.getpid()}."

@@ -119,10 +119,7 @@ class Engine:
             transitions.count(self.db, "duplicate_outcomes")
             log.debug("ignoring outcome %s of %s/%s: %s", status, saga_id, step, exc)
             return False
-        self._send(result)
-        if self.crash_points:
-            for d in result.dispatches:
-                self._crash_point(d, "after_dispatch")
+        self._send(result, handling_outcome=True)
         return True
 
     def sweep(self) -> int:
@@ -180,20 +177,24 @@ class Engine:
 
     # --- internals --------------------------------------------------------------------------
 
-    def _send(self, result: Transition) -> None:
+    def _send(self, result: Transition, handling_outcome: bool = False) -> None:
         for step, error in result.alerts:
             self._alert(result.saga_id, step, error)
         for dispatch in result.dispatches:
-            self._publish(dispatch)
+            task, saga_input = self._publish(dispatch)
+            if self.crash_points and handling_outcome:
+                crashpoints.maybe_crash(
+                    self.settings.data_dir, dispatch.saga_id, saga_input, "after_dispatch", task
+                )
         if result.saga_state.terminal:
             log.info(
                 "saga %s %s", result.saga_id, result.saga_state, extra={"saga_id": result.saga_id}
             )
 
-    def _publish(self, d: Dispatch) -> None:
-        view_input, outputs = queries.step_outputs(self.db, d.saga_id)
-        saga_def = self.definitions[self._definition_of(d.saga_id)]
-        step = saga_def.step(d.step)
+    def _publish(self, d: Dispatch) -> tuple[str, dict[str, Any]]:
+        """Send the command for ``d``; returns the task name and the saga's input."""
+        definition, view_input, outputs = queries.step_outputs(self.db, d.saga_id)
+        step = self.definitions[definition].step(d.step)
         if d.phase is Phase.ACTION:
             task, policy = step.action, step.retry
         else:
@@ -219,12 +220,7 @@ class Engine:
                 "fault_plan": view_input.get("faults"),
             },
         )
-
-    def _crash_point(self, d: Dispatch, point: str) -> None:
-        saga_input, _ = queries.step_outputs(self.db, d.saga_id)
-        step = self.definitions[self._definition_of(d.saga_id)].step(d.step)
-        task = step.action if d.phase is Phase.ACTION else step.compensation
-        crashpoints.maybe_crash(self.settings.data_dir, d.saga_id, saga_input, point, str(task))
+        return task, view_input
 
     def _definition_of(self, saga_id: str) -> str:
         row = self.db.execute("SELECT definition FROM sagas WHERE id = ?", (saga_id,)).fetchone()

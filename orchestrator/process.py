@@ -31,7 +31,9 @@ DEFINITIONS = {ORDER_SAGA.name: ORDER_SAGA}
 
 def celery_publisher(app: Celery, settings: Settings) -> Publisher:
     def publish(task: str, queue: str, kwargs: dict[str, Any]) -> None:
-        app.send_task(task, kwargs=kwargs, queue=settings.queue(queue))
+        # Empty reprs: Celery would otherwise render the payload into the message headers,
+        # a fifth of the cost of a publish (profiled), and a copy of order data in logs.
+        app.send_task(task, kwargs=kwargs, queue=settings.queue(queue), argsrepr="", kwargsrepr="")
 
     return publish
 

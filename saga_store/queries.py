@@ -88,9 +88,10 @@ def overdue_steps(conn: sqlite3.Connection, now: float, limit: int = 500) -> lis
     return [(r["saga_id"], r["step_name"]) for r in rows]
 
 
-def step_outputs(conn: sqlite3.Connection, saga_id: str) -> tuple[dict, dict[str, object]]:
-    """The saga's input and the outputs of its completed steps, to build a command from."""
-    row = conn.execute("SELECT input FROM sagas WHERE id = ?", (saga_id,)).fetchone()
+def step_outputs(conn: sqlite3.Connection, saga_id: str) -> tuple[str, dict, dict[str, object]]:
+    """The saga's definition, its input and the outputs of its completed steps: what a
+    command is built from."""
+    row = conn.execute("SELECT definition, input FROM sagas WHERE id = ?", (saga_id,)).fetchone()
     if row is None:
         raise SagaNotFound(saga_id)
     outputs = {
@@ -100,7 +101,7 @@ def step_outputs(conn: sqlite3.Connection, saga_id: str) -> tuple[dict, dict[str
             (saga_id,),
         )
     }
-    return json.loads(row["input"]), outputs
+    return row["definition"], json.loads(row["input"]), outputs
 
 
 def alerts(conn: sqlite3.Connection, include_resolved: bool = False) -> list[Alert]:

@@ -174,6 +174,8 @@ class Delivery:
                 OUTCOME_TASK,
                 args=[outcome],
                 queue=self.settings.queue(ORCHESTRATOR_QUEUE),
+                argsrepr="",  # see orchestrator.process.celery_publisher
+                kwargsrepr="",
             )
         return {"status": status, "output": output, "error": error}
 
