@@ -11,7 +11,7 @@ from collections import Counter
 from typing import Any
 
 import orchestrator
-from saga import broker
+from saga import audit, broker
 from saga.cluster import Cluster
 from saga.config import ORCHESTRATOR_QUEUE, SERVICES, FailureRates, Settings
 from saga_store import open_store, queries
@@ -145,4 +145,8 @@ def _run_batch(settings: Settings, batch: list[tuple[str, dict[str, Any]]], time
     if pending:
         print(f"\n{len(pending)} saga(s) had not ended after {timeout:.0f}s")
         return 1
-    return 0
+    report = audit.audit(settings.data_dir)
+    print(f"\naudit: {'clean' if report.ok else f'{len(report.violations)} violation(s)'}")
+    for v in report.violations:
+        print(f"  [{v.check}] {v.saga_id or ''} {v.message}")
+    return 0 if report.ok else 1
