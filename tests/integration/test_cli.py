@@ -137,3 +137,15 @@ def test_submit_wait_status_and_list(system: System, tmp_path: Path) -> None:
     assert view["id"] in [s["id"] for s in completed]
     bad_state = saga(settings, "list", "--state", "done")
     assert bad_state.returncode == 2 and "unknown state 'done'" in bad_state.stderr
+
+
+@pytest.mark.processes
+@pytest.mark.timeout(200)
+def test_demo_runs_a_batch_and_ends_with_a_clean_audit(settings: Settings) -> None:
+    result = saga(
+        settings, "demo", "--orders", "8", "--transient-rate", "0.2", "--business-rate", "0.05"
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "8 of 8 sagas ended" in result.stdout
+    assert "declined card" in result.stdout and "card declined" in result.stdout
+    assert result.stdout.rstrip().endswith("audit: clean")
