@@ -19,7 +19,7 @@ from celery import Celery, bootsteps
 from orchestrator.engine import Engine, Publisher
 from orchestrator.order_saga import ORDER_SAGA
 from saga import watchdog
-from saga.celery_app import OUTCOME_TASK, SUBMIT_TASK, make_app
+from saga.celery_app import OUTCOME_TASK, SUBMIT_TASK, direct, make_app
 from saga.config import ORCHESTRATOR_QUEUE, Settings
 from saga.errors import InvalidOrder, TransientError
 from saga.periodic import Periodic
@@ -33,7 +33,9 @@ def celery_publisher(app: Celery, settings: Settings) -> Publisher:
     def publish(task: str, queue: str, kwargs: dict[str, Any]) -> None:
         # Empty reprs: Celery would otherwise render the payload into the message headers,
         # a fifth of the cost of a publish (profiled), and a copy of order data in logs.
-        app.send_task(task, kwargs=kwargs, queue=settings.queue(queue), argsrepr="", kwargsrepr="")
+        app.send_task(
+            task, kwargs=kwargs, queue=direct(settings.queue(queue)), argsrepr="", kwargsrepr=""
+        )
 
     return publish
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from celery import Celery
+from kombu import Exchange, Queue
 
 from saga.config import ORCHESTRATOR_QUEUE, Settings
 
@@ -54,3 +56,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         worker_send_task_events=False,
         worker_enable_remote_control=False,
     )
+
+
+@lru_cache(maxsize=256)
+def direct(queue: str) -> Queue:
+    """``queue`` reached through the broker's default exchange: a message goes straight to
+    it, with no lookup of exchange bindings (on Redis, one round trip less per publish)."""
+    return Queue(queue, Exchange(""), routing_key=queue)

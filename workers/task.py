@@ -18,7 +18,7 @@ from typing import Any
 
 from celery import Celery, Task
 
-from saga.celery_app import OUTCOME_TASK
+from saga.celery_app import OUTCOME_TASK, direct
 from saga.config import ORCHESTRATOR_QUEUE, Settings
 from saga.errors import BusinessError, MalformedCommand, TransientError
 from saga.retry import RetryPolicy
@@ -173,7 +173,7 @@ class Delivery:
             self.task.app.send_task(
                 OUTCOME_TASK,
                 args=[outcome],
-                queue=self.settings.queue(ORCHESTRATOR_QUEUE),
+                queue=direct(self.settings.queue(ORCHESTRATOR_QUEUE)),
                 argsrepr="",  # see orchestrator.process.celery_publisher
                 kwargsrepr="",
             )
