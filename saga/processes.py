@@ -69,10 +69,6 @@ class Child:
         if self.alive():
             os.kill(self.pid, signal.SIGTERM)
 
-    def restart(self) -> Child:
-        self.stop()
-        return self.start()
-
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 

@@ -40,13 +40,6 @@ def get_saga(conn: sqlite3.Connection, saga_id: str) -> SagaView:
     )
 
 
-def saga_state(conn: sqlite3.Connection, saga_id: str) -> SagaState:
-    row = conn.execute("SELECT state FROM sagas WHERE id = ?", (saga_id,)).fetchone()
-    if row is None:
-        raise SagaNotFound(saga_id)
-    return SagaState(row["state"])
-
-
 def list_sagas(
     conn: sqlite3.Connection, state: SagaState | None = None, limit: int = 100
 ) -> list[sqlite3.Row]:
@@ -56,11 +49,6 @@ def list_sagas(
         sql = "SELECT * FROM sagas WHERE state = ? ORDER BY created_at DESC LIMIT ?"
         args = (state.value, limit)  # type: ignore[assignment]
     return conn.execute(sql, args).fetchall()
-
-
-def count_by_state(conn: sqlite3.Connection) -> dict[str, int]:
-    rows = conn.execute("SELECT state, COUNT(*) AS n FROM sagas GROUP BY state").fetchall()
-    return {r["state"]: r["n"] for r in rows}
 
 
 def active_saga_ids(conn: sqlite3.Connection) -> list[str]:
