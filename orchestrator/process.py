@@ -13,12 +13,12 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
-import redis
 from celery import Celery, bootsteps
 
 from orchestrator.engine import Engine, Publisher
 from orchestrator.order_saga import ORDER_SAGA
 from saga import watchdog
+from saga.broker import QueueDepth
 from saga.celery_app import OUTCOME_TASK, SUBMIT_TASK, direct, make_app
 from saga.config import ORCHESTRATOR_QUEUE, Settings
 from saga.errors import InvalidOrder, TransientError
@@ -63,15 +63,8 @@ class Sweeper:
 
 def outcome_backlog(broker_url: str, queue: str) -> Callable[[], int]:
     """Messages waiting on ``queue``; 0 where the broker does not answer (sweep then)."""
-    client = redis.Redis.from_url(broker_url, socket_timeout=2, socket_connect_timeout=2)
-
-    def backlog() -> int:
-        try:
-            return int(client.llen(queue))
-        except (redis.RedisError, OSError):
-            return 0
-
-    return backlog
+    depth = QueueDepth(broker_url, [queue])
+    return lambda: depth() or 0
 
 
 def build(settings: Settings) -> tuple[Celery, Engine]:

@@ -37,6 +37,21 @@ def queue_depths(url: str, queues: list[str]) -> dict[str, int]:
         client.close()
 
 
+class QueueDepth:
+    """Messages waiting on ``queues`` in all, read through one long-lived client; None where
+    the broker does not answer."""
+
+    def __init__(self, url: str, queues: list[str]):
+        self.queues = list(queues)
+        self.client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+
+    def __call__(self) -> int | None:
+        try:
+            return sum(int(self.client.llen(q)) for q in self.queues)
+        except (redis.RedisError, OSError):
+            return None
+
+
 def purge(url: str, queues: list[str]) -> None:
     client = redis.Redis.from_url(url)
     try:

@@ -20,10 +20,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import redis
 from celery import Celery, bootsteps
 from celery.worker import state
 
+from saga.broker import QueueDepth
 from saga.periodic import Periodic
 from saga.processes import children_of
 
@@ -45,16 +45,7 @@ class ConsumerWatchdog:
         self.clock = clock
         self._received = state.all_total_count[0]
         self._stalled_since: float | None = None
-
-    def waiting(self) -> int | None:
-        """Messages waiting on our queues, or None where the broker does not answer."""
-        client = redis.Redis.from_url(self.broker_url, socket_timeout=2, socket_connect_timeout=2)
-        try:
-            return sum(int(client.llen(q)) for q in self.queues)
-        except (redis.RedisError, OSError):
-            return None
-        finally:
-            client.close()
+        self.waiting = QueueDepth(broker_url, self.queues)
 
     def check(self) -> int:
         """One look; returns how many messages wait on a stalled consumer (0: not stalled)."""

@@ -6,7 +6,7 @@ import fakeredis
 import pytest
 from celery.worker import state
 
-from saga import watchdog
+from saga import broker, watchdog
 
 
 class Clock:
@@ -20,7 +20,7 @@ class Clock:
 def fake(monkeypatch: pytest.MonkeyPatch) -> fakeredis.FakeRedis:
     server = fakeredis.FakeServer()
     monkeypatch.setattr(
-        watchdog.redis.Redis,
+        broker.redis.Redis,
         "from_url",
         classmethod(lambda cls, url, **kw: fakeredis.FakeRedis(server=server)),
     )
