@@ -20,10 +20,9 @@ from bench import store
 from bench.workload import ChainRunner, SagaRunner
 from saga import broker, config
 from saga.cluster import Cluster
-from saga.config import ORCHESTRATOR_QUEUE, SERVICES, Settings
+from saga.config import Settings
 from saga.processes import wait_for
 from saga_store import open_store, queries
-from workers import inventory
 from workers.process import build
 
 
@@ -39,8 +38,7 @@ def _fresh(settings: Settings, name: str) -> Settings:
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
     s = settings.with_(data_dir=data_dir, queue_prefix=f"{settings.queue_prefix}{name}.")
-    broker.purge(s.broker_url, [s.queue(q) for q in (*SERVICES, ORCHESTRATOR_QUEUE)])
-    inventory.set_stock(inventory.service.database(data_dir), "WIDGET", 10_000_000)
+    Cluster(s).prepare({"WIDGET": 10_000_000})
     return s
 
 

@@ -25,10 +25,9 @@ from typing import Any
 import orchestrator
 from saga import audit, broker
 from saga.cluster import Cluster
-from saga.config import ORCHESTRATOR_QUEUE, SERVICES, FailureRates, Settings
+from saga.config import FailureRates, Settings
 from saga.processes import Child, children_of
 from saga_store import open_store, queries
-from workers import inventory
 
 log = logging.getLogger("saga.chaos")
 
@@ -143,11 +142,7 @@ class Campaign:
             sweep_interval=0.5,
             failure_rates={"*": FailureRates(self.opts.transient_rate, self.opts.business_rate)},
         )
-        broker.purge(url, [self.settings.queue(q) for q in (*SERVICES, ORCHESTRATOR_QUEUE)])
-        db = inventory.service.database(data_dir)
-        for sku, quantity in SKUS.items():
-            inventory.set_stock(db, sku, quantity)
-        self.cluster = Cluster(self.settings).start()
+        self.cluster = Cluster(self.settings).prepare(SKUS).start()
         self.workers, self.orchestrator = self.cluster.workers, self.cluster.orchestrator
 
     def children(self) -> list[Child]:

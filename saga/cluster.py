@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from saga import broker
 from saga.config import SERVICES, Settings
 from saga.processes import Child, saga_command, stop_all
+from workers import inventory
 
 
 class Cluster:
@@ -24,6 +28,14 @@ class Cluster:
     def children(self) -> list[Child]:
         workers = list(self.workers.values())
         return [*workers, self.orchestrator] if self.with_orchestrator else workers
+
+    def prepare(self, stock: Mapping[str, int]) -> Cluster:
+        """Empty the system's queues (left by an earlier run) and set the stock."""
+        broker.purge(self.settings.broker_url, self.settings.all_queues())
+        db = inventory.service.database(self.settings.data_dir)
+        for sku, quantity in stock.items():
+            inventory.set_stock(db, sku, quantity)
+        return self
 
     def start(self) -> Cluster:
         for child in self.children:

@@ -53,6 +53,10 @@ class Settings:
     def queue(self, name: str) -> str:
         return f"{self.queue_prefix}{name}"
 
+    def all_queues(self) -> list[str]:
+        """Every queue of the system: one per service and the orchestrator's."""
+        return [self.queue(q) for q in (*SERVICES, ORCHESTRATOR_QUEUE)]
+
     def path(self, filename: str) -> Path:
         return self.data_dir / filename
 

@@ -13,7 +13,7 @@ from typing import Any
 import orchestrator
 from saga import audit, broker
 from saga.cluster import Cluster
-from saga.config import ORCHESTRATOR_QUEUE, SERVICES, FailureRates, Settings
+from saga.config import FailureRates, Settings
 from saga_store import open_store, queries
 from workers import inventory
 
@@ -86,12 +86,7 @@ def run(
         queue_prefix=f"{settings.queue_prefix}demo.",
         failure_rates={"*": FailureRates(transient=transient, business=business)},
     )
-    broker.purge(url, [settings.queue(q) for q in (*SERVICES, ORCHESTRATOR_QUEUE)])
-    db = inventory.service.database(data_dir)
-    for sku, quantity in STOCK.items():
-        inventory.set_stock(db, sku, quantity)
-
-    cluster = Cluster(settings)
+    cluster = Cluster(settings).prepare(STOCK)
     try:
         cluster.start()
         logs = data_dir / "logs"

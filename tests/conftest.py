@@ -20,7 +20,7 @@ import pytest
 from celery.contrib.pytest import celery_worker  # noqa: F401
 
 from saga import broker, config
-from saga.config import ORCHESTRATOR_QUEUE, SERVICES, Settings
+from saga.config import Settings
 from saga.errors import ConfigError
 
 CI = bool(os.environ.get("CI"))
@@ -51,4 +51,4 @@ def settings(broker_url: str, tmp_path: Path) -> Iterator[Settings]:
         stall_timeout=4.0,
     )
     yield s
-    broker.purge(broker_url, [s.queue(q) for q in (*SERVICES, ORCHESTRATOR_QUEUE)])
+    broker.purge(broker_url, s.all_queues())

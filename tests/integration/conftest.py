@@ -16,7 +16,6 @@ from saga.config import Settings
 from saga.processes import Child, wait_for
 from saga_store import SagaView, open_store, queries
 from tests.helpers import STOCK
-from workers import inventory
 
 
 class System(Cluster):
@@ -27,9 +26,7 @@ class System(Cluster):
         return self.settings.data_dir
 
     def start(self) -> System:
-        db = inventory.service.database(self.data_dir)
-        for sku, quantity in STOCK.items():
-            inventory.set_stock(db, sku, quantity)
+        self.prepare(STOCK)
         super().start()
         return self
 
