@@ -13,14 +13,15 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from orchestrator import crashpoints
 from orchestrator.definition import SagaDefinition
 from saga.config import Settings
 from saga.errors import SagaNotFound, TransitionRefused
-from saga_store import open_store, queries, transitions
+from saga_store import open_store, queries, transaction, transitions
 from saga_store.models import Dispatch, Phase, SagaView
 from saga_store.transitions import Transition
 
@@ -30,8 +31,20 @@ alert_log = logging.getLogger("saga.alert")
 OUTCOME_STATUSES = ("succeeded", "rejected", "exhausted")
 
 
+@dataclass(frozen=True)
+class Command:
+    """A step's action or compensation to send to its service's queue."""
+
+    task: str
+    queue: str
+    kwargs: dict[str, Any]
+
+
 class Publisher(Protocol):
-    def __call__(self, task: str, queue: str, kwargs: dict[str, Any]) -> None: ...
+    """Sends commands, all of them or (raising) not all: a command lost on the way is
+    sent again when its step's deadline passes."""
+
+    def __call__(self, commands: Sequence[Command]) -> None: ...
 
 
 class Engine:
@@ -85,12 +98,43 @@ class Engine:
                 "saga %s started for %s %s", saga_id, definition, key, extra={"saga_id": saga_id}
             )
             with contextlib.suppress(TransitionRefused):  # recovery may have started it
-                self._send(transitions.start_saga(self.db, saga_id, self.clock()))
+                self._send([transitions.start_saga(self.db, saga_id, self.clock())])
         return saga_id, created
 
     def handle_outcome(self, outcome: Mapping[str, Any]) -> bool:
-        """Apply a step's outcome; returns False for a duplicate, late or malformed one,
+        """Apply one step's outcome; returns False for a duplicate, late or malformed one,
         which changes nothing."""
+        return self.handle_outcomes([outcome]) == 1
+
+    def handle_outcomes(self, outcomes: Sequence[Mapping[str, Any]]) -> int:
+        """Apply a batch of outcomes in one store transaction, then send the commands they
+        lead to; returns how many changed something.
+
+        Each outcome's transition is a savepoint of its own, so a refused one (a duplicate,
+        a late outcome) changes nothing while the others commit together: one commit per
+        batch instead of one per outcome. The commands go out after the commit, so a crash
+        in between leaves steps whose deadlines pass, and the sweeper sends them again.
+        """
+        results: list[Transition] = []
+        duplicates = 0
+        with transaction(self.db):
+            for outcome in outcomes:
+                parsed = self._parse(outcome)
+                if parsed is None:
+                    continue
+                _, saga_id, step, _ = parsed
+                try:
+                    results.append(self._apply(*parsed))
+                except (TransitionRefused, SagaNotFound) as exc:
+                    duplicates += 1
+                    log.debug("ignoring an outcome for %s/%s: %s", saga_id, step, exc)
+            if duplicates:
+                transitions.count(self.db, "duplicate_outcomes", duplicates)
+        self._send(results, handling_outcome=True)
+        return len(results)
+
+    @staticmethod
+    def _parse(outcome: Mapping[str, Any]) -> tuple[Mapping[str, Any], str, str, Phase] | None:
         try:
             saga_id, step = str(outcome["saga_id"]), str(outcome["step"])
             phase, status = Phase(outcome["phase"]), str(outcome["status"])
@@ -98,46 +142,43 @@ class Engine:
                 raise ValueError(status)
         except (KeyError, ValueError, TypeError):
             log.error("dropping a malformed outcome: %.300r", outcome)
-            return False
-        error = str(outcome.get("error") or "")
+            return None
+        return outcome, saga_id, step, phase
+
+    def _apply(
+        self, outcome: Mapping[str, Any], saga_id: str, step: str, phase: Phase
+    ) -> Transition:
+        """The transition an outcome asks for; raises ``TransitionRefused`` (or
+        ``SagaNotFound``) for a duplicate or late one."""
+        status, error = str(outcome["status"]), str(outcome.get("error") or "")
         now = self.clock()
-        try:
-            if phase is Phase.ACTION and status == "succeeded":
-                result = transitions.complete_step(
-                    self.db, saga_id, step, outcome.get("output"), now
-                )
-            elif phase is Phase.ACTION:
-                result = transitions.fail_step(
-                    self.db, saga_id, step, error, business=status == "rejected", now=now
-                )
-                self._log_step_failure(saga_id, step, status, error)
-            elif status == "succeeded":
-                result = transitions.complete_compensation(self.db, saga_id, step, now)
-            else:
-                result = transitions.fail_compensation(self.db, saga_id, step, error, now)
-        except (TransitionRefused, SagaNotFound) as exc:
-            transitions.count(self.db, "duplicate_outcomes")
-            log.debug("ignoring outcome %s of %s/%s: %s", status, saga_id, step, exc)
-            return False
-        self._send(result, handling_outcome=True)
-        return True
+        if phase is Phase.ACTION and status == "succeeded":
+            return transitions.complete_step(self.db, saga_id, step, outcome.get("output"), now)
+        if phase is Phase.ACTION:
+            result = transitions.fail_step(
+                self.db, saga_id, step, error, business=status == "rejected", now=now
+            )
+            self._log_step_failure(saga_id, step, status, error)
+            return result
+        if status == "succeeded":
+            return transitions.complete_compensation(self.db, saga_id, step, now)
+        return transitions.fail_compensation(self.db, saga_id, step, error, now)
 
     def sweep(self) -> int:
         """Re-dispatch (or give up) every step whose deadline passed, and start every saga
         left pending by a submitter that died before dispatching; returns how many."""
-        handled = 0
+        results: list[Transition] = []
         stale = transitions.iso(self.clock() - self.settings.step_timeout)
         for saga_id in queries.stale_pending(self.db, stale):
             with contextlib.suppress(TransitionRefused):
-                self._send(transitions.resume_saga(self.db, saga_id, self.clock()))
+                results.append(transitions.resume_saga(self.db, saga_id, self.clock()))
                 log.warning("starting saga %s, left pending by its submitter", saga_id)
-                handled += 1
         for saga_id, step in queries.overdue_steps(self.db, self.clock()):
             try:
                 result = transitions.redispatch_overdue(self.db, saga_id, step, self.clock())
             except TransitionRefused:
                 continue  # its outcome came in meanwhile
-            handled += 1
+            results.append(result)
             again = [d for d in result.dispatches if d.step == step and d.attempt > 1]
             if again:
                 log.warning(
@@ -155,44 +196,53 @@ class Engine:
                     step,
                     extra={"saga_id": saga_id},
                 )
-            self._send(result)
-        return handled
+        self._send(results)
+        return len(results)
 
     def recover(self) -> int:
         """Resume every saga not in a terminal state; returns how many."""
-        resumed = 0
+        results: list[Transition] = []
         for saga_id in queries.active_saga_ids(self.db):
-            try:
-                result = transitions.resume_saga(self.db, saga_id, self.clock())
-            except TransitionRefused:
-                continue
-            resumed += 1
-            self._send(result)
-        if resumed:
-            log.info("recovery resumed %d saga(s)", resumed)
-        return resumed
+            with contextlib.suppress(TransitionRefused):
+                results.append(transitions.resume_saga(self.db, saga_id, self.clock()))
+        self._send(results)
+        if results:
+            log.info("recovery resumed %d saga(s)", len(results))
+        return len(results)
 
     def get(self, saga_id: str) -> SagaView:
         return queries.get_saga(self.db, saga_id)
 
     # --- internals --------------------------------------------------------------------------
 
-    def _send(self, result: Transition, handling_outcome: bool = False) -> None:
-        for step, error in result.alerts:
-            self._alert(result.saga_id, step, error)
-        for dispatch in result.dispatches:
-            task, saga_input = self._publish(dispatch)
-            if self.crash_points and handling_outcome:
-                crashpoints.maybe_crash(
-                    self.settings.data_dir, dispatch.saga_id, saga_input, "after_dispatch", task
+    def _send(self, results: Iterable[Transition], handling_outcome: bool = False) -> None:
+        """Publish the commands of committed transitions, in one batch, and log what
+        they decided."""
+        commands, sent = [], []
+        for result in results:
+            for step, error in result.alerts:
+                self._alert(result.saga_id, step, error)
+            for dispatch in result.dispatches:
+                command, saga_input = self._command(dispatch)
+                commands.append(command)
+                sent.append((dispatch.saga_id, saga_input, command.task))
+            if result.saga_state.terminal:
+                log.info(
+                    "saga %s %s",
+                    result.saga_id,
+                    result.saga_state,
+                    extra={"saga_id": result.saga_id},
                 )
-        if result.saga_state.terminal:
-            log.info(
-                "saga %s %s", result.saga_id, result.saga_state, extra={"saga_id": result.saga_id}
-            )
+        if commands:
+            self.publish(commands)
+        if self.crash_points and handling_outcome:
+            for saga_id, saga_input, task in sent:
+                crashpoints.maybe_crash(
+                    self.settings.data_dir, saga_id, saga_input, "after_dispatch", task
+                )
 
-    def _publish(self, d: Dispatch) -> tuple[str, dict[str, Any]]:
-        """Send the command for ``d``; returns the task name and the saga's input."""
+    def _command(self, d: Dispatch) -> tuple[Command, dict[str, Any]]:
+        """The command for ``d``, and the saga's input."""
         definition, view_input, outputs = queries.step_outputs(self.db, d.saga_id)
         step = self.definitions[definition].step(d.step)
         if d.phase is Phase.ACTION:
@@ -204,23 +254,19 @@ class Engine:
             crashpoints.maybe_crash(
                 self.settings.data_dir, d.saga_id, view_input, "before_dispatch", task
             )
-        self.publish(
-            task,
-            step.queue,
-            {
-                "key": f"{d.saga_id}:{d.step}",
-                "payload": step.payload(view_input, outputs),
-                "reply": {
-                    "saga_id": d.saga_id,
-                    "step": d.step,
-                    "phase": d.phase.value,
-                    "attempt": d.attempt,
-                },
-                "retry": policy.to_dict(),
-                "fault_plan": view_input.get("faults"),
+        kwargs = {
+            "key": f"{d.saga_id}:{d.step}",
+            "payload": step.payload(view_input, outputs),
+            "reply": {
+                "saga_id": d.saga_id,
+                "step": d.step,
+                "phase": d.phase.value,
+                "attempt": d.attempt,
             },
-        )
-        return task, view_input
+            "retry": policy.to_dict(),
+            "fault_plan": view_input.get("faults"),
+        }
+        return Command(task, step.queue, kwargs), view_input
 
     def _definition_of(self, saga_id: str) -> str:
         row = self.db.execute("SELECT definition FROM sagas WHERE id = ?", (saga_id,)).fetchone()

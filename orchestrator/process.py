@@ -1,24 +1,39 @@
-"""The orchestrator process: a Celery worker on the ``orchestrator`` queue, plus recovery
-at start and a sweeper thread while it runs.
+"""The orchestrator process: a lean consumer of the ``orchestrator`` queue.
 
-Outcomes are handled one at a time (solo pool) and acknowledged after their transition
-committed, so a crash redelivers the outcome and the store's refusal of a repeated
-transition makes the redelivery harmless.
+It reads outcomes (and submissions) in batches of whatever has arrived, applies each batch
+in one store transaction, publishes the commands that follow in one round trip, and only
+then acknowledges the batch. A crash anywhere in between redelivers outcomes whose
+transitions were either not stored (they apply now) or stored (refused as duplicates), and
+a command lost on the way is sent again when its step's deadline passes.
+
+It is not a Celery worker on purpose: a worker pays a task call, an ack, a publish and a
+commit for every outcome, which made the orchestrator half the system's CPU (profiled,
+docs/benchmarks.md). The messages are Celery's all the same: services reply with the
+``saga.outcome`` task, and commands are Celery task messages the service workers run.
+Between batches the same loop runs the sweeper, so there is no second thread to share the
+store or the broker connection with.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import sqlite3
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Sequence
 from typing import Any
 
-from celery import Celery, bootsteps
+from celery import Celery
+from kombu import Connection, Consumer, Producer
+from kombu.exceptions import KombuError
+from kombu.message import Message
+from kombu.utils.uuid import uuid
 
-from orchestrator.engine import Engine, Publisher
+from orchestrator.engine import Command, Engine, Publisher
 from orchestrator.order_saga import ORDER_SAGA
 from saga import watchdog
-from saga.broker import QueueDepth
 from saga.celery_app import OUTCOME_TASK, SUBMIT_TASK, direct, make_app
 from saga.config import ORCHESTRATOR_QUEUE, Settings
 from saga.errors import InvalidOrder, TransientError
@@ -28,113 +43,223 @@ log = logging.getLogger("saga.orchestrator")
 
 DEFINITIONS = {ORDER_SAGA.name: ORDER_SAGA}
 
+#: The most outcomes applied in one store transaction. Larger batches gain little (the
+#: commit is then a small part of the cost) and hold the store's write lock for longer.
+BATCH_SIZE = 200
+
+#: The tasks this process serves, each with the name of its one argument.
+PARAMETERS = {OUTCOME_TASK: "outcome", SUBMIT_TASK: "order"}
+
 
 def celery_publisher(app: Celery, settings: Settings) -> Publisher:
-    def publish(task: str, queue: str, kwargs: dict[str, Any]) -> None:
-        # Empty reprs: Celery would otherwise render the payload into the message headers,
-        # a fifth of the cost of a publish (profiled), and a copy of order data in logs.
-        app.send_task(
-            task, kwargs=kwargs, queue=direct(settings.queue(queue)), argsrepr="", kwargsrepr=""
-        )
+    """Commands sent with ``send_task``, one by one: for a process that sends a few (a
+    client submitting an order)."""
+
+    def publish(commands: Sequence[Command]) -> None:
+        for c in commands:
+            # Empty reprs: Celery would otherwise render the payload into the message
+            # headers (a fifth of the cost of a publish, profiled) and copy order data
+            # into logs.
+            app.send_task(
+                c.task,
+                kwargs=c.kwargs,
+                queue=direct(settings.queue(c.queue)),
+                argsrepr="",
+                kwargsrepr="",
+            )
 
     return publish
 
 
-class Sweeper:
-    """Runs :meth:`Engine.sweep` on each tick (every ``interval`` seconds, see ``build``).
+class BatchPublisher:
+    """Commands as Celery task messages through one long-lived producer, all of a call in
+    one batch (on Redis, one pipeline: one round trip however many commands)."""
 
-    While outcomes wait on the orchestrator's own queue (``backlog``), it holds off: the
-    outcome a deadline waits for is most likely among them, and re-dispatching then would
-    only add duplicate work to a system already behind (seen in chaos runs: a restarted
-    orchestrator's backlog turned into a storm of re-dispatches).
-    """
+    def __init__(self, app: Celery, settings: Settings, connection: Connection):
+        self.app, self.settings = app, settings
+        self.producer = Producer(connection.channel(), serializer="json")
+        # Declared once, so that a command for a service whose worker has not started yet
+        # waits in its queue (a broker with real exchanges would drop it otherwise).
+        for name in settings.all_queues():
+            direct(name)(self.producer.channel).declare()
 
-    def __init__(self, engine: Engine, interval: float, backlog: Callable[[], int] = lambda: 0):
-        self.engine, self.interval, self.backlog = engine, interval, backlog
+    def __call__(self, commands: Sequence[Command]) -> None:
+        batch = (
+            self.producer.batch(max_size=BATCH_SIZE)
+            if self.producer.supports_batch_publish
+            else contextlib.nullcontext()
+        )
+        with batch:
+            for c in commands:
+                headers, properties, body, _ = self.app.amqp.as_task_v2(
+                    uuid(), c.task, kwargs=c.kwargs, argsrepr="", kwargsrepr=""
+                )
+                queue = self.settings.queue(c.queue)
+                self.producer.publish(
+                    body,
+                    exchange="",
+                    routing_key=queue,
+                    headers=headers,
+                    delivery_mode="persistent",
+                    **properties,
+                )
 
-    def tick(self) -> int:
-        """One sweep, unless outcomes are waiting; returns how many steps it handled."""
+
+class Orchestrator:
+    """Recovery at start, then batches of outcomes and sweeps until :meth:`stop`."""
+
+    def __init__(self, settings: Settings, batch_size: int = BATCH_SIZE):
+        self.settings, self.batch_size = settings, batch_size
+        self.app = make_app(settings, "orchestrator")
+        self.queue = direct(settings.queue(ORCHESTRATOR_QUEUE))
+        self.received = 0  # for the watchdog: messages taken so far
+        self.busy = True  # for the watchdog: not waiting on the broker
+        self._messages: list[Message] = []
+        self._stopping = threading.Event()
+        self._next_sweep = 0.0
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def run(self) -> None:
+        """Serve until stopped, reconnecting after a broker outage."""
+        delay = 0.5
+        while not self._stopping.is_set():
+            # On Redis, every poll that finds nothing also scans for expired unacknowledged
+            # messages (four round trips), and this loop polls once per batch to find the
+            # batch's end. The service workers scan on a timer; here, once in a thousand.
+            connection = self.app.connection_for_write(
+                transport_options={"unacked_restore_throttle": 1000}
+            )
+            try:
+                self._serve(connection)
+                delay = 0.5
+            except (*connection.connection_errors, *connection.channel_errors) as exc:
+                log.warning("broker unreachable (%s); reconnecting in %.1fs", exc, delay)
+                self._stopping.wait(delay)
+                delay = min(delay * 2, 10.0)
+            finally:
+                self._messages.clear()  # unacknowledged: the broker delivers them again
+                with contextlib.suppress(Exception):
+                    connection.release()
+
+    def _serve(self, connection: Connection) -> None:
+        connection.ensure_connection(max_retries=1)
+        engine = Engine(
+            self.settings,
+            DEFINITIONS,
+            BatchPublisher(self.app, self.settings, connection),
+            crash_points=True,
+        )
+        engine.recover()
+        consumer = Consumer(
+            connection.default_channel,
+            queues=[self.queue],
+            on_message=self._messages.append,
+            prefetch_count=self.batch_size,
+            accept=["json"],
+        )
+        with consumer:
+            log.info("orchestrator ready on %s", self.queue.name)
+            while not self._stopping.is_set():
+                self._fill(connection, wait=self.settings.sweep_interval)
+                batch = len(self._messages)
+                if self._messages:
+                    self._handle(engine, self._messages)
+                    self._messages.clear()
+                if self.sweep_due(batch, time.monotonic()):
+                    self._sweep(engine)
+
+    def sweep_due(self, last_batch: int, now: float) -> bool:
+        """Whether to sweep now: once per ``sweep_interval``, but not while the last batch
+        came full. A full batch means outcomes are queued: the outcome a deadline waits for
+        is most likely among them, and re-dispatching now would only add duplicate work to
+        a system already behind (seen in chaos runs: a restarted orchestrator's backlog
+        turned into a storm of re-dispatches)."""
+        if last_batch >= self.batch_size or now < self._next_sweep:
+            return False
+        self._next_sweep = now + self.settings.sweep_interval
+        return True
+
+    def _fill(self, connection: Connection, wait: float) -> None:
+        """Wait up to ``wait`` seconds for a first message, then take whatever else has
+        already arrived, up to a batch."""
+        timeout = wait
+        self.busy = False
         try:
-            return self.engine.sweep() if self.backlog() == 0 else 0
-        except Exception:  # the sweeper must outlive a passing broker or database fault
-            log.exception("sweep failed; trying again in %.1fs", self.interval)
-            return 0
+            while len(self._messages) < self.batch_size:
+                try:
+                    connection.drain_events(timeout=timeout)
+                except TimeoutError:
+                    return
+                self.received += 1
+                timeout = 0
+        finally:
+            self.busy = True
 
+    def _handle(self, engine: Engine, messages: Sequence[Message]) -> None:
+        """Apply a batch: outcomes together, each submission on its own; then acknowledge.
 
-def outcome_backlog(broker_url: str, queue: str) -> Callable[[], int]:
-    """Messages waiting on ``queue``; 0 where the broker does not answer (sweep then)."""
-    depth = QueueDepth(broker_url, [queue])
-    return lambda: depth() or 0
+        A store busy beyond its timeout leaves the batch unacknowledged for the broker to
+        deliver again, rather than dropping outcomes (each would cost its step a deadline).
+        """
+        outcomes: list[Any] = []
+        submissions: list[Any] = []
+        for message in messages:
+            task = message.headers.get("task")
+            if task not in PARAMETERS:
+                log.error("dropping a message for an unknown task %r", task)
+                continue
+            try:
+                args, kwargs, _ = message.decode()
+                value = args[0] if args else kwargs[PARAMETERS[task]]
+            except (KombuError, ValueError, TypeError, LookupError) as exc:
+                log.error("dropping a message that cannot be read (%s): %s", task, exc)
+                continue
+            (outcomes if task == OUTCOME_TASK else submissions).append(value)
+        while True:
+            try:
+                if outcomes:
+                    engine.handle_outcomes(outcomes)
+                for order in submissions:
+                    self._submit(engine, order)
+                break
+            except (TransientError, sqlite3.OperationalError) as exc:
+                log.warning("store busy (%s); applying the batch again", exc)
+                if self._stopping.wait(0.5):
+                    return
+        # Acknowledged only now: the batch's transitions are committed and their commands
+        # published. The last message's ack covers the batch where the broker can do that.
+        for message in messages:
+            message.ack()
 
-
-def build(settings: Settings) -> tuple[Celery, Engine]:
-    """The orchestrator's Celery app with its tasks and its recovery-and-sweeper bootstep."""
-    app = make_app(settings, "orchestrator")
-    engine = Engine(settings, DEFINITIONS, celery_publisher(app, settings), crash_points=True)
-
-    # A store locked for longer than its busy timeout is retried, not dropped: a dropped
-    # outcome would cost the step a deadline and a re-dispatch.
-    retry = {
-        "acks_late": True,
-        "autoretry_for": (TransientError, sqlite3.OperationalError),
-        "retry_backoff": 0.5,
-        "retry_backoff_max": 10,
-        "max_retries": None,
-    }
-
-    @app.task(name=OUTCOME_TASK, **retry)
-    def outcome(outcome: dict[str, Any]) -> None:
-        engine.handle_outcome(outcome)
-
-    @app.task(name=SUBMIT_TASK, **retry)
-    def submit(order: Any, definition: str = ORDER_SAGA.name) -> str | None:
+    def _submit(self, engine: Engine, order: Any) -> None:
         try:
-            saga_id, _ = engine.submit(definition, order)
+            engine.submit(ORDER_SAGA.name, order)
         except InvalidOrder as exc:
             log.error("refused a submitted order: %s", exc)
-            return None
-        return saga_id
 
-    class RecoveryAndSweeper(bootsteps.StartStopStep):
-        requires = {"celery.worker.components:Pool"}
-
-        def __init__(self, worker: Any, **kwargs: Any):
-            super().__init__(worker, **kwargs)
-            sweeper = Sweeper(
-                engine,
-                settings.sweep_interval,
-                outcome_backlog(settings.broker_url, settings.queue(ORCHESTRATOR_QUEUE)),
+    def _sweep(self, engine: Engine) -> None:
+        try:
+            engine.sweep()
+        except (TransientError, sqlite3.OperationalError) as exc:
+            log.warning(
+                "sweep failed (%s); trying again in %.1fs", exc, engine.settings.sweep_interval
             )
-            self.sweeper = Periodic("saga-sweeper", settings.sweep_interval, sweeper.tick)
-
-        def start(self, worker: Any) -> None:
-            engine.recover()
-            self.sweeper.start()
-
-        def stop(self, worker: Any) -> None:
-            self.sweeper.stop()
-
-    app.steps["worker"].add(RecoveryAndSweeper)
-    return app, engine
 
 
-def run(settings: Settings, loglevel: str = "INFO") -> None:
-    """Run the orchestrator in the foreground until it is stopped."""
-    app, _ = build(settings)
-    queue = settings.queue(ORCHESTRATOR_QUEUE)
-    watchdog.install(app, settings.broker_url, [queue], settings.stall_timeout)
-    app.worker_main(
-        [
-            "worker",
-            "--pool",
-            "solo",
-            "--queues",
-            queue,
-            "--hostname",
-            f"orchestrator-{settings.queue_prefix or 'main'}@%h",
-            "--loglevel",
-            loglevel,
-            "--without-mingle",
-            "--without-gossip",
-        ]
+def run(settings: Settings) -> None:
+    """Run the orchestrator in the foreground until SIGTERM or SIGINT."""
+    orchestrator = Orchestrator(settings)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: orchestrator.stop())
+    dog = watchdog.ConsumerWatchdog(
+        settings.broker_url,
+        [orchestrator.queue.name],
+        settings.stall_timeout,
+        received=lambda: orchestrator.received,
+        busy=lambda: orchestrator.busy,
     )
+    Periodic("saga-watchdog", dog.interval, dog.tick).start()
+    orchestrator.run()
+    log.info("orchestrator stopped")

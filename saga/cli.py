@@ -69,7 +69,7 @@ def _print_saga(view: Any, as_json: bool) -> None:
 def cmd_orchestrator(args: argparse.Namespace, settings: Settings) -> int:
     from orchestrator import process
 
-    process.run(settings, loglevel=settings.log_level)
+    process.run(settings)
     return 0
 
 

@@ -37,22 +37,26 @@ class ConsumerWatchdog:
         queues: Sequence[str],
         stall_timeout: float,
         clock: Callable[[], float] = time.monotonic,
+        received: Callable[[], int] = lambda: state.all_total_count[0],
+        busy: Callable[[], bool] = lambda: len(state.requests) > 0,
     ):
+        """``received`` counts the messages taken so far and ``busy`` tells whether the
+        consumer is at work rather than waiting; by default, a Celery worker's."""
         self.broker_url = broker_url
         self.queues = list(queues)
         self.stall_timeout = stall_timeout
         self.interval = max(0.5, stall_timeout / 5)
         self.clock = clock
-        self._received = state.all_total_count[0]
+        self.received, self.busy = received, busy
+        self._received = received()
         self._stalled_since: float | None = None
         self.waiting = QueueDepth(broker_url, self.queues)
 
     def check(self) -> int:
         """One look; returns how many messages wait on a stalled consumer (0: not stalled)."""
         waiting = self.waiting()
-        received = state.all_total_count[0]
-        busy = len(state.requests) > 0  # reserved, waiting for a countdown, or running
-        if not waiting or busy or received != self._received:
+        received = self.received()
+        if not waiting or self.busy() or received != self._received:
             self._received, self._stalled_since = received, None
             return 0
         if self._stalled_since is None:

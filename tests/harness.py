@@ -4,10 +4,11 @@ against the real service code, and the test hands the outcome to the engine."""
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator.engine import Engine
+from orchestrator.engine import Command, Engine
 from orchestrator.process import DEFINITIONS
 from saga.config import Settings
 from saga.errors import BusinessError
@@ -41,8 +42,8 @@ class Harness:
         self.engine = Engine(self.settings, DEFINITIONS, self.publish, clock=self.clock)
         return self.engine
 
-    def publish(self, task: str, queue: str, kwargs: dict[str, Any]) -> None:
-        self.commands.append((task, kwargs))
+    def publish(self, commands: Sequence[Command]) -> None:
+        self.commands.extend((c.task, c.kwargs) for c in commands)
 
     def execute_next(self) -> dict[str, Any]:
         task, kw = self.commands.popleft()

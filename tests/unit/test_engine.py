@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from saga.config import Settings
 from saga.errors import InvalidOrder
 from saga_store import SagaState, StepState, queries
 from tests.harness import Harness
@@ -62,6 +63,16 @@ def test_duplicate_outcome_changes_nothing(h: Harness) -> None:
     assert h.engine.handle_outcome(outcome) is False
     assert h.saga(sid) == before
     assert len(h.commands) == 1  # the duplicate dispatched nothing
+    assert queries.counters(h.engine.db)["duplicate_outcomes"] == 1
+
+
+def test_a_batch_of_outcomes_applies_each_and_ignores_duplicates(h: Harness) -> None:
+    a, b = h.submit(make_order("A")), h.submit(make_order("B"))
+    done_a, done_b = h.execute_next(), h.execute_next()
+    malformed = {"saga_id": a, "phase": "sideways"}
+    assert h.engine.handle_outcomes([done_a, done_b, done_a, malformed]) == 2
+    assert [kw["reply"]["saga_id"] for _, kw in h.commands] == [a, b]  # both moved on
+    assert h.saga(a).step("charge_payment").state is StepState.RUNNING
     assert queries.counters(h.engine.db)["duplicate_outcomes"] == 1
 
 
@@ -201,14 +212,11 @@ def test_reservation_refused_compensates_with_nothing_held(
     assert available(h.settings.data_dir, "GADGET") == STOCK["GADGET"]
 
 
-def test_sweeper_holds_off_while_outcomes_wait(h: Harness) -> None:
-    from orchestrator.process import Sweeper
+def test_sweeps_hold_off_while_outcomes_queue(tmp_path: Path) -> None:
+    from orchestrator.process import Orchestrator
 
-    h.submit(make_order("A"))
-    h.commands.clear()  # the command is lost
-    h.clock.now += 31
-    waiting = [3]
-    sweeper = Sweeper(h.engine, interval=1, backlog=lambda: waiting[0])
-    assert sweeper.tick() == 0 and not h.commands  # its outcome may be among those 3
-    waiting[0] = 0
-    assert sweeper.tick() == 1 and [t for t, _ in h.commands] == ["reserve_inventory"]
+    o = Orchestrator(Settings(data_dir=tmp_path, sweep_interval=1), batch_size=10)
+    assert o.sweep_due(last_batch=3, now=100.0)
+    assert not o.sweep_due(last_batch=3, now=100.5)  # once per interval
+    assert not o.sweep_due(last_batch=10, now=101.0)  # a full batch: outcomes are queued
+    assert o.sweep_due(last_batch=0, now=101.0)

@@ -296,3 +296,15 @@ def test_resume_is_refused_for_a_terminal_saga(db: sqlite3.Connection) -> None:
     with pytest.raises(TransitionRefused):
         t.resume_saga(db, sid, NOW)
     assert queries.active_saga_ids(db) == []
+
+
+def test_a_transaction_inside_another_rolls_back_alone(db: sqlite3.Connection) -> None:
+    from saga_store import transaction
+
+    with transaction(db):
+        t.count(db, "kept")
+        with pytest.raises(RuntimeError), transaction(db):
+            t.count(db, "undone")
+            raise RuntimeError("refused half-way")
+        t.count(db, "kept")
+    assert queries.counters(db) == {"kept": 2}
