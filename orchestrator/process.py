@@ -27,7 +27,7 @@ from typing import Any
 
 from celery import Celery
 from kombu import Connection, Consumer, Producer
-from kombu.exceptions import KombuError
+from kombu.exceptions import KombuError, OperationalError
 from kombu.message import Message
 from kombu.utils.uuid import uuid
 
@@ -134,7 +134,11 @@ class Orchestrator:
             try:
                 self._serve(connection)
                 delay = 0.5
-            except (*connection.connection_errors, *connection.channel_errors) as exc:
+            except (
+                OperationalError,  # kombu's own word for "could not connect"
+                *connection.connection_errors,
+                *connection.channel_errors,
+            ) as exc:
                 log.warning("broker unreachable (%s); reconnecting in %.1fs", exc, delay)
                 self._stopping.wait(delay)
                 delay = min(delay * 2, 10.0)

@@ -148,6 +148,11 @@ def test_redis_restarted_mid_run_loses_nothing(
     more = []
     with pytest.raises(Exception, match="onnect"):  # the client sees the outage as it is
         more.append(system.submit(make_order("R-6", items=ONE)))
+    wait_for(  # an outage longer than one attempt to reconnect
+        lambda: system.orchestrator.log_text().count("broker unreachable") >= 2,
+        30,
+        "the orchestrator to try reconnecting twice",
+    )
     own_redis.start(port)
     more.append(system.submit(make_order("R-7", items=ONE)))
     # Then every saga ends, each effect once, and the orchestrator never stopped
