@@ -17,7 +17,7 @@ from saga import config
 from saga.celery_app import make_app
 from saga.config import Settings
 from saga.errors import SagaError
-from saga_store.models import SagaView
+from saga_store.models import SagaState, SagaView
 
 _engines: dict[str, Engine] = {}
 
@@ -43,6 +43,22 @@ def submit(order: Any, *, settings: Settings | None = None) -> str:
     """
     saga_id, _ = _engine(_settings(settings)).submit(ORDER_SAGA.name, order)
     return saga_id
+
+
+def retry(saga_id: str, *, actor: str, settings: Settings | None = None) -> SagaState:
+    """Run a failed saga's given-up compensations again; raises ``TransitionRefused``
+    unless it is ``failed`` with an open alert."""
+    return _engine(_settings(settings)).retry(saga_id, actor)
+
+
+def resolve(saga_id: str, note: str, *, actor: str, settings: Settings | None = None) -> None:
+    """Record that a person settled a failed saga by hand; it leaves the alert list."""
+    _engine(_settings(settings)).resolve(saga_id, note, actor)
+
+
+def cancel(saga_id: str, *, actor: str, settings: Settings | None = None) -> SagaState:
+    """Stop a pending or running saga and compensate what took effect."""
+    return _engine(_settings(settings)).cancel(saga_id, actor)
 
 
 def get_saga(saga_id: str, *, settings: Settings | None = None) -> SagaView:
@@ -76,4 +92,4 @@ def run(order: Any, *, settings: Settings | None = None, timeout: float | None =
     return saga_id
 
 
-__all__ = ["SagaError", "get_saga", "run", "submit", "wait"]
+__all__ = ["SagaError", "cancel", "get_saga", "resolve", "retry", "run", "submit", "wait"]

@@ -22,7 +22,7 @@ from orchestrator.definition import SagaDefinition
 from saga.config import Settings
 from saga.errors import SagaNotFound, TransitionRefused
 from saga_store import open_store, queries, transaction, transitions
-from saga_store.models import Dispatch, Phase, SagaView
+from saga_store.models import Actor, Dispatch, Phase, SagaState, SagaView
 from saga_store.transitions import Transition
 
 log = logging.getLogger("saga.orchestrator")
@@ -38,6 +38,14 @@ class Command:
     task: str
     queue: str
     kwargs: dict[str, Any]
+
+
+class OutcomeObserver(Protocol):
+    """Told of each outcome applied (the metrics)."""
+
+    def outcome(
+        self, step: str, phase: Phase, status: str, seconds: float | None, tries: int | None
+    ) -> None: ...
 
 
 class Publisher(Protocol):
@@ -56,8 +64,10 @@ class Engine:
         *,
         crash_points: bool = False,
         clock: Callable[[], float] = time.time,
+        metrics: OutcomeObserver | None = None,
     ):
         self.settings = settings
+        self.metrics = metrics
         self.definitions = dict(definitions)
         self.publish = publish
         self.crash_points = crash_points
@@ -116,53 +126,79 @@ class Engine:
         in between leaves steps whose deadlines pass, and the sweeper sends them again.
         """
         results: list[Transition] = []
-        duplicates = 0
+        observed: list[tuple[str, Phase, str, float | None, int | None]] = []
         with transaction(self.db):
             for outcome in outcomes:
                 parsed = self._parse(outcome)
                 if parsed is None:
                     continue
-                _, saga_id, step, _ = parsed
+                _, saga_id, step, phase, attempt = parsed
                 try:
-                    results.append(self._apply(*parsed))
+                    result = self._apply(*parsed)
+                    results.append(result)
+                    observed.append(
+                        (step, phase, str(outcome["status"]), result.took, outcome.get("tries"))
+                    )
                 except (TransitionRefused, SagaNotFound) as exc:
-                    duplicates += 1
                     log.debug("ignoring an outcome for %s/%s: %s", saga_id, step, exc)
-            if duplicates:
-                transitions.count(self.db, "duplicate_outcomes", duplicates)
+                    transitions.ignore_outcome(
+                        self.db, saga_id, step, phase, attempt, exc.message, self.clock()
+                    )
+        if self.metrics is not None:
+            for observation in observed:
+                self.metrics.outcome(*observation)
         self._send(results, handling_outcome=True)
         return len(results)
 
     @staticmethod
-    def _parse(outcome: Mapping[str, Any]) -> tuple[Mapping[str, Any], str, str, Phase] | None:
+    def _parse(
+        outcome: Mapping[str, Any],
+    ) -> tuple[Mapping[str, Any], str, str, Phase, int | None] | None:
         try:
             saga_id, step = str(outcome["saga_id"]), str(outcome["step"])
             phase, status = Phase(outcome["phase"]), str(outcome["status"])
             if status not in OUTCOME_STATUSES:
                 raise ValueError(status)
+            attempt, tries = outcome.get("attempt"), outcome.get("tries")
+            for number in (attempt, tries):
+                if number is not None and (type(number) is not int or number < 1):
+                    raise ValueError(number)
         except (KeyError, ValueError, TypeError):
             log.error("dropping a malformed outcome: %.300r", outcome)
             return None
-        return outcome, saga_id, step, phase
+        return outcome, saga_id, step, phase, attempt
 
     def _apply(
-        self, outcome: Mapping[str, Any], saga_id: str, step: str, phase: Phase
+        self,
+        outcome: Mapping[str, Any],
+        saga_id: str,
+        step: str,
+        phase: Phase,
+        attempt: int | None,
     ) -> Transition:
         """The transition an outcome asks for; raises ``TransitionRefused`` (or
         ``SagaNotFound``) for a duplicate or late one."""
         status, error = str(outcome["status"]), str(outcome.get("error") or "")
-        now = self.clock()
+        now, db, tries = self.clock(), self.db, outcome.get("tries")
         if phase is Phase.ACTION and status == "succeeded":
-            return transitions.complete_step(self.db, saga_id, step, outcome.get("output"), now)
+            output = outcome.get("output")
+            return transitions.complete_step(db, saga_id, step, output, now, attempt, tries)
         if phase is Phase.ACTION:
             result = transitions.fail_step(
-                self.db, saga_id, step, error, business=status == "rejected", now=now
+                db,
+                saga_id,
+                step,
+                error,
+                business=status == "rejected",
+                now=now,
+                attempt=attempt,
+                tries=tries,
             )
             self._log_step_failure(saga_id, step, status, error)
             return result
         if status == "succeeded":
-            return transitions.complete_compensation(self.db, saga_id, step, now)
-        return transitions.fail_compensation(self.db, saga_id, step, error, now)
+            return transitions.complete_compensation(db, saga_id, step, now, attempt, tries)
+        return transitions.fail_compensation(db, saga_id, step, error, now, attempt, tries)
 
     def sweep(self) -> int:
         """Re-dispatch (or give up) every step whose deadline passed, and start every saga
@@ -171,7 +207,9 @@ class Engine:
         stale = transitions.iso(self.clock() - self.settings.step_timeout)
         for saga_id in queries.stale_pending(self.db, stale):
             with contextlib.suppress(TransitionRefused):
-                results.append(transitions.resume_saga(self.db, saga_id, self.clock()))
+                results.append(
+                    transitions.resume_saga(self.db, saga_id, self.clock(), Actor.SWEEPER)
+                )
                 log.warning("starting saga %s, left pending by its submitter", saga_id)
         for saga_id, step in queries.overdue_steps(self.db, self.clock()):
             try:
@@ -209,6 +247,27 @@ class Engine:
         if results:
             log.info("recovery resumed %d saga(s)", len(results))
         return len(results)
+
+    # --- operator actions (see saga_store.transitions for each one's contract) ---------------
+
+    def retry(self, saga_id: str, actor: str) -> SagaState:
+        """Run a failed saga's given-up compensations again."""
+        result = transitions.retry_compensations(self.db, saga_id, self.clock(), actor)
+        log.warning("saga %s: %s asked to retry its compensations", saga_id, actor)
+        self._send([result])
+        return result.saga_state
+
+    def resolve(self, saga_id: str, note: str, actor: str) -> None:
+        """Record that a person settled a failed saga by hand."""
+        transitions.resolve_saga(self.db, saga_id, note, self.clock(), actor)
+        log.warning("saga %s resolved by %s: %s", saga_id, actor, note)
+
+    def cancel(self, saga_id: str, actor: str) -> SagaState:
+        """Stop a saga going forward and compensate what took effect."""
+        result = transitions.cancel_saga(self.db, saga_id, self.clock(), actor)
+        log.warning("saga %s: cancelled by %s", saga_id, actor)
+        self._send([result])
+        return result.saga_state
 
     def get(self, saga_id: str) -> SagaView:
         return queries.get_saga(self.db, saga_id)

@@ -32,6 +32,7 @@ from kombu.message import Message
 from kombu.utils.uuid import uuid
 
 from orchestrator.engine import Command, Engine, Publisher
+from orchestrator.metrics import Metrics
 from orchestrator.order_saga import ORDER_SAGA
 from saga import watchdog
 from saga.celery_app import OUTCOME_TASK, SUBMIT_TASK, direct, make_app
@@ -108,8 +109,10 @@ class BatchPublisher:
 class Orchestrator:
     """Recovery at start, then batches of outcomes and sweeps until :meth:`stop`."""
 
-    def __init__(self, settings: Settings, batch_size: int = BATCH_SIZE):
-        self.settings, self.batch_size = settings, batch_size
+    def __init__(
+        self, settings: Settings, batch_size: int = BATCH_SIZE, metrics: Metrics | None = None
+    ):
+        self.settings, self.batch_size, self.metrics = settings, batch_size, metrics
         self.app = make_app(settings, "orchestrator")
         self.queue = direct(settings.queue(ORCHESTRATOR_QUEUE))
         self.received = 0  # for the watchdog: messages taken so far
@@ -154,6 +157,7 @@ class Orchestrator:
             DEFINITIONS,
             BatchPublisher(self.app, self.settings, connection),
             crash_points=True,
+            metrics=self.metrics,
         )
         engine.recover()
         consumer = Consumer(
@@ -252,9 +256,15 @@ class Orchestrator:
             )
 
 
-def run(settings: Settings) -> None:
-    """Run the orchestrator in the foreground until SIGTERM or SIGINT."""
-    orchestrator = Orchestrator(settings)
+def run(settings: Settings, metrics_port: int | None = None) -> None:
+    """Run the orchestrator in the foreground until SIGTERM or SIGINT; with a
+    ``metrics_port``, serve Prometheus metrics on it (127.0.0.1)."""
+    metrics = None
+    if metrics_port is not None:
+        metrics = Metrics(settings.path("sagas.db"))
+        metrics.serve(metrics_port)
+        log.info("metrics on http://127.0.0.1:%d/metrics", metrics_port)
+    orchestrator = Orchestrator(settings, metrics=metrics)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: orchestrator.stop())
     dog = watchdog.ConsumerWatchdog(

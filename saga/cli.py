@@ -4,15 +4,23 @@ stderr), 1 for anything else that went wrong."""
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
-import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from saga import config
+from saga import config, logs
 from saga.config import SERVICES, Settings
-from saga.errors import BusinessError, ConfigError, InvalidOrder, SagaError, SagaNotFound
+from saga.errors import (
+    BusinessError,
+    ConfigError,
+    InvalidOrder,
+    SagaError,
+    SagaNotFound,
+    TransitionRefused,
+)
+from saga_store.models import Actor
 
 MAX_ORDER_BYTES = 1 << 20
 EXIT_BAD_INPUT = 2
@@ -28,11 +36,7 @@ SERVER_COMMANDS = {"orchestrator", "worker"}
 def _setup_logging(settings: Settings, command: str) -> None:
     # A one-shot command's output is its answer; its info lines would only bury it.
     level = settings.log_level if command in SERVER_COMMANDS else "WARNING"
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.setup(level, settings.log_format)
 
 
 def _read_order(source: str) -> Any:
@@ -69,7 +73,7 @@ def _print_saga(view: Any, as_json: bool) -> None:
 def cmd_orchestrator(args: argparse.Namespace, settings: Settings) -> int:
     from orchestrator import process
 
-    process.run(settings)
+    process.run(settings, metrics_port=args.metrics_port)
     return 0
 
 
@@ -110,6 +114,49 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     import orchestrator
 
     _print_saga(orchestrator.get_saga(args.saga_id, settings=settings), args.json)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
+    from saga import timeline
+    from saga_store import open_store, queries
+
+    store = open_store(settings.path("sagas.db"))
+    view = queries.get_saga(store, args.saga_id)
+    events = queries.history(store, args.saga_id)
+    alerts = queries.alerts(store, include_resolved=True, saga_id=args.saga_id)
+    if args.json:
+        print(json.dumps(timeline.to_dict(view, events, alerts), indent=2))
+    else:
+        print(timeline.render(view, events, alerts))
+    return 0
+
+
+def _operator() -> str:
+    return f"{Actor.OPERATOR}:{getpass.getuser()}"
+
+
+def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
+    from orchestrator import api
+
+    state = api.retry(args.saga_id, actor=_operator(), settings=settings)
+    print(f"saga {args.saga_id}: {state}, its failed compensations sent again")
+    return 0
+
+
+def cmd_resolve(args: argparse.Namespace, settings: Settings) -> int:
+    from orchestrator import api
+
+    api.resolve(args.saga_id, args.note, actor=_operator(), settings=settings)
+    print(f"saga {args.saga_id}: resolved; its alerts are closed")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    from orchestrator import api
+
+    state = api.cancel(args.saga_id, actor=_operator(), settings=settings)
+    print(f"saga {args.saga_id}: {state}")
     return 0
 
 
@@ -258,7 +305,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="saga", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("orchestrator", help="run the orchestrator (outcomes, recovery, sweeper)")
+    o = sub.add_parser("orchestrator", help="run the orchestrator (outcomes, recovery, sweeper)")
+    o.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
 
     w = sub.add_parser("worker", help="run a service worker")
     w.add_argument("service", choices=[*SERVICES, "all"])
@@ -274,6 +322,18 @@ def parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="show one saga and its steps")
     st.add_argument("saga_id")
     st.add_argument("--json", action="store_true")
+
+    sh = sub.add_parser("show", help="one saga's timeline: attempts, outcomes, actions")
+    sh.add_argument("saga_id")
+    sh.add_argument("--json", action="store_true")
+
+    rt = sub.add_parser("retry", help="run a failed saga's given-up compensations again")
+    rt.add_argument("saga_id")
+    rv = sub.add_parser("resolve", help="record that a failed saga was settled by hand")
+    rv.add_argument("saga_id")
+    rv.add_argument("--note", required=True, help="what was done")
+    cn = sub.add_parser("cancel", help="stop a running saga and compensate what took effect")
+    cn.add_argument("saga_id")
 
     ls = sub.add_parser("list", help="list sagas, newest first")
     ls.add_argument("--state")
@@ -329,6 +389,10 @@ COMMANDS = {
     "worker": cmd_worker,
     "submit": cmd_submit,
     "status": cmd_status,
+    "show": cmd_show,
+    "retry": cmd_retry,
+    "resolve": cmd_resolve,
+    "cancel": cmd_cancel,
     "list": cmd_list,
     "alerts": cmd_alerts,
     "stock": cmd_stock,
@@ -344,7 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = config.load()
         _setup_logging(settings, args.command)
         return COMMANDS[args.command](args, settings)
-    except (BadInput, InvalidOrder, SagaNotFound, BusinessError) as exc:
+    except (BadInput, InvalidOrder, SagaNotFound, BusinessError, TransitionRefused) as exc:
         print(f"saga: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except ConfigError as exc:

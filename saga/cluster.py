@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from saga import broker
 from saga.config import SERVICES, Settings
@@ -11,7 +11,13 @@ from workers import inventory
 
 
 class Cluster:
-    def __init__(self, settings: Settings, *, orchestrator: bool = True):
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        orchestrator: bool = True,
+        orchestrator_args: Sequence[str] = (),
+    ):
         self.settings = settings
         env = {**settings.to_env(), "PYTHONUNBUFFERED": "1"}
         logs = settings.data_dir / "logs"
@@ -20,7 +26,10 @@ class Cluster:
             for s in SERVICES
         }
         self.orchestrator = Child(
-            "orchestrator", saga_command("orchestrator"), env, logs / "orchestrator.log"
+            "orchestrator",
+            saga_command("orchestrator", *orchestrator_args),
+            env,
+            logs / "orchestrator.log",
         )
         self.with_orchestrator = orchestrator
 

@@ -49,6 +49,8 @@ class Settings:
     stall_timeout: float = 20.0
     failure_rates: Mapping[str, FailureRates] = field(default_factory=dict)
     log_level: str = "INFO"
+    # "text" for people, "json" (one object per line) for log collectors.
+    log_format: str = "text"
 
     def queue(self, name: str) -> str:
         return f"{self.queue_prefix}{name}"
@@ -85,6 +87,7 @@ class Settings:
             f"{PREFIX}STALL_TIMEOUT": str(self.stall_timeout),
             f"{PREFIX}FAILURE_RATES": json.dumps(rates),
             f"{PREFIX}LOG_LEVEL": self.log_level,
+            f"{PREFIX}LOG_FORMAT": self.log_format,
         }
 
 
@@ -144,4 +147,12 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         stall_timeout=_number(env, "STALL_TIMEOUT", defaults.stall_timeout, 1),
         failure_rates=parse_failure_rates(env.get(PREFIX + "FAILURE_RATES", "")),
         log_level=(env.get(PREFIX + "LOG_LEVEL") or defaults.log_level).upper(),
+        log_format=_choice(env, "LOG_FORMAT", defaults.log_format, ("text", "json")),
     )
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    raw = (env.get(PREFIX + name) or default).lower()
+    if raw not in allowed:
+        raise ConfigError(f"{PREFIX}{name} must be one of {', '.join(allowed)}, got {raw!r}")
+    return raw

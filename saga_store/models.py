@@ -39,6 +39,39 @@ class Phase(StrEnum):
     COMPENSATION = "compensation"
 
 
+class Event(StrEnum):
+    """What happened, as the saga's history records it."""
+
+    CREATED = "created"  # stored by a client
+    STARTED = "started"
+    DISPATCHED = "dispatched"  # a command sent: step, phase, attempt
+    REDISPATCHED = "redispatched"  # sent again by the sweeper: no outcome by its deadline
+    RESENT = "resent"  # sent again by recovery, after an orchestrator restart
+    SUCCEEDED = "succeeded"  # an outcome: step, phase, attempt
+    REJECTED = "rejected"  # an outcome: a business refusal
+    EXHAUSTED = "exhausted"  # an outcome: the service's retries ran out
+    DUPLICATE = "duplicate_ignored"  # an outcome for a step not waiting for it
+    GIVEN_UP = "given_up"  # no outcome within the dispatch budget
+    COMPENSATING = "compensating"  # the saga turns back; error says why
+    ALERT = "alert"  # a compensation gave up: a person must look
+    COMPLETED = "completed"
+    COMPENSATED = "compensated"
+    FAILED = "failed"
+    RETRY = "retry_requested"  # operator actions
+    RESOLVED = "resolved"
+    CANCELLED = "cancel_requested"
+
+
+class Actor(StrEnum):
+    """Who asked for a change (an operator's actions are recorded as ``operator:NAME``)."""
+
+    CLIENT = "client"
+    ORCHESTRATOR = "orchestrator"
+    SWEEPER = "sweeper"
+    RECOVERY = "recovery"
+    OPERATOR = "operator"
+
+
 @dataclass(frozen=True)
 class StepSpec:
     """What the store keeps of a step's definition, so transitions need no definition object."""
@@ -109,3 +142,42 @@ class Alert:
     error: str
     created_at: str
     resolved_at: str | None
+    resolution: str | None = None  # "retried", or the note of the person who settled it
+
+
+OUTCOME_EVENTS = frozenset(
+    {Event.SUCCEEDED, Event.REJECTED, Event.EXHAUSTED, Event.DUPLICATE, Event.GIVEN_UP}
+)
+DISPATCH_EVENTS = frozenset({Event.DISPATCHED, Event.REDISPATCHED, Event.RESENT})
+
+
+@dataclass(frozen=True)
+class HistoryEvent:
+    """One entry of a saga's history. ``duration_ms``, for an outcome, is the time since
+    the dispatch it answers (same step, phase and attempt)."""
+
+    id: int
+    at: str
+    event: Event
+    actor: str
+    step: str | None = None
+    phase: Phase | None = None
+    attempt: int | None = None
+    tries: int | None = None
+    error: str | None = None
+    note: str | None = None
+    duration_ms: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "at": self.at,
+            "event": self.event.value,
+            "actor": self.actor,
+            "step": self.step,
+            "phase": self.phase.value if self.phase else None,
+            "attempt": self.attempt,
+            "tries": self.tries,
+            "error": self.error,
+            "note": self.note,
+            "duration_ms": self.duration_ms,
+        }

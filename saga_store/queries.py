@@ -4,9 +4,21 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from datetime import datetime
 
 from saga.errors import SagaNotFound
-from saga_store.models import Alert, SagaState, SagaView, StepState, StepView
+from saga_store.models import (
+    DISPATCH_EVENTS,
+    OUTCOME_EVENTS,
+    Alert,
+    Event,
+    HistoryEvent,
+    Phase,
+    SagaState,
+    SagaView,
+    StepState,
+    StepView,
+)
 
 ACTIVE_STATES = ("pending", "running", "compensating")
 
@@ -92,16 +104,62 @@ def step_outputs(conn: sqlite3.Connection, saga_id: str) -> tuple[str, dict, dic
     return row["definition"], json.loads(row["input"]), outputs
 
 
-def alerts(conn: sqlite3.Connection, include_resolved: bool = False) -> list[Alert]:
-    sql = "SELECT * FROM alerts"
-    if not include_resolved:
-        sql += " WHERE resolved_at IS NULL"
-    rows = conn.execute(sql + " ORDER BY id").fetchall()
+def alerts(
+    conn: sqlite3.Connection, include_resolved: bool = False, saga_id: str | None = None
+) -> list[Alert]:
+    """Alerts, oldest first: the open ones, or all; of every saga, or of one."""
+    rows = conn.execute(
+        "SELECT * FROM alerts WHERE (? OR resolved_at IS NULL) AND (? IS NULL OR saga_id = ?) "
+        "ORDER BY id",
+        (include_resolved, saga_id, saga_id),
+    ).fetchall()
     return [
-        Alert(r["id"], r["saga_id"], r["step_name"], r["error"], r["created_at"], r["resolved_at"])
+        Alert(
+            r["id"],
+            r["saga_id"],
+            r["step_name"],
+            r["error"],
+            r["created_at"],
+            r["resolved_at"],
+            r["resolution"],
+        )
         for r in rows
     ]
 
 
 def counters(conn: sqlite3.Connection) -> dict[str, int]:
     return {r["name"]: r["value"] for r in conn.execute("SELECT name, value FROM counters")}
+
+
+def history(conn: sqlite3.Connection, saga_id: str) -> list[HistoryEvent]:
+    """The saga's history, oldest first, each outcome with the time since its dispatch.
+    Raises ``SagaNotFound`` for an unknown saga."""
+    if conn.execute("SELECT 1 FROM sagas WHERE id = ?", (saga_id,)).fetchone() is None:
+        raise SagaNotFound(saga_id)
+    dispatched: dict[tuple[str, str, int], datetime] = {}
+    events = []
+    for r in conn.execute("SELECT * FROM saga_events WHERE saga_id = ? ORDER BY id", (saga_id,)):
+        event = Event(r["event"])
+        key = (r["step_name"], r["phase"], r["attempt"])
+        at = datetime.fromisoformat(r["at"])
+        duration = None
+        if event in DISPATCH_EVENTS:
+            dispatched[key] = at
+        elif event in OUTCOME_EVENTS and key in dispatched:
+            duration = round((at - dispatched[key]).total_seconds() * 1000, 1)
+        events.append(
+            HistoryEvent(
+                id=r["id"],
+                at=r["at"],
+                event=event,
+                actor=r["actor"],
+                step=r["step_name"],
+                phase=Phase(r["phase"]) if r["phase"] else None,
+                attempt=r["attempt"],
+                tries=r["tries"],
+                error=r["error"],
+                note=r["note"],
+                duration_ms=duration,
+            )
+        )
+    return events

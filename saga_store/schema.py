@@ -55,6 +55,27 @@ MIGRATIONS: tuple[str, ...] = (
         value INTEGER NOT NULL
     );
     """,
+    """
+    CREATE TABLE saga_events (
+        id INTEGER PRIMARY KEY,
+        saga_id TEXT NOT NULL REFERENCES sagas(id),
+        at TEXT NOT NULL,
+        event TEXT NOT NULL,
+        step_name TEXT,
+        phase TEXT CHECK (phase IN ('action', 'compensation')),
+        attempt INTEGER,
+        tries INTEGER,
+        error TEXT,
+        note TEXT,
+        actor TEXT NOT NULL
+    );
+    CREATE INDEX saga_events_by_saga ON saga_events(saga_id, id);
+    ALTER TABLE alerts ADD COLUMN resolution TEXT;
+    CREATE TRIGGER saga_events_are_never_updated BEFORE UPDATE ON saga_events
+    BEGIN SELECT RAISE(ABORT, 'the saga history is append-only'); END;
+    CREATE TRIGGER saga_events_are_never_deleted BEFORE DELETE ON saga_events
+    BEGIN SELECT RAISE(ABORT, 'the saga history is append-only'); END;
+    """,
 )
 
 VERSION = len(MIGRATIONS)
@@ -69,8 +90,21 @@ def migrate(conn: sqlite3.Connection) -> int:
                 f"the saga database has schema version {found}, newer than this code's {VERSION}"
             )
         for version in range(found, VERSION):
-            for statement in MIGRATIONS[version].split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+            for statement in statements(MIGRATIONS[version]):
+                conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {VERSION}")
     return int(found)
+
+
+def statements(script: str) -> list[str]:
+    """The complete SQL statements of ``script`` (a trigger's body holds semicolons, so a
+    split on them would cut it)."""
+    found, pending = [], ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            found.append(pending.strip())
+            pending = ""
+    if pending.strip():
+        raise ValueError(f"incomplete SQL statement: {pending.strip()[:80]}")
+    return found

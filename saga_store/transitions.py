@@ -7,7 +7,9 @@ sent. Publishing them is the caller's job, after the commit: a crash in between 
 step whose deadline passes, and the sweeper sends the command again.
 
 The store keeps what it needs of each step's definition (position, compensable, best-effort,
-timeout, dispatch budget), so these functions never see a saga definition.
+timeout, dispatch budget), so these functions never see a saga definition. Every change is
+also appended to the saga's history (``saga_events``) in the same transaction, with who
+asked for it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 
 from saga.errors import SagaNotFound, TransitionRefused
 from saga_store.db import transaction
-from saga_store.models import Dispatch, Phase, SagaState, StepSpec
+from saga_store.models import Actor, Dispatch, Event, Phase, SagaState, StepSpec
 
 
 @dataclass
@@ -32,6 +34,7 @@ class Transition:
     saga_state: SagaState
     dispatches: list[Dispatch] = field(default_factory=list)
     alerts: list[tuple[str, str]] = field(default_factory=list)  # (step, error)
+    took: float | None = None  # for an outcome: seconds since the dispatch it answers
 
 
 def iso(now: float) -> str:
@@ -39,6 +42,52 @@ def iso(now: float) -> str:
 
 
 # --- helpers: each runs inside the caller's transaction -------------------------------------
+
+
+#: Events also counted in ``counters``: what the metrics read without scanning the sagas.
+COUNTED = {
+    Event.STARTED: "sagas_started",
+    Event.COMPLETED: "sagas_completed",
+    Event.COMPENSATED: "sagas_compensated",
+    Event.FAILED: "sagas_failed",
+}
+
+
+def _since_dispatch(step: sqlite3.Row, now: float) -> float | None:
+    """Seconds since the step's dispatch (its deadline was armed then, ``timeout`` ahead)."""
+    deadline = step["deadline_at"]
+    return None if deadline is None else now - (deadline - step["timeout"])
+
+
+def _record(
+    conn: sqlite3.Connection,
+    saga_id: str,
+    now: float,
+    event: Event,
+    actor: str,
+    *,
+    step: str | None = None,
+    phase: Phase | None = None,
+    attempt: int | None = None,
+    tries: int | None = None,
+    error: str | None = None,
+    note: str | None = None,
+) -> None:
+    """Append one event to the saga's history (and count sagas started and ended).
+    ``attempt`` counts the orchestrator's dispatches of the step; ``tries``, the service's
+    runs of that dispatch (its retries + 1)."""
+    if event in COUNTED:
+        conn.execute(
+            "INSERT INTO counters (name, value) VALUES (?, 1) "
+            "ON CONFLICT (name) DO UPDATE SET value = value + 1",
+            (COUNTED[event],),
+        )
+    conn.execute(
+        "INSERT INTO saga_events "
+        "(saga_id, at, event, step_name, phase, attempt, tries, error, note, actor) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (saga_id, iso(now), event.value, step, phase, attempt, tries, error, note, actor),
+    )
 
 
 def _saga_state(conn: sqlite3.Connection, saga_id: str) -> SagaState:
@@ -73,6 +122,32 @@ def _saga_and_step(
     return SagaState(row["saga_state"]), row
 
 
+def _record_outcome(
+    conn: sqlite3.Connection,
+    saga_id: str,
+    now: float,
+    event: Event,
+    step: str,
+    phase: Phase,
+    attempt: int | None,
+    tries: int | None,
+    error: str | None = None,
+) -> None:
+    """Append a service's answer to the history (outcomes come to the orchestrator)."""
+    _record(
+        conn,
+        saga_id,
+        now,
+        event,
+        Actor.ORCHESTRATOR,
+        step=step,
+        phase=phase,
+        attempt=attempt,
+        tries=tries,
+        error=error,
+    )
+
+
 def _require(actual: str, allowed: set[str], what: str, saga_id: str, step: str | None = None):
     if actual not in allowed:
         raise TransitionRefused(
@@ -90,7 +165,13 @@ def _set_saga(
 
 
 def _dispatch(
-    conn: sqlite3.Connection, saga_id: str, step: sqlite3.Row, phase: Phase, now: float
+    conn: sqlite3.Connection,
+    saga_id: str,
+    step: sqlite3.Row,
+    phase: Phase,
+    now: float,
+    actor: str,
+    event: Event = Event.DISPATCHED,
 ) -> Dispatch:
     """Arm the step's deadline and count one more dispatch of ``phase``."""
     counter = "attempts" if phase is Phase.ACTION else "compensation_attempts"
@@ -99,10 +180,11 @@ def _dispatch(
         f"UPDATE saga_steps SET {counter} = ?, deadline_at = ? WHERE saga_id = ? AND step_name = ?",
         (attempt, now + step["timeout"], saga_id, step["step_name"]),
     )
+    _record(conn, saga_id, now, event, actor, step=step["step_name"], phase=phase, attempt=attempt)
     return Dispatch(saga_id, step["step_name"], phase, attempt)
 
 
-def _advance(conn: sqlite3.Connection, saga_id: str, now: float) -> Transition:
+def _advance(conn: sqlite3.Connection, saga_id: str, now: float, actor: str) -> Transition:
     """Start the first pending step, or complete the saga when none is left.
 
     The step is found, started and dispatched in one statement: this is the hot path."""
@@ -115,13 +197,24 @@ def _advance(conn: sqlite3.Connection, saga_id: str, now: float) -> Transition:
     ).fetchone()
     if started is None:
         _set_saga(conn, saga_id, SagaState.COMPLETED, now)
+        _record(conn, saga_id, now, Event.COMPLETED, actor)
         return Transition(saga_id, SagaState.COMPLETED)
     _set_saga(conn, saga_id, SagaState.RUNNING, now)
     dispatch = Dispatch(saga_id, started["step_name"], Phase.ACTION, started["attempts"])
+    _record(
+        conn,
+        saga_id,
+        now,
+        Event.DISPATCHED,
+        actor,
+        step=dispatch.step,
+        phase=Phase.ACTION,
+        attempt=dispatch.attempt,
+    )
     return Transition(saga_id, SagaState.RUNNING, [dispatch])
 
 
-def _compensate_next(conn: sqlite3.Connection, saga_id: str, now: float) -> Transition:
+def _compensate_next(conn: sqlite3.Connection, saga_id: str, now: float, actor: str) -> Transition:
     """Dispatch the last step still to be compensated, or end the saga when none is left.
 
     Compensations run one at a time in reverse order, so the step in flight is always the
@@ -136,18 +229,19 @@ def _compensate_next(conn: sqlite3.Connection, saga_id: str, now: float) -> Tran
         return Transition(
             saga_id,
             SagaState.COMPENSATING,
-            [_dispatch(conn, saga_id, nxt, Phase.COMPENSATION, now)],
+            [_dispatch(conn, saga_id, nxt, Phase.COMPENSATION, now, actor)],
         )
     alerted = conn.execute(
         "SELECT 1 FROM alerts WHERE saga_id = ? AND resolved_at IS NULL LIMIT 1", (saga_id,)
     ).fetchone()
     final = SagaState.FAILED if alerted else SagaState.COMPENSATED
     _set_saga(conn, saga_id, final, now)
+    _record(conn, saga_id, now, Event(final.value), actor)
     return Transition(saga_id, final)
 
 
 def _begin_compensation(
-    conn: sqlite3.Connection, saga_id: str, now: float, error: str
+    conn: sqlite3.Connection, saga_id: str, now: float, error: str, actor: str
 ) -> Transition:
     conn.execute(
         "UPDATE saga_steps SET state = 'compensating' "
@@ -155,7 +249,8 @@ def _begin_compensation(
         (saga_id,),
     )
     _set_saga(conn, saga_id, SagaState.COMPENSATING, now, error)
-    return _compensate_next(conn, saga_id, now)
+    _record(conn, saga_id, now, Event.COMPENSATING, actor, error=error)
+    return _compensate_next(conn, saga_id, now, actor)
 
 
 def _fail_action(
@@ -165,6 +260,7 @@ def _fail_action(
     error: str,
     may_have_taken_effect: bool,
     now: float,
+    actor: str,
 ) -> Transition:
     name = step["step_name"]
     undo = may_have_taken_effect and step["compensable"] and not step["best_effort"]
@@ -174,11 +270,13 @@ def _fail_action(
         ("compensating" if undo else "failed", error, saga_id, name),
     )
     if step["best_effort"]:
-        return _advance(conn, saga_id, now)
-    return _begin_compensation(conn, saga_id, now, f"{name}: {error}")
+        return _advance(conn, saga_id, now, actor)
+    return _begin_compensation(conn, saga_id, now, f"{name}: {error}", actor)
 
 
-def _raise_alert(conn: sqlite3.Connection, saga_id: str, step: str, error: str, now: float) -> None:
+def _raise_alert(
+    conn: sqlite3.Connection, saga_id: str, step: str, error: str, now: float, actor: str
+) -> None:
     conn.execute(
         "UPDATE saga_steps SET state = 'failed', error = ?, deadline_at = NULL "
         "WHERE saga_id = ? AND step_name = ?",
@@ -188,6 +286,7 @@ def _raise_alert(conn: sqlite3.Connection, saga_id: str, step: str, error: str, 
         "INSERT INTO alerts (saga_id, step_name, error, created_at) VALUES (?, ?, ?, ?)",
         (saga_id, step, error, iso(now)),
     )
+    _record(conn, saga_id, now, Event.ALERT, actor, step=step, error=error)
 
 
 # --- the transitions ------------------------------------------------------------------------
@@ -201,6 +300,7 @@ def create_saga(
     steps: Sequence[StepSpec],
     now: float,
     idempotency_key: str | None = None,
+    actor: str = Actor.CLIENT,
 ) -> tuple[str, bool]:
     """Store a new saga as ``pending`` with all its steps ``pending``.
 
@@ -237,18 +337,28 @@ def create_saga(
                 for i, s in enumerate(steps)
             ],
         )
+        _record(conn, saga_id, now, Event.CREATED, actor)
     return saga_id, True
 
 
-def start_saga(conn: sqlite3.Connection, saga_id: str, now: float) -> Transition:
+def start_saga(
+    conn: sqlite3.Connection, saga_id: str, now: float, actor: str = Actor.CLIENT
+) -> Transition:
     """``pending`` → ``running``: the first step goes ``running`` and is dispatched."""
     with transaction(conn):
         _require(_saga_state(conn, saga_id), {"pending"}, "starting the saga", saga_id)
-        return _advance(conn, saga_id, now)
+        _record(conn, saga_id, now, Event.STARTED, actor)
+        return _advance(conn, saga_id, now, actor)
 
 
 def complete_step(
-    conn: sqlite3.Connection, saga_id: str, step: str, output: Any, now: float
+    conn: sqlite3.Connection,
+    saga_id: str,
+    step: str,
+    output: Any,
+    now: float,
+    attempt: int | None = None,
+    tries: int | None = None,
 ) -> Transition:
     """A step's action succeeded: ``running`` → ``completed``, then the next step starts
     (or the saga completes). Refused for a step that is not running: a duplicate or late
@@ -257,16 +367,29 @@ def complete_step(
         state, row = _saga_and_step(conn, saga_id, step)
         _require(state, {"running"}, "completing a step", saga_id, step)
         _require(row["state"], {"running"}, "completing the step", saga_id, step)
+        took = _since_dispatch(row, now)
         conn.execute(
             "UPDATE saga_steps SET state = 'completed', output = ?, error = NULL, "
             "deadline_at = NULL WHERE saga_id = ? AND step_name = ?",
             (json.dumps(output), saga_id, step),
         )
-        return _advance(conn, saga_id, now)
+        actor = Actor.ORCHESTRATOR
+        _record_outcome(conn, saga_id, now, Event.SUCCEEDED, step, Phase.ACTION, attempt, tries)
+        result = _advance(conn, saga_id, now, actor)
+        result.took = took
+        return result
 
 
 def fail_step(
-    conn: sqlite3.Connection, saga_id: str, step: str, error: str, *, business: bool, now: float
+    conn: sqlite3.Connection,
+    saga_id: str,
+    step: str,
+    error: str,
+    *,
+    business: bool,
+    now: float,
+    attempt: int | None = None,
+    tries: int | None = None,
 ) -> Transition:
     """A step's action failed. A business failure took no effect: the step goes ``failed``.
     A failure after transient retries may have left a stray effect (another delivery may
@@ -277,55 +400,119 @@ def fail_step(
         state, row = _saga_and_step(conn, saga_id, step)
         _require(state, {"running"}, "failing a step", saga_id, step)
         _require(row["state"], {"running"}, "failing the step", saga_id, step)
-        return _fail_action(conn, saga_id, row, error, not business, now)
+        actor = Actor.ORCHESTRATOR
+        _record_outcome(
+            conn,
+            saga_id,
+            now,
+            Event.REJECTED if business else Event.EXHAUSTED,
+            step,
+            Phase.ACTION,
+            attempt,
+            tries,
+            error,
+        )
+        result = _fail_action(conn, saga_id, row, error, not business, now, actor)
+        result.took = _since_dispatch(row, now)
+        return result
+
+
+def _compensation_in_flight(
+    conn: sqlite3.Connection, saga_id: str, step: str, what: str
+) -> sqlite3.Row:
+    state, row = _saga_and_step(conn, saga_id, step)
+    _require(state, {"compensating"}, f"{what} a compensation", saga_id, step)
+    in_flight = row["state"] == "compensating" and row["deadline_at"] is not None
+    _require(
+        "in flight" if in_flight else row["state"],
+        {"in flight"},
+        f"{what} the compensation",
+        saga_id,
+        step,
+    )
+    return row
 
 
 def complete_compensation(
-    conn: sqlite3.Connection, saga_id: str, step: str, now: float
+    conn: sqlite3.Connection,
+    saga_id: str,
+    step: str,
+    now: float,
+    attempt: int | None = None,
+    tries: int | None = None,
 ) -> Transition:
     """The step's compensation succeeded: ``compensating`` → ``compensated``; the next
     compensation is dispatched, or the saga ends (``compensated``, or ``failed`` where a
     compensation raised an alert). Refused unless this compensation is in flight."""
     with transaction(conn):
-        state, row = _saga_and_step(conn, saga_id, step)
-        _require(state, {"compensating"}, "completing a compensation", saga_id, step)
-        in_flight = row["state"] == "compensating" and row["deadline_at"] is not None
-        _require(
-            "in flight" if in_flight else row["state"],
-            {"in flight"},
-            "completing the compensation",
-            saga_id,
-            step,
-        )
+        row = _compensation_in_flight(conn, saga_id, step, "completing")
         conn.execute(
             "UPDATE saga_steps SET state = 'compensated', deadline_at = NULL "
             "WHERE saga_id = ? AND step_name = ?",
             (saga_id, step),
         )
-        return _compensate_next(conn, saga_id, now)
+        actor = Actor.ORCHESTRATOR
+        _record_outcome(
+            conn, saga_id, now, Event.SUCCEEDED, step, Phase.COMPENSATION, attempt, tries
+        )
+        result = _compensate_next(conn, saga_id, now, actor)
+        result.took = _since_dispatch(row, now)
+        return result
 
 
 def fail_compensation(
-    conn: sqlite3.Connection, saga_id: str, step: str, error: str, now: float
+    conn: sqlite3.Connection,
+    saga_id: str,
+    step: str,
+    error: str,
+    now: float,
+    attempt: int | None = None,
+    tries: int | None = None,
 ) -> Transition:
     """The step's compensation ran out of retries: the step goes ``failed``, an alert is
     stored, and the remaining compensations still run; the saga will end ``failed``.
     Refused unless this compensation is in flight."""
     with transaction(conn):
-        state, row = _saga_and_step(conn, saga_id, step)
-        _require(state, {"compensating"}, "failing a compensation", saga_id, step)
-        in_flight = row["state"] == "compensating" and row["deadline_at"] is not None
-        _require(
-            "in flight" if in_flight else row["state"],
-            {"in flight"},
-            "failing the compensation",
-            saga_id,
-            step,
+        row = _compensation_in_flight(conn, saga_id, step, "failing")
+        actor = Actor.ORCHESTRATOR
+        _record_outcome(
+            conn, saga_id, now, Event.EXHAUSTED, step, Phase.COMPENSATION, attempt, tries, error
         )
-        _raise_alert(conn, saga_id, step, error, now)
-        result = _compensate_next(conn, saga_id, now)
+        _raise_alert(conn, saga_id, step, error, now, actor)
+        result = _compensate_next(conn, saga_id, now, actor)
         result.alerts.append((step, error))
+        result.took = _since_dispatch(row, now)
         return result
+
+
+def ignore_outcome(
+    conn: sqlite3.Connection,
+    saga_id: str,
+    step: str,
+    phase: Phase,
+    attempt: int | None,
+    reason: str,
+    now: float,
+) -> None:
+    """An outcome that no transition accepts (a duplicate, a late one): counted, and kept
+    in the saga's history where the saga exists. Changes no state."""
+    with transaction(conn):
+        conn.execute(
+            "INSERT INTO counters (name, value) VALUES ('duplicate_outcomes', 1) "
+            "ON CONFLICT (name) DO UPDATE SET value = value + 1"
+        )
+        if conn.execute("SELECT 1 FROM sagas WHERE id = ?", (saga_id,)).fetchone():
+            _record(
+                conn,
+                saga_id,
+                now,
+                Event.DUPLICATE,
+                Actor.ORCHESTRATOR,
+                step=step,
+                phase=phase,
+                attempt=attempt,
+                error=reason,
+            )
 
 
 def redispatch_overdue(conn: sqlite3.Connection, saga_id: str, step: str, now: float) -> Transition:
@@ -342,27 +529,38 @@ def redispatch_overdue(conn: sqlite3.Connection, saga_id: str, step: str, now: f
             "INSERT INTO counters (name, value) VALUES ('redispatches', 1) "
             "ON CONFLICT (name) DO UPDATE SET value = value + 1"
         )
-        if row["state"] == "running":
-            if row["attempts"] < row["max_dispatches"]:
-                return Transition(
-                    saga_id, SagaState.RUNNING, [_dispatch(conn, saga_id, row, Phase.ACTION, now)]
-                )
-            error = f"no outcome after {row['attempts']} dispatches"
-            return _fail_action(conn, saga_id, row, error, True, now)
-        if row["compensation_attempts"] < row["max_dispatches"]:
+        actor = Actor.SWEEPER
+        phase = Phase.ACTION if row["state"] == "running" else Phase.COMPENSATION
+        counter = "attempts" if phase is Phase.ACTION else "compensation_attempts"
+        if row[counter] < row["max_dispatches"]:
             return Transition(
                 saga_id,
-                SagaState.COMPENSATING,
-                [_dispatch(conn, saga_id, row, Phase.COMPENSATION, now)],
+                SagaState.RUNNING if phase is Phase.ACTION else SagaState.COMPENSATING,
+                [_dispatch(conn, saga_id, row, phase, now, actor, Event.REDISPATCHED)],
             )
-        error = f"no outcome after {row['compensation_attempts']} dispatches"
-        _raise_alert(conn, saga_id, step, error, now)
-        result = _compensate_next(conn, saga_id, now)
+        error = f"no outcome after {row[counter]} dispatches"
+        _record(
+            conn,
+            saga_id,
+            now,
+            Event.GIVEN_UP,
+            actor,
+            step=step,
+            phase=phase,
+            attempt=row[counter],
+            error=error,
+        )
+        if phase is Phase.ACTION:
+            return _fail_action(conn, saga_id, row, error, True, now, actor)
+        _raise_alert(conn, saga_id, step, error, now, actor)
+        result = _compensate_next(conn, saga_id, now, actor)
         result.alerts.append((step, error))
         return result
 
 
-def resume_saga(conn: sqlite3.Connection, saga_id: str, now: float) -> Transition:
+def resume_saga(
+    conn: sqlite3.Connection, saga_id: str, now: float, actor: str = Actor.RECOVERY
+) -> Transition:
     """Recovery after an orchestrator restart: a ``pending`` saga starts; a running or
     compensating saga has its in-flight command sent again (its deadline re-armed, the
     dispatch not counted against its budget, since the orchestrator, not the step, failed).
@@ -371,7 +569,8 @@ def resume_saga(conn: sqlite3.Connection, saga_id: str, now: float) -> Transitio
         state = _saga_state(conn, saga_id)
         _require(state, {"pending", "running", "compensating"}, "resuming the saga", saga_id)
         if state is SagaState.PENDING:
-            return _advance(conn, saga_id, now)
+            _record(conn, saga_id, now, Event.STARTED, actor)
+            return _advance(conn, saga_id, now, actor)
         phase, step_state = (
             (Phase.ACTION, "running")
             if state is SagaState.RUNNING
@@ -384,22 +583,114 @@ def resume_saga(conn: sqlite3.Connection, saga_id: str, now: float) -> Transitio
         ).fetchone()
         if row is None:  # nothing in flight: only reachable through a hand-edited database
             return (
-                _advance(conn, saga_id, now)
+                _advance(conn, saga_id, now, actor)
                 if phase is Phase.ACTION
-                else _compensate_next(conn, saga_id, now)
+                else _compensate_next(conn, saga_id, now, actor)
             )
         counter = "attempts" if phase is Phase.ACTION else "compensation_attempts"
         conn.execute(
             "UPDATE saga_steps SET deadline_at = ? WHERE saga_id = ? AND step_name = ?",
             (now + row["timeout"], saga_id, row["step_name"]),
         )
+        _record(
+            conn,
+            saga_id,
+            now,
+            Event.RESENT,
+            actor,
+            step=row["step_name"],
+            phase=phase,
+            attempt=row[counter],
+        )
         return Transition(
             saga_id, state, [Dispatch(saga_id, row["step_name"], phase, row[counter])]
         )
 
 
+# --- operator actions -----------------------------------------------------------------------
+
+
+def _open_alert_steps(conn: sqlite3.Connection, saga_id: str, what: str) -> list[str]:
+    steps = [
+        r["step_name"]
+        for r in conn.execute(
+            "SELECT step_name FROM alerts WHERE saga_id = ? AND resolved_at IS NULL ORDER BY id",
+            (saga_id,),
+        )
+    ]
+    if not steps:
+        raise TransitionRefused(f"{what}: the saga has no open alert", saga_id=saga_id)
+    return steps
+
+
+def _close_alerts(conn: sqlite3.Connection, saga_id: str, resolution: str, now: float) -> None:
+    conn.execute(
+        "UPDATE alerts SET resolved_at = ?, resolution = ? "
+        "WHERE saga_id = ? AND resolved_at IS NULL",
+        (iso(now), resolution, saga_id),
+    )
+
+
+def retry_compensations(
+    conn: sqlite3.Connection, saga_id: str, now: float, actor: str
+) -> Transition:
+    """``failed`` → ``compensating``, once a person has fixed what made compensations give
+    up: each step with an open alert goes back to ``compensating`` with a fresh dispatch
+    budget, the alerts close as retried, and the last of those steps is dispatched. The
+    saga ends ``compensated`` if they now succeed (``failed`` again, with new alerts, if
+    not). Refused unless the saga is ``failed`` with an open alert."""
+    with transaction(conn):
+        what = "retrying its compensations"
+        _require(_saga_state(conn, saga_id), {"failed"}, what, saga_id)
+        steps = _open_alert_steps(conn, saga_id, what)
+        conn.executemany(
+            "UPDATE saga_steps SET state = 'compensating', compensation_attempts = 0, "
+            "error = NULL WHERE saga_id = ? AND step_name = ? AND state = 'failed'",
+            [(saga_id, step) for step in steps],
+        )
+        _close_alerts(conn, saga_id, "retried", now)
+        _set_saga(conn, saga_id, SagaState.COMPENSATING, now)
+        _record(conn, saga_id, now, Event.RETRY, actor, note=", ".join(steps))
+        return _compensate_next(conn, saga_id, now, actor)
+
+
+def resolve_saga(conn: sqlite3.Connection, saga_id: str, note: str, now: float, actor: str) -> None:
+    """A person settled a failed saga by hand: its open alerts close with their ``note``
+    and it leaves the alert list. The saga stays ``failed``: that is what the system
+    did. Refused without a note, or unless the saga has an open alert."""
+    if not note.strip():
+        raise TransitionRefused("resolving a saga needs a note: what was done", saga_id=saga_id)
+    with transaction(conn):
+        _saga_state(conn, saga_id)
+        _open_alert_steps(conn, saga_id, "resolving it")
+        _close_alerts(conn, saga_id, note, now)
+        _record(conn, saga_id, now, Event.RESOLVED, actor, note=note)
+
+
+def cancel_saga(conn: sqlite3.Connection, saga_id: str, now: float, actor: str) -> Transition:
+    """A saga still going forward stops. ``pending``: nothing took effect, it ends
+    ``compensated``. ``running`` → ``compensating``: the step in flight may have taken
+    effect, so it is compensated too (the service refuses its action if it comes late),
+    after it every completed step, last first. Refused once the saga compensates or ended."""
+    with transaction(conn):
+        state = _saga_state(conn, saga_id)
+        _require(state, {"pending", "running"}, "cancelling the saga", saga_id)
+        _record(conn, saga_id, now, Event.CANCELLED, actor)
+        if state is SagaState.PENDING:
+            _set_saga(conn, saga_id, SagaState.COMPENSATED, now, "cancelled by an operator")
+            _record(conn, saga_id, now, Event.COMPENSATED, actor)
+            return Transition(saga_id, SagaState.COMPENSATED)
+        conn.execute(
+            "UPDATE saga_steps SET state = CASE WHEN compensable = 1 AND best_effort = 0 "
+            "THEN 'compensating' ELSE 'failed' END, error = 'cancelled', deadline_at = NULL "
+            "WHERE saga_id = ? AND state = 'running'",
+            (saga_id,),
+        )
+        return _begin_compensation(conn, saga_id, now, "cancelled by an operator", actor)
+
+
 def count(conn: sqlite3.Connection, name: str, by: int = 1) -> None:
-    """Add ``by`` to a named counter (duplicate outcomes ignored, and the like)."""
+    """Add ``by`` to a named counter."""
     with transaction(conn):
         conn.execute(
             "INSERT INTO counters (name, value) VALUES (?, ?) "

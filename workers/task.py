@@ -90,7 +90,15 @@ class Delivery:
 
     @property
     def context(self) -> dict[str, Any]:
-        return {"key": self.key, "operation": self.operation, "try": self.tries + 1}
+        """What a log line of this run carries (``SAGA_LOG_FORMAT=json`` shows it)."""
+        context = {"key": self.key, "operation": self.operation, "try": self.tries + 1}
+        if self.reply is not None:
+            context.update(
+                saga_id=self.reply["saga_id"],
+                step=self.reply["step"],
+                attempt=self.reply.get("attempt"),
+            )
+        return context
 
     def execute(self) -> Any:
         """Run the operation, unless its worker died in each of its last runs (a poison
@@ -132,7 +140,7 @@ class Delivery:
                 self._signal_running()
                 time.sleep(plan.delay_seconds)  # the injected slowness itself, not a wait
             if plan.crash_before_effect:
-                log.warning("%s: crashing before the effect (fault plan)", op)
+                log.warning("%s: crashing before the effect (fault plan)", op, extra=self.context)
                 os.kill(os.getpid(), signal.SIGKILL)
             db = self.service.database(self.settings.data_dir)
             output, fresh = self.service.run(db, op, self.key, self.payload, before_effect=inject)
@@ -149,7 +157,11 @@ class Delivery:
             return self._retry_or_give_up(exc)
 
         if fresh and plan.crash_after_effect:
-            log.warning("%s: crashing after the effect, before the reply (fault plan)", op)
+            log.warning(
+                "%s: crashing after the effect, before the reply (fault plan)",
+                op,
+                extra=self.context,
+            )
             os.kill(os.getpid(), signal.SIGKILL)
         return self._reply("succeeded", output=output)
 
@@ -162,14 +174,29 @@ class Delivery:
         tries = self.tries
         if tries < self.policy.max_retries:
             countdown = self.policy.delay(tries)
-            log.debug("%s: retry %d in %.2fs: %s", self.operation, tries + 1, countdown, exc)
+            log.debug(
+                "%s: retry %d in %.2fs: %s",
+                self.operation,
+                tries + 1,
+                countdown,
+                exc,
+                extra=self.context,
+            )
             raise self.task.retry(countdown=countdown, max_retries=self.policy.max_retries, exc=exc)
-        log.warning("%s: giving up after %d tries: %s", self.operation, tries + 1, exc)
+        log.warning(
+            "%s: giving up after %d tries: %s", self.operation, tries + 1, exc, extra=self.context
+        )
         return self._reply("exhausted", error=f"{exc} (after {tries + 1} tries)")
 
     def _reply(self, status: str, output: Any = None, error: str | None = None) -> Any:
         if self.reply is not None:
-            outcome = {**self.reply, "status": status, "output": output, "error": error}
+            outcome = {
+                **self.reply,
+                "status": status,
+                "output": output,
+                "error": error,
+                "tries": self.tries + 1,
+            }
             self.task.app.send_task(
                 OUTCOME_TASK,
                 args=[outcome],

@@ -60,8 +60,8 @@ def make_system(settings: Settings) -> Iterator[Callable[..., System]]:
     """Start a system, with settings changed as given; stopped (by PID) at the end."""
     started: list[System] = []
 
-    def make(**changes: Any) -> System:
-        system = System(settings.with_(**changes)).start()
+    def make(orchestrator_args: tuple[str, ...] = (), **changes: Any) -> System:
+        system = System(settings.with_(**changes), orchestrator_args=orchestrator_args).start()
         started.append(system)
         return system
 

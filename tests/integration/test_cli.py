@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,8 @@ import pytest
 
 from saga.config import Settings
 from saga.processes import saga_command
-from tests.helpers import make_order
+from saga_store import SagaState
+from tests.helpers import make_order, service_records
 from tests.integration.conftest import System
 
 
@@ -149,3 +151,73 @@ def test_demo_runs_a_batch_and_ends_with_a_clean_audit(settings: Settings) -> No
     assert "8 of 8 sagas ended" in result.stdout
     assert "declined card" in result.stdout and "card declined" in result.stdout
     assert result.stdout.rstrip().endswith("audit: clean")
+
+
+@pytest.mark.processes
+def test_an_operator_retries_a_saga_once_the_cause_is_fixed(
+    make_system: Callable[..., System], tmp_path: Path
+) -> None:
+    system = make_system(step_timeout=1.0, max_dispatches=2)
+    settings, payment = system.settings, system.workers["payment"]
+    # Given a saga that must compensate while the payment service is down
+    slow_refusal = {"create_shipment": {"delay_seconds": 1, "fail_business": True}}
+    saga_id = system.submit(make_order("O-1", faults=slow_refusal))
+    system.wait_step_running("create_shipment", saga_id, "create_shipment")
+    payment.stop()
+    # its refund gets no outcome: given up, the saga fails, a person is alerted
+    assert system.wait(saga_id).state is SagaState.FAILED
+    alerts = json.loads(saga(settings, "alerts", "--json").stdout)
+    assert [(a["saga_id"], a["step"]) for a in alerts] == [(saga_id, "charge_payment")]
+    refused = saga(settings, "cancel", saga_id)
+    assert refused.returncode == 2
+    assert "cancelling the saga is not allowed from state 'failed'" in refused.stderr
+    # When the service is back and the operator retries
+    payment.start()
+    retried = saga(settings, "retry", saga_id)
+    assert retried.returncode == 0, retried.stderr
+    # Then the saga ends compensated, refunded once, and the alert is gone
+    assert system.wait(saga_id).state is SagaState.COMPENSATED
+    assert service_records(system.data_dir, "O-1")["refunds"] == 1
+    assert json.loads(saga(settings, "alerts", "--json").stdout) == []
+    again = saga(settings, "retry", saga_id)
+    assert again.returncode == 2 and "not allowed from state 'compensated'" in again.stderr
+    shown = saga(settings, "show", saga_id).stdout
+    for line in ("given up", "ALERT", "operator:", "retry the failed compensations"):
+        assert line in shown, shown
+    assert shown.splitlines()[0].endswith("compensated  (order O-1)")
+
+
+@pytest.mark.processes
+def test_an_operator_cancels_a_running_saga_and_resolves_a_failed_one(
+    system: System, tmp_path: Path
+) -> None:
+    settings = system.settings
+    # cancel: the charge is in flight; it is compensated with the reservation
+    running = system.submit(make_order("O-2", faults={"charge_payment": {"delay_seconds": 1}}))
+    system.wait_step_running("charge_payment", running, "charge_payment")
+    cancelled = saga(settings, "cancel", running)
+    assert cancelled.returncode == 0 and "compensating" in cancelled.stdout, cancelled.stderr
+    assert system.wait(running).state is SagaState.COMPENSATED
+    records = service_records(system.data_dir, "O-2")
+    assert records["charges"] == records["refunds"] and records["shipments"] == 0
+    history = json.loads(saga(settings, "show", running, "--json").stdout)["history"]
+    assert history[-1]["event"] in ("compensated", "duplicate_ignored")
+    assert any(
+        e["event"] == "cancel_requested" and e["actor"].startswith("operator:") for e in history
+    )
+
+    # resolve: a compensation that never succeeds, settled by hand
+    never = {
+        "create_shipment": {"fail_business": True},
+        "release_inventory": {"fail_transient": 99},
+    }
+    failed = system.submit(make_order("O-3", faults=never))
+    assert system.wait(failed).state is SagaState.FAILED
+    no_note = saga(settings, "resolve", failed)
+    assert no_note.returncode == 2 and "--note" in no_note.stderr
+    resolved = saga(settings, "resolve", failed, "--note", "stock counted and fixed by hand")
+    assert resolved.returncode == 0, resolved.stderr
+    assert json.loads(saga(settings, "alerts", "--json").stdout) == []
+    assert "stock counted and fixed by hand" in saga(settings, "show", failed).stdout
+    unknown = saga(settings, "show", "no-such-saga")
+    assert unknown.returncode == 2 and "no saga with id" in unknown.stderr

@@ -1,0 +1,108 @@
+"""Prometheus metrics of the orchestrator (``saga orchestrator --metrics-port PORT``).
+
+Counts of sagas are read from the store at each scrape, so they survive restarts and
+count what every process did (a client starts sagas; operators retry them). Durations and
+retries are observed here, as outcomes come in.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from saga_store import open_store
+from saga_store.models import Phase, SagaState
+
+#: Steps take milliseconds when healthy and up to a step timeout (30 s) when not.
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class StoreCollector(Collector):
+    """Sagas by state, open alerts and the store's counters, read at scrape time."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def collect(self) -> Iterator[Metric]:
+        conn = open_store(self.path)  # scrapes come on the HTTP server's own thread
+        try:
+            counters = {
+                r["name"]: r["value"] for r in conn.execute("SELECT name, value FROM counters")
+            }
+            active = dict(
+                conn.execute(
+                    "SELECT state, COUNT(*) FROM sagas "
+                    "WHERE state IN ('pending', 'running', 'compensating') GROUP BY state"
+                ).fetchall()
+            )
+            alerts = conn.execute(
+                "SELECT COUNT(*) FROM alerts WHERE resolved_at IS NULL"
+            ).fetchone()[0]
+        except sqlite3.Error:
+            return
+        finally:
+            conn.close()
+        started = CounterMetricFamily("saga_sagas_started", "Sagas stored and started")
+        started.add_metric([], counters.get("sagas_started", 0))
+        yield started
+        finished = CounterMetricFamily(
+            "saga_sagas_finished", "Sagas that reached a final state", labels=["state"]
+        )
+        for state in (SagaState.COMPLETED, SagaState.COMPENSATED, SagaState.FAILED):
+            finished.add_metric([state.value], counters.get(f"sagas_{state.value}", 0))
+        yield finished
+        in_flight = GaugeMetricFamily(
+            "saga_sagas_in_flight", "Sagas not yet in a final state", labels=["state"]
+        )
+        for state in (SagaState.PENDING, SagaState.RUNNING, SagaState.COMPENSATING):
+            in_flight.add_metric([state.value], active.get(state.value, 0))
+        yield in_flight
+        yield GaugeMetricFamily(
+            "saga_open_alerts",
+            "Compensations that gave up, not yet retried or resolved",
+            value=alerts,
+        )
+        for name, help_text in (
+            ("redispatches", "Steps sent again by the sweeper: no outcome by their deadline"),
+            ("duplicate_outcomes", "Outcomes ignored: duplicates, late or for a stopped saga"),
+        ):
+            family = CounterMetricFamily(f"saga_{name}", help_text)
+            family.add_metric([], counters.get(name, 0))
+            yield family
+
+
+class Metrics:
+    """What the orchestrator observes as outcomes come in."""
+
+    def __init__(self, store_path: Path, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        self.registry.register(StoreCollector(store_path))
+        self.durations = Histogram(
+            "saga_step_duration_seconds",
+            "From a step's (or compensation's) dispatch to its outcome",
+            ["step", "phase", "status"],
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.retries = Counter(
+            "saga_step_retries",
+            "Retries inside the services (runs beyond the first) of answered dispatches",
+            ["step", "phase"],
+            registry=self.registry,
+        )
+
+    def outcome(
+        self, step: str, phase: Phase, status: str, seconds: float | None, tries: int | None
+    ) -> None:
+        if seconds is not None:
+            self.durations.labels(step, phase.value, status).observe(max(seconds, 0.0))
+        if tries and tries > 1:
+            self.retries.labels(step, phase.value).inc(tries - 1)
+
+    def serve(self, port: int, host: str = "127.0.0.1") -> None:
+        start_http_server(port, host, registry=self.registry)

@@ -1,0 +1,95 @@
+"""A saga's history as a person reads it: ``saga show``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from saga_store.models import Alert, Event, HistoryEvent, SagaView
+
+_SAGA_WORDS = {
+    Event.CREATED: "saga created",
+    Event.STARTED: "saga started",
+    Event.COMPENSATING: "saga compensating",
+    Event.COMPLETED: "saga completed",
+    Event.COMPENSATED: "saga compensated",
+    Event.FAILED: "saga failed: a compensation gave up",
+    Event.RETRY: "operator: retry the failed compensations",
+    Event.RESOLVED: "operator: resolved by hand",
+    Event.CANCELLED: "operator: cancel",
+}
+
+
+def describe(e: HistoryEvent) -> str:
+    """One event in words."""
+    if e.step is None or e.event in _SAGA_WORDS:
+        text = _SAGA_WORDS.get(e.event, e.event.value)
+        if e.step:
+            text += f" ({e.step})"
+    else:
+        what = f"{e.step} {e.phase.value if e.phase else ''} #{e.attempt or '?'}"
+        took = f" in {e.duration_ms:,.0f} ms" if e.duration_ms is not None else ""
+        tries = f", {e.tries} tries" if e.tries and e.tries > 1 else ""
+        text = {
+            Event.DISPATCHED: f"{what} sent",
+            Event.REDISPATCHED: f"{what} sent again: no outcome by its deadline",
+            Event.RESENT: f"{what} sent again: orchestrator restarted",
+            Event.SUCCEEDED: f"{what} succeeded{took}{tries}",
+            Event.REJECTED: f"{what} refused{took}{tries}",
+            Event.EXHAUSTED: f"{what} failed{took}{tries}",
+            Event.DUPLICATE: f"{what} duplicate outcome ignored",
+            Event.GIVEN_UP: f"{what} given up",
+            Event.ALERT: f"ALERT: compensation of {e.step} gave up",
+        }.get(e.event, f"{what} {e.event.value}")
+    if e.error:
+        text += f": {e.error}"
+    if e.note:
+        text += f" — {e.note!r}"
+    return text
+
+
+def render(view: SagaView, events: list[HistoryEvent], alerts: list[Alert]) -> str:
+    """The saga, its steps, and its timeline with times relative to its creation."""
+    lines = [f"saga {view.id}: {view.state}"]
+    order_id = view.input.get("order_id") if isinstance(view.input, dict) else None
+    if order_id:
+        lines[0] += f"  (order {order_id})"
+    if view.error:
+        lines.append(f"  reason: {view.error}")
+    lines.append("")
+    lines.append("  steps")
+    for s in view.steps:
+        sent = f"{s.attempts} sent" + (
+            f", compensation {s.compensation_attempts} sent" if s.compensation_attempts else ""
+        )
+        lines.append(f"    {s.name:<20} {s.state:<12} {sent}")
+    open_alerts = [a for a in alerts if a.resolved_at is None]
+    if open_alerts:
+        lines.append("")
+        lines.append("  open alerts")
+        lines.extend(f"    {a.created_at}  {a.step}: {a.error}" for a in open_alerts)
+    lines.append("")
+    lines.append(f"  {'at (UTC)':<12} {'+ms':>8}  {'who':<14} what")
+    start = datetime.fromisoformat(events[0].at) if events else None
+    for e in events:
+        at = datetime.fromisoformat(e.at)
+        offset = (at - start).total_seconds() * 1000 if start else 0.0
+        clock = f"{at:%H:%M:%S}.{at.microsecond // 1000:03d}"
+        lines.append(f"  {clock:<12} {offset:>8,.0f}  {e.actor:<14} {describe(e)}")
+    return "\n".join(lines)
+
+
+def to_dict(view: SagaView, events: list[HistoryEvent], alerts: list[Alert]) -> dict[str, Any]:
+    return {
+        **view.to_dict(),
+        "history": [e.to_dict() for e in events],
+        "alerts": [
+            {
+                "step": a.step,
+                "error": a.error,
+                "created_at": a.created_at,
+                "resolved_at": a.resolved_at,
+            }
+            for a in alerts
+        ],
+    }
