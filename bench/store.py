@@ -15,6 +15,24 @@ from saga_store.transitions import iso
 
 SPECS = ORDER_SAGA.specs(30.0, 5)
 
+#: A completed saga's history, as the transitions write it: (event, step, phase, attempt, actor).
+HISTORY: list[tuple[Any, ...]] = [
+    ("created", None, None, None, "client"),
+    ("started", None, None, None, "client"),
+    *[
+        (
+            event,
+            spec.name,
+            "action",
+            1,
+            "client" if i == 0 and event == "dispatched" else "orchestrator",
+        )
+        for i, spec in enumerate(SPECS)
+        for event in ("dispatched", "succeeded")
+    ],
+    ("completed", None, None, None, "orchestrator"),
+]
+
 
 def transitions_per_second(path: Path, sagas: int = 2000) -> float:
     """Run ``sagas`` through create, start and four completions: six transitions each."""
@@ -31,20 +49,23 @@ def transitions_per_second(path: Path, sagas: int = 2000) -> float:
 
 
 def fill_finished(path: Path, count: int, batch: int = 20_000) -> float:
-    """Add ``count`` completed sagas (as the transitions leave them) in large batches;
-    returns the seconds it took."""
+    """Add ``count`` completed sagas (as the transitions leave them, history included) in
+    large batches; returns the seconds it took."""
     conn = open_store(path)
     stored, _ = ORDER_SAGA.prepare(order("fill", 0))
     t0 = time.perf_counter()
     done = 0
     while done < count:
         n = min(batch, count - done)
-        now = iso(time.time())
+        at = time.time()
+        now = iso(at)
         sagas: list[tuple[Any, ...]] = []
         steps: list[tuple[Any, ...]] = []
+        events: list[tuple[Any, ...]] = []
         for _ in range(n):
             sid = uuid.uuid4().hex
             sagas.append((sid, json.dumps(stored), now, now, f"order:fill-{sid}"))
+            events.extend((sid, at, *event) for event in HISTORY)
             steps.extend(
                 (
                     sid,
@@ -68,6 +89,11 @@ def fill_finished(path: Path, count: int, batch: int = 20_000) -> float:
                 "compensable, best_effort, timeout, max_dispatches, attempts) "
                 "VALUES (?, ?, 'completed', '{}', ?, ?, ?, ?, ?, 1)",
                 steps,
+            )
+            conn.executemany(
+                "INSERT INTO saga_events (saga_id, at, event, step_name, phase, attempt, actor) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                events,
             )
         done += n
     conn.close()

@@ -53,7 +53,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         },
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
-        worker_send_task_events=False,
+        worker_send_task_events=settings.task_events,
         worker_enable_remote_control=False,
     )
 

@@ -51,6 +51,8 @@ class Settings:
     log_level: str = "INFO"
     # "text" for people, "json" (one object per line) for log collectors.
     log_format: str = "text"
+    # Celery task events from the service workers, for Flower and `celery events`.
+    task_events: bool = True
 
     def queue(self, name: str) -> str:
         return f"{self.queue_prefix}{name}"
@@ -88,6 +90,7 @@ class Settings:
             f"{PREFIX}FAILURE_RATES": json.dumps(rates),
             f"{PREFIX}LOG_LEVEL": self.log_level,
             f"{PREFIX}LOG_FORMAT": self.log_format,
+            f"{PREFIX}TASK_EVENTS": "1" if self.task_events else "0",
         }
 
 
@@ -148,6 +151,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         failure_rates=parse_failure_rates(env.get(PREFIX + "FAILURE_RATES", "")),
         log_level=(env.get(PREFIX + "LOG_LEVEL") or defaults.log_level).upper(),
         log_format=_choice(env, "LOG_FORMAT", defaults.log_format, ("text", "json")),
+        task_events=_choice(env, "TASK_EVENTS", "1" if defaults.task_events else "0", ("1", "0"))
+        == "1",
     )
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from datetime import datetime
 
 from saga.errors import SagaNotFound
 from saga_store.models import (
@@ -19,6 +18,7 @@ from saga_store.models import (
     StepState,
     StepView,
 )
+from saga_store.transitions import iso
 
 ACTIVE_STATES = ("pending", "running", "compensating")
 
@@ -136,21 +136,20 @@ def history(conn: sqlite3.Connection, saga_id: str) -> list[HistoryEvent]:
     Raises ``SagaNotFound`` for an unknown saga."""
     if conn.execute("SELECT 1 FROM sagas WHERE id = ?", (saga_id,)).fetchone() is None:
         raise SagaNotFound(saga_id)
-    dispatched: dict[tuple[str, str, int], datetime] = {}
+    dispatched: dict[tuple[str, str, int], float] = {}
     events = []
     for r in conn.execute("SELECT * FROM saga_events WHERE saga_id = ? ORDER BY id", (saga_id,)):
         event = Event(r["event"])
         key = (r["step_name"], r["phase"], r["attempt"])
-        at = datetime.fromisoformat(r["at"])
         duration = None
         if event in DISPATCH_EVENTS:
-            dispatched[key] = at
+            dispatched[key] = r["at"]
         elif event in OUTCOME_EVENTS and key in dispatched:
-            duration = round((at - dispatched[key]).total_seconds() * 1000, 1)
+            duration = round((r["at"] - dispatched[key]) * 1000, 1)
         events.append(
             HistoryEvent(
                 id=r["id"],
-                at=r["at"],
+                at=iso(r["at"]),
                 event=event,
                 actor=r["actor"],
                 step=r["step_name"],

@@ -59,7 +59,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE saga_events (
         id INTEGER PRIMARY KEY,
         saga_id TEXT NOT NULL REFERENCES sagas(id),
-        at TEXT NOT NULL,
+        at REAL NOT NULL, -- seconds since the epoch: no formatting on the hot path
         event TEXT NOT NULL,
         step_name TEXT,
         phase TEXT CHECK (phase IN ('action', 'compensation')),

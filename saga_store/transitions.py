@@ -86,7 +86,7 @@ def _record(
         "INSERT INTO saga_events "
         "(saga_id, at, event, step_name, phase, attempt, tries, error, note, actor) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (saga_id, iso(now), event.value, step, phase, attempt, tries, error, note, actor),
+        (saga_id, now, event.value, step, phase, attempt, tries, error, note, actor),
     )
 
 

@@ -35,8 +35,11 @@ def run(
     queues = [settings.queue(s) for s in services]
     watchdog.install(app, settings.broker_url, queues, settings.stall_timeout)
     name = "all" if len(services) > 1 else services[0]
+    # JSON logs are for collectors: no start-up banner on stdout among them.
+    quiet = ["--quiet"] if settings.log_format == "json" else []
     app.worker_main(
         [
+            *quiet,
             "worker",
             "--queues",
             ",".join(queues),

@@ -1,0 +1,69 @@
+"""What an operator watches: JSON log lines with the saga's context, and Celery task events
+(what Flower and ``celery events`` show)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from saga.celery_app import make_app
+from saga_store import SagaState
+from tests.helpers import make_order
+from tests.integration.conftest import System
+
+pytestmark = pytest.mark.processes
+
+DECLINED = "4000000000000002"
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_json_logs_carry_the_saga_step_and_attempt(make_system: Callable[..., System]) -> None:
+    system = make_system(log_format="json")
+    saga_id = system.submit(make_order("J-1", card_number=DECLINED))
+    assert system.wait(saga_id).state is SagaState.COMPENSATED
+
+    # every line of every process is one JSON object (Celery's own lines included)
+    payment = json_lines(system.workers["payment"].log_text())
+    orchestrator = json_lines(system.orchestrator.log_text())
+    assert all({"time", "level", "logger", "message"} <= set(line) for line in payment)
+    refused = [line for line in payment if "refused" in line["message"]]
+    assert refused and refused[0]["saga_id"] == saga_id
+    assert refused[0]["step"] == "charge_payment" and refused[0]["attempt"] == 1
+    mine = [line for line in orchestrator if line.get("saga_id") == saga_id]
+    assert any(line["message"].endswith("compensated") for line in mine)
+    assert "4242" not in system.orchestrator.log_text() + system.workers["payment"].log_text()
+
+
+def test_service_workers_send_task_events(system: System) -> None:
+    app = make_app(system.settings)
+    seen: list[dict[str, Any]] = []
+    ready = threading.Event()
+
+    def capture() -> None:
+        with app.connection_for_read() as connection:
+            receiver = app.events.Receiver(connection, handlers={"*": seen.append})
+            ready.set()
+            for _ in receiver.itercapture(limit=None, timeout=30, wakeup=False):
+                if any(e.get("type") == "task-succeeded" for e in seen) and received(seen):
+                    return
+
+    def received(events: list[dict[str, Any]]) -> bool:
+        return any(
+            e.get("type") == "task-received" and e.get("name") == "charge_payment" for e in events
+        )
+
+    listener = threading.Thread(target=capture, daemon=True)
+    listener.start()
+    assert ready.wait(10)
+    saga_id = system.submit(make_order("E-1"))
+    assert system.wait(saga_id).state is SagaState.COMPLETED
+    listener.join(30)
+    assert received(seen), [e.get("type") for e in seen][:20]
+    assert any(e.get("type") == "task-succeeded" for e in seen)
