@@ -10,9 +10,7 @@ The same ``seed`` replays the same schedule of faults.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import random
 import shutil
 import signal
@@ -26,7 +24,7 @@ import orchestrator
 from saga import audit, broker
 from saga.cluster import Cluster
 from saga.config import FailureRates, Settings
-from saga.processes import Child, children_of
+from saga.killer import KINDS, Killer
 from saga_store import open_store, queries
 
 log = logging.getLogger("saga.chaos")
@@ -116,9 +114,7 @@ class Campaign:
         self.settings = settings
         self.redis: broker.OwnedRedis | None = None
         self.cluster: Cluster | None = None
-        self.workers: dict[str, Child] = {}
-        self.orchestrator: Child | None = None
-        self.restarts: list[tuple[float, Child]] = []
+        self.killer: Killer | None = None
         self.result = Result({})
         self.submitted: list[str] = []
 
@@ -143,10 +139,7 @@ class Campaign:
             failure_rates={"*": FailureRates(self.opts.transient_rate, self.opts.business_rate)},
         )
         self.cluster = Cluster(self.settings).prepare(SKUS).start()
-        self.workers, self.orchestrator = self.cluster.workers, self.cluster.orchestrator
-
-    def children(self) -> list[Child]:
-        return self.cluster.children if self.cluster else []
+        self.killer = Killer(self.cluster, self.rng, {kind: 1 for kind in KINDS})
 
     def stop(self) -> None:
         if self.cluster is not None:
@@ -164,9 +157,10 @@ class Campaign:
         submitter.start()
         next_kill = started + self.rng.expovariate(1 / self.opts.kill_every)
         redis_restart_at = started + (self.opts.orders / self.opts.rate) / 2
-        while not done.is_set() or self.restarts or self._kills_owed():
+        assert self.killer is not None
+        while not done.is_set() or self.killer.restarts or self._kills_owed():
             now = time.monotonic()
-            self._restart_due(now)
+            self.killer.restart_due(now)
             wanted = not done.is_set() if self.opts.kills is None else self._kills_owed()
             if wanted and now >= next_kill:
                 self._kill_one(now)
@@ -197,37 +191,10 @@ class Campaign:
         return self.opts.kills is not None and sum(self.result.kills.values()) < self.opts.kills
 
     def _kill_one(self, now: float) -> None:
-        """SIGKILL a worker's main process, a pool child or the orchestrator; a dead main
-        process is started again after a random delay, a pool child by its worker."""
-        alive = [c for c in self.children() if c.alive()]
-        if not alive:
-            return
-        kind = self.rng.choice(["worker", "pool child", "orchestrator"])
-        workers = [c for c in alive if c is not self.orchestrator]
-        if (kind == "orchestrator" and self.orchestrator in alive) or not workers:
-            kind, target = "orchestrator", self.orchestrator
-        else:
-            kind = "worker" if kind == "orchestrator" else kind
-            target = self.rng.choice(workers)
-        assert target is not None
-        pool = children_of(target.pid) if kind == "pool child" else []
-        if pool:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.rng.choice(pool), signal.SIGKILL)
-        else:
-            kind = "worker" if kind == "pool child" else kind
-            target.kill(signal.SIGKILL)
-            target.proc.wait(10)  # type: ignore[union-attr]
-            target.stop()  # reap it and its orphaned pool children
-            self.restarts.append((now + self.rng.uniform(0.5, 3.0), target))
-        self.result.kills[kind] += 1
-        log.info("killed %s (%s)", target.name, kind)
-
-    def _restart_due(self, now: float) -> None:
-        for due, child in list(self.restarts):
-            if now >= due:
-                child.start()
-                self.restarts.remove((due, child))
+        assert self.killer is not None
+        killed = self.killer.kill_one(now)
+        if killed is not None:
+            self.result.kills[killed[0]] += 1
 
     def _restart_redis(self) -> None:
         assert self.redis is not None

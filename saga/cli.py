@@ -298,6 +298,9 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         transient=args.transient_rate,
         business=args.business_rate,
         timeout=args.timeout,
+        rate=args.rate,
+        kill_every=args.kill_every,
+        seed=args.seed,
     )
 
 
@@ -381,6 +384,14 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--transient-rate", type=float, default=0.1)
     d.add_argument("--business-rate", type=float, default=0.03)
     d.add_argument("--timeout", type=float, default=180.0)
+    d.add_argument("--rate", type=float, default=8.0, help="orders per second")
+    d.add_argument(
+        "--kill-every",
+        type=float,
+        metavar="SECONDS",
+        help="SIGKILL a random worker (now and then the orchestrator) this often, and restart it",
+    )
+    d.add_argument("--seed", type=int, default=7)
     return p
 
 

@@ -1,19 +1,24 @@
 """The demo: start the four workers and the orchestrator, seed stock, submit a batch of
-orders with random failures, and print each outcome as it comes."""
+orders with random failures (and, with ``--kill-every``, kill processes as they run), show
+the sagas' states live, then a table of outcomes and the audit's verdict."""
 
 from __future__ import annotations
 
 import logging
 import random
 import shutil
+import sys
+import threading
 import time
 from collections import Counter
-from typing import Any
+from datetime import datetime
+from typing import Any, TextIO
 
 import orchestrator
 from saga import audit, broker
 from saga.cluster import Cluster
 from saga.config import FailureRates, Settings
+from saga.killer import Killer
 from saga_store import open_store, queries
 from workers import inventory
 
@@ -72,6 +77,9 @@ def run(
     transient: float = 0.1,
     business: float = 0.03,
     timeout: float = 180.0,
+    rate: float = 8.0,
+    kill_every: float | None = None,
+    seed: int = 7,
 ) -> int:
     # The demo prints its own report; the submitting side's per-saga log lines would bury it.
     logging.getLogger("saga.orchestrator").setLevel(logging.WARNING)
@@ -85,63 +93,179 @@ def run(
         data_dir=data_dir,
         queue_prefix=f"{settings.queue_prefix}demo.",
         failure_rates={"*": FailureRates(transient=transient, business=business)},
+        # Kills are the point of --kill-every: recover from them in seconds, not 30.
+        step_timeout=5.0 if kill_every else settings.step_timeout,
     )
     cluster = Cluster(settings).prepare(STOCK)
     try:
         cluster.start()
         logs = data_dir / "logs"
         print(f"started {len(cluster.workers)} workers and the orchestrator; logs in {logs}")
-        print(f"random failures per step: transient {transient:.0%}, business {business:.0%}\n")
-        return _run_batch(settings, make_orders(orders), timeout)
+        print(f"random failures per step: transient {transient:.0%}, business {business:.0%}")
+        killer = None
+        if kill_every:
+            killer = Killer(cluster, random.Random(seed), {"worker": 3, "orchestrator": 1})
+            print(f"killing a random process (SIGKILL) every ~{kill_every:g}s")
+        print()
+        batch = Batch(settings, make_orders(orders, seed), rate, killer, kill_every)
+        return batch.run(timeout)
     finally:
         cluster.stop()
         if owned is not None:
             owned.stop()
 
 
-def _run_batch(settings: Settings, batch: list[tuple[str, dict[str, Any]]], timeout: float) -> int:
-    started = time.monotonic()
-    pending: dict[str, tuple[str, str, float]] = {}
-    for label, order in batch:
-        saga_id = orchestrator.submit(order, settings=settings)
-        pending[saga_id] = (order["order_id"], label, time.monotonic())
-    store = open_store(settings.path("sagas.db"))
-    results: Counter[str] = Counter()
-    deadline = started + timeout
-    while pending and time.monotonic() < deadline:
-        for saga_id in list(pending):
+class Progress:
+    """One status line: redrawn in place on a terminal, printed when it changes (at most
+    once a second) anywhere else."""
+
+    def __init__(self, stream: TextIO = sys.stdout):
+        self.stream, self.tty = stream, stream.isatty()
+        self.last, self.printed, self.printed_at = "", "", 0.0
+
+    def show(self, line: str) -> None:
+        if line == self.last:
+            return
+        if self.tty:
+            self.stream.write("\r" + line + "\x1b[K")
+            self.stream.flush()
+        elif time.monotonic() - self.printed_at >= 1.0:
+            print(line, file=self.stream, flush=True)
+            self.printed_at = time.monotonic()
+            self.printed = line
+        self.last = line
+
+    def say(self, text: str) -> None:
+        """A line of its own above the status line."""
+        if self.tty:
+            self.stream.write("\r\x1b[K")
+        print(text, file=self.stream, flush=True)
+        if self.tty:
+            self.stream.write(self.last)
+            self.stream.flush()
+
+    def done(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+        elif self.last != self.printed:
+            print(self.last, file=self.stream, flush=True)
+
+
+def status_line(ended: int, total: int, by_state: Counter[str], kills: int) -> str:
+    width = 24
+    filled = width * ended // total if total else width
+    counts = "  ".join(f"{state} {by_state.get(state, 0)}" for state in STATES)
+    line = f"[{'#' * filled}{'.' * (width - filled)}] {ended}/{total} ended  {counts}"
+    return line + (f"  kills {kills}" if kills else "")
+
+
+STATES = ("pending", "running", "compensating", "completed", "compensated", "failed")
+
+
+class Batch:
+    """Submits the orders at a steady rate, shows the sagas' states as they change (and
+    kills processes, with --kill-every), then prints the outcomes and the audit."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        orders: list[tuple[str, dict[str, Any]]],
+        rate: float,
+        killer: Killer | None,
+        kill_every: float | None,
+    ):
+        self.settings, self.orders, self.rate = settings, orders, rate
+        self.killer, self.kill_every = killer, kill_every
+        self.sagas: dict[str, tuple[str, str]] = {}  # saga id -> (order id, label)
+        self.progress = Progress()
+        self.kills = 0
+
+    def _submit_all(self) -> None:
+        t0 = time.monotonic()
+        for i, (label, order) in enumerate(self.orders):
+            delay = t0 + i / self.rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)  # the pace of the orders itself
+            try:
+                saga_id = orchestrator.submit(order, settings=self.settings)
+            except Exception as exc:  # stored before the broker failed: the sweeper starts it
+                self.progress.say(f"  submitting {order['order_id']}: {exc}")
+                continue
+            self.sagas[saga_id] = (order["order_id"], label)
+
+    def run(self, timeout: float) -> int:
+        started = time.monotonic()
+        store = open_store(self.settings.path("sagas.db"))
+        submitter = threading.Thread(target=self._submit_all, daemon=True)
+        submitter.start()
+        rng = random.Random(1)
+        next_kill = started + (self.kill_every or 0)
+        deadline = started + timeout
+        while time.monotonic() < deadline:
+            now = time.monotonic()
+            by_state = Counter(
+                dict(store.execute("SELECT state, COUNT(*) FROM sagas GROUP BY state").fetchall())
+            )
+            ended = sum(by_state[s] for s in ("completed", "compensated", "failed"))
+            self.progress.show(status_line(ended, len(self.orders), by_state, self.kills))
+            if not submitter.is_alive() and ended >= len(self.sagas):
+                break
+            if self.killer is not None and self.kill_every:
+                for name in self.killer.restart_due(now):
+                    self.progress.say(f"  restarted {name}")
+                if now >= next_kill and submitter.is_alive():
+                    killed = self.killer.kill_one(now)
+                    if killed:
+                        self.kills += 1
+                        self.progress.say(f"  SIGKILL {killed[1]} ({killed[0]})")
+                    next_kill = now + rng.uniform(0.5, 1.5) * self.kill_every
+            time.sleep(0.1)  # the display's refresh rate
+        self.progress.done()
+        return self._report(store, time.monotonic() - started, timeout)
+
+    def _report(self, store: Any, elapsed: float, timeout: float) -> int:
+        results: Counter[str] = Counter()
+        pending = 0
+        print(f"\n  {'order':<10} {'saga':<12} {'outcome':<12} {'took':>6}  {'case':<21} why")
+        for saga_id, (order_id, label) in sorted(self.sagas.items(), key=lambda kv: kv[1]):
             view = queries.get_saga(store, saga_id)
             if not view.state.terminal:
+                pending += 1
+                print(f"  {order_id:<10} {saga_id[:10]:<12} {view.state.value:<12}")
                 continue
-            order_id, label, t0 = pending.pop(saga_id)
             results[view.state.value] += 1
+            took = _seconds(view.updated_at) - _seconds(view.created_at)
             why = view.error or ""
             email = view.step("send_confirmation")
             if view.state == "completed" and email.state == "failed":
                 why = f"email not sent: {email.error}"
             print(
-                f"  {order_id}  {view.state.value:<12} {time.monotonic() - t0:5.1f}s  "
+                f"  {order_id:<10} {saga_id[:10]:<12} {view.state.value:<12} {took:5.1f}s  "
                 f"{label:<21} {why}"
             )
-        time.sleep(0.1)
-    elapsed = time.monotonic() - started
-    print(
-        f"\n{len(batch) - len(pending)} of {len(batch)} sagas ended in {elapsed:.1f}s: "
-        + ", ".join(f"{n} {state}" for state, n in sorted(results.items()))
-    )
-    for alert in queries.alerts(store):
-        print(f"ALERT saga {alert.saga_id}: compensation of {alert.step} failed: {alert.error}")
-    print("\nstock after the batch:")
-    for row in inventory.list_stock(inventory.service.database(settings.data_dir)):
         print(
-            f"  {row['sku']:<8} on hand {row['on_hand']:>4}  reserved {row['reserved']:>4}  "
-            f"available {row['available']:>4}"
+            f"\n{sum(results.values())} of {len(self.orders)} sagas ended in {elapsed:.1f}s: "
+            + ", ".join(f"{n} {state}" for state, n in sorted(results.items()))
+            + (f"; {self.kills} processes killed and restarted" if self.kills else "")
         )
-    if pending:
-        print(f"\n{len(pending)} saga(s) had not ended after {timeout:.0f}s")
-        return 1
-    report = audit.audit(settings.data_dir)
-    print(f"\naudit: {'clean' if report.ok else f'{len(report.violations)} violation(s)'}")
-    for v in report.violations:
-        print(f"  [{v.check}] {v.saga_id or ''} {v.message}")
-    return 0 if report.ok else 1
+        for alert in queries.alerts(store):
+            print(f"ALERT saga {alert.saga_id}: compensation of {alert.step} failed: {alert.error}")
+            print(f"      see it with: saga show {alert.saga_id}")
+        print("\nstock after the batch:")
+        for row in inventory.list_stock(inventory.service.database(self.settings.data_dir)):
+            print(
+                f"  {row['sku']:<8} on hand {row['on_hand']:>4}  reserved {row['reserved']:>4}  "
+                f"available {row['available']:>4}"
+            )
+        if pending or len(self.sagas) < len(self.orders):
+            print(f"\n{pending} saga(s) had not ended after {timeout:.0f}s")
+            return 1
+        report = audit.audit(self.settings.data_dir)
+        print(f"\naudit: {'clean' if report.ok else f'{len(report.violations)} violation(s)'}")
+        for v in report.violations:
+            print(f"  [{v.check}] {v.saga_id or ''} {v.message}")
+        return 0 if report.ok else 1
+
+
+def _seconds(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()

@@ -149,6 +149,7 @@ def test_demo_runs_a_batch_and_ends_with_a_clean_audit(settings: Settings) -> No
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "8 of 8 sagas ended" in result.stdout
+    assert "[########################] 8/8 ended" in result.stdout
     assert "declined card" in result.stdout and "card declined" in result.stdout
     assert result.stdout.rstrip().endswith("audit: clean")
 
@@ -221,3 +222,15 @@ def test_an_operator_cancels_a_running_saga_and_resolves_a_failed_one(
     assert "stock counted and fixed by hand" in saga(settings, "show", failed).stdout
     unknown = saga(settings, "show", "no-such-saga")
     assert unknown.returncode == 2 and "no saga with id" in unknown.stderr
+
+
+@pytest.mark.processes
+@pytest.mark.timeout(200)
+def test_demo_kills_processes_and_still_ends_clean(settings: Settings) -> None:
+    result = saga(settings, "demo", "--orders", "12", "--rate", "4", "--kill-every", "1")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    out = result.stdout
+    assert "SIGKILL" in out and "restarted" in out
+    assert "12 of 12 sagas ended" in out and "processes killed and restarted" in out
+    assert "/12 ended" in out  # the live status line
+    assert out.rstrip().endswith("audit: clean")

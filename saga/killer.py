@@ -1,0 +1,66 @@
+"""Random SIGKILLs of a running system's processes, each dead one started again after a
+short random delay: what ``saga chaos`` and ``saga demo --kill-every`` do to a cluster."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import signal
+from collections.abc import Mapping
+
+from saga.cluster import Cluster
+from saga.processes import Child, children_of
+
+log = logging.getLogger("saga.killer")
+
+KINDS = ("worker", "pool child", "orchestrator")
+
+
+class Killer:
+    """Kills one process at a time: a worker's main process, a worker's pool child or the
+    orchestrator, drawn with the given ``weights``. A pool child is replaced by its worker;
+    a killed main process is started again 0.5-3 s later by :meth:`restart_due`."""
+
+    def __init__(self, cluster: Cluster, rng: random.Random, weights: Mapping[str, float]):
+        self.cluster, self.rng = cluster, rng
+        self.kinds = [k for k in KINDS if weights.get(k)]
+        self.weights = [weights[k] for k in self.kinds]
+        self.restarts: list[tuple[float, Child]] = []
+
+    def kill_one(self, now: float) -> tuple[str, str] | None:
+        """SIGKILL one process; returns what was killed (kind, process name), if anything."""
+        alive = [c for c in self.cluster.children if c.alive()]
+        orchestrator = self.cluster.orchestrator
+        workers = [c for c in alive if c is not orchestrator]
+        if not alive:
+            return None
+        kind = self.rng.choices(self.kinds, self.weights)[0]
+        if (kind == "orchestrator" and orchestrator in alive) or not workers:
+            kind, target = "orchestrator", orchestrator
+        else:
+            kind = "worker" if kind == "orchestrator" else kind
+            target = self.rng.choice(workers)
+        pool = children_of(target.pid) if kind == "pool child" else []
+        if pool:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.rng.choice(pool), signal.SIGKILL)
+        else:
+            kind = "worker" if kind == "pool child" else kind
+            target.kill(signal.SIGKILL)
+            target.proc.wait(10)  # type: ignore[union-attr]
+            target.stop()  # reap it and its orphaned pool children
+            self.restarts.append((now + self.rng.uniform(0.5, 3.0), target))
+        log.info("killed %s (%s)", target.name, kind)
+        return kind, target.name
+
+    def restart_due(self, now: float) -> list[str]:
+        """Start again every killed process whose delay has passed; returns their names."""
+        started = []
+        for due, child in list(self.restarts):
+            if now >= due:
+                child.start()
+                self.restarts.remove((due, child))
+                started.append(child.name)
+        return started
