@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 from saga import broker
 from saga.config import SERVICES, Settings
-from saga.processes import Child, saga_command, stop_all
+from saga.processes import Child, saga_command, stop_all, wait_for
 from workers import inventory
 
 
@@ -49,6 +49,15 @@ class Cluster:
     def start(self) -> Cluster:
         for child in self.children:
             child.start()
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> Cluster:
+        """Until every process says it is ready (its log's "ready" line)."""
+        wait_for(
+            lambda: all("ready" in child.log_text() for child in self.children),
+            timeout,
+            "every worker and the orchestrator to be ready",
+        )
         return self
 
     def stop(self) -> None:

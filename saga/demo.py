@@ -98,7 +98,7 @@ def run(
     )
     cluster = Cluster(settings).prepare(STOCK)
     try:
-        cluster.start()
+        cluster.start().wait_ready()
         logs = data_dir / "logs"
         print(f"started {len(cluster.workers)} workers and the orchestrator; logs in {logs}")
         print(f"random failures per step: transient {transient:.0%}, business {business:.0%}")

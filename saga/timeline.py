@@ -33,7 +33,7 @@ def describe(e: HistoryEvent) -> str:
         text = {
             Event.DISPATCHED: f"{what} sent",
             Event.REDISPATCHED: f"{what} sent again: no outcome by its deadline",
-            Event.RESENT: f"{what} sent again: orchestrator restarted",
+            Event.RESENT: f"{what} sent again: the orchestrator (re)started",
             Event.SUCCEEDED: f"{what} succeeded{took}{tries}",
             Event.REJECTED: f"{what} refused{took}{tries}",
             Event.EXHAUSTED: f"{what} failed{took}{tries}",
