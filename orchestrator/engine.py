@@ -85,12 +85,14 @@ class Engine:
 
     # --- entry points -----------------------------------------------------------------------
 
-    def submit(self, definition: str, document: Any) -> tuple[str, bool]:
+    def submit(
+        self, definition: str, document: Any, request_key: tuple[str, str] | None = None
+    ) -> tuple[str, bool]:
         """Validate ``document``, store a new saga and dispatch its first step.
 
         Returns ``(saga_id, created)``; a document whose idempotency key was seen before
-        returns the first saga with ``created`` false. Invalid input raises ``InvalidOrder``
-        before anything is stored.
+        (or a ``request_key``, see ``transitions.create_saga``) returns the first saga with
+        ``created`` false. Invalid input raises ``InvalidOrder`` before anything is stored.
         """
         saga_def = self.definitions[definition]
         saga_input, key = saga_def.prepare(document)
@@ -102,6 +104,7 @@ class Engine:
             saga_def.specs(self.settings.step_timeout, self.settings.max_dispatches),
             self.clock(),
             idempotency_key=f"{definition}:{key}",
+            request_key=request_key,
         )
         if created:
             log.info(

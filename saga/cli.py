@@ -30,7 +30,7 @@ class BadInput(Exception):
     pass
 
 
-SERVER_COMMANDS = {"orchestrator", "worker"}
+SERVER_COMMANDS = {"orchestrator", "worker", "api"}
 
 
 def _setup_logging(settings: Settings, command: str) -> None:
@@ -74,6 +74,21 @@ def cmd_orchestrator(args: argparse.Namespace, settings: Settings) -> int:
     from orchestrator import process
 
     process.run(settings, metrics_port=args.metrics_port)
+    return 0
+
+
+def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from web.app import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        log_config=None,  # our logging (text or JSON), set up above
+        access_log=settings.log_level == "DEBUG",
+    )
     return 0
 
 
@@ -311,6 +326,10 @@ def parser() -> argparse.ArgumentParser:
     o = sub.add_parser("orchestrator", help="run the orchestrator (outcomes, recovery, sweeper)")
     o.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
 
+    a = sub.add_parser("api", help="serve the HTTP API and the web view")
+    a.add_argument("--host", default="127.0.0.1")
+    a.add_argument("--port", type=int, default=8000)
+
     w = sub.add_parser("worker", help="run a service worker")
     w.add_argument("service", choices=[*SERVICES, "all"])
     w.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
@@ -398,6 +417,7 @@ def parser() -> argparse.ArgumentParser:
 COMMANDS = {
     "orchestrator": cmd_orchestrator,
     "worker": cmd_worker,
+    "api": cmd_api,
     "submit": cmd_submit,
     "status": cmd_status,
     "show": cmd_show,

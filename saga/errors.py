@@ -46,6 +46,15 @@ class InvalidOrder(BusinessError):
         self.problem = problem
 
 
+class IdempotencyConflict(BusinessError):
+    """A request key seen before, with a different request: the first one stands."""
+
+    def __init__(self, key: str, saga_id: str):
+        super().__init__(
+            f"Idempotency-Key {key!r} was first used for a different request", saga_id=saga_id
+        )
+
+
 class MalformedCommand(BusinessError):
     """A message whose shape or payload a worker cannot read: retrying cannot mend it."""
 

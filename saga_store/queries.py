@@ -162,3 +162,27 @@ def history(conn: sqlite3.Connection, saga_id: str) -> list[HistoryEvent]:
             )
         )
     return events
+
+
+def page_sagas(
+    conn: sqlite3.Connection,
+    state: SagaState | None,
+    limit: int,
+    after: tuple[str, str] | None = None,
+) -> tuple[list[sqlite3.Row], tuple[str, str] | None]:
+    """A page of sagas, newest first, after the ``(created_at, id)`` that ended the last
+    page; returns the rows and where the next page starts (None: this was the last)."""
+    where, args = [], []
+    if state is not None:
+        where.append("state = ?")
+        args.append(state.value)
+    if after is not None:
+        where.append("(created_at, id) < (?, ?)")
+        args.extend(after)
+    sql = "SELECT * FROM sagas" + (" WHERE " + " AND ".join(where) if where else "")
+    rows = conn.execute(
+        sql + " ORDER BY created_at DESC, id DESC LIMIT ?", (*args, limit + 1)
+    ).fetchall()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, (rows[-1]["created_at"], rows[-1]["id"]) if more and rows else None

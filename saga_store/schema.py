@@ -76,6 +76,15 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER saga_events_are_never_deleted BEFORE DELETE ON saga_events
     BEGIN SELECT RAISE(ABORT, 'the saga history is append-only'); END;
     """,
+    """
+    CREATE TABLE request_keys (
+        key TEXT PRIMARY KEY,
+        fingerprint TEXT NOT NULL,
+        saga_id TEXT NOT NULL REFERENCES sagas(id),
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX sagas_by_created ON sagas(created_at, id);
+    """,
 )
 
 VERSION = len(MIGRATIONS)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from saga.errors import SagaNotFound, TransitionRefused
+from saga.errors import IdempotencyConflict, SagaNotFound, TransitionRefused
 from saga_store.db import transaction
 from saga_store.models import Actor, Dispatch, Event, Phase, SagaState, StepSpec
 
@@ -301,20 +301,34 @@ def create_saga(
     now: float,
     idempotency_key: str | None = None,
     actor: str = Actor.CLIENT,
+    request_key: tuple[str, str] | None = None,
 ) -> tuple[str, bool]:
     """Store a new saga as ``pending`` with all its steps ``pending``.
 
     Where a saga with the same ``idempotency_key`` exists, nothing is written and that
-    saga's id is returned. Returns ``(saga_id, created)``.
+    saga's id is returned. A ``request_key`` (a client's key and its request's fingerprint)
+    is bound to the saga in the same transaction: the same key again returns that saga,
+    and with another fingerprint raises ``IdempotencyConflict``. Returns
+    ``(saga_id, created)``.
     """
     if not steps:
         raise ValueError("a saga needs at least one step")
     with transaction(conn):
+        if request_key is not None:
+            key, fingerprint = request_key
+            bound = conn.execute(
+                "SELECT saga_id, fingerprint FROM request_keys WHERE key = ?", (key,)
+            ).fetchone()
+            if bound is not None:
+                if bound["fingerprint"] != fingerprint:
+                    raise IdempotencyConflict(key, bound["saga_id"])
+                return bound["saga_id"], False
         if idempotency_key is not None:
             row = conn.execute(
                 "SELECT id FROM sagas WHERE idempotency_key = ?", (idempotency_key,)
             ).fetchone()
             if row is not None:
+                _bind_request(conn, request_key, row["id"], now)
                 return row["id"], False
         conn.execute(
             "INSERT INTO sagas (id, state, input, created_at, updated_at, definition, "
@@ -338,7 +352,18 @@ def create_saga(
             ],
         )
         _record(conn, saga_id, now, Event.CREATED, actor)
+        _bind_request(conn, request_key, saga_id, now)
     return saga_id, True
+
+
+def _bind_request(
+    conn: sqlite3.Connection, request_key: tuple[str, str] | None, saga_id: str, now: float
+) -> None:
+    if request_key is not None:
+        conn.execute(
+            "INSERT INTO request_keys (key, fingerprint, saga_id, created_at) VALUES (?, ?, ?, ?)",
+            (*request_key, saga_id, iso(now)),
+        )
 
 
 def start_saga(

@@ -1,0 +1,172 @@
+"""The HTTP API over real HTTP: a real ``saga api`` process beside a running system."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from saga.broker import free_port
+from saga.processes import Child, saga_command, wait_for
+from saga_store import SagaState
+from tests.helpers import make_order, service_records
+from tests.integration.conftest import System
+
+pytestmark = pytest.mark.processes
+
+DECLINED = "4000000000000002"
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: Any
+
+
+class Api:
+    def __init__(self, port: int):
+        self.base = f"http://127.0.0.1:{port}"
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Reply:
+        request = urllib.request.Request(
+            self.base + path, data=body, method=method, headers=headers or {}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return self._reply(response.status, response.headers, response.read())
+        except urllib.error.HTTPError as error:
+            return self._reply(error.code, error.headers, error.read())
+
+    @staticmethod
+    def _reply(status: int, headers: Any, raw: bytes) -> Reply:
+        kind = headers.get("content-type", "")
+        body = json.loads(raw) if "json" in kind else raw.decode()
+        return Reply(status, {k.lower(): v for k, v in headers.items()}, body)
+
+    def post_order(self, order: Any, key: str | None = None) -> Reply:
+        headers = {"content-type": "application/json"}
+        if key:
+            headers["idempotency-key"] = key
+        return self.call("POST", "/orders", json.dumps(order).encode(), headers)
+
+    def ready(self) -> bool:
+        try:
+            return self.call("GET", "/healthz").status == 200
+        except OSError:
+            return False
+
+
+@pytest.fixture
+def api(system: System) -> Iterator[Api]:
+    port = free_port()
+    env = {**system.settings.to_env(), "PYTHONUNBUFFERED": "1"}
+    child = Child(
+        "api",
+        saga_command("api", "--port", str(port)),
+        env,
+        system.data_dir / "logs" / "api.log",
+    ).start()
+    client = Api(port)
+    try:
+        wait_for(client.ready, 30, "the API to answer")
+        yield client
+    finally:
+        child.stop()
+        print(child.log_text()[-3000:])
+
+
+def wait_terminal(system: System, saga_id: str) -> SagaState:
+    return system.wait(saga_id).state
+
+
+def test_post_order_starts_a_saga_and_a_retry_returns_it(api: Api, system: System) -> None:
+    first = api.post_order(make_order("H-1"), key="key-H-1")
+    assert first.status == 202, first.body
+    saga_id = first.body["saga_id"]
+    assert first.headers["location"] == f"/sagas/{saga_id}" and first.body["created"] is True
+    # the client's retry, by its key or by the order_id, starts nothing new
+    again = api.post_order(make_order("H-1"), key="key-H-1")
+    assert (again.status, again.body["saga_id"], again.body["created"]) == (202, saga_id, False)
+    same_order = api.post_order(make_order("H-1"))
+    assert same_order.body["saga_id"] == saga_id
+    reused = api.post_order(make_order("H-2"), key="key-H-1")
+    assert reused.status == 409 and reused.headers["content-type"] == "application/problem+json"
+    assert wait_terminal(system, saga_id) is SagaState.COMPLETED
+    assert service_records(system.data_dir, "H-1")["charges"] == 1
+    assert service_records(system.data_dir, "H-2")["charges"] == 0
+
+    saga = api.call("GET", f"/sagas/{saga_id}")
+    assert saga.status == 200 and saga.body["state"] == "completed"
+    assert [s["state"] for s in saga.body["steps"]] == ["completed"] * 4
+    assert saga.body["history"][0]["event"] == "created"
+    assert saga.body["history"][-1]["event"] == "completed"
+
+
+def test_pages_of_sagas_and_the_alerts(api: Api, system: System) -> None:
+    ids = [api.post_order(make_order(f"P-{n}")).body["saga_id"] for n in range(5)]
+    declined = api.post_order(make_order("P-9", card_number=DECLINED)).body["saga_id"]
+    for saga_id in [*ids, declined]:
+        wait_terminal(system, saga_id)
+    seen: list[str] = []
+    cursor = None
+    for _ in range(5):
+        path = "/sagas?limit=2" + (f"&cursor={cursor}" if cursor else "")
+        page = api.call("GET", path).body
+        seen.extend(s["id"] for s in page["sagas"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert sorted(seen) == sorted([*ids, declined]) and len(seen) == 6  # each once
+    compensated = api.call("GET", "/sagas?state=compensated").body["sagas"]
+    assert [s["id"] for s in compensated] == [declined]
+    assert api.call("GET", "/alerts").body == {"alerts": []}
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "field"),
+    [
+        (b"{not json", {}, 400, None),
+        (json.dumps(make_order(amount_cents="12")).encode(), {}, 422, "amount_cents"),
+        (json.dumps(make_order(items=[])).encode(), {}, 422, "items"),
+        (json.dumps({**make_order(), "coupon": "X"}).encode(), {}, 422, "coupon"),
+        (b"x" * ((1 << 20) + 1), {}, 413, None),
+    ],
+    ids=["broken JSON", "amount as text", "no items", "unknown field", "too large"],
+)
+def test_bad_orders_are_problems_naming_the_field_and_store_nothing(
+    api: Api, system: System, body: bytes, headers: dict[str, str], status: int, field: str | None
+) -> None:
+    reply = api.call("POST", "/orders", body, {"content-type": "application/json", **headers})
+    assert reply.status == status, reply.body
+    assert reply.headers["content-type"] == "application/problem+json"
+    assert reply.body["status"] == status and reply.body["detail"]
+    if field:
+        assert reply.body["errors"][0]["field"] == field
+    assert api.call("GET", "/sagas").body["sagas"] == []
+
+
+def test_unknown_saga_bad_query_health_and_docs(api: Api) -> None:
+    missing = api.call("GET", "/sagas/no-such-saga")
+    assert missing.status == 404 and missing.headers["content-type"] == "application/problem+json"
+    assert "no-such-saga" in missing.body["detail"]
+    bad_state = api.call("GET", "/sagas?state=done")
+    assert bad_state.status == 400 and bad_state.body["errors"][0]["field"] == "state"
+    bad_cursor = api.call("GET", "/sagas?cursor=!!!")
+    assert bad_cursor.status == 400 and bad_cursor.body["errors"][0]["field"] == "cursor"
+    assert api.call("GET", "/healthz").body == {"ok": True, "broker": True, "store": True}
+    docs = api.call("GET", "/docs")
+    assert docs.status == 200 and "swagger" in docs.body.lower()
+    spec = api.call("GET", "/openapi.json").body
+    assert {"/orders", "/sagas", "/sagas/{saga_id}", "/alerts", "/healthz"} <= set(spec["paths"])

@@ -1,0 +1,191 @@
+"""The HTTP API (``saga api``): start sagas, read them, their history and the alerts.
+
+Errors are ``application/problem+json`` (RFC 9457). A request body larger than
+``MAX_BODY_BYTES`` is refused before it is parsed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import sqlite3
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.responses import JSONResponse
+
+from orchestrator.engine import Engine
+from orchestrator.order_saga import ORDER_SAGA
+from orchestrator.process import DEFINITIONS, celery_publisher
+from saga import broker
+from saga.celery_app import make_app
+from saga.config import Settings
+from saga.errors import IdempotencyConflict, InvalidOrder, SagaError
+from saga_store import SagaState, queries
+from web import pages
+from web.problems import Problem, install_handlers
+
+MAX_BODY_BYTES = 1 << 20
+MAX_KEY_LENGTH = 200
+
+ORDER_EXAMPLE = {
+    "order_id": "ORD-1001",
+    "customer_email": "ada@example.com",
+    "items": [{"sku": "WIDGET", "quantity": 2}],
+    "amount_cents": 4998,
+    "currency": "EUR",
+    "card_number": "4242 4242 4242 4242",
+    "shipping_address": {
+        "name": "Ada Lovelace",
+        "line1": "12 St James's Square",
+        "city": "London",
+        "postal_code": "SW1Y 4JH",
+        "country": "GB",
+    },
+}
+
+
+async def limited_body(request: Request) -> bytes:
+    """The request's body, refused (413) as soon as it is larger than ``MAX_BODY_BYTES``:
+    by its declared length before anything is read, else while it streams in."""
+    too_large = Problem(413, "Body too large", f"the body must be at most {MAX_BODY_BYTES} bytes")
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    app = FastAPI(
+        title="Order saga orchestrator",
+        version="1",
+        description="Start order sagas and follow them: each order's saga reserves stock, "
+        "charges the card, creates the shipment and sends the confirmation, and is undone "
+        "step by step where one fails.",
+    )
+    engine = Engine(settings, DEFINITIONS, celery_publisher(make_app(settings, "api"), settings))
+    install_handlers(app)
+
+    def store() -> sqlite3.Connection:
+        return engine.db  # one connection per worker thread of the server
+
+    @app.post(
+        "/orders",
+        status_code=202,
+        summary="Start the saga of an order",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"example": ORDER_EXAMPLE}},
+            }
+        },
+    )
+    def post_order(
+        body: Annotated[bytes, Depends(limited_body)],
+        idempotency_key: Annotated[str | None, Header(max_length=MAX_KEY_LENGTH)] = None,
+    ) -> JSONResponse:
+        """Validates the order, stores its saga and starts it. A retry with the same
+        ``Idempotency-Key`` (or the same ``order_id``) returns the first saga."""
+        document = _parse(body)
+        request_key = None
+        if idempotency_key is not None:
+            request_key = (idempotency_key, hashlib.sha256(body).hexdigest())
+        try:
+            saga_id, created = engine.submit(ORDER_SAGA.name, document, request_key)
+        except InvalidOrder as exc:
+            raise Problem(
+                422,
+                "Invalid order",
+                exc.message,
+                errors=[{"field": exc.field, "problem": exc.problem}],
+            ) from None
+        except IdempotencyConflict as exc:
+            raise Problem(409, "Idempotency-Key reused", exc.message) from None
+        view = engine.get(saga_id)
+        return JSONResponse(
+            {"saga_id": saga_id, "state": view.state.value, "created": created},
+            status_code=202,
+            headers={"Location": f"/sagas/{saga_id}"},
+        )
+
+    @app.get("/sagas/{saga_id}", summary="One saga: its steps, history and alerts")
+    def get_saga(saga_id: str) -> dict[str, Any]:
+        return pages.saga_document(store(), saga_id)
+
+    @app.get("/sagas", summary="Sagas, newest first, a page at a time")
+    def list_sagas(
+        state: SagaState | None = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        rows, following = queries.page_sagas(store(), state, limit, _decode_cursor(cursor))
+        return {
+            "sagas": [pages.saga_row(r) for r in rows],
+            "next_cursor": _encode_cursor(following) if following else None,
+        }
+
+    @app.get("/alerts", summary="Compensations that gave up and wait for a person")
+    def list_alerts() -> dict[str, Any]:
+        return {"alerts": [a.__dict__ for a in queries.alerts(store())]}
+
+    @app.get("/healthz", summary="Whether the broker and the store answer")
+    def healthz() -> JSONResponse:
+        checks = {"broker": broker.reachable(settings.broker_url), "store": _store_ok(store())}
+        ok = all(checks.values())
+        return JSONResponse({"ok": ok, **checks}, status_code=200 if ok else 503)
+
+    pages.install(app, store)
+    return app
+
+
+def _parse(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except UnicodeDecodeError:
+        raise Problem(400, "Unreadable body", "the body is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise Problem(
+            400, "Unreadable body", f"not valid JSON: {exc.msg} at line {exc.lineno}"
+        ) from None
+
+
+def _encode_cursor(after: tuple[str, str]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(after).encode()).decode()
+
+
+def _decode_cursor(cursor: str | None) -> tuple[str, str] | None:
+    if cursor is None:
+        return None
+    try:
+        created_at, saga_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return str(created_at), str(saga_id)
+    except (binascii.Error, ValueError, TypeError):
+        raise Problem(
+            400,
+            "Bad cursor",
+            "cursor must be a next_cursor from an earlier page",
+            errors=[{"field": "cursor", "problem": "not a cursor this API gave"}],
+        ) from None
+
+
+def _store_ok(conn: sqlite3.Connection) -> bool:
+    try:
+        conn.execute("SELECT 1 FROM sagas LIMIT 1").fetchall()
+    except (sqlite3.Error, SagaError):
+        return False
+    return True
+
+
+def app_from_environment() -> FastAPI:
+    """For ``uvicorn web.app:app_from_environment --factory``."""
+    from saga import config
+
+    return create_app(config.load())

@@ -1,0 +1,134 @@
+"""The read-only web view: sagas by state, and one saga's timeline. Server-rendered HTML
+that refreshes itself; no front-end build step."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from html import escape
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse
+
+from saga import timeline
+from saga_store import SagaState, queries
+
+REFRESH_SECONDS = 3
+
+STYLE = """
+body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }
+table { border-collapse: collapse; } td, th { padding: 2px 10px; text-align: left; }
+tr:nth-child(even) { background: #f4f4f4; } code { font-size: 13px; }
+.completed { color: #1a7f37; } .compensated { color: #9a6700; } .failed { color: #cf222e; }
+.running, .compensating, .pending { color: #0969da; } .alert { color: #cf222e; font-weight: bold; }
+nav a { margin-right: 1em; }
+"""
+
+
+def saga_document(conn: sqlite3.Connection, saga_id: str) -> dict[str, Any]:
+    """The saga, its steps, its history and its alerts, as data."""
+    view = queries.get_saga(conn, saga_id)
+    return timeline.to_dict(
+        view,
+        queries.history(conn, saga_id),
+        queries.alerts(conn, include_resolved=True, saga_id=saga_id),
+    )
+
+
+def saga_row(row: sqlite3.Row) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "state": row["state"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+        "error": row["error"],
+    }
+
+
+def _page(title: str, body: str) -> HTMLResponse:
+    return HTMLResponse(
+        f"<!doctype html><html><head><meta charset='utf-8'>"
+        f"<meta http-equiv='refresh' content='{REFRESH_SECONDS}'>"
+        f"<title>{escape(title)}</title><style>{STYLE}</style></head>"
+        f"<body>{body}<p><small>refreshes every {REFRESH_SECONDS} s</small></p></body></html>"
+    )
+
+
+def install(app: FastAPI, store: Callable[[], sqlite3.Connection]) -> None:
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index(state: SagaState | None = None, limit: int = 100) -> HTMLResponse:
+        conn = store()
+        counts = dict(conn.execute("SELECT state, COUNT(*) FROM sagas GROUP BY state").fetchall())
+        links = [f"<a href='/'>all ({sum(counts.values())})</a>"] + [
+            f"<a class='{s}' href='/?{urlencode({'state': s.value})}'>{s} ({counts.get(s, 0)})</a>"
+            for s in SagaState
+        ]
+        rows, _ = queries.page_sagas(conn, state, max(1, min(limit, 500)))
+        alerts = queries.alerts(conn)
+        body = [f"<h1>Sagas{' ' + escape(state.value) if state else ''}</h1>"]
+        body.append(f"<nav>{''.join(links)}</nav>")
+        if alerts:
+            body.append(f"<p class='alert'>{len(alerts)} open alert(s): a compensation gave up</p>")
+        body.append(
+            "<table><tr><th>saga</th><th>state</th><th>order</th><th>created</th><th>why</th></tr>"
+        )
+        for r in rows:
+            order_id = _order_id(r)
+            body.append(
+                f"<tr><td><a href='/ui/sagas/{escape(r['id'])}'><code>{escape(r['id'])}</code></a>"
+                f"</td><td class='{escape(r['state'])}'>{escape(r['state'])}</td>"
+                f"<td>{escape(order_id)}</td><td>{escape(r['created_at'])}</td>"
+                f"<td>{escape(r['error'] or '')}</td></tr>"
+            )
+        body.append("</table>")
+        return _page("Sagas", "".join(body))
+
+    @app.get("/ui/sagas/{saga_id}", response_class=HTMLResponse, include_in_schema=False)
+    def saga_page(saga_id: str) -> HTMLResponse:
+        conn = store()
+        view = queries.get_saga(conn, saga_id)
+        events = queries.history(conn, saga_id)
+        alerts = queries.alerts(conn, include_resolved=True, saga_id=saga_id)
+        order_id = view.input.get("order_id", "") if isinstance(view.input, dict) else ""
+        body = [
+            "<nav><a href='/'>all sagas</a></nav>",
+            f"<h1>Saga <code>{escape(view.id)}</code></h1>",
+            f"<p>order {escape(str(order_id))}: "
+            f"<b class='{view.state}'>{escape(view.state.value)}</b>",
+        ]
+        if view.error:
+            body.append(f" — {escape(view.error)}")
+        body.append(
+            "</p><h2>Steps</h2><table><tr><th>step</th><th>state</th>"
+            "<th>sent</th><th>compensation sent</th><th>error</th></tr>"
+        )
+        for s in view.steps:
+            body.append(
+                f"<tr><td>{escape(s.name)}</td><td class='{s.state}'>{escape(s.state.value)}</td>"
+                f"<td>{s.attempts}</td><td>{s.compensation_attempts}</td>"
+                f"<td>{escape(s.error or '')}</td></tr>"
+            )
+        body.append("</table>")
+        if alerts:
+            body.append("<h2>Alerts</h2><ul>")
+            for a in alerts:
+                status = f"closed: {a.resolution}" if a.resolved_at else "open"
+                body.append(
+                    f"<li class='alert'>{escape(a.step)}: {escape(a.error)} ({escape(status)})</li>"
+                )
+            body.append("</ul>")
+        body.append("<h2>Timeline</h2><table><tr><th>at (UTC)</th><th>who</th><th>what</th></tr>")
+        for e in events:
+            body.append(
+                f"<tr><td>{escape(e.at)}</td><td>{escape(e.actor)}</td>"
+                f"<td class='{e.event.value}'>{escape(timeline.describe(e))}</td></tr>"
+            )
+        body.append("</table>")
+        return _page(f"Saga {view.id}", "".join(body))
+
+
+def _order_id(row: sqlite3.Row) -> str:
+    key = row["idempotency_key"] or ""
+    return key.split(":", 1)[1] if ":" in key else ""

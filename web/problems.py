@@ -1,0 +1,60 @@
+"""Errors as ``application/problem+json`` (RFC 9457), each bad field named."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from saga.errors import SagaNotFound
+
+MEDIA_TYPE = "application/problem+json"
+
+
+class Problem(Exception):
+    def __init__(
+        self, status: int, title: str, detail: str, errors: list[dict[str, Any]] | None = None
+    ):
+        super().__init__(detail)
+        self.status, self.title, self.detail, self.errors = status, title, detail, errors
+
+    def response(self, request: Request) -> JSONResponse:
+        body: dict[str, Any] = {
+            "type": "about:blank",
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            "instance": request.url.path,
+        }
+        if self.errors:
+            body["errors"] = self.errors
+        return JSONResponse(body, status_code=self.status, media_type=MEDIA_TYPE)
+
+
+def install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(Problem)
+    async def problem(request: Request, exc: Problem) -> JSONResponse:
+        return exc.response(request)
+
+    @app.exception_handler(SagaNotFound)
+    async def not_found(request: Request, exc: SagaNotFound) -> JSONResponse:
+        return Problem(404, "No such saga", exc.message).response(request)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {
+                "field": ".".join(str(p) for p in e["loc"][1:]) or str(e["loc"][0]),
+                "problem": e["msg"],
+            }
+            for e in exc.errors()
+        ]
+        detail = "; ".join(f"{e['field']}: {e['problem']}" for e in errors)
+        return Problem(400, "Invalid request", detail, errors).response(request)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return Problem(exc.status_code, str(exc.detail), str(exc.detail)).response(request)
