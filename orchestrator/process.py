@@ -64,7 +64,7 @@ def celery_publisher(app: Celery, settings: Settings) -> Publisher:
             app.send_task(
                 c.task,
                 kwargs=c.kwargs,
-                queue=direct(settings.queue(c.queue)),
+                queue=direct(settings.queue(c.queue), settings.quorum_queues),
                 argsrepr="",
                 kwargsrepr="",
             )
@@ -82,7 +82,7 @@ class BatchPublisher:
         # Declared once, so that a command for a service whose worker has not started yet
         # waits in its queue (a broker with real exchanges would drop it otherwise).
         for name in settings.all_queues():
-            direct(name)(self.producer.channel).declare()
+            direct(name, settings.quorum_queues)(self.producer.channel).declare()
 
     def __call__(self, commands: Sequence[Command]) -> None:
         batch = (
@@ -114,7 +114,7 @@ class Orchestrator:
     ):
         self.settings, self.batch_size, self.metrics = settings, batch_size, metrics
         self.app = make_app(settings, "orchestrator")
-        self.queue = direct(settings.queue(ORCHESTRATOR_QUEUE))
+        self.queue = direct(settings.queue(ORCHESTRATOR_QUEUE), settings.quorum_queues)
         self.received = 0  # for the watchdog: messages taken so far
         self.busy = True  # for the watchdog: not waiting on the broker
         self._messages: list[Message] = []
@@ -163,7 +163,7 @@ class Orchestrator:
         consumer = Consumer(
             connection.default_channel,
             queues=[self.queue],
-            on_message=self._messages.append,
+            on_message=self._received,
             prefetch_count=self.batch_size,
             accept=["json"],
         )
@@ -171,10 +171,12 @@ class Orchestrator:
             log.info("orchestrator ready on %s", self.queue.name)
             while not self._stopping.is_set():
                 self._fill(connection, wait=self.settings.sweep_interval)
-                batch = len(self._messages)
-                if self._messages:
-                    self._handle(engine, self._messages)
-                    self._messages.clear()
+                # Taken out before handling: on RabbitMQ, waiting for publisher confirms
+                # delivers more messages meanwhile, and they belong to the next batch.
+                messages, self._messages = self._messages, []
+                batch = len(messages)
+                if messages:
+                    self._handle(engine, messages)
                 if self.sweep_due(batch, time.monotonic()):
                     self._sweep(engine)
 
@@ -188,6 +190,9 @@ class Orchestrator:
             return False
         self._next_sweep = now + self.settings.sweep_interval
         return True
+
+    def _received(self, message: Message) -> None:
+        self._messages.append(message)
 
     def _fill(self, connection: Connection, wait: float) -> None:
         """Wait up to ``wait`` seconds for a first message, then take whatever else has

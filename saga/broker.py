@@ -1,7 +1,10 @@
-"""Finding a Redis broker, or starting one of our own that we stop again."""
+"""The broker from outside Celery: is it there, how many messages wait, emptying queues;
+and, where no Redis answers, starting one of our own that we stop again. Redis and RabbitMQ
+(an ``amqp://`` URL) both."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -11,13 +14,30 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import redis
+from kombu import Connection
 
 from saga.errors import ConfigError
 from saga.processes import wait_for
 
 
+def is_amqp(url: str) -> bool:
+    """Whether ``url`` names an AMQP broker (RabbitMQ) rather than Redis."""
+    return urlparse(url).scheme in ("amqp", "amqps", "pyamqp")
+
+
+def _amqp_reachable(url: str, timeout: float) -> bool:
+    try:
+        with Connection(url, connect_timeout=timeout) as connection:
+            connection.ensure_connection(max_retries=1, timeout=timeout)
+        return True
+    except Exception:  # any failure to connect means: not reachable
+        return False
+
+
 def reachable(url: str, timeout: float = 1.0) -> bool:
-    """Whether a Redis server answers PING at ``url``."""
+    """Whether the broker at ``url`` answers (Redis: PING; RabbitMQ: a connection)."""
+    if is_amqp(url):
+        return _amqp_reachable(url, timeout)
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
         try:
@@ -29,36 +49,98 @@ def reachable(url: str, timeout: float = 1.0) -> bool:
 
 
 def queue_depths(url: str, queues: list[str]) -> dict[str, int]:
-    """Messages waiting on each queue (a Redis list per queue with kombu's transport)."""
-    client = redis.Redis.from_url(url)
-    try:
-        return {q: int(client.llen(q)) for q in queues}
-    finally:
-        client.close()
+    """Messages waiting on each queue."""
+    depth = QueueDepth(url, [])
+    return {q: depth.of(q) or 0 for q in queues}
 
 
 class QueueDepth:
     """Messages waiting on ``queues`` in all, read through one long-lived client; None where
-    the broker does not answer."""
+    the broker does not answer. On Redis a queue is a list (LLEN); on RabbitMQ a passive
+    declare tells its message count."""
 
     def __init__(self, url: str, queues: list[str]):
-        self.queues = list(queues)
-        self.client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        self.url, self.queues = url, list(queues)
+        self.amqp = is_amqp(url)
+        self.client = (
+            None
+            if self.amqp
+            else redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        )
+        self.connection: Connection | None = None
 
     def __call__(self) -> int | None:
+        counts = [self.of(q) for q in self.queues]
+        return None if any(c is None for c in counts) else sum(c or 0 for c in counts)
+
+    def of(self, queue: str) -> int | None:
+        if self.client is not None:
+            try:
+                return int(self.client.llen(queue))
+            except (redis.RedisError, OSError):
+                return None
         try:
-            return sum(int(self.client.llen(q)) for q in self.queues)
-        except (redis.RedisError, OSError):
+            if self.connection is None:
+                self.connection = Connection(self.url, connect_timeout=2)
+            channel = self.connection.channel()
+            try:
+                return int(channel.queue_declare(queue, passive=True).message_count)
+            finally:
+                channel.close()
+        except self._not_found():
+            return 0  # not declared yet: nothing waits on it
+        except Exception:  # the broker does not answer
+            self.connection = None
             return None
+
+    @staticmethod
+    def _not_found() -> type[Exception]:
+        from amqp.exceptions import NotFound
+
+        return NotFound
 
 
 def purge(url: str, queues: list[str]) -> None:
+    """Empty ``queues`` (those that exist)."""
+    if is_amqp(url):
+        from amqp.exceptions import NotFound
+
+        with Connection(url) as connection:
+            for queue in queues:
+                channel = connection.channel()
+                try:
+                    channel.queue_purge(queue)
+                except NotFound:
+                    pass
+                finally:
+                    with contextlib.suppress(Exception):
+                        channel.close()
+        return
     client = redis.Redis.from_url(url)
     try:
         if queues:
             client.delete(*queues)
     finally:
         client.close()
+
+
+def discard(url: str, queues: list[str]) -> None:
+    """Delete ``queues`` (and, on RabbitMQ, the exchanges Celery named after them): what a
+    test leaves behind on a shared broker."""
+    if not is_amqp(url):
+        purge(url, queues)
+        return
+    with Connection(url) as connection:
+        for name in queues:
+            channel = connection.channel()
+            try:
+                channel.queue_delete(name)
+                channel.exchange_delete(name)
+            except Exception:  # already gone: nothing to discard
+                pass
+            finally:
+                with contextlib.suppress(Exception):
+                    channel.close()
 
 
 def free_port() -> int:
@@ -155,6 +237,8 @@ def ensure(url: str, data_dir: Path) -> tuple[str, OwnedRedis | None]:
     """The broker to use: ``url`` if a Redis answers there, else one we start and own."""
     if reachable(url):
         return url, None
+    if is_amqp(url):
+        raise ConfigError(f"no RabbitMQ answers at {url} (SAGA_BROKER_URL)")
     if urlparse(url).hostname not in ("127.0.0.1", "localhost", "::1"):
         raise ConfigError(f"no Redis answers at {url} (SAGA_BROKER_URL)")
     owned = OwnedRedis(data_dir / "redis.pid")

@@ -8,6 +8,7 @@ from typing import Any
 from celery import Celery
 from kombu import Exchange, Queue
 
+from saga.broker import is_amqp
 from saga.config import ORCHESTRATOR_QUEUE, Settings
 
 OUTCOME_TASK = "saga.outcome"
@@ -28,15 +29,25 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     removed from the broker only after its task finished, and a killed worker's message
     goes back to the queue instead of being lost. JSON is the only accepted content type.
     """
-    return dict(
-        broker_url=settings.broker_url,
-        broker_connection_retry_on_startup=True,
-        broker_transport_options={
+    if is_amqp(settings.broker_url):
+        # A publish returns once RabbitMQ has taken the message (publisher confirms).
+        transport: dict[str, Any] = {"confirm_publish": True}
+        queues: dict[str, Any] = (
+            {"task_default_queue_type": "quorum"} if settings.quorum_queues else {}
+        )
+    else:
+        transport = {
             "visibility_timeout": settings.visibility_timeout,
             "unacked_restore_interval": settings.unacked_restore_interval,
             # Scan for expired unacked messages on every interval, not every tenth.
             "unacked_restore_throttle": 1,
-        },
+        }
+        queues = {}
+    return dict(
+        broker_url=settings.broker_url,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options=transport,
+        **queues,
         task_serializer="json",
         result_serializer="json",
         event_serializer="json",
@@ -59,7 +70,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 @lru_cache(maxsize=256)
-def direct(queue: str) -> Queue:
+def direct(queue: str, quorum: bool = False) -> Queue:
     """``queue`` reached through the broker's default exchange: a message goes straight to
-    it, with no lookup of exchange bindings (on Redis, one round trip less per publish)."""
-    return Queue(queue, Exchange(""), routing_key=queue)
+    it, with no lookup of exchange bindings (on Redis, one round trip less per publish).
+    ``quorum`` (RabbitMQ): declared as a quorum queue, as the workers declare theirs."""
+    arguments = {"x-queue-type": "quorum"} if quorum else None
+    return Queue(queue, Exchange(""), routing_key=queue, queue_arguments=arguments)

@@ -53,6 +53,8 @@ class Settings:
     log_format: str = "text"
     # Celery task events from the service workers, for Flower and `celery events`.
     task_events: bool = True
+    # RabbitMQ only: quorum queues (replicated; what a RabbitMQ cluster wants) for every queue.
+    quorum_queues: bool = False
 
     def queue(self, name: str) -> str:
         return f"{self.queue_prefix}{name}"
@@ -91,6 +93,7 @@ class Settings:
             f"{PREFIX}LOG_LEVEL": self.log_level,
             f"{PREFIX}LOG_FORMAT": self.log_format,
             f"{PREFIX}TASK_EVENTS": "1" if self.task_events else "0",
+            f"{PREFIX}QUORUM_QUEUES": "1" if self.quorum_queues else "0",
         }
 
 
@@ -151,9 +154,13 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         failure_rates=parse_failure_rates(env.get(PREFIX + "FAILURE_RATES", "")),
         log_level=(env.get(PREFIX + "LOG_LEVEL") or defaults.log_level).upper(),
         log_format=_choice(env, "LOG_FORMAT", defaults.log_format, ("text", "json")),
-        task_events=_choice(env, "TASK_EVENTS", "1" if defaults.task_events else "0", ("1", "0"))
-        == "1",
+        task_events=_flag(env, "TASK_EVENTS", defaults.task_events),
+        quorum_queues=_flag(env, "QUORUM_QUEUES", defaults.quorum_queues),
     )
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    return _choice(env, name, "1" if default else "0", ("1", "0")) == "1"
 
 
 def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:

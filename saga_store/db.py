@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,7 +27,7 @@ def connect(path: Path | str) -> sqlite3.Connection:
             path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
         )
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA journal_mode = WAL")
+        _enter_wal(conn)
         conn.execute("PRAGMA synchronous = NORMAL")
         # With synchronous=NORMAL the only fsyncs are at checkpoints; checkpointing every
         # 8,000 pages (32 MB of WAL) instead of SQLite's 1,000 took the store from about
@@ -39,6 +40,21 @@ def connect(path: Path | str) -> sqlite3.Connection:
         ) from exc
     conn.row_factory = sqlite3.Row
     return conn
+
+
+def _enter_wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL. The switch takes a lock the busy timeout does not wait for, so while
+    another process holds the database (creating it, say: two processes starting at once)
+    it is tried again until the busy timeout has passed."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)  # the other process's transaction is short
 
 
 @contextmanager

@@ -1,9 +1,10 @@
 """Fixtures shared by every tier.
 
 Each test gets its own data directory and its own queue names (a unique prefix), so two
-runs at once on one Redis do not interfere. The broker is the Redis at SAGA_BROKER_URL, or a
-redis-server this session starts and stops; where none can be had the tests that need one
-are skipped, except under CI, where they fail.
+runs at once on one broker do not interfere. Every test that needs a broker runs twice: on
+the Redis at SAGA_BROKER_URL (or a redis-server this session starts and stops; where none
+can be had those are skipped, except under CI, where they fail), and on the RabbitMQ at
+SAGA_TEST_AMQP_URL (skipped, with the reason shown, where none answers).
 """
 
 from __future__ import annotations
@@ -26,9 +27,36 @@ from saga.errors import ConfigError
 CI = bool(os.environ.get("CI"))
 
 
-@pytest.fixture(scope="session")
-def broker_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test marked ``any_broker`` checks something the broker does not change (input
+    validation, a web page): it runs on Redis only, which keeps the suite's time down."""
+    dropped = [
+        item
+        for item in items
+        if item.get_closest_marker("any_broker") and "[rabbitmq" in item.nodeid
+    ]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if item not in dropped]
+
+
+#: The RabbitMQ the integration tier also runs on (.ci/run starts it where it is installed).
+AMQP_URL = os.environ.get("SAGA_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+
+
+@pytest.fixture(scope="session", params=["redis", "rabbitmq"])
+def broker_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """Each test that needs a broker runs on Redis, then on RabbitMQ."""
+    if request.param == "rabbitmq":
+        if not broker.reachable(AMQP_URL, timeout=3):
+            pytest.skip(f"no RabbitMQ answers at {AMQP_URL} (SAGA_TEST_AMQP_URL)")
+        yield AMQP_URL
+        return
     url = config.load().broker_url
+    if broker.is_amqp(url):
+        url = "redis://127.0.0.1:6379/0"
     try:
         url, owned = broker.ensure(url, tmp_path_factory.mktemp("broker"))
     except ConfigError as exc:
@@ -38,6 +66,14 @@ def broker_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield url
     if owned is not None:
         owned.stop()
+
+
+@pytest.fixture
+def redis_only(broker_url: str) -> None:
+    """For a test of something only Redis has (its restart losing every message, kombu's
+    Redis transport, the benchmark's Redis reader)."""
+    if broker.is_amqp(broker_url):
+        pytest.skip("Redis only")
 
 
 @pytest.fixture
@@ -51,4 +87,4 @@ def settings(broker_url: str, tmp_path: Path) -> Iterator[Settings]:
         stall_timeout=4.0,
     )
     yield s
-    broker.purge(broker_url, s.all_queues())
+    broker.discard(broker_url, s.all_queues())

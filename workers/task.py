@@ -200,7 +200,7 @@ class Delivery:
             self.task.app.send_task(
                 OUTCOME_TASK,
                 args=[outcome],
-                queue=direct(self.settings.queue(ORCHESTRATOR_QUEUE)),
+                queue=direct(self.settings.queue(ORCHESTRATOR_QUEUE), self.settings.quorum_queues),
                 argsrepr="",  # see orchestrator.process.celery_publisher
                 kwargsrepr="",
             )

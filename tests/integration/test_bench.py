@@ -16,7 +16,9 @@ pytestmark = pytest.mark.processes
 
 
 @pytest.mark.timeout(300)
-def test_bench_smoke_run_writes_every_figure(settings: Settings, tmp_path: Path) -> None:
+def test_bench_smoke_run_writes_every_figure(
+    settings: Settings, tmp_path: Path, redis_only: None
+) -> None:
     out = tmp_path / "bench.json"
     env = {**os.environ, **settings.with_(step_timeout=3.0).to_env()}
     result = subprocess.run(

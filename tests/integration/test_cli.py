@@ -41,6 +41,7 @@ def stored_sagas(settings: Settings) -> list[Any]:
     return json.loads(result.stdout)
 
 
+@pytest.mark.any_broker
 @pytest.mark.parametrize(
     ("content", "message"),
     [
@@ -72,6 +73,7 @@ def test_bad_order_exits_2_and_stores_nothing(
     assert stored_sagas(settings) == []
 
 
+@pytest.mark.any_broker
 def test_missing_file_and_unknown_saga_exit_2(settings: Settings, tmp_path: Path) -> None:
     result = saga(settings, "submit", str(tmp_path / "nope.json"))
     assert result.returncode == 2 and "cannot read" in result.stderr
@@ -79,6 +81,7 @@ def test_missing_file_and_unknown_saga_exit_2(settings: Settings, tmp_path: Path
     assert result.returncode == 2 and "no saga with id 'no-such-saga'" in result.stderr
 
 
+@pytest.mark.any_broker
 def test_bad_setting_is_named(settings: Settings) -> None:
     result = subprocess.run(
         saga_command("list"),
@@ -90,6 +93,7 @@ def test_bad_setting_is_named(settings: Settings) -> None:
     assert result.returncode == 2 and "SAGA_STEP_TIMEOUT" in result.stderr
 
 
+@pytest.mark.any_broker
 def test_stock(settings: Settings) -> None:
     assert saga(settings, "stock", "set", "WIDGET", "7").returncode == 0
     listed = json.loads(saga(settings, "stock", "--json").stdout)
@@ -141,6 +145,7 @@ def test_submit_wait_status_and_list(system: System, tmp_path: Path) -> None:
     assert bad_state.returncode == 2 and "unknown state 'done'" in bad_state.stderr
 
 
+@pytest.mark.any_broker
 @pytest.mark.processes
 @pytest.mark.timeout(200)
 def test_demo_runs_a_batch_and_ends_with_a_clean_audit(settings: Settings) -> None:
@@ -154,6 +159,7 @@ def test_demo_runs_a_batch_and_ends_with_a_clean_audit(settings: Settings) -> No
     assert result.stdout.rstrip().endswith("audit: clean")
 
 
+@pytest.mark.any_broker
 @pytest.mark.processes
 def test_an_operator_retries_a_saga_once_the_cause_is_fixed(
     make_system: Callable[..., System], tmp_path: Path
@@ -188,6 +194,7 @@ def test_an_operator_retries_a_saga_once_the_cause_is_fixed(
     assert shown.splitlines()[0].endswith("compensated  (order O-1)")
 
 
+@pytest.mark.any_broker
 @pytest.mark.processes
 def test_an_operator_cancels_a_running_saga_and_resolves_a_failed_one(
     system: System, tmp_path: Path
@@ -224,6 +231,7 @@ def test_an_operator_cancels_a_running_saga_and_resolves_a_failed_one(
     assert unknown.returncode == 2 and "no saga with id" in unknown.stderr
 
 
+@pytest.mark.any_broker
 @pytest.mark.processes
 @pytest.mark.timeout(200)
 def test_demo_kills_processes_and_still_ends_clean(settings: Settings) -> None:

@@ -133,7 +133,7 @@ ONE = [{"sku": "WIDGET", "quantity": 1}]
 
 
 def test_redis_restarted_mid_run_loses_nothing(
-    make_system: Callable[..., System], own_redis: broker.OwnedRedis
+    make_system: Callable[..., System], own_redis: broker.OwnedRedis, redis_only: None
 ) -> None:
     system = make_system(broker_url=own_redis.url, step_timeout=3.0)
     # Given sagas in flight, one of them slow in the shipping worker
@@ -175,6 +175,7 @@ def saga_of(system: System, order_id: str) -> str:
     return str(row["id"])
 
 
+@pytest.mark.any_broker
 def test_store_locked_by_another_process_for_a_while(system: System) -> None:
     # Given a saga under way
     saga_id = system.submit(make_order("L-1", faults={"charge_payment": {"delay_seconds": 1}}))
@@ -206,6 +207,7 @@ def test_store_locked_by_another_process_for_a_while(system: System) -> None:
     assert service_records(system.data_dir, "L-1")["charges"] == 1
 
 
+@pytest.mark.any_broker
 @pytest.mark.parametrize("command", [["worker", "payment"], ["orchestrator"]])
 def test_unwritable_data_dir_is_a_clear_error_at_start(
     settings: Settings, tmp_path: Path, command: list[str]
@@ -221,7 +223,9 @@ def test_unwritable_data_dir_is_a_clear_error_at_start(
     assert "Traceback" not in result.stderr
 
 
-def test_compensation_delivered_before_its_action(make_system: Callable[..., System]) -> None:
+def test_compensation_delivered_before_its_action(
+    make_system: Callable[..., System], redis_only: None
+) -> None:
     # Redis gives a dead worker's message back only after the visibility timeout; with one
     # dispatch allowed, the orchestrator gives the step up and compensates it first.
     system = make_system(

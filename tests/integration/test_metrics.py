@@ -35,6 +35,7 @@ def reachable(port: int) -> bool:
     return True
 
 
+@pytest.mark.any_broker
 def test_metrics_count_sagas_durations_and_retries(make_system: Callable[..., System]) -> None:
     port = free_port()
     system = make_system(orchestrator_args=("--metrics-port", str(port)))

@@ -24,6 +24,7 @@ def json_lines(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+@pytest.mark.any_broker
 def test_json_logs_carry_the_saga_step_and_attempt(make_system: Callable[..., System]) -> None:
     system = make_system(log_format="json")
     saga_id = system.submit(make_order("J-1", card_number=DECLINED))

@@ -40,6 +40,7 @@ def browse(url: str, *args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.skipif(
     CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)"
 )
+@pytest.mark.any_broker
 def test_the_page_shows_a_compensated_sagas_timeline(api: Api, system: System) -> None:  # noqa: F811
     saga_id = api.post_order(make_order("W-1", card_number="4000000000000002")).body["saga_id"]
     assert system.wait(saga_id).state is SagaState.COMPENSATED

@@ -308,3 +308,17 @@ def test_a_transaction_inside_another_rolls_back_alone(db: sqlite3.Connection) -
             raise RuntimeError("refused half-way")
         t.count(db, "kept")
     assert queries.counters(db) == {"kept": 2}
+
+
+def test_a_new_store_opened_while_another_process_creates_it(tmp_path: Path) -> None:
+    import threading
+
+    from saga_store.db import connect
+
+    path = tmp_path / "new.db"
+    creator = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    creator.execute("BEGIN IMMEDIATE")
+    creator.execute("CREATE TABLE t (x)")
+    threading.Timer(0.3, creator.execute, ["COMMIT"]).start()
+    conn = connect(path)  # waits for the creator instead of failing with "locked"
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
