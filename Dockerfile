@@ -5,7 +5,8 @@ COPY saga ./saga
 COPY saga_store ./saga_store
 COPY orchestrator ./orchestrator
 COPY workers ./workers
-RUN pip install --no-cache-dir . && useradd --create-home saga && mkdir /data && chown saga /data
+COPY web ./web
+RUN pip install --no-cache-dir ".[flower]" && useradd --create-home saga && mkdir /data && chown saga /data
 USER saga
 ENV SAGA_DATA_DIR=/data
 CMD ["saga", "--help"]

@@ -33,7 +33,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # A publish returns once RabbitMQ has taken the message (publisher confirms).
         transport: dict[str, Any] = {"confirm_publish": True}
         queues: dict[str, Any] = (
-            {"task_default_queue_type": "quorum"} if settings.quorum_queues else {}
+            {"task_default_queue_type": "quorum", "task_create_missing_queue_type": "quorum"}
+            if settings.quorum_queues
+            else {}
         )
     else:
         transport = {

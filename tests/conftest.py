@@ -77,6 +77,13 @@ def redis_only(broker_url: str) -> None:
 
 
 @pytest.fixture
+def rabbitmq_only(broker_url: str) -> None:
+    """For a test of something only RabbitMQ has (quorum queues)."""
+    if not broker.is_amqp(broker_url):
+        pytest.skip("RabbitMQ only")
+
+
+@pytest.fixture
 def settings(broker_url: str, tmp_path: Path) -> Iterator[Settings]:
     s = Settings(
         broker_url=broker_url,

@@ -314,3 +314,11 @@ def test_lost_command_is_sent_again_after_its_deadline(make_system: Callable[...
     assert view.state is SagaState.COMPLETED
     assert view.step("charge_payment").attempts >= 2
     assert service_records(system.data_dir, "A-15") == ONE_OF_EACH
+
+
+def test_quorum_queues(make_system: Callable[..., System], rabbitmq_only: None) -> None:
+    system = make_system(quorum_queues=True)
+    ok = system.submit(make_order("Q-1"))
+    declined = system.submit(make_order("Q-2", card_number="4000000000000002"))
+    assert system.wait(ok).state is SagaState.COMPLETED
+    assert system.wait(declined).state is SagaState.COMPENSATED

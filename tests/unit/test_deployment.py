@@ -1,0 +1,53 @@
+"""The compose file and the package: what a deployment is built from."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from saga.cli import parser
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICES = ("inventory", "payment", "shipping", "notification")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_compose_runs_the_whole_system(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert {"redis", "rabbitmq", "orchestrator", *SERVICES, "api", "flower"} <= set(services)
+    assert services["rabbitmq"]["profiles"] == ["rabbitmq"]
+    for name in ("redis", "rabbitmq", "orchestrator", "api"):
+        assert services[name]["healthcheck"]["test"], name
+    for name in ("orchestrator", *SERVICES, "api", "flower"):
+        assert "saga-data:/data" in services[name]["volumes"], name
+        assert services[name]["environment"]["SAGA_DATA_DIR"] == "/data"
+    assert "saga-data" in compose["volumes"]
+
+
+def test_each_compose_command_is_a_real_saga_command(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        command = service.get("command")
+        if not command or command[0] != "saga":
+            continue
+        args = parser().parse_args(command[1:])  # exits (SystemExit) on a bad command
+        assert args.command in ("orchestrator", "worker", "api"), name
+        if args.command == "worker":
+            assert args.service == name
+    flower = compose["services"]["flower"]["command"]
+    assert flower[:3] == ["celery", "-A", "workers.app"] and "flower" in flower
+
+
+def test_saga_version() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "saga.cli", "--version"], capture_output=True, text=True
+    )
+    assert result.returncode == 0 and result.stdout.startswith("saga 0.")
