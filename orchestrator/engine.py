@@ -32,6 +32,45 @@ OUTCOME_STATUSES = ("succeeded", "rejected", "exhausted")
 
 
 @dataclass(frozen=True)
+class Outcome:
+    """A service's answer about one dispatch of a step, checked."""
+
+    saga_id: str
+    step: str
+    phase: Phase
+    status: str  # one of OUTCOME_STATUSES
+    attempt: int | None  # the orchestrator's dispatch it answers
+    tries: int | None  # the service's runs of that dispatch
+    output: Any
+    error: str
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any]) -> Outcome | None:
+        """The outcome in ``raw``, or None (logged) where it is malformed."""
+        try:
+            status = str(raw["status"])
+            if status not in OUTCOME_STATUSES:
+                raise ValueError(status)
+            attempt, tries = raw.get("attempt"), raw.get("tries")
+            for number in (attempt, tries):
+                if number is not None and (type(number) is not int or number < 1):
+                    raise ValueError(number)
+            return cls(
+                saga_id=str(raw["saga_id"]),
+                step=str(raw["step"]),
+                phase=Phase(raw["phase"]),
+                status=status,
+                attempt=attempt,
+                tries=tries,
+                output=raw.get("output"),
+                error=str(raw.get("error") or ""),
+            )
+        except (KeyError, ValueError, TypeError):
+            log.error("dropping a malformed outcome: %.300r", raw)
+            return None
+
+
+@dataclass(frozen=True)
 class Command:
     """A step's action or compensation to send to its service's queue."""
 
@@ -129,79 +168,62 @@ class Engine:
         in between leaves steps whose deadlines pass, and the sweeper sends them again.
         """
         results: list[Transition] = []
-        observed: list[tuple[str, Phase, str, float | None, int | None]] = []
+        applied: list[tuple[Outcome, Transition]] = []
         with transaction(self.db):
-            for outcome in outcomes:
-                parsed = self._parse(outcome)
-                if parsed is None:
+            for raw in outcomes:
+                outcome = Outcome.parse(raw)
+                if outcome is None:
                     continue
-                _, saga_id, step, phase, attempt = parsed
                 try:
-                    result = self._apply(*parsed)
-                    results.append(result)
-                    observed.append(
-                        (step, phase, str(outcome["status"]), result.took, outcome.get("tries"))
-                    )
+                    result = self._apply(outcome)
                 except (TransitionRefused, SagaNotFound) as exc:
-                    log.debug("ignoring an outcome for %s/%s: %s", saga_id, step, exc)
-                    transitions.ignore_outcome(
-                        self.db, saga_id, step, phase, attempt, exc.message, self.clock()
+                    log.debug(
+                        "ignoring an outcome for %s/%s: %s", outcome.saga_id, outcome.step, exc
                     )
+                    transitions.ignore_outcome(
+                        self.db,
+                        outcome.saga_id,
+                        outcome.step,
+                        outcome.phase,
+                        outcome.attempt,
+                        exc.message,
+                        self.clock(),
+                    )
+                    continue
+                results.append(result)
+                applied.append((outcome, result))
         if self.metrics is not None:
-            for observation in observed:
-                self.metrics.outcome(*observation)
+            for o, result in applied:
+                self.metrics.outcome(o.step, o.phase, o.status, result.took, o.tries)
         self._send(results, handling_outcome=True)
         return len(results)
 
-    @staticmethod
-    def _parse(
-        outcome: Mapping[str, Any],
-    ) -> tuple[Mapping[str, Any], str, str, Phase, int | None] | None:
-        try:
-            saga_id, step = str(outcome["saga_id"]), str(outcome["step"])
-            phase, status = Phase(outcome["phase"]), str(outcome["status"])
-            if status not in OUTCOME_STATUSES:
-                raise ValueError(status)
-            attempt, tries = outcome.get("attempt"), outcome.get("tries")
-            for number in (attempt, tries):
-                if number is not None and (type(number) is not int or number < 1):
-                    raise ValueError(number)
-        except (KeyError, ValueError, TypeError):
-            log.error("dropping a malformed outcome: %.300r", outcome)
-            return None
-        return outcome, saga_id, step, phase, attempt
-
-    def _apply(
-        self,
-        outcome: Mapping[str, Any],
-        saga_id: str,
-        step: str,
-        phase: Phase,
-        attempt: int | None,
-    ) -> Transition:
+    def _apply(self, o: Outcome) -> Transition:
         """The transition an outcome asks for; raises ``TransitionRefused`` (or
         ``SagaNotFound``) for a duplicate or late one."""
-        status, error = str(outcome["status"]), str(outcome.get("error") or "")
-        now, db, tries = self.clock(), self.db, outcome.get("tries")
-        if phase is Phase.ACTION and status == "succeeded":
-            output = outcome.get("output")
-            return transitions.complete_step(db, saga_id, step, output, now, attempt, tries)
-        if phase is Phase.ACTION:
+        db, now = self.db, self.clock()
+        if o.phase is Phase.ACTION and o.status == "succeeded":
+            return transitions.complete_step(
+                db, o.saga_id, o.step, o.output, now, o.attempt, o.tries
+            )
+        if o.phase is Phase.ACTION:
             result = transitions.fail_step(
                 db,
-                saga_id,
-                step,
-                error,
-                business=status == "rejected",
+                o.saga_id,
+                o.step,
+                o.error,
+                business=o.status == "rejected",
                 now=now,
-                attempt=attempt,
-                tries=tries,
+                attempt=o.attempt,
+                tries=o.tries,
             )
-            self._log_step_failure(saga_id, step, status, error)
+            self._log_step_failure(o.saga_id, o.step, o.status, o.error)
             return result
-        if status == "succeeded":
-            return transitions.complete_compensation(db, saga_id, step, now, attempt, tries)
-        return transitions.fail_compensation(db, saga_id, step, error, now, attempt, tries)
+        if o.status == "succeeded":
+            return transitions.complete_compensation(db, o.saga_id, o.step, now, o.attempt, o.tries)
+        return transitions.fail_compensation(
+            db, o.saga_id, o.step, o.error, now, o.attempt, o.tries
+        )
 
     def sweep(self) -> int:
         """Re-dispatch (or give up) every step whose deadline passed, and start every saga

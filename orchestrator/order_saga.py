@@ -39,6 +39,23 @@ ADDRESS_FIELDS = {
     "postal_code": True,
     "country": True,
 }
+#: A valid order, as a client sends it (the API's documentation shows it; tests start from it).
+EXAMPLE_ORDER: dict[str, Any] = {
+    "order_id": "ORD-1001",
+    "customer_email": "ada@example.com",
+    "items": [{"sku": "WIDGET", "quantity": 2}],
+    "amount_cents": 4998,
+    "currency": "EUR",
+    "card_number": "4242 4242 4242 4242",
+    "shipping_address": {
+        "name": "Ada Lovelace",
+        "line1": "12 St James's Square",
+        "city": "London",
+        "postal_code": "SW1Y 4JH",
+        "country": "GB",
+    },
+}
+
 ORDER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}")
 SKU = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")

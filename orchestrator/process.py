@@ -242,7 +242,7 @@ class Orchestrator:
                 if self._stopping.wait(0.5):
                     return
         # Acknowledged only now: the batch's transitions are committed and their commands
-        # published. The last message's ack covers the batch where the broker can do that.
+        # published.
         for message in messages:
             message.ack()
 

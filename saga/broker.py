@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import redis
+from amqp.exceptions import NotFound
 from kombu import Connection
 
 from saga.errors import ConfigError
@@ -87,24 +88,16 @@ class QueueDepth:
                 return int(channel.queue_declare(queue, passive=True).message_count)
             finally:
                 channel.close()
-        except self._not_found():
+        except NotFound:
             return 0  # not declared yet: nothing waits on it
         except Exception:  # the broker does not answer
             self.connection = None
             return None
 
-    @staticmethod
-    def _not_found() -> type[Exception]:
-        from amqp.exceptions import NotFound
-
-        return NotFound
-
 
 def purge(url: str, queues: list[str]) -> None:
     """Empty ``queues`` (those that exist)."""
     if is_amqp(url):
-        from amqp.exceptions import NotFound
-
         with Connection(url) as connection:
             for queue in queues:
                 channel = connection.channel()

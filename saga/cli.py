@@ -134,12 +134,9 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     from saga import timeline
-    from saga_store import open_store, queries
+    from saga_store import open_store
 
-    store = open_store(settings.path("sagas.db"))
-    view = queries.get_saga(store, args.saga_id)
-    events = queries.history(store, args.saga_id)
-    alerts = queries.alerts(store, include_resolved=True, saga_id=args.saga_id)
+    view, events, alerts = timeline.load(open_store(settings.path("sagas.db")), args.saga_id)
     if args.json:
         print(json.dumps(timeline.to_dict(view, events, alerts), indent=2))
     else:

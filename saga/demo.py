@@ -203,9 +203,7 @@ class Batch:
         deadline = started + timeout
         while time.monotonic() < deadline:
             now = time.monotonic()
-            by_state = Counter(
-                dict(store.execute("SELECT state, COUNT(*) FROM sagas GROUP BY state").fetchall())
-            )
+            by_state = Counter(queries.count_by_state(store))
             ended = sum(by_state[s] for s in ("completed", "compensated", "failed"))
             self.progress.show(status_line(ended, len(self.orders), by_state, self.kills))
             if not submitter.is_alive() and ended >= len(self.sagas):

@@ -63,6 +63,11 @@ def list_sagas(
     return conn.execute(sql, args).fetchall()
 
 
+def count_by_state(conn: sqlite3.Connection) -> dict[str, int]:
+    """How many sagas are in each state (states with none are left out)."""
+    return dict(conn.execute("SELECT state, COUNT(*) FROM sagas GROUP BY state").fetchall())
+
+
 def active_saga_ids(conn: sqlite3.Connection) -> list[str]:
     """Sagas not yet in a terminal state (served by a partial index on state)."""
     rows = conn.execute(

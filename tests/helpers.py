@@ -7,20 +7,12 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from orchestrator.order_saga import EXAMPLE_ORDER
+
 BASE_ORDER: dict[str, Any] = {
+    **EXAMPLE_ORDER,
     "order_id": "ORD-1",
-    "customer_email": "ada@example.com",
-    "items": [{"sku": "WIDGET", "quantity": 2}],
-    "amount_cents": 4998,
-    "currency": "EUR",
     "card_number": "4242424242424242",
-    "shipping_address": {
-        "name": "Ada Lovelace",
-        "line1": "12 St James's Square",
-        "city": "London",
-        "postal_code": "SW1Y 4JH",
-        "country": "GB",
-    },
 }
 
 STOCK = {"WIDGET": 10, "GADGET": 5}

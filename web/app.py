@@ -17,7 +17,7 @@ from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse
 
 from orchestrator.engine import Engine
-from orchestrator.order_saga import ORDER_SAGA
+from orchestrator.order_saga import EXAMPLE_ORDER, ORDER_SAGA
 from orchestrator.process import DEFINITIONS, celery_publisher
 from saga import broker
 from saga.celery_app import make_app
@@ -29,22 +29,6 @@ from web.problems import Problem, install_handlers
 
 MAX_BODY_BYTES = 1 << 20
 MAX_KEY_LENGTH = 200
-
-ORDER_EXAMPLE = {
-    "order_id": "ORD-1001",
-    "customer_email": "ada@example.com",
-    "items": [{"sku": "WIDGET", "quantity": 2}],
-    "amount_cents": 4998,
-    "currency": "EUR",
-    "card_number": "4242 4242 4242 4242",
-    "shipping_address": {
-        "name": "Ada Lovelace",
-        "line1": "12 St James's Square",
-        "city": "London",
-        "postal_code": "SW1Y 4JH",
-        "country": "GB",
-    },
-}
 
 
 async def limited_body(request: Request) -> bytes:
@@ -84,7 +68,7 @@ def create_app(settings: Settings) -> FastAPI:
         openapi_extra={
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"example": ORDER_EXAMPLE}},
+                "content": {"application/json": {"example": EXAMPLE_ORDER}},
             }
         },
     )

@@ -29,12 +29,7 @@ nav a { margin-right: 1em; }
 
 def saga_document(conn: sqlite3.Connection, saga_id: str) -> dict[str, Any]:
     """The saga, its steps, its history and its alerts, as data."""
-    view = queries.get_saga(conn, saga_id)
-    return timeline.to_dict(
-        view,
-        queries.history(conn, saga_id),
-        queries.alerts(conn, include_resolved=True, saga_id=saga_id),
-    )
+    return timeline.to_dict(*timeline.load(conn, saga_id))
 
 
 def saga_row(row: sqlite3.Row) -> dict[str, Any]:
@@ -60,7 +55,7 @@ def install(app: FastAPI, store: Callable[[], sqlite3.Connection]) -> None:
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index(state: SagaState | None = None, limit: int = 100) -> HTMLResponse:
         conn = store()
-        counts = dict(conn.execute("SELECT state, COUNT(*) FROM sagas GROUP BY state").fetchall())
+        counts = queries.count_by_state(conn)
         links = [f"<a href='/'>all ({sum(counts.values())})</a>"] + [
             f"<a class='{s}' href='/?{urlencode({'state': s.value})}'>{s} ({counts.get(s, 0)})</a>"
             for s in SagaState
@@ -87,10 +82,7 @@ def install(app: FastAPI, store: Callable[[], sqlite3.Connection]) -> None:
 
     @app.get("/ui/sagas/{saga_id}", response_class=HTMLResponse, include_in_schema=False)
     def saga_page(saga_id: str) -> HTMLResponse:
-        conn = store()
-        view = queries.get_saga(conn, saga_id)
-        events = queries.history(conn, saga_id)
-        alerts = queries.alerts(conn, include_resolved=True, saga_id=saga_id)
+        view, events, alerts = timeline.load(store(), saga_id)
         order_id = view.input.get("order_id", "") if isinstance(view.input, dict) else ""
         body = [
             "<nav><a href='/'>all sagas</a></nav>",
