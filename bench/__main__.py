@@ -18,11 +18,12 @@ from typing import Any
 
 from bench import store
 from bench.workload import ChainRunner, SagaRunner
-from saga import broker, config
-from saga.cluster import Cluster
-from saga.config import Settings
-from saga.processes import wait_for
+from saga_core import config
+from saga_core.config import Settings
+from saga_core.processes import wait_for
 from saga_store import open_store, queries
+from saga_tools import redis_server
+from saga_tools.cluster import Cluster
 from workers.process import build
 
 
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
 
     base = config.load()
     data_dir = base.data_dir / f"bench-{os.getpid()}"
-    url, owned = broker.ensure(base.broker_url, data_dir)
+    url, owned = redis_server.ensure(base.broker_url, data_dir)
     settings = base.with_(
         broker_url=url, data_dir=data_dir, queue_prefix=f"{base.queue_prefix}bench{os.getpid()}."
     )

@@ -16,7 +16,7 @@ from celery import Celery, chain
 
 import orchestrator
 from orchestrator.order_saga import ORDER_SAGA
-from saga.config import ORCHESTRATOR_QUEUE, Settings
+from saga_core.config import ORCHESTRATOR_QUEUE, Settings
 from saga_store import open_store
 
 

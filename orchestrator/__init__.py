@@ -9,7 +9,7 @@ The public Python API::
 """
 
 from orchestrator.api import get_saga, run, submit, wait
-from saga.errors import InvalidOrder, SagaError, SagaNotFound
+from saga_core.errors import InvalidOrder, SagaError, SagaNotFound
 from saga_store.models import SagaState, SagaView, StepState, StepView
 
 __all__ = [

@@ -13,10 +13,10 @@ from typing import Any
 from orchestrator.engine import Engine
 from orchestrator.order_saga import ORDER_SAGA
 from orchestrator.process import DEFINITIONS, celery_publisher
-from saga import config
-from saga.celery_app import make_app
-from saga.config import Settings
-from saga.errors import SagaError
+from saga_core import config
+from saga_core.celery_app import make_app
+from saga_core.config import Settings
+from saga_core.errors import SagaError
 from saga_store.models import SagaState, SagaView
 
 _engines: dict[str, Engine] = {}

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from saga.retry import RetryPolicy
+from saga_core.retry import RetryPolicy
 from saga_store.models import StepSpec
 
 # Builds a step's payload from the saga's stored input and the outputs of earlier steps.

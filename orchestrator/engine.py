@@ -19,8 +19,8 @@ from typing import Any, Protocol
 
 from orchestrator import crashpoints
 from orchestrator.definition import SagaDefinition
-from saga.config import Settings
-from saga.errors import SagaNotFound, TransitionRefused
+from saga_core.config import Settings
+from saga_core.errors import SagaNotFound, TransitionRefused
 from saga_store import open_store, queries, transaction, transitions
 from saga_store.models import Actor, Dispatch, Phase, SagaState, SagaView
 from saga_store.transitions import Transition

@@ -12,8 +12,8 @@ from typing import Any
 
 from orchestrator.crashpoints import POINTS
 from orchestrator.definition import SagaDefinition, StepDefinition
-from saga.errors import InvalidOrder
-from saga.retry import RetryPolicy
+from saga_core.errors import InvalidOrder
+from saga_core.retry import RetryPolicy
 from workers.card_processor import luhn_ok, tokenize
 from workers.faults import FAULT_FIELDS
 

@@ -34,11 +34,11 @@ from kombu.utils.uuid import uuid
 from orchestrator.engine import Command, Engine, Publisher
 from orchestrator.metrics import Metrics
 from orchestrator.order_saga import ORDER_SAGA
-from saga import watchdog
-from saga.celery_app import OUTCOME_TASK, SUBMIT_TASK, direct, make_app
-from saga.config import ORCHESTRATOR_QUEUE, Settings
-from saga.errors import InvalidOrder, TransientError
-from saga.periodic import Periodic
+from saga_core import watchdog
+from saga_core.celery_app import OUTCOME_TASK, SUBMIT_TASK, direct, make_app
+from saga_core.config import ORCHESTRATOR_QUEUE, Settings
+from saga_core.errors import InvalidOrder, TransientError
+from saga_core.periodic import Periodic
 
 log = logging.getLogger("saga.orchestrator")
 

@@ -6,7 +6,7 @@ Only the orchestrator opens this database; service workers never do.
 import sqlite3
 from pathlib import Path
 
-from saga_store.db import connect, transaction
+from saga_core.sqlite import connect, transaction
 from saga_store.models import (
     TERMINAL_STATES,
     Alert,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 
-from saga.errors import SagaNotFound
+from saga_core.errors import SagaNotFound
 from saga_store.models import (
     DISPATCH_EVENTS,
     OUTCOME_EVENTS,

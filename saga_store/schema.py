@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from saga_store.db import transaction
+from saga_core.sqlite import transaction
 
 SAGA_STATES = "'pending','running','completed','compensating','compensated','failed'"
 STEP_STATES = "'pending','running','completed','failed','compensating','compensated'"

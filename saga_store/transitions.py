@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from saga.errors import IdempotencyConflict, SagaNotFound, TransitionRefused
-from saga_store.db import transaction
+from saga_core.errors import IdempotencyConflict, SagaNotFound, TransitionRefused
+from saga_core.sqlite import transaction
 from saga_store.models import Actor, Dispatch, Event, Phase, SagaState, StepSpec
 
 

@@ -27,7 +27,7 @@ broker_available() {
   command -v redis-server >/dev/null 2>&1 && return 0
   "$VENV/bin/python" - <<'PY'
 import os, sys
-from saga import broker
+from saga_core import broker
 sys.exit(0 if broker.reachable(os.environ.get("SAGA_BROKER_URL") or "redis://127.0.0.1:6379/0") else 1)
 PY
 }

@@ -20,9 +20,10 @@ import pytest
 # no Docker engine, so take Celery's own in-process worker fixture back.
 from celery.contrib.pytest import celery_worker  # noqa: F401
 
-from saga import broker, config
-from saga.config import Settings
-from saga.errors import ConfigError
+from saga_core import broker, config
+from saga_core.config import Settings
+from saga_core.errors import ConfigError
+from saga_tools import redis_server
 
 CI = bool(os.environ.get("CI"))
 
@@ -58,7 +59,7 @@ def broker_url(
     if broker.is_amqp(url):
         url = "redis://127.0.0.1:6379/0"
     try:
-        url, owned = broker.ensure(url, tmp_path_factory.mktemp("broker"))
+        url, owned = redis_server.ensure(url, tmp_path_factory.mktemp("broker"))
     except ConfigError as exc:
         if CI:
             raise

@@ -10,8 +10,8 @@ from typing import Any
 
 from orchestrator.engine import Command, Engine
 from orchestrator.process import DEFINITIONS
-from saga.config import Settings
-from saga.errors import BusinessError
+from saga_core.config import Settings
+from saga_core.errors import BusinessError
 from saga_store import SagaView
 from tests.helpers import STOCK
 from workers import SERVICES, inventory

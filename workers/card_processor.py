@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 
-from saga.errors import BusinessError, TransientError
+from saga_core.errors import BusinessError, TransientError
 
 TEST_CARDS = {
     "4242424242424242": "tok_visa",

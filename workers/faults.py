@@ -19,7 +19,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from saga.config import FailureRates
+from saga_core.config import FailureRates
 
 FAULT_FIELDS = {
     "fail_transient": int,

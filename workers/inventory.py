@@ -7,8 +7,8 @@ import sqlite3
 import uuid
 from typing import Any
 
-from saga.errors import BusinessError
-from saga_store.db import transaction
+from saga_core.errors import BusinessError
+from saga_core.sqlite import transaction
 from workers.service import Service
 
 SCHEMA = """

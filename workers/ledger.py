@@ -13,8 +13,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from saga.errors import BusinessError
-from saga_store.db import transaction
+from saga_core.errors import BusinessError
+from saga_core.sqlite import transaction
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS idempotency (

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 from celery import Celery
 
-from saga import watchdog
-from saga.celery_app import make_app
-from saga.config import Settings
+from saga_core import watchdog
+from saga_core.celery_app import make_app
+from saga_core.config import Settings
 from workers import SERVICES, task
 
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from saga.errors import MalformedCommand
-from saga_store.db import connect, transaction
+from saga_core.errors import MalformedCommand
+from saga_core.sqlite import connect, transaction
 from workers import ledger
 
 Action = Callable[[sqlite3.Connection, dict[str, Any]], Any]

@@ -18,10 +18,10 @@ from typing import Any
 
 from celery import Celery, Task
 
-from saga.celery_app import OUTCOME_TASK, direct
-from saga.config import ORCHESTRATOR_QUEUE, Settings
-from saga.errors import BusinessError, MalformedCommand, TransientError
-from saga.retry import RetryPolicy
+from saga_core.celery_app import OUTCOME_TASK, direct
+from saga_core.config import ORCHESTRATOR_QUEUE, Settings
+from saga_core.errors import BusinessError, MalformedCommand, TransientError
+from saga_core.retry import RetryPolicy
 from workers import faults, ledger
 from workers.service import Service
 

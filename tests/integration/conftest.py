@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 import orchestrator
-from saga.cluster import Cluster
-from saga.config import Settings
-from saga.processes import Child, wait_for
+from saga_core.config import Settings
+from saga_core.processes import wait_for
 from saga_store import SagaView, open_store, queries
+from saga_tools.cluster import Child, Cluster
 from tests.helpers import STOCK
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from saga.config import Settings
+from saga_core.config import Settings
 
 pytestmark = pytest.mark.processes
 

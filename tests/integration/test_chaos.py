@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from saga.config import Settings
-from saga.processes import saga_command, wait_for
+from saga_core.config import Settings
+from saga_core.processes import wait_for
+from saga_tools.cluster import saga_command
 
 pytestmark = pytest.mark.processes
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from saga.config import Settings
-from saga.processes import saga_command
+from saga_core.config import Settings
 from saga_store import SagaState
+from saga_tools.cluster import saga_command
 from tests.helpers import make_order, service_records
 from tests.integration.conftest import System
 

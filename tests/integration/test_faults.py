@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 from kombu import Connection, Exchange, Queue
 
-from saga import audit, broker
-from saga.celery_app import OUTCOME_TASK, make_app
-from saga.config import ORCHESTRATOR_QUEUE, Settings
-from saga.processes import saga_command, wait_for
+from saga_core.celery_app import OUTCOME_TASK, make_app
+from saga_core.config import ORCHESTRATOR_QUEUE, Settings
+from saga_core.processes import wait_for
 from saga_store import SagaState, open_store
+from saga_tools import audit, redis_server
+from saga_tools.cluster import saga_command
 from tests.helpers import make_order, service_records
 from tests.integration.conftest import System
 
@@ -123,7 +124,7 @@ def test_bad_messages_are_rejected_and_the_workers_keep_serving(system: System) 
 
 @pytest.fixture
 def own_redis(tmp_path: Path):  # type: ignore[no-untyped-def]
-    server = broker.OwnedRedis(tmp_path / "redis.pid")
+    server = redis_server.OwnedRedis(tmp_path / "redis.pid")
     server.start()
     yield server
     server.stop()
@@ -133,7 +134,7 @@ ONE = [{"sku": "WIDGET", "quantity": 1}]
 
 
 def test_redis_restarted_mid_run_loses_nothing(
-    make_system: Callable[..., System], own_redis: broker.OwnedRedis, redis_only: None
+    make_system: Callable[..., System], own_redis: redis_server.OwnedRedis, redis_only: None
 ) -> None:
     system = make_system(broker_url=own_redis.url, step_timeout=3.0)
     # Given sagas in flight, one of them slow in the shipping worker

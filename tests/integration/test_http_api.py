@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from saga.broker import free_port
-from saga.processes import Child, saga_command, wait_for
+from saga_core.processes import wait_for
 from saga_store import SagaState
+from saga_tools.cluster import Child, saga_command
+from saga_tools.redis_server import free_port
 from tests.helpers import make_order, service_records
 from tests.integration.conftest import System
 

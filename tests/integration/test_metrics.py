@@ -8,9 +8,9 @@ from collections.abc import Callable
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from saga.broker import free_port
-from saga.processes import wait_for
+from saga_core.processes import wait_for
 from saga_store import SagaState
+from saga_tools.redis_server import free_port
 from tests.helpers import make_order
 from tests.integration.conftest import System
 

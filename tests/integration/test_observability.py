@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from saga.celery_app import make_app
+from saga_core.celery_app import make_app
 from saga_store import SagaState
 from tests.helpers import make_order
 from tests.integration.conftest import System

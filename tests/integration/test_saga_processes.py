@@ -11,11 +11,12 @@ from collections.abc import Callable
 import pytest
 
 import orchestrator
-from saga import audit, broker
-from saga.celery_app import OUTCOME_TASK, SUBMIT_TASK, make_app
-from saga.config import ORCHESTRATOR_QUEUE, FailureRates
-from saga.processes import children_of, wait_for
+from saga_core import broker
+from saga_core.celery_app import OUTCOME_TASK, SUBMIT_TASK, make_app
+from saga_core.config import ORCHESTRATOR_QUEUE, FailureRates
+from saga_core.processes import children_of, wait_for
 from saga_store import SagaState, StepState, open_store, queries
+from saga_tools import audit
 from tests.helpers import ONE_OF_EACH, STOCK, all_text_of, available, make_order, service_records
 from tests.integration.conftest import System
 

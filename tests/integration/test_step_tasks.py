@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from saga.celery_app import OUTCOME_TASK
-from saga.celery_app import celery_config as saga_celery_config
-from saga.config import ORCHESTRATOR_QUEUE, SERVICES, Settings
-from saga.retry import RetryPolicy
+from saga_core.celery_app import OUTCOME_TASK
+from saga_core.celery_app import celery_config as saga_celery_config
+from saga_core.config import ORCHESTRATOR_QUEUE, SERVICES, Settings
+from saga_core.retry import RetryPolicy
 from tests.helpers import service_records
 from workers import SERVICES as SERVICE_OBJECTS
 from workers import inventory, task

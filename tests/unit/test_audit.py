@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from saga import audit
+from saga_tools import audit
 from tests.harness import Harness
 from tests.helpers import make_order
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import fakeredis
 import pytest
 
-from saga import broker
+from saga_core import broker
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from saga.cli import parser
+from saga_tools.cli import parser
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("inventory", "payment", "shipping", "notification")
@@ -48,6 +48,6 @@ def test_each_compose_command_is_a_real_saga_command(compose: dict[str, Any]) ->
 
 def test_saga_version() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "saga.cli", "--version"], capture_output=True, text=True
+        [sys.executable, "-m", "saga_tools.cli", "--version"], capture_output=True, text=True
     )
     assert result.returncode == 0 and result.stdout.startswith("saga 0.")

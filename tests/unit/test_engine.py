@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from saga.config import Settings
-from saga.errors import InvalidOrder
+from saga_core.config import Settings
+from saga_core.errors import InvalidOrder
 from saga_store import SagaState, StepState, queries
 from tests.harness import Harness
 from tests.helpers import ONE_OF_EACH, STOCK, available, make_order, service_records

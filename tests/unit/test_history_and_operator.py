@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from saga import timeline
-from saga.errors import TransitionRefused
+from saga_core.errors import TransitionRefused
 from saga_store import SagaState, StepState, queries
 from saga_store.models import Event, HistoryEvent
+from saga_tools import timeline
 from tests.harness import Harness
 from tests.helpers import STOCK, available, make_order, service_records
 

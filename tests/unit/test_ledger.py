@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from saga.errors import BusinessError, TransientError
+from saga_core.errors import BusinessError, TransientError
 from tests.helpers import available
 from workers import inventory, payment
 

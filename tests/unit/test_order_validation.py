@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from orchestrator.order_saga import prepare
-from saga.errors import InvalidOrder
+from saga_core.errors import InvalidOrder
 from tests.helpers import make_order
 
 

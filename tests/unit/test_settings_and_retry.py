@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from saga import config
-from saga.errors import ConfigError
-from saga.retry import RetryPolicy
+from saga_core import config
+from saga_core.errors import ConfigError
+from saga_core.retry import RetryPolicy
 
 
 def test_defaults() -> None:

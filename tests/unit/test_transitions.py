@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from saga.errors import SagaNotFound, TransitionRefused
+from saga_core.errors import SagaNotFound, TransitionRefused
 from saga_store import SagaState, StepSpec, StepState, open_store, queries, schema
 from saga_store import transitions as t
 from saga_store.models import Phase
@@ -313,7 +313,7 @@ def test_a_transaction_inside_another_rolls_back_alone(db: sqlite3.Connection) -
 def test_a_new_store_opened_while_another_process_creates_it(tmp_path: Path) -> None:
     import threading
 
-    from saga_store.db import connect
+    from saga_core.sqlite import connect
 
     path = tmp_path / "new.db"
     creator = sqlite3.connect(path, isolation_level=None, check_same_thread=False)

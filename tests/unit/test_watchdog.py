@@ -6,7 +6,7 @@ import fakeredis
 import pytest
 from celery.worker import state
 
-from saga import broker, watchdog
+from saga_core import broker, watchdog
 
 
 class Clock:

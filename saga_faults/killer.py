@@ -8,14 +8,37 @@ import logging
 import os
 import random
 import signal
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
-from saga.cluster import Cluster
-from saga.processes import Child, children_of
+from saga_core.processes import children_of
 
 log = logging.getLogger("saga.killer")
 
 KINDS = ("worker", "pool child", "orchestrator")
+
+
+class Child(Protocol):
+    """A process the killer may kill and start again (``saga_tools.cluster.Child``)."""
+
+    name: str
+
+    @property
+    def pid(self) -> int: ...
+    def alive(self) -> bool: ...
+    def kill(self, sig: int = signal.SIGKILL) -> None: ...
+    def wait(self, timeout: float) -> None: ...
+    def stop(self, timeout: float = 10.0) -> None: ...
+    def start(self) -> object: ...
+
+
+class Cluster(Protocol):
+    """A running system: its processes, one of which is the orchestrator."""
+
+    @property
+    def children(self) -> Sequence[Child]: ...
+    @property
+    def orchestrator(self) -> Child: ...
 
 
 class Killer:
@@ -49,7 +72,7 @@ class Killer:
         else:
             kind = "worker" if kind == "pool child" else kind
             target.kill(signal.SIGKILL)
-            target.proc.wait(10)  # type: ignore[union-attr]
+            target.wait(10)
             target.stop()  # reap it and its orphaned pool children
             self.restarts.append((now + self.rng.uniform(0.5, 3.0), target))
         log.info("killed %s (%s)", target.name, kind)

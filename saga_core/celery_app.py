@@ -8,8 +8,8 @@ from typing import Any
 from celery import Celery
 from kombu import Exchange, Queue
 
-from saga.broker import is_amqp
-from saga.config import ORCHESTRATOR_QUEUE, Settings
+from saga_core.broker import is_amqp
+from saga_core.config import ORCHESTRATOR_QUEUE, Settings
 
 OUTCOME_TASK = "saga.outcome"
 SUBMIT_TASK = "saga.submit"

@@ -12,8 +12,8 @@ from urllib.parse import urlencode
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 
-from saga import timeline
 from saga_store import SagaState, queries
+from saga_tools import timeline
 
 REFRESH_SECONDS = 3
 

@@ -19,13 +19,13 @@ from fastapi.responses import JSONResponse
 from orchestrator.engine import Engine
 from orchestrator.order_saga import EXAMPLE_ORDER, ORDER_SAGA
 from orchestrator.process import DEFINITIONS, celery_publisher
-from saga import broker
-from saga.celery_app import make_app
-from saga.config import Settings
-from saga.errors import IdempotencyConflict, InvalidOrder, SagaError
+from saga_core import broker
+from saga_core.celery_app import make_app
+from saga_core.config import Settings
+from saga_core.errors import IdempotencyConflict, InvalidOrder, SagaError
 from saga_store import SagaState, queries
-from web import pages
-from web.problems import Problem, install_handlers
+from saga_tools.web import pages
+from saga_tools.web.problems import Problem, install_handlers
 
 MAX_BODY_BYTES = 1 << 20
 MAX_KEY_LENGTH = 200
@@ -169,7 +169,7 @@ def _store_ok(conn: sqlite3.Connection) -> bool:
 
 
 def app_from_environment() -> FastAPI:
-    """For ``uvicorn web.app:app_from_environment --factory``."""
-    from saga import config
+    """For ``uvicorn saga_tools.web.app:app_from_environment --factory``."""
+    from saga_core import config
 
     return create_app(config.load())

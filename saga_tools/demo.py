@@ -15,11 +15,11 @@ from datetime import datetime
 from typing import Any, TextIO
 
 import orchestrator
-from saga import audit, broker
-from saga.cluster import Cluster
-from saga.config import FailureRates, Settings
-from saga.killer import Killer
+from saga_core.config import FailureRates, Settings
+from saga_faults.killer import Killer
 from saga_store import open_store, queries
+from saga_tools import audit, redis_server
+from saga_tools.cluster import Cluster
 from workers import inventory
 
 STOCK = {"WIDGET": 500, "GADGET": 200, "GIZMO": 2}
@@ -86,7 +86,7 @@ def run(
     data_dir = settings.data_dir / "demo"
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
-    url, owned = broker.ensure(settings.broker_url, settings.data_dir)
+    url, owned = redis_server.ensure(settings.broker_url, settings.data_dir)
     print(f"broker: {url}" + (" (started for this demo)" if owned else ""))
     settings = settings.with_(
         broker_url=url,

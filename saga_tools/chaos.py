@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orchestrator
-from saga import audit, broker
-from saga.cluster import Cluster
-from saga.config import FailureRates, Settings
-from saga.killer import KINDS, Killer
+from saga_core import broker
+from saga_core.config import FailureRates, Settings
+from saga_faults.killer import KINDS, Killer
 from saga_store import open_store, queries
+from saga_tools import audit, redis_server
+from saga_tools.cluster import Cluster
 
 log = logging.getLogger("saga.chaos")
 
@@ -112,7 +113,7 @@ class Campaign:
         self.rng = random.Random(opts.seed)
         self.base = settings
         self.settings = settings
-        self.redis: broker.OwnedRedis | None = None
+        self.redis: redis_server.OwnedRedis | None = None
         self.cluster: Cluster | None = None
         self.killer: Killer | None = None
         self.result = Result({})
@@ -126,10 +127,10 @@ class Campaign:
         data_dir.mkdir(parents=True)
         url = self.base.broker_url
         if self.opts.own_redis:
-            self.redis = broker.OwnedRedis(data_dir / "redis.pid")
+            self.redis = redis_server.OwnedRedis(data_dir / "redis.pid")
             url = self.redis.start()
         elif not broker.reachable(url):
-            url, self.redis = broker.ensure(url, data_dir)
+            url, self.redis = redis_server.ensure(url, data_dir)
         self.settings = self.base.with_(
             broker_url=url,
             data_dir=data_dir,

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from saga.errors import ConfigError, TransientError
+from saga_core.errors import ConfigError, TransientError
 
 BUSY_TIMEOUT_MS = 10_000
 

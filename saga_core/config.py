@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from saga.errors import ConfigError
+from saga_core.errors import ConfigError
 
 PREFIX = "SAGA_"
 SERVICES = ("inventory", "payment", "shipping", "notification")

@@ -1,4 +1,5 @@
-"""Starting and stopping child processes by PID, with a deadline on every wait."""
+"""A whole system as child processes: one worker per service and the orchestrator, each
+started and stopped by its PID."""
 
 from __future__ import annotations
 
@@ -7,14 +8,18 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from saga_core import broker
+from saga_core.config import SERVICES, Settings
+from saga_core.processes import wait_for
+from workers import inventory
 
 
 def saga_command(*args: str) -> list[str]:
     """The ``saga`` CLI as a child command, with this very interpreter."""
-    return [sys.executable, "-m", "saga.cli", *args]
+    return [sys.executable, "-m", "saga_tools.cli", *args]
 
 
 class Child:
@@ -41,6 +46,11 @@ class Child:
     def pid(self) -> int:
         assert self.proc is not None, f"{self.name} was never started"
         return self.proc.pid
+
+    def wait(self, timeout: float) -> None:
+        """Until the process has ended (after a kill, say)."""
+        if self.proc is not None:
+            self.proc.wait(timeout)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -81,23 +91,55 @@ def stop_all(children: Sequence[Child], timeout: float = 10.0) -> None:
         child.stop(timeout)
 
 
-def children_of(pid: int) -> list[int]:
-    """The PIDs of a process's children (Linux), e.g. a prefork worker's pool."""
-    children: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        children += [int(c) for c in (task / "children").read_text().split()]
-    return children
+class Cluster:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        orchestrator: bool = True,
+        orchestrator_args: Sequence[str] = (),
+    ):
+        self.settings = settings
+        env = {**settings.to_env(), "PYTHONUNBUFFERED": "1"}
+        logs = settings.data_dir / "logs"
+        self.workers = {
+            s: Child(f"worker {s}", saga_command("worker", s), env, logs / f"{s}.log")
+            for s in SERVICES
+        }
+        self.orchestrator = Child(
+            "orchestrator",
+            saga_command("orchestrator", *orchestrator_args),
+            env,
+            logs / "orchestrator.log",
+        )
+        self.with_orchestrator = orchestrator
 
+    @property
+    def children(self) -> list[Child]:
+        workers = list(self.workers.values())
+        return [*workers, self.orchestrator] if self.with_orchestrator else workers
 
-def wait_for(
-    condition: Callable[[], object], timeout: float, what: str, interval: float = 0.05
-) -> object:
-    """Poll ``condition`` until it returns something truthy; TimeoutError naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+    def prepare(self, stock: Mapping[str, int]) -> Cluster:
+        """Empty the system's queues (left by an earlier run) and set the stock."""
+        broker.purge(self.settings.broker_url, self.settings.all_queues())
+        db = inventory.service.database(self.settings.data_dir)
+        for sku, quantity in stock.items():
+            inventory.set_stock(db, sku, quantity)
+        return self
+
+    def start(self) -> Cluster:
+        for child in self.children:
+            child.start()
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> Cluster:
+        """Until every process says it is ready (its log's "ready" line)."""
+        wait_for(
+            lambda: all("ready" in child.log_text() for child in self.children),
+            timeout,
+            "every worker and the orchestrator to be ready",
+        )
+        return self
+
+    def stop(self) -> None:
+        stop_all(self.children)

@@ -10,9 +10,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from saga import config, logs
-from saga.config import SERVICES, Settings
-from saga.errors import (
+from saga_core import config, logs
+from saga_core.config import SERVICES, Settings
+from saga_core.errors import (
     BusinessError,
     ConfigError,
     InvalidOrder,
@@ -80,7 +80,7 @@ def cmd_orchestrator(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
-    from web.app import create_app
+    from saga_tools.web.app import create_app
 
     uvicorn.run(
         create_app(settings),
@@ -133,8 +133,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
-    from saga import timeline
     from saga_store import open_store
+    from saga_tools import timeline
 
     view, events, alerts = timeline.load(open_store(settings.path("sagas.db")), args.saga_id)
     if args.json:
@@ -240,7 +240,7 @@ def cmd_stock(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
-    from saga import audit
+    from saga_tools import audit
 
     report = audit.audit(settings.data_dir, settle_seconds=args.settle)
     if args.json:
@@ -258,7 +258,7 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:
-    from saga import chaos
+    from saga_tools import chaos
 
     opts = chaos.Options(
         orders=args.orders,
@@ -302,7 +302,7 @@ def cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from saga import demo
+    from saga_tools import demo
 
     return demo.run(
         settings,

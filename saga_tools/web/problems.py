@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from saga.errors import SagaNotFound
+from saga_core.errors import SagaNotFound
 
 MEDIA_TYPE = "application/problem+json"
 

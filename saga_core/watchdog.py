@@ -23,9 +23,9 @@ from typing import Any
 from celery import Celery, bootsteps
 from celery.worker import state
 
-from saga.broker import QueueDepth
-from saga.periodic import Periodic
-from saga.processes import children_of
+from saga_core.broker import QueueDepth
+from saga_core.periodic import Periodic
+from saga_core.processes import children_of
 
 log = logging.getLogger("saga.watchdog")
 
