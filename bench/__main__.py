@@ -1,7 +1,9 @@
 """``python -m bench``: the saga orchestrator against a bare Celery chain, in one run.
 
-Both sides run the same four service tasks (their SQLite writes, no random failures) on the
-same workers (one prefork worker per service, ``-c 1``) and the same Redis.
+Both sides run the same four service operations through the same step runner (their
+SQLite writes, no random failures), each on one prefork worker per service (``-c 1``), on
+the same Redis: the sagas on the ``saga worker`` processes, the chains on
+``bench.chain``'s, which send no outcome but the last.
 """
 
 from __future__ import annotations
@@ -17,14 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from bench import store
+from bench.chain import build
+from bench.chain import queue as chain_queue
 from bench.workload import ChainRunner, SagaRunner
 from saga_core import config
-from saga_core.config import Settings
+from saga_core.config import SERVICES, Settings
 from saga_core.processes import wait_for
 from saga_store import open_store, queries
 from saga_tools import redis_server
-from saga_tools.cluster import Cluster
-from workers.process import build
+from saga_tools.cluster import Child, Cluster
 
 
 def rss_mb(pid: int) -> float:
@@ -47,7 +50,34 @@ def compare(settings: Settings, count: int, latency_count: int, load: float) -> 
     """Saturation throughput and latency at a fixed offered load, chains then sagas."""
     s = _fresh(settings, "compare")
     cluster = Cluster(s)
-    for worker in cluster.workers.values():
+    env = {**s.to_env(), "PYTHONUNBUFFERED": "1"}
+    chain_workers = [
+        Child(
+            f"chain worker {name}",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "bench.chain",
+                "worker",
+                "-Q",
+                chain_queue(s, name),
+                "-P",
+                "prefork",
+                "-c",
+                "1",
+                "-l",
+                "WARNING",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+            env,
+            s.data_dir / "logs" / f"chain-{name}.log",
+        )
+        for name in SERVICES
+    ]
+    for worker in [*cluster.workers.values(), *chain_workers]:
         worker.start()
     try:
         # no orchestrator yet: the chains' last replies come to its queue, for us to read
@@ -64,6 +94,8 @@ def compare(settings: Settings, count: int, latency_count: int, load: float) -> 
         orchestrator_rss = rss_mb(cluster.orchestrator.pid)
     finally:
         cluster.stop()
+        for worker in chain_workers:
+            worker.stop()
     return {
         "offered_load_per_second": round(rate, 1),
         "chain": {"saturation": chain_sat.summary(), "at_load": chain_lat.summary()},
@@ -79,7 +111,8 @@ def compare(settings: Settings, count: int, latency_count: int, load: float) -> 
 def recovery(settings: Settings, in_flight: int) -> dict[str, Any]:
     """Seconds from an orchestrator's restart until every saga in flight has its command
     sent again; and from a worker's SIGKILL until its step runs again."""
-    s = _fresh(settings, "recovery").with_(step_timeout=settings.step_timeout)
+    # The slow step below is a fault plan: fault injection on, for this run only.
+    s = _fresh(settings, "recovery").with_(step_timeout=settings.step_timeout, faults=True)
     cluster = Cluster(s)
     for child in cluster.workers.values():
         child.start()
@@ -107,7 +140,8 @@ def recovery(settings: Settings, in_flight: int) -> dict[str, Any]:
         del ids
         # a worker SIGKILLed in the middle of a step
         marker_dir = s.data_dir / "running"
-        slow = runner_submit(runner, "kill", 0, {"charge_payment": {"delay_seconds": 3}})
+        cluster.plan_faults("kill-0000000", {"charge_payment": {"delay_seconds": 3}})
+        slow = runner_submit(runner, "kill", 0)
         marker = marker_dir / f"charge_payment.{slow}:charge_payment"
         wait_for(marker.exists, 60, "the slow charge to start")
         marker.unlink()
@@ -128,16 +162,11 @@ def recovery(settings: Settings, in_flight: int) -> dict[str, Any]:
     }
 
 
-def runner_submit(
-    runner: SagaRunner, tag: str, n: int, faults: dict[str, Any] | None = None
-) -> str:
+def runner_submit(runner: SagaRunner, tag: str, n: int) -> str:
     import orchestrator
     from bench.workload import order
 
-    doc = order(tag, n)
-    if faults:
-        doc["faults"] = faults
-    return orchestrator.submit(doc, settings=runner.settings)
+    return orchestrator.submit(order(tag, n), settings=runner.settings)
 
 
 def growth(settings: Settings, fills: list[int], count: int) -> list[dict[str, Any]]:

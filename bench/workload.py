@@ -15,8 +15,10 @@ import redis
 from celery import Celery, chain
 
 import orchestrator
+from bench.chain import queue as chain_queue
 from orchestrator.order_saga import ORDER_SAGA
 from saga_core.config import ORCHESTRATOR_QUEUE, Settings
+from saga_core.messages import Command, Phase
 from saga_store import open_store
 
 
@@ -73,8 +75,8 @@ def _pace(t0: float, i: int, rate: float | None) -> None:
 
 
 class ChainRunner:
-    """Plain Celery chains of the four step tasks; the last one replies on a queue of
-    ours, read straight from Redis, so that the end of each chain is seen."""
+    """Plain Celery chains of the four step tasks (``bench.chain``); the last one replies
+    on a queue of ours, read straight from Redis, so that the end of each chain is seen."""
 
     def __init__(self, app: Celery, settings: Settings):
         self.app, self.settings = app, settings
@@ -86,18 +88,22 @@ class ChainRunner:
         outputs = {"create_shipment": {"tracking_number": "TRK-CHAIN"}}
         sigs = []
         for step in ORDER_SAGA.steps:
-            kwargs: dict[str, Any] = {
-                "key": f"{tag}-{n}:{step.name}",
-                "payload": step.payload(stored, outputs),
-            }
-            if step is ORDER_SAGA.steps[-1]:
-                kwargs["reply"] = {"saga_id": f"{tag}-{n}", "step": step.name, "phase": "action"}
+            command = Command(
+                operation=step.action,
+                saga_id=f"{tag}-{n}",
+                step=step.name,
+                phase=Phase.ACTION,
+                attempt=1,
+                payload=step.payload(stored, outputs),
+                retry=step.retry,
+            )
             sigs.append(
                 self.app.signature(
-                    step.action,
-                    kwargs=kwargs,
+                    f"chain.{step.action}",
+                    args=[command.to_wire()],
+                    kwargs={"last": step is ORDER_SAGA.steps[-1]},
                     immutable=True,
-                    queue=self.settings.queue(step.queue),
+                    queue=chain_queue(self.settings, step.queue),
                 )
             )
         return chain(*sigs)

@@ -14,77 +14,20 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
-from orchestrator import crashpoints
 from orchestrator.definition import SagaDefinition
 from saga_core.config import Settings
 from saga_core.errors import SagaNotFound, TransitionRefused
-from saga_store import open_store, queries, transaction, transitions
-from saga_store.models import Actor, Dispatch, Phase, SagaState, SagaView
+from saga_core.messages import Command, Outcome, Phase, Status
+from saga_core.middleware import Middleware
+from saga_core.sqlite import transaction
+from saga_store import open_store, queries, transitions
+from saga_store.models import Actor, Dispatch, SagaState, SagaView
 from saga_store.transitions import Transition
 
 log = logging.getLogger("saga.orchestrator")
 alert_log = logging.getLogger("saga.alert")
-
-OUTCOME_STATUSES = ("succeeded", "rejected", "exhausted")
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """A service's answer about one dispatch of a step, checked."""
-
-    saga_id: str
-    step: str
-    phase: Phase
-    status: str  # one of OUTCOME_STATUSES
-    attempt: int | None  # the orchestrator's dispatch it answers
-    tries: int | None  # the service's runs of that dispatch
-    output: Any
-    error: str
-
-    @classmethod
-    def parse(cls, raw: Mapping[str, Any]) -> Outcome | None:
-        """The outcome in ``raw``, or None (logged) where it is malformed."""
-        try:
-            status = str(raw["status"])
-            if status not in OUTCOME_STATUSES:
-                raise ValueError(status)
-            attempt, tries = raw.get("attempt"), raw.get("tries")
-            for number in (attempt, tries):
-                if number is not None and (type(number) is not int or number < 1):
-                    raise ValueError(number)
-            return cls(
-                saga_id=str(raw["saga_id"]),
-                step=str(raw["step"]),
-                phase=Phase(raw["phase"]),
-                status=status,
-                attempt=attempt,
-                tries=tries,
-                output=raw.get("output"),
-                error=str(raw.get("error") or ""),
-            )
-        except (KeyError, ValueError, TypeError):
-            log.error("dropping a malformed outcome: %.300r", raw)
-            return None
-
-
-@dataclass(frozen=True)
-class Command:
-    """A step's action or compensation to send to its service's queue."""
-
-    task: str
-    queue: str
-    kwargs: dict[str, Any]
-
-
-class OutcomeObserver(Protocol):
-    """Told of each outcome applied (the metrics)."""
-
-    def outcome(
-        self, step: str, phase: Phase, status: str, seconds: float | None, tries: int | None
-    ) -> None: ...
 
 
 class Publisher(Protocol):
@@ -101,15 +44,13 @@ class Engine:
         definitions: Mapping[str, SagaDefinition],
         publish: Publisher,
         *,
-        crash_points: bool = False,
         clock: Callable[[], float] = time.time,
-        metrics: OutcomeObserver | None = None,
+        middleware: Sequence[Middleware] = (),
     ):
         self.settings = settings
-        self.metrics = metrics
         self.definitions = dict(definitions)
         self.publish = publish
-        self.crash_points = crash_points
+        self.middleware = tuple(middleware)
         self.clock = clock
         self._local = threading.local()
         self.db  # noqa: B018 - open (and migrate) the store now, so a bad data dir fails early
@@ -153,12 +94,12 @@ class Engine:
                 self._send([transitions.start_saga(self.db, saga_id, self.clock())])
         return saga_id, created
 
-    def handle_outcome(self, outcome: Mapping[str, Any]) -> bool:
-        """Apply one step's outcome; returns False for a duplicate, late or malformed one,
-        which changes nothing."""
+    def handle_outcome(self, outcome: Outcome) -> bool:
+        """Apply one step's outcome; returns False for a duplicate or late one, which
+        changes nothing."""
         return self.handle_outcomes([outcome]) == 1
 
-    def handle_outcomes(self, outcomes: Sequence[Mapping[str, Any]]) -> int:
+    def handle_outcomes(self, outcomes: Sequence[Outcome]) -> int:
         """Apply a batch of outcomes in one store transaction, then send the commands they
         lead to; returns how many changed something.
 
@@ -170,10 +111,7 @@ class Engine:
         results: list[Transition] = []
         applied: list[tuple[Outcome, Transition]] = []
         with transaction(self.db):
-            for raw in outcomes:
-                outcome = Outcome.parse(raw)
-                if outcome is None:
-                    continue
+            for outcome in outcomes:
                 try:
                     result = self._apply(outcome)
                 except (TransitionRefused, SagaNotFound) as exc:
@@ -192,17 +130,17 @@ class Engine:
                     continue
                 results.append(result)
                 applied.append((outcome, result))
-        if self.metrics is not None:
+        for m in self.middleware:
             for o, result in applied:
-                self.metrics.outcome(o.step, o.phase, o.status, result.took, o.tries)
-        self._send(results, handling_outcome=True)
+                m.after_outcome(o, result.took)
+        self._send(results)
         return len(results)
 
     def _apply(self, o: Outcome) -> Transition:
         """The transition an outcome asks for; raises ``TransitionRefused`` (or
         ``SagaNotFound``) for a duplicate or late one."""
         db, now = self.db, self.clock()
-        if o.phase is Phase.ACTION and o.status == "succeeded":
+        if o.phase is Phase.ACTION and o.status is Status.SUCCEEDED:
             return transitions.complete_step(
                 db, o.saga_id, o.step, o.output, now, o.attempt, o.tries
             )
@@ -212,14 +150,14 @@ class Engine:
                 o.saga_id,
                 o.step,
                 o.error,
-                business=o.status == "rejected",
+                business=o.status is Status.REJECTED,
                 now=now,
                 attempt=o.attempt,
                 tries=o.tries,
             )
             self._log_step_failure(o.saga_id, o.step, o.status, o.error)
             return result
-        if o.status == "succeeded":
+        if o.status is Status.SUCCEEDED:
             return transitions.complete_compensation(db, o.saga_id, o.step, now, o.attempt, o.tries)
         return transitions.fail_compensation(
             db, o.saga_id, o.step, o.error, now, o.attempt, o.tries
@@ -299,17 +237,14 @@ class Engine:
 
     # --- internals --------------------------------------------------------------------------
 
-    def _send(self, results: Iterable[Transition], handling_outcome: bool = False) -> None:
+    def _send(self, results: Iterable[Transition]) -> None:
         """Publish the commands of committed transitions, in one batch, and log what
         they decided."""
-        commands, sent = [], []
+        commands: list[Command] = []
         for result in results:
             for step, error in result.alerts:
                 self._alert(result.saga_id, step, error)
-            for dispatch in result.dispatches:
-                command, saga_input = self._command(dispatch)
-                commands.append(command)
-                sent.append((dispatch.saga_id, saga_input, command.task))
+            commands.extend(self._command(d) for d in result.dispatches)
             if result.saga_state.terminal:
                 log.info(
                     "saga %s %s",
@@ -317,51 +252,38 @@ class Engine:
                     result.saga_state,
                     extra={"saga_id": result.saga_id},
                 )
-        if commands:
-            self.publish(commands)
-        if self.crash_points and handling_outcome:
-            for saga_id, saga_input, task in sent:
-                crashpoints.maybe_crash(
-                    self.settings.data_dir, saga_id, saga_input, "after_dispatch", task
-                )
+        if not commands:
+            return
+        for m in self.middleware:
+            m.before_publish(commands)
+        self.publish(commands)
+        for m in self.middleware:
+            m.after_publish(commands)
 
-    def _command(self, d: Dispatch) -> tuple[Command, dict[str, Any]]:
-        """The command for ``d``, and the saga's input."""
-        definition, view_input, outputs = queries.step_outputs(self.db, d.saga_id)
+    def _command(self, d: Dispatch) -> Command:
+        """The command that carries out ``d``."""
+        definition, saga_input, outputs = queries.step_outputs(self.db, d.saga_id)
         step = self.definitions[definition].step(d.step)
         if d.phase is Phase.ACTION:
-            task, policy = step.action, step.retry
+            operation, policy = step.action, step.retry
         else:
             assert step.compensation is not None
-            task, policy = step.compensation, step.retry_for_compensation()
-        if self.crash_points:
-            crashpoints.maybe_crash(
-                self.settings.data_dir, d.saga_id, view_input, "before_dispatch", task
-            )
-        kwargs = {
-            "key": f"{d.saga_id}:{d.step}",
-            "payload": step.payload(view_input, outputs),
-            "reply": {
-                "saga_id": d.saga_id,
-                "step": d.step,
-                "phase": d.phase.value,
-                "attempt": d.attempt,
-            },
-            "retry": policy.to_dict(),
-            "fault_plan": view_input.get("faults"),
-        }
-        return Command(task, step.queue, kwargs), view_input
+            operation, policy = step.compensation, step.retry_for_compensation()
+        return Command(
+            operation=operation,
+            saga_id=d.saga_id,
+            step=d.step,
+            phase=d.phase,
+            attempt=d.attempt,
+            payload=step.payload(saga_input, outputs),
+            retry=policy,
+            queue=step.queue,
+        )
 
-    def _definition_of(self, saga_id: str) -> str:
-        row = self.db.execute("SELECT definition FROM sagas WHERE id = ?", (saga_id,)).fetchone()
-        if row is None:
-            raise SagaNotFound(saga_id)
-        return str(row["definition"])
-
-    def _log_step_failure(self, saga_id: str, step: str, status: str, error: str) -> None:
+    def _log_step_failure(self, saga_id: str, step: str, status: Status, error: str) -> None:
         """A business refusal is expected (info); retries running out is not (warning)."""
         extra = {"saga_id": saga_id, "step": step}
-        if self.definitions[self._definition_of(saga_id)].step(step).best_effort:
+        if self.definitions[queries.definition_of(self.db, saga_id)].step(step).best_effort:
             log.warning(
                 "best-effort step %s of saga %s failed: %s; the saga goes on",
                 step,
@@ -370,13 +292,13 @@ class Engine:
                 extra=extra,
             )
             return
-        level = logging.INFO if status == "rejected" else logging.WARNING
+        level = logging.INFO if status is Status.REJECTED else logging.WARNING
         log.log(
             level,
             "step %s of saga %s failed (%s): %s; compensating",
             step,
             saga_id,
-            status,
+            status.value,
             error,
             extra=extra,
         )

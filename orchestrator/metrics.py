@@ -15,8 +15,10 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from saga_core.messages import Outcome
+from saga_core.middleware import Middleware
 from saga_store import open_store
-from saga_store.models import Phase, SagaState
+from saga_store.models import SagaState
 
 #: Steps take milliseconds when healthy and up to a step timeout (30 s) when not.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -76,8 +78,8 @@ class StoreCollector(Collector):
             yield family
 
 
-class Metrics:
-    """What the orchestrator observes as outcomes come in."""
+class Metrics(Middleware):
+    """What the orchestrator observes as outcomes come in: a middleware of its engine."""
 
     def __init__(self, store_path: Path, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
@@ -96,13 +98,12 @@ class Metrics:
             registry=self.registry,
         )
 
-    def outcome(
-        self, step: str, phase: Phase, status: str, seconds: float | None, tries: int | None
-    ) -> None:
-        if seconds is not None:
-            self.durations.labels(step, phase.value, status).observe(max(seconds, 0.0))
-        if tries and tries > 1:
-            self.retries.labels(step, phase.value).inc(tries - 1)
+    def after_outcome(self, outcome: Outcome, took: float | None) -> None:
+        step, phase = outcome.step, outcome.phase.value
+        if took is not None:
+            self.durations.labels(step, phase, outcome.status.value).observe(max(took, 0.0))
+        if outcome.tries > 1:
+            self.retries.labels(step, phase).inc(outcome.tries - 1)
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
         start_http_server(port, host, registry=self.registry)

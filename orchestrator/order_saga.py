@@ -10,12 +10,10 @@ import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
-from orchestrator.crashpoints import POINTS
 from orchestrator.definition import SagaDefinition, StepDefinition
+from saga_core.cards import luhn_ok, tokenize
 from saga_core.errors import InvalidOrder
 from saga_core.retry import RetryPolicy
-from workers.card_processor import luhn_ok, tokenize
-from workers.faults import FAULT_FIELDS
 
 NAME = "order"
 MAX_ITEMS = 100
@@ -29,7 +27,6 @@ ORDER_FIELDS = {
     "currency",
     "card_number",
     "shipping_address",
-    "faults",
 }
 ADDRESS_FIELDS = {
     "name": True,
@@ -178,45 +175,6 @@ def _address(value: Any) -> dict[str, str]:
     return address
 
 
-def _faults(value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise InvalidOrder("faults", "must be an object")
-    operations = {s.action for s in ORDER_SAGA.steps} | {
-        s.compensation for s in ORDER_SAGA.steps if s.compensation
-    }
-    for name, spec in value.items():
-        field = f"faults.{name}"
-        if name == "orchestrator":
-            if not isinstance(spec, dict) or set(spec) != {"crash_at"}:
-                raise InvalidOrder(field, 'must be {"crash_at": "POINT:OPERATION"}')
-            point, _, op = str(spec["crash_at"]).partition(":")
-            if point not in POINTS or op not in operations:
-                raise InvalidOrder(
-                    f"{field}.crash_at",
-                    f"must be one of {', '.join(POINTS)}, "
-                    "a colon and an operation such as charge_payment",
-                )
-            continue
-        if name not in operations:
-            raise InvalidOrder(field, f"unknown operation; one of {', '.join(sorted(operations))}")
-        if not isinstance(spec, dict):
-            raise InvalidOrder(field, "must be an object")
-        for key, val in spec.items():
-            kind = FAULT_FIELDS.get(key)
-            if kind is None:
-                raise InvalidOrder(
-                    f"{field}.{key}", f"unknown fault; one of {', '.join(FAULT_FIELDS)}"
-                )
-            if kind is int:
-                _integer(val, f"{field}.{key}", 0, 1000)
-            elif kind is float:
-                if isinstance(val, bool) or not isinstance(val, int | float) or not 0 <= val <= 60:
-                    raise InvalidOrder(f"{field}.{key}", "must be a number of seconds, 0 to 60")
-            elif not isinstance(val, bool):
-                raise InvalidOrder(f"{field}.{key}", "must be true or false")
-    return value
-
-
 def prepare(document: Any) -> tuple[dict[str, Any], str]:
     """Check an order and return what is stored (the card replaced by a token and its last
     four digits) and the client's idempotency key (the ``order_id``)."""
@@ -225,7 +183,7 @@ def prepare(document: Any) -> tuple[dict[str, Any], str]:
     unknown = set(document) - ORDER_FIELDS
     if unknown:
         raise InvalidOrder(sorted(unknown)[0], "unknown field")
-    for field in sorted(ORDER_FIELDS - {"faults"}):
+    for field in sorted(ORDER_FIELDS):
         if field not in document:
             raise InvalidOrder(field, "is required")
     order_id = _match(
@@ -254,8 +212,6 @@ def prepare(document: Any) -> tuple[dict[str, Any], str]:
         "card": _card(document["card_number"]),
         "shipping_address": _address(document["shipping_address"]),
     }
-    if document.get("faults"):
-        stored["faults"] = _faults(document["faults"])
     return stored, order_id
 
 

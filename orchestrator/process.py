@@ -31,13 +31,15 @@ from kombu.exceptions import KombuError, OperationalError
 from kombu.message import Message
 from kombu.utils.uuid import uuid
 
-from orchestrator.engine import Command, Engine, Publisher
+from orchestrator.engine import Engine, Publisher
 from orchestrator.metrics import Metrics
 from orchestrator.order_saga import ORDER_SAGA
 from saga_core import watchdog
-from saga_core.celery_app import OUTCOME_TASK, SUBMIT_TASK, direct, make_app
+from saga_core.celery_app import direct, make_app
 from saga_core.config import ORCHESTRATOR_QUEUE, Settings
-from saga_core.errors import InvalidOrder, TransientError
+from saga_core.errors import InvalidOrder, MalformedMessage, TransientError
+from saga_core.messages import OUTCOME_TASK, SUBMIT_TASK, Command, Outcome
+from saga_core.middleware import Middleware
 from saga_core.periodic import Periodic
 
 log = logging.getLogger("saga.orchestrator")
@@ -48,8 +50,8 @@ DEFINITIONS = {ORDER_SAGA.name: ORDER_SAGA}
 #: commit is then a small part of the cost) and hold the store's write lock for longer.
 BATCH_SIZE = 200
 
-#: The tasks this process serves, each with the name of its one argument.
-PARAMETERS = {OUTCOME_TASK: "outcome", SUBMIT_TASK: "order"}
+#: The tasks this process serves.
+TASKS = (OUTCOME_TASK, SUBMIT_TASK)
 
 
 def celery_publisher(app: Celery, settings: Settings) -> Publisher:
@@ -62,8 +64,8 @@ def celery_publisher(app: Celery, settings: Settings) -> Publisher:
             # headers (a fifth of the cost of a publish, profiled) and copy order data
             # into logs.
             app.send_task(
-                c.task,
-                kwargs=c.kwargs,
+                c.operation,
+                args=[c.to_wire()],
                 queue=direct(settings.queue(c.queue), settings.quorum_queues),
                 argsrepr="",
                 kwargsrepr="",
@@ -93,7 +95,7 @@ class BatchPublisher:
         with batch:
             for c in commands:
                 headers, properties, body, _ = self.app.amqp.as_task_v2(
-                    uuid(), c.task, kwargs=c.kwargs, argsrepr="", kwargsrepr=""
+                    uuid(), c.operation, args=[c.to_wire()], argsrepr="", kwargsrepr=""
                 )
                 queue = self.settings.queue(c.queue)
                 self.producer.publish(
@@ -110,9 +112,13 @@ class Orchestrator:
     """Recovery at start, then batches of outcomes and sweeps until :meth:`stop`."""
 
     def __init__(
-        self, settings: Settings, batch_size: int = BATCH_SIZE, metrics: Metrics | None = None
+        self,
+        settings: Settings,
+        batch_size: int = BATCH_SIZE,
+        middleware: Sequence[Middleware] = (),
     ):
-        self.settings, self.batch_size, self.metrics = settings, batch_size, metrics
+        self.settings, self.batch_size = settings, batch_size
+        self.middleware = tuple(middleware)
         self.app = make_app(settings, "orchestrator")
         self.queue = direct(settings.queue(ORCHESTRATOR_QUEUE), settings.quorum_queues)
         self.received = 0  # for the watchdog: messages taken so far
@@ -156,8 +162,7 @@ class Orchestrator:
             self.settings,
             DEFINITIONS,
             BatchPublisher(self.app, self.settings, connection),
-            crash_points=True,
-            metrics=self.metrics,
+            middleware=self.middleware,
         )
         engine.recover()
         consumer = Consumer(
@@ -216,20 +221,24 @@ class Orchestrator:
         A store busy beyond its timeout leaves the batch unacknowledged for the broker to
         deliver again, rather than dropping outcomes (each would cost its step a deadline).
         """
-        outcomes: list[Any] = []
+        outcomes: list[Outcome] = []
         submissions: list[Any] = []
         for message in messages:
             task = message.headers.get("task")
-            if task not in PARAMETERS:
-                log.error("dropping a message for an unknown task %r", task)
-                continue
             try:
+                if task not in TASKS:
+                    raise MalformedMessage(f"unknown task {task!r:.60}")
                 args, kwargs, _ = message.decode()
-                value = args[0] if args else kwargs[PARAMETERS[task]]
+                if kwargs or len(args) != 1:
+                    raise MalformedMessage(f"{task}: expected one argument")
+                if task == OUTCOME_TASK:
+                    outcomes.append(Outcome.from_wire(args[0]))
+                else:
+                    submissions.append(args[0])
+            except MalformedMessage as exc:
+                log.error("refusing a malformed message: %s", exc.message)
             except (KombuError, ValueError, TypeError, LookupError) as exc:
-                log.error("dropping a message that cannot be read (%s): %s", task, exc)
-                continue
-            (outcomes if task == OUTCOME_TASK else submissions).append(value)
+                log.error("refusing a message that cannot be read (%s): %s", task, exc)
         while True:
             try:
                 if outcomes:
@@ -261,15 +270,19 @@ class Orchestrator:
             )
 
 
-def run(settings: Settings, metrics_port: int | None = None) -> None:
+def run(
+    settings: Settings, metrics_port: int | None = None, middleware: Sequence[Middleware] = ()
+) -> None:
     """Run the orchestrator in the foreground until SIGTERM or SIGINT; with a
-    ``metrics_port``, serve Prometheus metrics on it (127.0.0.1)."""
-    metrics = None
+    ``metrics_port``, serve Prometheus metrics on it (127.0.0.1). ``middleware`` hooks
+    into the engine (the metrics are one)."""
+    middleware = list(middleware)
     if metrics_port is not None:
         metrics = Metrics(settings.path("sagas.db"))
         metrics.serve(metrics_port)
+        middleware.append(metrics)
         log.info("metrics on http://127.0.0.1:%d/metrics", metrics_port)
-    orchestrator = Orchestrator(settings, metrics=metrics)
+    orchestrator = Orchestrator(settings, middleware=middleware)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: orchestrator.stop())
     dog = watchdog.ConsumerWatchdog(

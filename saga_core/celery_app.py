@@ -10,9 +10,7 @@ from kombu import Exchange, Queue
 
 from saga_core.broker import is_amqp
 from saga_core.config import ORCHESTRATOR_QUEUE, Settings
-
-OUTCOME_TASK = "saga.outcome"
-SUBMIT_TASK = "saga.submit"
+from saga_core.messages import OUTCOME_TASK, SUBMIT_TASK
 
 
 def make_app(settings: Settings, name: str = "saga") -> Celery:

@@ -21,7 +21,8 @@ ORCHESTRATOR_QUEUE = "orchestrator"
 
 @dataclass(frozen=True)
 class FailureRates:
-    """Probabilities of an injected failure for one step (or, under ``"*"``, for every step)."""
+    """Probabilities of an injected failure for one operation (or, under ``"*"``, for every
+    operation); used only by the fault injection of a process started with ``SAGA_FAULTS=1``."""
 
     transient: float = 0.0
     business: float = 0.0
@@ -47,6 +48,8 @@ class Settings:
     sweep_interval: float = 1.0
     # A worker whose queues hold messages while it receives none for this long restarts.
     stall_timeout: float = 20.0
+    # Fault injection (saga_faults), a test and demo tool: off unless switched on.
+    faults: bool = False
     failure_rates: Mapping[str, FailureRates] = field(default_factory=dict)
     log_level: str = "INFO"
     # "text" for people, "json" (one object per line) for log collectors.
@@ -89,6 +92,7 @@ class Settings:
             f"{PREFIX}MAX_DELIVERIES": str(self.max_deliveries),
             f"{PREFIX}SWEEP_INTERVAL": str(self.sweep_interval),
             f"{PREFIX}STALL_TIMEOUT": str(self.stall_timeout),
+            f"{PREFIX}FAULTS": "1" if self.faults else "0",
             f"{PREFIX}FAILURE_RATES": json.dumps(rates),
             f"{PREFIX}LOG_LEVEL": self.log_level,
             f"{PREFIX}LOG_FORMAT": self.log_format,
@@ -138,6 +142,13 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     """Read the settings from ``env`` (the process environment by default)."""
     env = os.environ if env is None else env
     defaults = Settings()
+    faults = _flag(env, "FAULTS", defaults.faults)
+    failure_rates = parse_failure_rates(env.get(PREFIX + "FAILURE_RATES", ""))
+    if failure_rates and not faults:
+        raise ConfigError(
+            f"{PREFIX}FAILURE_RATES injects failures, a test and demo tool: "
+            f"it needs {PREFIX}FAULTS=1"
+        )
     return Settings(
         broker_url=env.get(PREFIX + "BROKER_URL") or defaults.broker_url,
         data_dir=Path(env.get(PREFIX + "DATA_DIR") or defaults.data_dir),
@@ -151,7 +162,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         max_deliveries=int(_number(env, "MAX_DELIVERIES", defaults.max_deliveries, 1)),
         sweep_interval=_number(env, "SWEEP_INTERVAL", defaults.sweep_interval, 0.05),
         stall_timeout=_number(env, "STALL_TIMEOUT", defaults.stall_timeout, 1),
-        failure_rates=parse_failure_rates(env.get(PREFIX + "FAILURE_RATES", "")),
+        faults=faults,
+        failure_rates=failure_rates,
         log_level=(env.get(PREFIX + "LOG_LEVEL") or defaults.log_level).upper(),
         log_format=_choice(env, "LOG_FORMAT", defaults.log_format, ("text", "json")),
         task_events=_flag(env, "TASK_EVENTS", defaults.task_events),

@@ -1,11 +1,10 @@
 """One root error type, split by whether trying again can help.
 
-Errors cross the broker as JSON (``to_dict``/``from_dict``), never pickled.
+No error crosses the broker as an object: an outcome carries its message as a string
+(``saga_core.messages``), and only JSON is ever accepted.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 
 class SagaError(Exception):
@@ -22,9 +21,6 @@ class SagaError(Exception):
     def __str__(self) -> str:
         where = ", ".join(f"{k}={v}" for k, v in (("saga", self.saga_id), ("step", self.step)) if v)
         return f"{self.message} ({where})" if where else self.message
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"type": type(self).__name__, "message": self.message}
 
 
 class BusinessError(SagaError):
@@ -56,7 +52,13 @@ class IdempotencyConflict(BusinessError):
 
 
 class MalformedCommand(BusinessError):
-    """A message whose shape or payload a worker cannot read: retrying cannot mend it."""
+    """A command whose payload its service cannot read: retrying cannot mend it, so the
+    step is refused like any business failure."""
+
+
+class MalformedMessage(SagaError):
+    """A message that breaks the contract of ``saga_core.messages`` (shape, or an unknown
+    version): refused on receipt, never acted on."""
 
 
 class SagaNotFound(SagaError):

@@ -31,5 +31,17 @@ class RetryPolicy:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> RetryPolicy:
-        return cls(**data) if data else cls()
+    def parse(cls, data: Any) -> RetryPolicy:
+        """The policy in ``data`` (the default where None); raises ``ValueError`` or
+        ``TypeError`` naming what cannot be used."""
+        if data is None:
+            return cls()
+        if not isinstance(data, dict):
+            raise TypeError("must be an object")
+        policy = cls(**data)  # an unknown field is a TypeError that names it
+        numbers = (policy.max_retries, policy.backoff_base, policy.backoff_max)
+        if any(isinstance(n, bool) or not isinstance(n, int | float) or n < 0 for n in numbers):
+            raise ValueError("max_retries, backoff_base and backoff_max must be numbers >= 0")
+        if type(policy.max_retries) is not int or not isinstance(policy.jitter, bool):
+            raise ValueError("max_retries must be a whole number and jitter true or false")
+        return policy

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from saga_core.messages import Phase
+
 
 class SagaState(StrEnum):
     PENDING = "pending"
@@ -30,13 +32,6 @@ class StepState(StrEnum):
     FAILED = "failed"
     COMPENSATING = "compensating"
     COMPENSATED = "compensated"
-
-
-class Phase(StrEnum):
-    """Which half of a step a command or an outcome is about."""
-
-    ACTION = "action"
-    COMPENSATION = "compensation"
 
 
 class Event(StrEnum):

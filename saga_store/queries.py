@@ -93,6 +93,14 @@ def overdue_steps(conn: sqlite3.Connection, now: float, limit: int = 500) -> lis
     return [(r["saga_id"], r["step_name"]) for r in rows]
 
 
+def definition_of(conn: sqlite3.Connection, saga_id: str) -> str:
+    """The name of the saga's definition."""
+    row = conn.execute("SELECT definition FROM sagas WHERE id = ?", (saga_id,)).fetchone()
+    if row is None:
+        raise SagaNotFound(saga_id)
+    return str(row["definition"])
+
+
 def step_outputs(conn: sqlite3.Connection, saga_id: str) -> tuple[str, dict, dict[str, object]]:
     """The saga's definition, its input and the outputs of its completed steps: what a
     command is built from."""

@@ -81,7 +81,10 @@ class Result:
         }
 
 
-def make_order(n: int, rng: random.Random, opts: Options) -> dict[str, Any]:
+def make_order(
+    n: int, rng: random.Random, opts: Options
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """An order, and its fault plan: a compensation that never succeeds, for a few."""
     sku = rng.choices(list(SKUS), weights=[60, 37, 3])[0]  # GIZMO: scarce, so some run out
     quantity = rng.randint(1, 3)
     order: dict[str, Any] = {
@@ -99,12 +102,13 @@ def make_order(n: int, rng: random.Random, opts: Options) -> dict[str, Any]:
             "country": "FR",
         },
     }
+    faults = None
     if rng.random() < opts.compensation_failure_rate:
-        order["faults"] = {
+        faults = {
             rng.choice(COMPENSATIONS): {"fail_transient": 1000},
             "create_shipment": {"fail_business": True},
         }
-    return order
+    return order, faults
 
 
 class Campaign:
@@ -135,6 +139,7 @@ class Campaign:
             broker_url=url,
             data_dir=data_dir,
             queue_prefix=f"{self.base.queue_prefix}chaos.",
+            faults=True,
             step_timeout=self.opts.step_timeout,
             sweep_interval=0.5,
             failure_rates={"*": FailureRates(self.opts.transient_rate, self.opts.business_rate)},
@@ -175,12 +180,17 @@ class Campaign:
         self._settle()
         return self.result
 
-    def _submit_all(self, orders: list[dict[str, Any]], done: threading.Event) -> None:
+    def _submit_all(
+        self, orders: list[tuple[dict[str, Any], dict[str, Any] | None]], done: threading.Event
+    ) -> None:
+        assert self.cluster is not None
         t0 = time.monotonic()
-        for i, order in enumerate(orders):
+        for i, (order, faults) in enumerate(orders):
             delay = t0 + i / self.opts.rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)  # the steady offered load itself
+            if faults:
+                self.cluster.plan_faults(order["order_id"], faults)
             try:
                 self.submitted.append(orchestrator.submit(order, settings=self.settings))
             except Exception as exc:  # a broker outage: the saga is stored, the sweeper sends it

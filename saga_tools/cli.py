@@ -72,8 +72,13 @@ def _print_saga(view: Any, as_json: bool) -> None:
 
 def cmd_orchestrator(args: argparse.Namespace, settings: Settings) -> int:
     from orchestrator import process
+    from saga_faults import middleware
 
-    process.run(settings, metrics_port=args.metrics_port)
+    process.run(
+        settings,
+        metrics_port=args.metrics_port,
+        middleware=middleware.install(settings, "orchestrator"),
+    )
     return 0
 
 
@@ -93,6 +98,7 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from saga_faults import middleware
     from workers import process
 
     services = list(SERVICES) if args.service == "all" else [args.service]
@@ -102,6 +108,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         pool=args.pool,
         concurrency=args.concurrency,
         loglevel=settings.log_level,
+        middleware=middleware.install(settings, "worker"),
     )
     return 0
 

@@ -10,10 +10,13 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from saga_core import broker
 from saga_core.config import SERVICES, Settings
 from saga_core.processes import wait_for
+from saga_faults.plans import FaultPlans
+from workers import SERVICES as SERVICE_OBJECTS
 from workers import inventory
 
 
@@ -126,6 +129,14 @@ class Cluster:
         for sku, quantity in stock.items():
             inventory.set_stock(db, sku, quantity)
         return self
+
+    def plan_faults(self, reference: str, plan: Mapping[str, Any]) -> None:
+        """What is to go wrong for order ``reference`` (see ``saga_faults.plans``): for a
+        system started with ``faults`` on, before the order is submitted."""
+        if not self.settings.faults:
+            raise ValueError("fault plans need a system started with faults on (SAGA_FAULTS=1)")
+        operations = {op for s in SERVICE_OBJECTS.values() for op in s.operations}
+        FaultPlans(self.settings.data_dir, operations).add(reference, plan)
 
     def start(self) -> Cluster:
         for child in self.children:

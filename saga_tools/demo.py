@@ -46,28 +46,30 @@ def _order(n: int, rng: random.Random) -> dict[str, Any]:
     }
 
 
-def make_orders(count: int, seed: int = 7) -> list[tuple[str, dict[str, Any]]]:
-    """A batch of orders: mostly ordinary ones, and one of each deterministic fault."""
+Faults = dict[str, Any] | None
+
+
+def make_orders(count: int, seed: int = 7) -> list[tuple[str, dict[str, Any], Faults]]:
+    """A batch of orders (each with its label and its fault plan, if any): mostly ordinary
+    ones, and one of each deterministic fault."""
     rng = random.Random(seed)
-    batch = [("ordinary", _order(n, rng)) for n in range(1, count + 1)]
-    special: list[tuple[str, dict[str, Any]]] = [
-        ("declined card", {"card_number": "4000000000000002"}),
-        ("unknown SKU", {"items": [{"sku": "NO-SUCH-SKU", "quantity": 1}]}),
-        ("more than the stock", {"items": [{"sku": "GIZMO", "quantity": 5}]}),
-        ("email keeps failing", {"faults": {"send_confirmation": {"fail_transient": 100}}}),
+    batch: list[tuple[str, dict[str, Any], Faults]] = [
+        ("ordinary", _order(n, rng), None) for n in range(1, count + 1)
+    ]
+    special: list[tuple[str, dict[str, Any], Faults]] = [
+        ("declined card", {"card_number": "4000000000000002"}, None),
+        ("unknown SKU", {"items": [{"sku": "NO-SUCH-SKU", "quantity": 1}]}, None),
+        ("more than the stock", {"items": [{"sku": "GIZMO", "quantity": 5}]}, None),
+        ("email keeps failing", {}, {"send_confirmation": {"fail_transient": 100}}),
         (
             "refund keeps failing",
-            {
-                "faults": {
-                    "create_shipment": {"fail_business": True},
-                    "refund_payment": {"fail_transient": 100},
-                }
-            },
+            {},
+            {"create_shipment": {"fail_business": True}, "refund_payment": {"fail_transient": 100}},
         ),
     ]
-    for i, (label, change) in enumerate(special[: max(0, count)]):
+    for i, (label, change, faults) in enumerate(special[: max(0, count)]):
         index = (i * 5 + 2) % len(batch)
-        batch[index] = (label, {**batch[index][1], **change})
+        batch[index] = (label, {**batch[index][1], **change}, faults)
     return batch
 
 
@@ -92,6 +94,8 @@ def run(
         broker_url=url,
         data_dir=data_dir,
         queue_prefix=f"{settings.queue_prefix}demo.",
+        # The demo shows failures on purpose: fault injection on, in its own processes.
+        faults=True,
         failure_rates={"*": FailureRates(transient=transient, business=business)},
         # Kills are the point of --kill-every: recover from them in seconds, not 30.
         step_timeout=5.0 if kill_every else settings.step_timeout,
@@ -107,7 +111,7 @@ def run(
             killer = Killer(cluster, random.Random(seed), {"worker": 3, "orchestrator": 1})
             print(f"killing a random process (SIGKILL) every ~{kill_every:g}s")
         print()
-        batch = Batch(settings, make_orders(orders, seed), rate, killer, kill_every)
+        batch = Batch(cluster, make_orders(orders, seed), rate, killer, kill_every)
         return batch.run(timeout)
     finally:
         cluster.stop()
@@ -168,13 +172,14 @@ class Batch:
 
     def __init__(
         self,
-        settings: Settings,
-        orders: list[tuple[str, dict[str, Any]]],
+        cluster: Cluster,
+        orders: list[tuple[str, dict[str, Any], Faults]],
         rate: float,
         killer: Killer | None,
         kill_every: float | None,
     ):
-        self.settings, self.orders, self.rate = settings, orders, rate
+        self.cluster, self.settings = cluster, cluster.settings
+        self.orders, self.rate = orders, rate
         self.killer, self.kill_every = killer, kill_every
         self.sagas: dict[str, tuple[str, str]] = {}  # saga id -> (order id, label)
         self.progress = Progress()
@@ -182,10 +187,12 @@ class Batch:
 
     def _submit_all(self) -> None:
         t0 = time.monotonic()
-        for i, (label, order) in enumerate(self.orders):
+        for i, (label, order, faults) in enumerate(self.orders):
             delay = t0 + i / self.rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)  # the pace of the orders itself
+            if faults:
+                self.cluster.plan_faults(order["order_id"], faults)
             try:
                 saga_id = orchestrator.submit(order, settings=self.settings)
             except Exception as exc:  # stored before the broker failed: the sweeper starts it

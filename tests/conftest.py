@@ -93,6 +93,8 @@ def settings(broker_url: str, tmp_path: Path) -> Iterator[Settings]:
         step_timeout=20.0,
         sweep_interval=0.2,
         stall_timeout=4.0,
+        # The tests inject faults on purpose: in the processes they start, and only there.
+        faults=True,
     )
     yield s
     broker.discard(broker_url, s.all_queues())

@@ -1,5 +1,7 @@
-"""A synchronous stand-in for the broker and the workers: each published command runs
-against the real service code, and the test hands the outcome to the engine."""
+"""A synchronous stand-in for the broker and the workers: each published command crosses
+the message contract (to the wire and back), runs through the real step wrapper
+(``workers.task.StepRunner``) and the real service code, and the test hands the outcome
+to the engine. Retries run at once, without their backoff."""
 
 from __future__ import annotations
 
@@ -8,13 +10,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator.engine import Command, Engine
+from orchestrator.engine import Engine
 from orchestrator.process import DEFINITIONS
 from saga_core.config import Settings
-from saga_core.errors import BusinessError
+from saga_core.messages import Command, Outcome
+from saga_faults.middleware import Faults
+from saga_faults.plans import FaultPlans
 from saga_store import SagaView
 from tests.helpers import STOCK
 from workers import SERVICES, inventory
+from workers.task import Retry, StepRunner
+
+OPERATIONS = {op: service for service in SERVICES.values() for op in service.operations}
 
 
 class Clock:
@@ -32,7 +39,9 @@ class Harness:
     def __init__(self, data_dir: Path):
         self.settings = Settings(data_dir=data_dir, step_timeout=30, max_dispatches=3)
         self.clock = Clock()
-        self.commands: deque[tuple[str, dict[str, Any]]] = deque()
+        self.commands: deque[Command] = deque()
+        self.plans = FaultPlans(data_dir, OPERATIONS)
+        self.faults = Faults(self.settings)
         self.engine = self.restart()
         db = inventory.service.database(data_dir)
         for sku, qty in STOCK.items():
@@ -43,31 +52,28 @@ class Harness:
         return self.engine
 
     def publish(self, commands: Sequence[Command]) -> None:
-        self.commands.extend((c.task, c.kwargs) for c in commands)
+        for c in commands:
+            self.commands.append(Command.from_wire(c.operation, c.to_wire()))
 
-    def execute_next(self) -> dict[str, Any]:
-        task, kw = self.commands.popleft()
-        service = next(s for s in SERVICES.values() if task in s.operations)
-        plan = (kw["fault_plan"] or {}).get(task, {})
-        db = service.database(self.settings.data_dir)
-        if plan.get("fail_transient", 0) > 0:
-            return {**kw["reply"], "status": "exhausted", "error": f"{task} kept failing"}
-        try:
-            if plan.get("fail_business"):
-                raise BusinessError(f"{task} refused")
-            output, _ = service.run(db, task, kw["key"], kw["payload"])
-        except BusinessError as exc:
-            return {**kw["reply"], "status": "rejected", "error": exc.message}
-        return {**kw["reply"], "status": "succeeded", "output": output}
+    def execute_next(self) -> Outcome:
+        command = self.commands.popleft()
+        runner = StepRunner(self.settings, OPERATIONS[command.operation], [self.faults])
+        tries = 0
+        while isinstance(result := runner.run(command, tries), Retry):
+            tries += 1
+        return Outcome.from_wire(result.to_wire())
 
     def run_all(self) -> list[str]:
-        tasks = []
+        operations = []
         while self.commands:
-            tasks.append(self.commands[0][0])
+            operations.append(self.commands[0].operation)
             self.engine.handle_outcome(self.execute_next())
-        return tasks
+        return operations
 
-    def submit(self, order: dict[str, Any]) -> str:
+    def submit(self, order: dict[str, Any], faults: dict[str, Any] | None = None) -> str:
+        """Submit ``order``, with a fault plan for it where given."""
+        if faults is not None:
+            self.plans.add(order["order_id"], faults)
         saga_id, _ = self.engine.submit("order", order)
         return saga_id
 

@@ -1,48 +1,9 @@
-"""A simulated card processor, with the usual test cards.
-
-Card numbers are exchanged for tokens when an order is accepted, so that no full number is
-ever stored or logged; charges are made against tokens. The test cards:
-
-| card number        | token                    | on charge                               |
-|--------------------|--------------------------|-----------------------------------------|
-| 4242424242424242   | tok_visa                 | charged                                 |
-| 5555555555554444   | tok_mastercard           | charged                                 |
-| 4000000000000002   | tok_chargeDeclined       | declined (business failure)             |
-| 4000000000009995   | tok_insufficientFunds    | declined: insufficient funds (business) |
-| 4000000000000119   | tok_processingError      | processing error (transient, every try) |
-
-Any other number that passes the Luhn check is charged.
-"""
+"""A simulated card processor: it charges the tokens that ``saga_core.cards`` gives for
+card numbers, and answers for the test cards listed there."""
 
 from __future__ import annotations
 
-import hashlib
-
 from saga_core.errors import BusinessError, TransientError
-
-TEST_CARDS = {
-    "4242424242424242": "tok_visa",
-    "5555555555554444": "tok_mastercard",
-    "4000000000000002": "tok_chargeDeclined",
-    "4000000000009995": "tok_insufficientFunds",
-    "4000000000000119": "tok_processingError",
-}
-
-
-def luhn_ok(number: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(number)):
-        d = int(ch)
-        if i % 2 == 1:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return total % 10 == 0
-
-
-def tokenize(number: str) -> dict[str, str]:
-    """A token and the last four digits for a card number (digits only, already checked)."""
-    token = TEST_CARDS.get(number) or "tok_" + hashlib.sha256(number.encode()).hexdigest()[:24]
-    return {"token": token, "last4": number[-4:]}
 
 
 def authorize(token: str, amount_cents: int) -> None:

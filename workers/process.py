@@ -9,14 +9,20 @@ from celery import Celery
 from saga_core import watchdog
 from saga_core.celery_app import make_app
 from saga_core.config import Settings
+from saga_core.middleware import Middleware
 from workers import SERVICES, task
 
 
-def build(settings: Settings, services: Sequence[str] = tuple(SERVICES)) -> Celery:
-    """A Celery app with the tasks of ``services`` registered and routed to their queues."""
+def build(
+    settings: Settings,
+    services: Sequence[str] = tuple(SERVICES),
+    middleware: Sequence[Middleware] = (),
+) -> Celery:
+    """A Celery app with the tasks of ``services`` registered and routed to their queues,
+    each run with ``middleware`` around it."""
     app = make_app(settings, "workers")
     for name in services:
-        task.register(app, settings, SERVICES[name])
+        task.register(app, settings, SERVICES[name], middleware)
     return app
 
 
@@ -27,9 +33,10 @@ def run(
     pool: str = "prefork",
     concurrency: int = 1,
     loglevel: str = "INFO",
+    middleware: Sequence[Middleware] = (),
 ) -> None:
     """Run a worker in the foreground for ``services`` until it is stopped."""
-    app = build(settings, services)
+    app = build(settings, services, middleware)
     for service in services:  # a data dir that cannot be written fails here, not mid-saga
         SERVICES[service].prepare(settings.data_dir)
     queues = [settings.queue(s) for s in services]

@@ -30,7 +30,10 @@ class System(Cluster):
         super().start()
         return self
 
-    def submit(self, order: dict[str, Any]) -> str:
+    def submit(self, order: dict[str, Any], faults: dict[str, Any] | None = None) -> str:
+        """Submit ``order``, with a fault plan for it where given (``saga_faults.plans``)."""
+        if faults is not None:
+            self.plan_faults(order["order_id"], faults)
         return orchestrator.submit(order, settings=self.settings)
 
     def wait(self, saga_id: str, timeout: float = 60) -> SagaView:

@@ -168,7 +168,7 @@ def test_an_operator_retries_a_saga_once_the_cause_is_fixed(
     settings, payment = system.settings, system.workers["payment"]
     # Given a saga that must compensate while the payment service is down
     slow_refusal = {"create_shipment": {"delay_seconds": 1, "fail_business": True}}
-    saga_id = system.submit(make_order("O-1", faults=slow_refusal))
+    saga_id = system.submit(make_order("O-1"), faults=slow_refusal)
     system.wait_step_running("create_shipment", saga_id, "create_shipment")
     payment.stop()
     # its refund gets no outcome: given up, the saga fails, a person is alerted
@@ -201,7 +201,7 @@ def test_an_operator_cancels_a_running_saga_and_resolves_a_failed_one(
 ) -> None:
     settings = system.settings
     # cancel: the charge is in flight; it is compensated with the reservation
-    running = system.submit(make_order("O-2", faults={"charge_payment": {"delay_seconds": 1}}))
+    running = system.submit(make_order("O-2"), faults={"charge_payment": {"delay_seconds": 1}})
     system.wait_step_running("charge_payment", running, "charge_payment")
     cancelled = saga(settings, "cancel", running)
     assert cancelled.returncode == 0 and "compensating" in cancelled.stdout, cancelled.stderr
@@ -219,7 +219,7 @@ def test_an_operator_cancels_a_running_saga_and_resolves_a_failed_one(
         "create_shipment": {"fail_business": True},
         "release_inventory": {"fail_transient": 99},
     }
-    failed = system.submit(make_order("O-3", faults=never))
+    failed = system.submit(make_order("O-3"), faults=never)
     assert system.wait(failed).state is SagaState.FAILED
     no_note = saga(settings, "resolve", failed)
     assert no_note.returncode == 2 and "--note" in no_note.stderr

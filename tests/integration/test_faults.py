@@ -8,14 +8,17 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from kombu import Connection, Exchange, Queue
 
-from saga_core.celery_app import OUTCOME_TASK, make_app
+from saga_core.celery_app import make_app
 from saga_core.config import ORCHESTRATOR_QUEUE, Settings
+from saga_core.messages import OUTCOME_TASK, Command, Outcome, Phase, Status
 from saga_core.processes import wait_for
+from saga_core.retry import RetryPolicy
 from saga_store import SagaState, open_store
 from saga_tools import audit, redis_server
 from saga_tools.cluster import saga_command
@@ -23,6 +26,8 @@ from tests.helpers import make_order, service_records
 from tests.integration.conftest import System
 
 pytestmark = pytest.mark.processes
+
+FAST = RetryPolicy(max_retries=0)
 
 
 def assert_clean(system: System) -> None:
@@ -33,7 +38,7 @@ def assert_clean(system: System) -> None:
 def test_poison_step_is_given_up_and_the_saga_compensates(system: System) -> None:
     # Given a reservation whose worker dies every time it runs it
     saga_id = system.submit(
-        make_order("P-1", faults={"reserve_inventory": {"crash_before_effect": True}})
+        make_order("P-1"), faults={"reserve_inventory": {"crash_before_effect": True}}
     )
     # Then it is given up after a bounded number of runs, and the saga compensates
     view = system.wait(saga_id, timeout=90)
@@ -79,19 +84,25 @@ def test_bad_messages_are_rejected_and_the_workers_keep_serving(system: System) 
         )
         publish_raw(settings, queue, [[], {"key": "k"}, {}], serializer="pickle", task=task)
     publish_raw(settings, "payment", [[], {}, {}], serializer="json", task="mine_bitcoin")
-    app.send_task(
-        "charge_payment", kwargs={"key": 42, "payload": "x"}, queue=settings.queue("payment")
+    payment_queue, orchestrator_queue = (
+        settings.queue("payment"),
+        settings.queue(ORCHESTRATOR_QUEUE),
     )
+    # the commands of an older contract, and of a newer one
+    app.send_task("charge_payment", kwargs={"key": "k", "payload": {}}, queue=payment_queue)
+    unreadable = Command("charge_payment", "s-9", "charge_payment", Phase.ACTION, 1, {}, FAST)
+    app.send_task("charge_payment", args=[{**unreadable.to_wire(), "v": 2}], queue=payment_queue)
+    # a command of the right shape whose payload the service cannot read
     app.send_task(
         "charge_payment",
-        kwargs={"key": "k-9", "payload": {"card": None}},
-        queue=settings.queue("payment"),
+        args=[replace(unreadable, payload={"card": None}).to_wire()],
+        queue=payment_queue,
     )
     app.send_task(
-        OUTCOME_TASK,
-        args=[{"saga_id": "x", "phase": "sideways"}],
-        queue=settings.queue(ORCHESTRATOR_QUEUE),
+        OUTCOME_TASK, args=[{"saga_id": "x", "phase": "sideways"}], queue=orchestrator_queue
     )
+    outcome = Outcome("s-9", "charge_payment", Phase.ACTION, 1, Status.SUCCEEDED, 1)
+    app.send_task(OUTCOME_TASK, args=[{**outcome.to_wire(), "v": 2}], queue=orchestrator_queue)
 
     # every bad message is logged where it landed
     payment, orch = system.workers["payment"], system.orchestrator
@@ -100,7 +111,8 @@ def test_bad_messages_are_rejected_and_the_workers_keep_serving(system: System) 
             payment.log_text().count("Refusing to deserialize untrusted content") >= 1
             and "Expecting property name" in payment.log_text()
             and "unregistered task" in payment.log_text()
-            and "refusing a malformed command: key must be a non-empty string" in payment.log_text()
+            and "refusing a malformed command: command: expected one argument" in payment.log_text()
+            and "command: unknown version 2 (this process speaks 1)" in payment.log_text()
             and "charge_payment: malformed payload" in payment.log_text()
         ),
         30,
@@ -110,7 +122,8 @@ def test_bad_messages_are_rejected_and_the_workers_keep_serving(system: System) 
         lambda: (
             "Refusing to deserialize untrusted content" in orch.log_text()
             and "Expecting property name" in orch.log_text()
-            and "dropping a malformed outcome" in orch.log_text()
+            and "refusing a malformed message: outcome: no version field" in orch.log_text()
+            and "outcome: unknown version 2" in orch.log_text()
         ),
         30,
         "the orchestrator to reject each bad message",
@@ -139,7 +152,7 @@ def test_redis_restarted_mid_run_loses_nothing(
     system = make_system(broker_url=own_redis.url, step_timeout=3.0)
     # Given sagas in flight, one of them slow in the shipping worker
     slow = system.submit(
-        make_order("R-0", items=ONE, faults={"create_shipment": {"delay_seconds": 2}})
+        make_order("R-0", items=ONE), faults={"create_shipment": {"delay_seconds": 2}}
     )
     others = [system.submit(make_order(f"R-{n}", items=ONE)) for n in range(1, 6)]
     system.wait_step_running("create_shipment", slow, "create_shipment")
@@ -179,7 +192,7 @@ def saga_of(system: System, order_id: str) -> str:
 @pytest.mark.any_broker
 def test_store_locked_by_another_process_for_a_while(system: System) -> None:
     # Given a saga under way
-    saga_id = system.submit(make_order("L-1", faults={"charge_payment": {"delay_seconds": 1}}))
+    saga_id = system.submit(make_order("L-1"), faults={"charge_payment": {"delay_seconds": 1}})
     system.wait_step_running("charge_payment", saga_id, "charge_payment")
     # When another process holds the store's write lock for 3 seconds
     locked = system.data_dir / "locked"
@@ -233,7 +246,7 @@ def test_compensation_delivered_before_its_action(
         step_timeout=1.5, max_dispatches=1, visibility_timeout=6.0, unacked_restore_interval=1.0
     )
     # Given a charge under way in the payment worker
-    saga_id = system.submit(make_order("C-1", faults={"charge_payment": {"delay_seconds": 1}}))
+    saga_id = system.submit(make_order("C-1"), faults={"charge_payment": {"delay_seconds": 1}})
     system.wait_step_running("charge_payment", saga_id, "charge_payment")
     # When that worker's main process dies, holding the charge message unacknowledged
     system.kill_and_wait(system.workers["payment"])

@@ -41,7 +41,7 @@ def test_metrics_count_sagas_durations_and_retries(make_system: Callable[..., Sy
     system = make_system(orchestrator_args=("--metrics-port", str(port)))
     wait_for(lambda: reachable(port), 30, "the metrics endpoint")
     sagas = [system.submit(make_order(f"M-{n}")) for n in range(3)]
-    sagas.append(system.submit(make_order("M-3", faults={"charge_payment": {"fail_transient": 2}})))
+    sagas.append(system.submit(make_order("M-3"), faults={"charge_payment": {"fail_transient": 2}}))
     sagas.append(system.submit(make_order("M-4", card_number="4000000000000002")))
     states = [system.wait(s).state for s in sagas]
     assert states == [SagaState.COMPLETED] * 4 + [SagaState.COMPENSATED]

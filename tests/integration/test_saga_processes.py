@@ -12,9 +12,11 @@ import pytest
 
 import orchestrator
 from saga_core import broker
-from saga_core.celery_app import OUTCOME_TASK, SUBMIT_TASK, make_app
+from saga_core.celery_app import make_app
 from saga_core.config import ORCHESTRATOR_QUEUE, FailureRates
+from saga_core.messages import OUTCOME_TASK, SUBMIT_TASK, Command, Outcome, Phase, Status
 from saga_core.processes import children_of, wait_for
+from saga_core.retry import RetryPolicy
 from saga_store import SagaState, StepState, open_store, queries
 from saga_tools import audit
 from tests.helpers import ONE_OF_EACH, STOCK, all_text_of, available, make_order, service_records
@@ -57,7 +59,7 @@ def test_payment_failure_triggers_compensation(system: System) -> None:
 
 def test_crash_recovery_resumes_saga(system: System) -> None:
     # Given a saga whose shipment step is under way
-    saga_id = system.submit(make_order("A-3", faults={"create_shipment": {"delay_seconds": 1}}))
+    saga_id = system.submit(make_order("A-3"), faults={"create_shipment": {"delay_seconds": 1}})
     system.wait_step_running("create_shipment", saga_id, "create_shipment")
     # When the orchestrator is SIGKILLed and started again
     system.kill_and_wait(system.orchestrator)
@@ -98,7 +100,7 @@ def test_orchestrator_crash_points(
 ) -> None:
     system = make_system(step_timeout=5.0)
     saga_id = system.submit(
-        make_order("A-4", card_number=card, faults={"orchestrator": {"crash_at": crash_at}})
+        make_order("A-4", card_number=card), faults={"orchestrator": {"crash_at": crash_at}}
     )
     wait_for(
         lambda: not system.orchestrator.alive(), 30, f"the orchestrator to crash at {crash_at}"
@@ -113,7 +115,7 @@ def test_orchestrator_crash_points(
 def test_worker_killed_while_its_step_runs(make_system: Callable[..., System]) -> None:
     system = make_system(step_timeout=4.0)
     # Given a charge under way in the payment worker
-    saga_id = system.submit(make_order("A-5", faults={"charge_payment": {"delay_seconds": 2}}))
+    saga_id = system.submit(make_order("A-5"), faults={"charge_payment": {"delay_seconds": 2}})
     system.wait_step_running("charge_payment", saga_id, "charge_payment")
     # When the worker's main process is SIGKILLed
     system.kill_and_wait(system.workers["payment"])
@@ -135,7 +137,7 @@ def test_worker_dies_after_the_effect_before_replying(system: System) -> None:
     # The pool child kills itself right after the shipment is committed; the message is
     # redelivered, the ledger returns the first result, and the reply goes out.
     saga_id = system.submit(
-        make_order("A-6", faults={"create_shipment": {"crash_after_effect": True}})
+        make_order("A-6"), faults={"create_shipment": {"crash_after_effect": True}}
     )
     assert system.wait(saga_id).state is SagaState.COMPLETED
     assert service_records(system.data_dir, "A-6") == ONE_OF_EACH
@@ -144,13 +146,11 @@ def test_worker_dies_after_the_effect_before_replying(system: System) -> None:
 
 def test_compensation_that_keeps_failing_alerts(system: System) -> None:
     saga_id = system.submit(
-        make_order(
-            "A-7",
-            faults={
-                "create_shipment": {"fail_business": True},
-                "refund_payment": {"fail_transient": 100},
-            },
-        )
+        make_order("A-7"),
+        faults={
+            "create_shipment": {"fail_business": True},
+            "refund_payment": {"fail_transient": 100},
+        },
     )
     view = system.wait(saga_id)
     assert view.state is SagaState.FAILED
@@ -169,7 +169,7 @@ def test_compensation_that_keeps_failing_alerts(system: System) -> None:
 
 
 def test_email_failing_still_completes(system: System) -> None:
-    saga_id = system.submit(make_order("A-8", faults={"send_confirmation": {"fail_transient": 50}}))
+    saga_id = system.submit(make_order("A-8"), faults={"send_confirmation": {"fail_transient": 50}})
     view = system.wait(saga_id)
     assert view.state is SagaState.COMPLETED
     assert view.step("send_confirmation").state is StepState.FAILED
@@ -178,7 +178,7 @@ def test_email_failing_still_completes(system: System) -> None:
 
 
 def test_transient_failures_are_retried(system: System) -> None:
-    saga_id = system.submit(make_order("A-9", faults={"charge_payment": {"fail_transient": 2}}))
+    saga_id = system.submit(make_order("A-9"), faults={"charge_payment": {"fail_transient": 2}})
     assert system.wait(saga_id).state is SagaState.COMPLETED
     assert service_records(system.data_dir, "A-9") == ONE_OF_EACH
 
@@ -212,15 +212,12 @@ def test_duplicate_outcome_over_the_broker_changes_nothing(system: System) -> No
     saga_id = system.submit(make_order("A-11"))
     before = system.wait(saga_id)
     app = make_app(system.settings)
-    outcome = {
-        "saga_id": saga_id,
-        "step": "charge_payment",
-        "phase": "action",
-        "attempt": 1,
-        "status": "succeeded",
-        "output": {"charge_id": "ch_forged"},
-    }
-    app.send_task(OUTCOME_TASK, args=[outcome], queue=system.settings.queue(ORCHESTRATOR_QUEUE))
+    outcome = Outcome(
+        saga_id, "charge_payment", Phase.ACTION, 1, Status.SUCCEEDED, 1, {"charge_id": "ch_x"}
+    )
+    app.send_task(
+        OUTCOME_TASK, args=[outcome.to_wire()], queue=system.settings.queue(ORCHESTRATOR_QUEUE)
+    )
     wait_for(
         lambda: system.counters().get("duplicate_outcomes", 0) >= 1,
         20,
@@ -239,14 +236,18 @@ def test_compensation_before_its_action_blocks_the_action(system: System) -> Non
         "currency": "EUR",
     }
     queue = system.settings.queue("payment")
-    app.send_task("refund_payment", kwargs={"key": "k-12", "payload": payload}, queue=queue)
-    app.send_task("charge_payment", kwargs={"key": "k-12", "payload": payload}, queue=queue)
+    for operation, phase in (
+        ("refund_payment", Phase.COMPENSATION),
+        ("charge_payment", Phase.ACTION),
+    ):
+        command = Command(operation, "k", "charge_payment", phase, 1, payload, RetryPolicy())
+        app.send_task(operation, args=[command.to_wire()], queue=queue)
 
     def action_refused() -> bool:
         conn = sqlite3.connect(system.data_dir / "payment.db")
         try:
             row = conn.execute(
-                "SELECT action_status FROM idempotency WHERE key = 'k-12'"
+                "SELECT action_status FROM idempotency WHERE key = 'k:charge_payment'"
             ).fetchone()
         except sqlite3.OperationalError:
             return False
@@ -260,7 +261,7 @@ def test_compensation_before_its_action_blocks_the_action(system: System) -> Non
 
 def test_pool_child_sigkill_redelivers_to_the_same_worker(system: System) -> None:
     # Given a reservation under way in the inventory worker's pool child
-    saga_id = system.submit(make_order("A-13", faults={"reserve_inventory": {"delay_seconds": 1}}))
+    saga_id = system.submit(make_order("A-13"), faults={"reserve_inventory": {"delay_seconds": 1}})
     system.wait_step_running("reserve_inventory", saga_id, "reserve_inventory")
     worker = system.workers["inventory"]
     [child] = children_of(worker.pid)

@@ -9,10 +9,12 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from saga_core.celery_app import OUTCOME_TASK
 from saga_core.celery_app import celery_config as saga_celery_config
 from saga_core.config import ORCHESTRATOR_QUEUE, SERVICES, Settings
+from saga_core.messages import OUTCOME_TASK, Command, Outcome, Phase, Status
 from saga_core.retry import RetryPolicy
+from saga_faults.middleware import Faults
+from saga_faults.plans import FaultPlans
 from tests.helpers import service_records
 from workers import SERVICES as SERVICE_OBJECTS
 from workers import inventory, task
@@ -23,7 +25,7 @@ CHARGE = {
     "amount_cents": 1000,
     "currency": "EUR",
 }
-FAST = RetryPolicy(max_retries=2, backoff_base=0.05, backoff_max=0.1).to_dict()
+FAST = RetryPolicy(max_retries=2, backoff_base=0.05, backoff_max=0.1)
 
 
 @pytest.fixture
@@ -40,12 +42,17 @@ def celery_worker_parameters(settings: Settings) -> dict[str, Any]:
 
 
 @pytest.fixture
-def outcomes(celery_app: Celery, settings: Settings) -> queue.Queue[dict[str, Any]]:
-    """Registers the service tasks, and an outcome task that hands outcomes to the test."""
-    received: queue.Queue[dict[str, Any]] = queue.Queue()
+def outcomes(celery_app: Celery, settings: Settings) -> queue.Queue[Outcome]:
+    """Registers the service tasks (with fault injection), and an outcome task that hands
+    outcomes to the test, read through the message contract."""
+    received: queue.Queue[Outcome] = queue.Queue()
     for service in SERVICE_OBJECTS.values():
-        task.register(celery_app, settings, service)
-    celery_app.task(name=OUTCOME_TASK)(received.put)
+        task.register(celery_app, settings, service, [Faults(settings)])
+
+    def outcome(body: Any) -> None:
+        received.put(Outcome.from_wire(body))
+
+    celery_app.task(name=OUTCOME_TASK)(outcome)
     inventory.set_stock(inventory.service.database(settings.data_dir), "WIDGET", 5)
     return received
 
@@ -55,16 +62,12 @@ def send(
     settings: Settings,
     name: str,
     queue_name: str,
-    key: str,
+    saga_id: str,
     payload: dict[str, Any],
-    **extra: Any,
+    retry: RetryPolicy = FAST,
 ) -> None:
-    reply = {"saga_id": "s", "step": name, "phase": "action", "attempt": 1}
-    app.send_task(
-        name,
-        kwargs={"key": key, "payload": payload, "reply": reply, **extra},
-        queue=settings.queue(queue_name),
-    )
+    command = Command(name, saga_id, name, Phase.ACTION, 1, payload, retry)
+    app.send_task(name, args=[command.to_wire()], queue=settings.queue(queue_name))
 
 
 def test_step_replies_on_the_orchestrator_queue(
@@ -79,14 +82,15 @@ def test_step_replies_on_the_orchestrator_queue(
         {"reference": "T-1", "items": [{"sku": "WIDGET", "quantity": 2}]},
     )
     outcome = outcomes.get(timeout=20)
-    assert outcome["status"] == "succeeded"
-    assert outcome["output"]["reservation_id"].startswith("res_")
-    assert (outcome["saga_id"], outcome["step"]) == ("s", "reserve_inventory")
+    assert outcome.status is Status.SUCCEEDED
+    assert outcome.output["reservation_id"].startswith("res_")
+    assert (outcome.saga_id, outcome.step, outcome.tries) == ("k1", "reserve_inventory", 1)
 
 
 def test_transient_failures_are_retried_then_succeed(
     outcomes, celery_worker, celery_app, settings: Settings
 ) -> None:
+    FaultPlans(settings.data_dir).add("T-1", {"charge_payment": {"fail_transient": 2}})
     send(
         celery_app,
         settings,
@@ -94,14 +98,14 @@ def test_transient_failures_are_retried_then_succeed(
         "payment",
         "k2",
         CHARGE,
-        retry=FAST,
-        fault_plan={"charge_payment": {"fail_transient": 2}},
     )
-    assert outcomes.get(timeout=20)["status"] == "succeeded"
+    outcome = outcomes.get(timeout=20)
+    assert (outcome.status, outcome.tries) == (Status.SUCCEEDED, 3)
     assert service_records(settings.data_dir, "T-1")["charges"] == 1
 
 
 def test_retries_run_out(outcomes, celery_worker, celery_app, settings: Settings) -> None:
+    FaultPlans(settings.data_dir).add("T-1", {"charge_payment": {"fail_transient": 10}})
     send(
         celery_app,
         settings,
@@ -109,12 +113,10 @@ def test_retries_run_out(outcomes, celery_worker, celery_app, settings: Settings
         "payment",
         "k3",
         CHARGE,
-        retry=FAST,
-        fault_plan={"charge_payment": {"fail_transient": 10}},
     )
     outcome = outcomes.get(timeout=20)
-    assert outcome["status"] == "exhausted"
-    assert "after 3 tries" in outcome["error"]
+    assert outcome.status is Status.EXHAUSTED
+    assert "after 3 tries" in outcome.error
     assert service_records(settings.data_dir, "T-1")["charges"] == 0
 
 
@@ -122,9 +124,9 @@ def test_business_failure_is_not_retried(
     outcomes, celery_worker, celery_app, settings: Settings
 ) -> None:
     declined = {**CHARGE, "card": {"token": "tok_chargeDeclined", "last4": "0002"}}
-    send(celery_app, settings, "charge_payment", "payment", "k4", declined, retry=FAST)
+    send(celery_app, settings, "charge_payment", "payment", "k4", declined)
     outcome = outcomes.get(timeout=20)
-    assert (outcome["status"], outcome["error"]) == ("rejected", "card declined")
+    assert (outcome.status, outcome.error) == (Status.REJECTED, "card declined")
     # a repeat of the same key gives the same answer from the ledger
-    send(celery_app, settings, "charge_payment", "payment", "k4", CHARGE, retry=FAST)
-    assert outcomes.get(timeout=20)["error"] == "card declined"
+    send(celery_app, settings, "charge_payment", "payment", "k4", CHARGE)
+    assert outcomes.get(timeout=20).error == "card declined"

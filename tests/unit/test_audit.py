@@ -21,16 +21,14 @@ def h(tmp_path: Path) -> Harness:
     h.compensated = h.submit(  # type: ignore[attr-defined]
         make_order("NO", card_number="4000000000000002")
     )
-    h.failed = h.submit(
-        make_order(
-            "BAD",
-            faults={  # type: ignore[attr-defined]
-                "create_shipment": {"fail_business": True},
-                "refund_payment": {"fail_transient": 9},
-            },
-        )
+    h.failed = h.submit(  # type: ignore[attr-defined]
+        make_order("BAD"),
+        faults={
+            "create_shipment": {"fail_business": True},
+            "refund_payment": {"fail_transient": 9},
+        },
     )
-    h.submit(make_order("MUTE", faults={"send_confirmation": {"fail_transient": 9}}))
+    h.submit(make_order("MUTE"), faults={"send_confirmation": {"fail_transient": 9}})
     h.run_all()
     return h
 

@@ -36,14 +36,14 @@ def history(h: Harness, saga_id: str) -> list[HistoryEvent]:
 
 def failed_saga(h: Harness) -> str:
     """A saga whose refund gives up: ``failed``, with an alert."""
-    sid = h.submit(make_order("F", faults=REFUND_FAILS))
+    sid = h.submit(make_order("F"), faults=REFUND_FAILS)
     h.run_all()
     assert h.saga(sid).state is SagaState.FAILED
     return sid
 
 
 def test_history_tells_a_compensated_saga_in_order(h: Harness) -> None:
-    sid = h.submit(make_order("A", faults={"create_shipment": {"fail_business": True}}))
+    sid = h.submit(make_order("A"), faults={"create_shipment": {"fail_business": True}})
     h.run_all()
     assert story(history(h, sid)) == [
         ("created", None, None, "client"),
@@ -62,7 +62,7 @@ def test_history_tells_a_compensated_saga_in_order(h: Harness) -> None:
         ("compensated", None, None, "orchestrator"),
     ]
     rejected = history(h, sid)[7]
-    assert rejected.error == "create_shipment refused" and rejected.attempt == 1
+    assert rejected.error == "create_shipment refused (fault plan)" and rejected.attempt == 1
     assert rejected.duration_ms == 0.0  # the harness's clock stands still
 
 
@@ -100,7 +100,7 @@ def test_a_failed_compensation_raises_an_alert_in_the_history(h: Harness) -> Non
     sid = failed_saga(h)
     events = history(h, sid)
     alert = next(e for e in events if e.event is Event.ALERT)
-    assert alert.step == "charge_payment" and "kept failing" in (alert.error or "")
+    assert alert.step == "charge_payment" and "(after 6 tries)" in (alert.error or "")
     assert events[-1].event is Event.FAILED
     assert [a.saga_id for a in queries.alerts(h.engine.db)] == [sid]
 
@@ -108,9 +108,9 @@ def test_a_failed_compensation_raises_an_alert_in_the_history(h: Harness) -> Non
 def test_retry_after_the_cause_is_fixed_ends_compensated(h: Harness) -> None:
     sid = failed_saga(h)
     assert h.engine.retry(sid, OPERATOR) is SagaState.COMPENSATING
-    task, kwargs = h.commands[0]
-    assert task == "refund_payment" and kwargs["reply"]["attempt"] == 1  # a fresh budget
-    kwargs["fault_plan"] = None  # the cause is fixed
+    refund = h.commands[0]
+    assert refund.operation == "refund_payment" and refund.attempt == 1  # a fresh budget
+    h.plans.add("F", {})  # the cause is fixed
     h.run_all()
     view = h.saga(sid)
     assert view.state is SagaState.COMPENSATED
@@ -146,7 +146,7 @@ def test_cancel_compensates_the_step_in_flight_and_those_done(h: Harness) -> Non
     h.engine.handle_outcome(h.execute_next())  # reserved; the charge is in flight
     charge = h.commands.popleft()
     assert h.engine.cancel(sid, OPERATOR) is SagaState.COMPENSATING
-    assert [t for t, _ in h.commands] == ["refund_payment"]
+    assert [c.operation for c in h.commands] == ["refund_payment"]
     h.run_all()
     h.commands.append(charge)  # the charge's action arrives after its refund
     assert h.engine.handle_outcome(h.execute_next()) is False

@@ -24,6 +24,7 @@ def test_settings_round_trip_through_the_environment() -> None:
         {
             "SAGA_QUEUE_PREFIX": "x.",
             "SAGA_STEP_TIMEOUT": "2.5",
+            "SAGA_FAULTS": "1",
             "SAGA_FAILURE_RATES": '{"*": {"transient": 0.1}}',
         }
     )
@@ -37,7 +38,9 @@ def test_settings_round_trip_through_the_environment() -> None:
     [
         ({"SAGA_STEP_TIMEOUT": "soon"}, "SAGA_STEP_TIMEOUT"),
         ({"SAGA_MAX_DISPATCHES": "0"}, "SAGA_MAX_DISPATCHES"),
-        ({"SAGA_FAILURE_RATES": "{"}, "SAGA_FAILURE_RATES"),
+        ({"SAGA_FAULTS": "1", "SAGA_FAILURE_RATES": "{"}, "SAGA_FAILURE_RATES"),
+        # random failures are fault injection: never without the switch
+        ({"SAGA_FAILURE_RATES": '{"*": {"transient": 0.1}}'}, "SAGA_FAULTS=1"),
         ({"SAGA_FAILURE_RATES": '{"*": {"transient": 2}}'}, "SAGA_FAILURE_RATES"),
     ],
 )

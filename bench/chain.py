@@ -1,0 +1,57 @@
+"""The bare Celery chain's worker: ``celery -A bench.chain worker -Q PREFIX.chain.SERVICE``.
+
+Each task runs a service operation through the same step runner as a saga's step (the
+ledger, the service's SQLite write), but sends no outcome: a chain moves on by Celery's
+own link. Only a chain's last step replies, on the orchestrator's queue, where the bench
+reads it to see the chain end.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery, Task
+
+from saga_core import config
+from saga_core.celery_app import direct, make_app
+from saga_core.config import ORCHESTRATOR_QUEUE, Settings
+from saga_core.messages import OUTCOME_TASK, Command
+from workers import SERVICES
+from workers.task import Retry, StepRunner
+
+
+def queue(settings: Settings, service: str) -> str:
+    return settings.queue(f"chain.{service}")
+
+
+def build(settings: Settings) -> Celery:
+    app = make_app(settings, "chain")
+    reply_to = direct(settings.queue(ORCHESTRATOR_QUEUE))
+    for service in SERVICES.values():
+        runner = StepRunner(settings, service)
+        for operation in service.operations:
+            app.task(
+                name=f"chain.{operation}",
+                bind=True,
+                acks_late=True,
+                queue=queue(settings, service.name),
+            )(_task(runner, operation, reply_to))
+    return app
+
+
+def _task(runner: StepRunner, operation: str, reply_to: Any) -> Any:
+    def run(task: Task, body: dict[str, Any], last: bool = False) -> None:
+        command = Command.from_wire(operation, body)
+        result = runner.run(command, int(task.request.retries))
+        if isinstance(result, Retry):
+            raise task.retry(countdown=result.countdown, exc=result.error)
+        if last:
+            task.app.send_task(
+                OUTCOME_TASK, args=[result.to_wire()], queue=reply_to, argsrepr="", kwargsrepr=""
+            )
+
+    run.__name__ = operation
+    return run
+
+
+app = build(config.load())

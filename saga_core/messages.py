@@ -1,0 +1,197 @@
+"""The messages that cross the broker, defined once and checked on receipt by both sides.
+
+- A **command** (orchestrator → service) asks a service to run one operation for a step of
+  a saga: the step's action or its compensation. It travels as the one argument of the
+  Celery task named after the operation, on the service's queue.
+- An **outcome** (service → orchestrator) answers one dispatch of a command. It travels as
+  the one argument of the task ``saga.outcome``, on the orchestrator's queue.
+- A **submission** (client → orchestrator) is the task ``saga.submit`` with a saga's input
+  document as its one argument; the saga's definition validates it, as for any client.
+
+Commands and outcomes carry ``v``, the version of this contract. A receiver refuses a
+message of a version it does not know (or of a shape it cannot read) with
+:class:`MalformedMessage`, naming the problem, rather than guess at its meaning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from saga_core.errors import MalformedMessage
+from saga_core.retry import RetryPolicy
+
+#: The version of the contract this code speaks.
+VERSION = 1
+
+OUTCOME_TASK = "saga.outcome"
+SUBMIT_TASK = "saga.submit"
+
+MAX_ID_LENGTH = 200
+
+
+class Phase(StrEnum):
+    """Which half of a step a command or an outcome is about."""
+
+    ACTION = "action"
+    COMPENSATION = "compensation"
+
+
+class Status(StrEnum):
+    """What a service says of one dispatch."""
+
+    SUCCEEDED = "succeeded"  # the effect took place (now, or before under the same key)
+    REJECTED = "rejected"  # refused for a business reason: no effect, never retried
+    EXHAUSTED = "exhausted"  # the service's retries ran out: an effect may have taken place
+
+
+@dataclass(frozen=True)
+class Command:
+    """Run ``operation`` for ``step`` of saga ``saga_id`` (dispatch number ``attempt``)."""
+
+    operation: str  # the service operation, also the Celery task's name
+    saga_id: str
+    step: str
+    phase: Phase
+    attempt: int
+    payload: dict[str, Any]
+    retry: RetryPolicy
+    queue: str = ""  # the service queue, without any prefix: routing, not on the wire
+
+    @property
+    def key(self) -> str:
+        """The idempotency key: one effect per saga and step, however often it is sent."""
+        return f"{self.saga_id}:{self.step}"
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "v": VERSION,
+            "saga_id": self.saga_id,
+            "step": self.step,
+            "phase": self.phase.value,
+            "attempt": self.attempt,
+            "payload": self.payload,
+            "retry": self.retry.to_dict(),
+        }
+
+    @classmethod
+    def from_wire(cls, operation: str, body: Any) -> Command:
+        """The command in ``body``; raises :class:`MalformedMessage` naming what is wrong."""
+        b = _Body("command", body)
+        payload = b.get("payload")
+        if not isinstance(payload, dict):
+            raise MalformedMessage("command: payload must be an object")
+        try:
+            retry = RetryPolicy.parse(b.get("retry"))
+        except (TypeError, ValueError) as exc:
+            raise MalformedMessage(f"command: retry is not a retry policy: {exc}") from None
+        return cls(
+            operation=operation,
+            saga_id=b.text("saga_id"),
+            step=b.text("step"),
+            phase=b.phase(),
+            attempt=b.count("attempt"),
+            payload=payload,
+            retry=retry,
+        )
+
+    def answer(
+        self, status: Status, tries: int, output: Any = None, error: str | None = None
+    ) -> Outcome:
+        """The outcome that answers this command."""
+        return Outcome(
+            self.saga_id, self.step, self.phase, self.attempt, status, tries, output, error or ""
+        )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A service's answer about dispatch ``attempt`` of a step, after ``tries`` runs."""
+
+    saga_id: str
+    step: str
+    phase: Phase
+    attempt: int
+    status: Status
+    tries: int
+    output: Any = None
+    error: str = ""
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "v": VERSION,
+            "saga_id": self.saga_id,
+            "step": self.step,
+            "phase": self.phase.value,
+            "attempt": self.attempt,
+            "status": self.status.value,
+            "tries": self.tries,
+            "output": self.output,
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_wire(cls, body: Any) -> Outcome:
+        """The outcome in ``body``; raises :class:`MalformedMessage` naming what is wrong."""
+        b = _Body("outcome", body)
+        status = b.get("status")
+        if status not in Status._value2member_map_:
+            raise MalformedMessage(
+                f"outcome: status must be one of {', '.join(Status)}, got {status!r:.40}"
+            )
+        error = b.get("error", "")
+        if not isinstance(error, str | None):
+            raise MalformedMessage("outcome: error must be a string")
+        return cls(
+            saga_id=b.text("saga_id"),
+            step=b.text("step"),
+            phase=b.phase(),
+            attempt=b.count("attempt"),
+            status=Status(status),
+            tries=b.count("tries"),
+            output=b.get("output"),
+            error=error or "",
+        )
+
+
+class _Body:
+    """A received message's fields, each read with a check that names what is wrong."""
+
+    def __init__(self, kind: str, body: Any):
+        self.kind = kind
+        if not isinstance(body, Mapping):
+            raise MalformedMessage(f"{kind}: must be an object, got {type(body).__name__}")
+        version = body.get("v")
+        if version != VERSION:
+            raise MalformedMessage(
+                f"{kind}: unknown version {version!r:.20} (this process speaks {VERSION})"
+                if version is not None
+                else f"{kind}: no version field 'v' (this process speaks {VERSION})"
+            )
+        self.body = body
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.body.get(name, default)
+
+    def text(self, name: str) -> str:
+        value = self.body.get(name)
+        if not isinstance(value, str) or not value or len(value) > MAX_ID_LENGTH:
+            raise MalformedMessage(
+                f"{self.kind}: {name} must be a non-empty string of at most "
+                f"{MAX_ID_LENGTH} characters"
+            )
+        return value
+
+    def count(self, name: str) -> int:
+        value = self.body.get(name)
+        if type(value) is not int or value < 1:
+            raise MalformedMessage(f"{self.kind}: {name} must be a whole number from 1")
+        return value
+
+    def phase(self) -> Phase:
+        value = self.body.get("phase")
+        if not isinstance(value, str) or value not in Phase._value2member_map_:
+            raise MalformedMessage(f"{self.kind}: phase must be 'action' or 'compensation'")
+        return Phase(value)
