@@ -1,0 +1,194 @@
+"""The orchestrator's batch handling against kombu's in-memory transport: no processes,
+no broker, real messages and a real store. Acknowledged only after the commit and the
+publish; a duplicate refused alone; a publish that fails, or a batch cut off halfway,
+leaves every message to be delivered again and loses nothing."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kombu import Connection, Consumer
+from kombu.message import Message
+
+from orchestrator.process import Orchestrator
+from saga_core.celery_app import make_app
+from saga_core.messages import OUTCOME_TASK, Command, Outcome
+from saga_store import SagaState, StepState, queries
+from tests.harness import Harness
+from tests.helpers import make_order
+
+
+class Bus:
+    """The orchestrator's queue on kombu's in-memory transport, and its consumer loop's
+    own way of taking a batch (``Orchestrator._fill``)."""
+
+    def __init__(self, tmp_path: Path):
+        self.h = Harness(tmp_path)
+        self.settings = self.h.settings.with_(
+            broker_url="memory://", queue_prefix=f"t{uuid.uuid4().hex[:8]}."
+        )
+        self.app = make_app(self.settings)
+        self.orchestrator = Orchestrator(self.settings)
+        self.connection = Connection("memory://")
+        self.consumer = Consumer(
+            self.connection.default_channel,
+            queues=[self.orchestrator.queue],
+            on_message=self.orchestrator._received,
+            accept=["json"],
+            prefetch_count=200,
+        )
+        self.consumer.consume()
+
+    def send(self, *bodies: Any, task: str = OUTCOME_TASK) -> None:
+        for body in bodies:
+            wire = body.to_wire() if isinstance(body, Outcome) else body
+            self.app.send_task(task, args=[wire], queue=self.orchestrator.queue)
+
+    def take(self) -> list[Message]:
+        self.orchestrator._fill(self.connection, wait=0.5)
+        messages, self.orchestrator._messages = self.orchestrator._messages, []
+        return messages
+
+    def handle(self, messages: Sequence[Message]) -> None:
+        self.orchestrator._handle(self.h.engine, messages)
+
+    def redeliver(self, messages: Sequence[Message]) -> list[Message]:
+        """What the broker does with unacknowledged messages when their consumer goes."""
+        for m in messages:
+            m.requeue()
+        return self.take()
+
+    def close(self) -> None:
+        self.consumer.cancel()
+        self.connection.release()
+
+
+@pytest.fixture
+def bus(tmp_path: Path) -> Iterator[Bus]:
+    bus = Bus(tmp_path)
+    yield bus
+    bus.close()
+
+
+def reserved(bus: Bus, *order_ids: str) -> tuple[list[str], list[Outcome]]:
+    """Sagas whose reservation ran: their outcomes, not yet handed to the orchestrator."""
+    sagas = [bus.h.submit(make_order(o)) for o in order_ids]
+    return sagas, [bus.h.execute_next() for _ in sagas]
+
+
+def test_a_batch_is_acknowledged_after_its_commit_and_publish(bus: Bus) -> None:
+    sagas, outcomes = reserved(bus, "A", "B")
+    bus.send(*outcomes)
+    published: list[list[Command]] = []
+    bus.h.engine.publish = lambda commands: published.append(list(commands))
+    messages = bus.take()
+    assert len(messages) == 2 and not any(m.acknowledged for m in messages)
+
+    bus.handle(messages)
+
+    assert [m.acknowledged for m in messages] == [True, True]
+    assert len(published) == 1  # one publish for the whole batch
+    assert [c.operation for c in published[0]] == ["charge_payment"] * 2
+    for saga_id in sagas:
+        assert bus.h.saga(saga_id).step("charge_payment").state is StepState.RUNNING
+
+
+def test_a_duplicate_in_a_batch_is_refused_alone(bus: Bus) -> None:
+    _, (outcome,) = reserved(bus, "A")
+    bus.send(outcome, outcome)
+    messages = bus.take()
+    bus.handle(messages)
+    assert all(m.acknowledged for m in messages)
+    assert [c.operation for c in bus.h.commands] == ["charge_payment"]  # sent once
+    assert queries.counters(bus.h.engine.db)["duplicate_outcomes"] == 1
+
+
+def test_a_malformed_message_is_refused_and_the_rest_applied(
+    bus: Bus, caplog: pytest.LogCaptureFixture
+) -> None:
+    (saga_id,), (outcome,) = reserved(bus, "A")
+    bus.send({**outcome.to_wire(), "v": 99}, {"status": "done"})
+    bus.send({"not": "an order"}, task="mine_bitcoin")
+    bus.send(outcome)
+    messages = bus.take()
+    bus.handle(messages)
+    assert all(m.acknowledged for m in messages)  # refused, never left to loop
+    assert "outcome: unknown version 99" in caplog.text
+    assert "unknown task 'mine_bitcoin'" in caplog.text
+    assert bus.h.saga(saga_id).step("reserve_inventory").state is StepState.COMPLETED
+
+
+def test_a_publish_that_fails_leaves_the_batch_to_come_again(bus: Bus) -> None:
+    (saga_id,), (outcome,) = reserved(bus, "A")
+    bus.send(outcome)
+
+    def broker_down(commands: Sequence[Command]) -> None:
+        raise ConnectionError("broker went away")
+
+    bus.h.engine.publish = broker_down
+    messages = bus.take()
+    with pytest.raises(ConnectionError):
+        bus.handle(messages)
+    # Nothing acknowledged: the broker delivers the outcome again
+    assert not any(m.acknowledged for m in messages)
+    bus.h.engine.publish = bus.h.publish
+    again = bus.redeliver(messages)
+    bus.handle(again)
+    # the transition had committed, so the redelivery is a duplicate, acknowledged now
+    assert all(m.acknowledged for m in again) and not bus.h.commands
+    # and the command that was never sent goes out when its deadline passes
+    bus.h.clock.now += bus.h.settings.step_timeout + 1
+    bus.h.engine.sweep()
+    assert [c.operation for c in bus.h.commands] == ["charge_payment"]
+    bus.h.run_all()
+    assert bus.h.saga(saga_id).state is SagaState.COMPLETED
+
+
+def test_a_batch_cut_off_halfway_changes_nothing_until_it_comes_again(
+    bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sagas, outcomes = reserved(bus, "A", "B", "C")
+    bus.send(*outcomes)
+    messages = bus.take()
+    # Given a process that dies while applying the second outcome of the batch
+    from orchestrator import engine as engine_module
+
+    complete_step = engine_module.transitions.complete_step
+    calls = []
+
+    def dies_on_the_second(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the process is stopped mid-batch
+        return complete_step(*args, **kwargs)
+
+    monkeypatch.setattr(engine_module.transitions, "complete_step", dies_on_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        bus.handle(messages)
+    # Then the batch's transaction rolled back whole: nothing moved, nothing sent or acked
+    assert not any(m.acknowledged for m in messages) and not bus.h.commands
+    for saga_id in sagas:
+        assert bus.h.saga(saga_id).step("reserve_inventory").state is StepState.RUNNING
+    # and when it comes again, every outcome applies once
+    monkeypatch.setattr(engine_module.transitions, "complete_step", complete_step)
+    again = bus.redeliver(messages)
+    bus.handle(again)
+    assert all(m.acknowledged for m in again)
+    assert sorted(c.saga_id for c in bus.h.commands) == sorted(sagas)
+    assert "duplicate_outcomes" not in queries.counters(bus.h.engine.db)
+
+
+def test_a_submission_on_the_queue_starts_a_saga(bus: Bus) -> None:
+    bus.send(make_order("S-1"), task="saga.submit")
+    bus.send(
+        {**make_order("S-2"), "faults": {"charge_payment": {"delay_seconds": 9}}},
+        task="saga.submit",
+    )
+    messages = bus.take()
+    bus.handle(messages)
+    assert all(m.acknowledged for m in messages)
+    assert [c.operation for c in bus.h.commands] == ["reserve_inventory"]  # S-2 refused
