@@ -25,7 +25,7 @@ from bench.workload import ChainRunner, SagaRunner
 from saga_core import config
 from saga_core.config import SERVICES, Settings
 from saga_core.processes import wait_for
-from saga_store import open_store, queries
+from saga_store import open_reader, queries
 from saga_tools import redis_server
 from saga_tools.cluster import Child, Cluster
 
@@ -121,16 +121,11 @@ def recovery(settings: Settings, in_flight: int) -> dict[str, Any]:
         cluster.workers["shipping"].stop()
         runner = SagaRunner(s)
         ids = [runner_submit(runner, "rec", n) for n in range(in_flight)]
-        store_db = open_store(s.path("sagas.db"))
+        store_db = open_reader(s.path("sagas.db"))
         t0 = time.time()
         cluster.orchestrator.start()
         wait_for(
-            lambda: (
-                store_db.execute(
-                    "SELECT COUNT(*) FROM saga_steps WHERE deadline_at > ? ", (t0 + s.step_timeout,)
-                ).fetchone()[0]
-                >= in_flight
-            ),
+            lambda: queries.armed_after(store_db, t0 + s.step_timeout) >= in_flight,
             120,
             "every saga to be resumed",
         )
@@ -177,7 +172,7 @@ def growth(settings: Settings, fills: list[int], count: int) -> list[dict[str, A
         s = _fresh(settings, f"growth{fill}")
         fill_seconds = store.fill_finished(s.path("sagas.db"), fill)
         t0 = time.perf_counter()
-        queries.active_saga_ids(open_store(s.path("sagas.db")))
+        queries.active_saga_ids(open_reader(s.path("sagas.db")))
         scan = time.perf_counter() - t0
         cluster = Cluster(s).start()
         try:

@@ -11,7 +11,7 @@ from typing import Any
 from bench.workload import order
 from orchestrator.order_saga import ORDER_SAGA
 from saga_store import open_store, transaction, transitions
-from saga_store.transitions import iso
+from saga_store.models import iso
 
 SPECS = ORDER_SAGA.specs(30.0, 5)
 

@@ -19,7 +19,7 @@ from bench.chain import queue as chain_queue
 from orchestrator.order_saga import ORDER_SAGA
 from saga_core.config import ORCHESTRATOR_QUEUE, Settings
 from saga_core.messages import Command, Phase
-from saga_store import open_store
+from saga_store import open_reader, queries
 
 
 @dataclass
@@ -152,18 +152,13 @@ class SagaRunner:
         for n in range(count):
             _pace(t0, n, rate)
             ids.append(orchestrator.submit(order(tag, n), settings=self.settings))
-        store = open_store(self.settings.path("sagas.db"))
-        marks = ",".join("?" * len(ids))
+        store = open_reader(self.settings.path("sagas.db"))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            rows = store.execute(
-                f"SELECT created_at, updated_at FROM sagas WHERE id IN ({marks}) "
-                "AND state IN ('completed', 'compensated', 'failed')",
-                ids,
-            ).fetchall()
+            rows = queries.ended_between(store, ids)
             if len(rows) == count:
                 break
-            time.sleep(0.2)
-        latencies = [_ts(r["updated_at"]) - _ts(r["created_at"]) for r in rows]
-        last = max((_ts(r["updated_at"]) for r in rows), default=wall0)
+            time.sleep(0.2)  # polling the store for the sagas' end
+        latencies = [_ts(updated) - _ts(created) for created, updated in rows]
+        last = max((_ts(updated) for _, updated in rows), default=wall0)
         return Run(len(rows), last - wall0, latencies)

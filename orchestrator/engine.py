@@ -23,7 +23,7 @@ from saga_core.messages import Command, Outcome, Phase, Status
 from saga_core.middleware import Middleware
 from saga_core.sqlite import transaction
 from saga_store import open_store, queries, transitions
-from saga_store.models import Actor, Dispatch, SagaState, SagaView
+from saga_store.models import Actor, Dispatch, SagaState, SagaView, iso
 from saga_store.transitions import Transition
 
 log = logging.getLogger("saga.orchestrator")
@@ -167,7 +167,7 @@ class Engine:
         """Re-dispatch (or give up) every step whose deadline passed, and start every saga
         left pending by a submitter that died before dispatching; returns how many."""
         results: list[Transition] = []
-        stale = transitions.iso(self.clock() - self.settings.step_timeout)
+        stale = iso(self.clock() - self.settings.step_timeout)
         for saga_id in queries.stale_pending(self.db, stale):
             with contextlib.suppress(TransitionRefused):
                 results.append(

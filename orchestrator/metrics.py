@@ -15,9 +15,10 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from saga_core.errors import SagaError
 from saga_core.messages import Outcome
 from saga_core.middleware import Middleware
-from saga_store import open_store
+from saga_store import open_reader, queries
 from saga_store.models import SagaState
 
 #: Steps take milliseconds when healthy and up to a step timeout (30 s) when not.
@@ -31,20 +32,15 @@ class StoreCollector(Collector):
         self.path = path
 
     def collect(self) -> Iterator[Metric]:
-        conn = open_store(self.path)  # scrapes come on the HTTP server's own thread
         try:
-            counters = {
-                r["name"]: r["value"] for r in conn.execute("SELECT name, value FROM counters")
-            }
-            active = dict(
-                conn.execute(
-                    "SELECT state, COUNT(*) FROM sagas "
-                    "WHERE state IN ('pending', 'running', 'compensating') GROUP BY state"
-                ).fetchall()
-            )
-            alerts = conn.execute(
-                "SELECT COUNT(*) FROM alerts WHERE resolved_at IS NULL"
-            ).fetchone()[0]
+            # A reader of its own: scrapes come on the HTTP server's own thread.
+            conn = open_reader(self.path)
+        except (sqlite3.Error, SagaError):
+            return
+        try:
+            counters = queries.counters(conn)
+            active = queries.count_by_state(conn, active_only=True)
+            alerts = queries.open_alert_count(conn)
         except sqlite3.Error:
             return
         finally:

@@ -13,14 +13,17 @@ from saga_core.errors import ConfigError, TransientError
 BUSY_TIMEOUT_MS = 10_000
 
 
-def connect(path: Path | str) -> sqlite3.Connection:
+def connect(path: Path | str, readonly: bool = False) -> sqlite3.Connection:
     """Open (creating if need be) a SQLite database in WAL mode with a busy timeout.
 
     The connection is in autocommit mode: every write goes through :func:`transaction`,
     which takes the write lock up front (``BEGIN IMMEDIATE``) so that two writers never
-    deadlock on a lock upgrade.
+    deadlock on a lock upgrade. A ``readonly`` connection opens an existing database and
+    can take no lock but a reader's.
     """
     path = Path(path)
+    if readonly:
+        return _connect_readonly(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(
@@ -38,6 +41,22 @@ def connect(path: Path | str) -> sqlite3.Connection:
         raise ConfigError(
             f"cannot open database {path}: {exc} (is SAGA_DATA_DIR writable?)"
         ) from exc
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def _connect_readonly(path: Path) -> sqlite3.Connection:
+    try:
+        conn = sqlite3.connect(
+            f"file:{path}?mode=ro",
+            uri=True,
+            isolation_level=None,
+            timeout=BUSY_TIMEOUT_MS / 1000,
+            check_same_thread=False,
+        )
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    except sqlite3.OperationalError as exc:
+        raise ConfigError(f"cannot read database {path}: {exc}") from exc
     conn.row_factory = sqlite3.Row
     return conn
 

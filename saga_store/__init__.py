@@ -18,7 +18,7 @@ from saga_store.models import (
     StepState,
     StepView,
 )
-from saga_store.schema import migrate
+from saga_store.schema import VERSION, migrate
 
 __all__ = [
     "TERMINAL_STATES",
@@ -32,6 +32,7 @@ __all__ = [
     "StepView",
     "connect",
     "migrate",
+    "open_reader",
     "open_store",
     "transaction",
 ]
@@ -41,4 +42,19 @@ def open_store(path: Path | str) -> sqlite3.Connection:
     """Open the saga database at ``path``, creating or upgrading its schema."""
     conn = connect(path)
     migrate(conn)
+    return conn
+
+
+def open_reader(path: Path | str) -> sqlite3.Connection:
+    """A read-only connection to the saga database at ``path``, for what only reads (a
+    metrics scrape, ``saga show``, the audit): it never takes the write lock. A store that
+    does not exist yet, or is older than this code, is created or upgraded first."""
+    path = Path(path)
+    if not path.exists():
+        open_store(path).close()
+    conn = connect(path, readonly=True)
+    if conn.execute("PRAGMA user_version").fetchone()[0] < VERSION:
+        conn.close()
+        open_store(path).close()
+        conn = connect(path, readonly=True)
     return conn

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
 from saga_core.messages import Phase
+
+
+def iso(now: float) -> str:
+    """A time (seconds since the epoch) as the store writes it: ISO 8601, UTC, in ms."""
+    return datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")
 
 
 class SagaState(StrEnum):

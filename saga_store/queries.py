@@ -17,10 +17,11 @@ from saga_store.models import (
     SagaView,
     StepState,
     StepView,
+    iso,
 )
-from saga_store.transitions import iso
 
-ACTIVE_STATES = ("pending", "running", "compensating")
+ACTIVE_STATES = tuple(s.value for s in SagaState if not s.terminal)
+_ACTIVE = f"state IN ({', '.join('?' * len(ACTIVE_STATES))})"
 
 
 def get_saga(conn: sqlite3.Connection, saga_id: str) -> SagaView:
@@ -63,25 +64,73 @@ def list_sagas(
     return conn.execute(sql, args).fetchall()
 
 
-def count_by_state(conn: sqlite3.Connection) -> dict[str, int]:
-    """How many sagas are in each state (states with none are left out)."""
+def count_by_state(conn: sqlite3.Connection, active_only: bool = False) -> dict[str, int]:
+    """How many sagas are in each state (states with none are left out); ``active_only``:
+    of the states not yet final (served by the partial index on state)."""
+    if active_only:
+        sql = f"SELECT state, COUNT(*) FROM sagas WHERE {_ACTIVE} GROUP BY state"
+        return dict(conn.execute(sql, ACTIVE_STATES).fetchall())
     return dict(conn.execute("SELECT state, COUNT(*) FROM sagas GROUP BY state").fetchall())
 
 
 def active_saga_ids(conn: sqlite3.Connection) -> list[str]:
     """Sagas not yet in a terminal state (served by a partial index on state)."""
-    rows = conn.execute(
-        "SELECT id FROM sagas WHERE state IN ('pending', 'running', 'compensating')"
-    ).fetchall()
+    rows = conn.execute(f"SELECT id FROM sagas WHERE {_ACTIVE}", ACTIVE_STATES).fetchall()
     return [r["id"] for r in rows]
 
 
 def stale_pending(conn: sqlite3.Connection, created_before: str) -> list[str]:
     """Sagas stored but never started (their submitter died in between)."""
     rows = conn.execute(
-        "SELECT id FROM sagas WHERE state = 'pending' AND created_at < ?", (created_before,)
+        "SELECT id FROM sagas WHERE state = ? AND created_at < ?",
+        (SagaState.PENDING.value, created_before),
     ).fetchall()
     return [r["id"] for r in rows]
+
+
+def saga_exists(conn: sqlite3.Connection, saga_id: str) -> bool:
+    return conn.execute("SELECT 1 FROM sagas WHERE id = ?", (saga_id,)).fetchone() is not None
+
+
+def open_alert_count(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT COUNT(*) FROM alerts WHERE resolved_at IS NULL").fetchone()[0])
+
+
+def answers(conn: sqlite3.Connection) -> bool:
+    """Whether the store can be read (a health check)."""
+    try:
+        conn.execute("SELECT 1 FROM sagas LIMIT 1").fetchall()
+    except sqlite3.Error:
+        return False
+    return True
+
+
+def ended_between(conn: sqlite3.Connection, saga_ids: list[str]) -> list[tuple[str, str]]:
+    """``(created_at, updated_at)`` of those of ``saga_ids`` that have ended."""
+    marks = ",".join("?" * len(saga_ids))
+    rows = conn.execute(
+        f"SELECT created_at, updated_at FROM sagas WHERE id IN ({marks}) AND NOT {_ACTIVE}",
+        (*saga_ids, *ACTIVE_STATES),
+    ).fetchall()
+    return [(r["created_at"], r["updated_at"]) for r in rows]
+
+
+def armed_after(conn: sqlite3.Connection, at: float) -> int:
+    """Steps whose deadline lies after ``at``: sent (or sent again) since ``at``, less
+    their timeout."""
+    return int(
+        conn.execute("SELECT COUNT(*) FROM saga_steps WHERE deadline_at > ?", (at,)).fetchone()[0]
+    )
+
+
+def saga_summaries(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+    """Every saga's id, state, input and creation time (the audit reads them all)."""
+    return conn.execute("SELECT id, state, input, created_at FROM sagas").fetchall()
+
+
+def alerted_saga_ids(conn: sqlite3.Connection) -> set[str]:
+    """Sagas that ever raised an alert, open or closed."""
+    return {r["saga_id"] for r in conn.execute("SELECT DISTINCT saga_id FROM alerts")}
 
 
 def overdue_steps(conn: sqlite3.Connection, now: float, limit: int = 500) -> list[tuple[str, str]]:
@@ -147,7 +196,7 @@ def counters(conn: sqlite3.Connection) -> dict[str, int]:
 def history(conn: sqlite3.Connection, saga_id: str) -> list[HistoryEvent]:
     """The saga's history, oldest first, each outcome with the time since its dispatch.
     Raises ``SagaNotFound`` for an unknown saga."""
-    if conn.execute("SELECT 1 FROM sagas WHERE id = ?", (saga_id,)).fetchone() is None:
+    if not saga_exists(conn, saga_id):
         raise SagaNotFound(saga_id)
     dispatched: dict[tuple[str, str, int], float] = {}
     events = []

@@ -1,10 +1,11 @@
 """The saga state machine: every state change, as one named transition.
 
 Each public function here is one ``BEGIN IMMEDIATE`` transaction. It checks that the change
-is allowed from the state it finds and raises :class:`TransitionRefused` (changing nothing)
-when it is not; otherwise it writes the change and returns the commands that must now be
-sent. Publishing them is the caller's job, after the commit: a crash in between leaves a
-step whose deadline passes, and the sweeper sends the command again.
+is allowed from the state it finds, by the table in :mod:`saga_store.machine`, and raises
+:class:`TransitionRefused` (changing nothing) when it is not; otherwise it writes the change
+and returns the commands that must now be sent. Publishing them is the caller's job, after
+the commit: a crash in between leaves a step whose deadline passes, and the sweeper sends
+the command again.
 
 The store keeps what it needs of each step's definition (position, compensable, best-effort,
 timeout, dispatch budget), so these functions never see a saga definition. Every change is
@@ -18,12 +19,22 @@ import json
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from saga_core.errors import IdempotencyConflict, SagaNotFound, TransitionRefused
 from saga_core.sqlite import transaction
-from saga_store.models import Actor, Dispatch, Event, Phase, SagaState, StepSpec
+from saga_store import queries
+from saga_store.machine import SagaEvent, StepEvent, in_flight, saga_move, step_move
+from saga_store.models import (
+    Actor,
+    Dispatch,
+    Event,
+    Phase,
+    SagaState,
+    StepSpec,
+    StepState,
+    iso,
+)
 
 
 @dataclass
@@ -35,10 +46,6 @@ class Transition:
     dispatches: list[Dispatch] = field(default_factory=list)
     alerts: list[tuple[str, str]] = field(default_factory=list)  # (step, error)
     took: float | None = None  # for an outcome: seconds since the dispatch it answers
-
-
-def iso(now: float) -> str:
-    return datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")
 
 
 # --- helpers: each runs inside the caller's transaction -------------------------------------
@@ -77,16 +84,20 @@ def _record(
     ``attempt`` counts the orchestrator's dispatches of the step; ``tries``, the service's
     runs of that dispatch (its retries + 1)."""
     if event in COUNTED:
-        conn.execute(
-            "INSERT INTO counters (name, value) VALUES (?, 1) "
-            "ON CONFLICT (name) DO UPDATE SET value = value + 1",
-            (COUNTED[event],),
-        )
+        _count(conn, COUNTED[event])
     conn.execute(
         "INSERT INTO saga_events "
         "(saga_id, at, event, step_name, phase, attempt, tries, error, note, actor) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (saga_id, now, event.value, step, phase, attempt, tries, error, note, actor),
+    )
+
+
+def _count(conn: sqlite3.Connection, name: str, by: int = 1) -> None:
+    conn.execute(
+        "INSERT INTO counters (name, value) VALUES (?, ?) "
+        "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+        (name, by),
     )
 
 
@@ -148,19 +159,39 @@ def _record_outcome(
     )
 
 
-def _require(actual: str, allowed: set[str], what: str, saga_id: str, step: str | None = None):
-    if actual not in allowed:
-        raise TransitionRefused(
-            f"{what} is not allowed from state '{actual}'", saga_id=saga_id, step=step
-        )
-
-
-def _set_saga(
-    conn: sqlite3.Connection, saga_id: str, state: SagaState, now: float, error: str | None = None
-) -> None:
+def _move_saga(
+    conn: sqlite3.Connection,
+    saga_id: str,
+    current: SagaState,
+    event: SagaEvent,
+    now: float,
+    error: str | None = None,
+) -> SagaState:
+    """Move the saga by ``event`` (refused where the table has no such move), keeping
+    ``error`` where one is given; returns its new state."""
+    after = saga_move(current, event, event.value, saga_id)
     conn.execute(
         "UPDATE sagas SET state = ?, updated_at = ?, error = COALESCE(?, error) WHERE id = ?",
-        (state.value, iso(now), error, saga_id),
+        (after.value, iso(now), error, saga_id),
+    )
+    return after
+
+
+def _move_step(
+    conn: sqlite3.Connection,
+    saga_id: str,
+    step: sqlite3.Row,
+    event: StepEvent,
+    error: str | None = None,
+    output: str | None = None,
+) -> None:
+    """Move one step by ``event`` and disarm its deadline (nothing of it is in flight
+    after any move but a dispatch), keeping ``error`` and ``output`` where given."""
+    after = step_move(StepState(step["state"]), event, saga_id=saga_id, step=step["step_name"])
+    conn.execute(
+        "UPDATE saga_steps SET state = ?, error = COALESCE(?, error), "
+        "output = COALESCE(?, output), deadline_at = NULL WHERE saga_id = ? AND step_name = ?",
+        (after.value, error, output, saga_id, step["step_name"]),
     )
 
 
@@ -184,22 +215,25 @@ def _dispatch(
     return Dispatch(saga_id, step["step_name"], phase, attempt)
 
 
-def _advance(conn: sqlite3.Connection, saga_id: str, now: float, actor: str) -> Transition:
+def _advance(
+    conn: sqlite3.Connection, saga_id: str, current: SagaState, now: float, actor: str
+) -> Transition:
     """Start the first pending step, or complete the saga when none is left.
 
     The step is found, started and dispatched in one statement: this is the hot path."""
     started = conn.execute(
-        "UPDATE saga_steps SET state = 'running', attempts = attempts + 1, "
+        "UPDATE saga_steps SET state = ?, attempts = attempts + 1, "
         "deadline_at = ? + timeout WHERE saga_id = ? AND position = ("
-        " SELECT MIN(position) FROM saga_steps WHERE saga_id = ? AND state = 'pending') "
+        " SELECT MIN(position) FROM saga_steps WHERE saga_id = ? AND state = ?) "
         "RETURNING step_name, attempts",
-        (now, saga_id, saga_id),
+        (_DISPATCHED, now, saga_id, saga_id, StepState.PENDING.value),
     ).fetchone()
     if started is None:
-        _set_saga(conn, saga_id, SagaState.COMPLETED, now)
+        final = _move_saga(conn, saga_id, current, SagaEvent.FINISH, now)
         _record(conn, saga_id, now, Event.COMPLETED, actor)
-        return Transition(saga_id, SagaState.COMPLETED)
-    _set_saga(conn, saga_id, SagaState.RUNNING, now)
+        return Transition(saga_id, final)
+    event = SagaEvent.START if current is SagaState.PENDING else SagaEvent.NEXT_STEP
+    _move_saga(conn, saga_id, current, event, now)
     dispatch = Dispatch(saga_id, started["step_name"], Phase.ACTION, started["attempts"])
     _record(
         conn,
@@ -214,17 +248,17 @@ def _advance(conn: sqlite3.Connection, saga_id: str, now: float, actor: str) -> 
     return Transition(saga_id, SagaState.RUNNING, [dispatch])
 
 
+#: What a pending step becomes when it is sent (the hot path's one statement writes it).
+_DISPATCHED = step_move(StepState.PENDING, StepEvent.DISPATCH).value
+
+
 def _compensate_next(conn: sqlite3.Connection, saga_id: str, now: float, actor: str) -> Transition:
     """Dispatch the last step still to be compensated, or end the saga when none is left.
 
     Compensations run one at a time in reverse order, so the step in flight is always the
     ``compensating`` step with the highest position.
     """
-    nxt = conn.execute(
-        "SELECT * FROM saga_steps WHERE saga_id = ? AND state = 'compensating' "
-        "ORDER BY position DESC LIMIT 1",
-        (saga_id,),
-    ).fetchone()
+    nxt = _last_step_in(conn, saga_id, StepState.COMPENSATING)
     if nxt is not None:
         return Transition(
             saga_id,
@@ -234,21 +268,36 @@ def _compensate_next(conn: sqlite3.Connection, saga_id: str, now: float, actor: 
     alerted = conn.execute(
         "SELECT 1 FROM alerts WHERE saga_id = ? AND resolved_at IS NULL LIMIT 1", (saga_id,)
     ).fetchone()
-    final = SagaState.FAILED if alerted else SagaState.COMPENSATED
-    _set_saga(conn, saga_id, final, now)
+    event = SagaEvent.UNDONE_WITH_ALERT if alerted else SagaEvent.UNDONE
+    final = _move_saga(conn, saga_id, SagaState.COMPENSATING, event, now)
     _record(conn, saga_id, now, Event(final.value), actor)
     return Transition(saga_id, final)
+
+
+def _last_step_in(conn: sqlite3.Connection, saga_id: str, state: StepState) -> sqlite3.Row | None:
+    """The saga's last step (by position) in ``state``: the one in flight, for a running
+    or compensating saga, since both move one step at a time."""
+    row: sqlite3.Row | None = conn.execute(
+        "SELECT * FROM saga_steps WHERE saga_id = ? AND state = ? ORDER BY position DESC LIMIT 1",
+        (saga_id, state.value),
+    ).fetchone()
+    return row
 
 
 def _begin_compensation(
     conn: sqlite3.Connection, saga_id: str, now: float, error: str, actor: str
 ) -> Transition:
+    """The saga turns back: every completed step that can be undone is queued for its
+    compensation, and the last of them is sent."""
     conn.execute(
-        "UPDATE saga_steps SET state = 'compensating' "
-        "WHERE saga_id = ? AND state = 'completed' AND compensable = 1",
-        (saga_id,),
+        "UPDATE saga_steps SET state = ? WHERE saga_id = ? AND state = ? AND compensable = 1",
+        (
+            step_move(StepState.COMPLETED, StepEvent.UNDO).value,
+            saga_id,
+            StepState.COMPLETED.value,
+        ),
     )
-    _set_saga(conn, saga_id, SagaState.COMPENSATING, now, error)
+    _move_saga(conn, saga_id, SagaState.RUNNING, SagaEvent.TURN_BACK, now, error)
     _record(conn, saga_id, now, Event.COMPENSATING, actor, error=error)
     return _compensate_next(conn, saga_id, now, actor)
 
@@ -264,29 +313,27 @@ def _fail_action(
 ) -> Transition:
     name = step["step_name"]
     undo = may_have_taken_effect and step["compensable"] and not step["best_effort"]
-    conn.execute(
-        "UPDATE saga_steps SET state = ?, error = ?, deadline_at = NULL "
-        "WHERE saga_id = ? AND step_name = ?",
-        ("compensating" if undo else "failed", error, saga_id, name),
-    )
+    _move_step(conn, saga_id, step, StepEvent.UNDO if undo else StepEvent.FAIL, error)
     if step["best_effort"]:
-        return _advance(conn, saga_id, now, actor)
+        return _advance(conn, saga_id, SagaState.RUNNING, now, actor)
     return _begin_compensation(conn, saga_id, now, f"{name}: {error}", actor)
 
 
 def _raise_alert(
-    conn: sqlite3.Connection, saga_id: str, step: str, error: str, now: float, actor: str
-) -> None:
-    conn.execute(
-        "UPDATE saga_steps SET state = 'failed', error = ?, deadline_at = NULL "
-        "WHERE saga_id = ? AND step_name = ?",
-        (f"compensation failed: {error}", saga_id, step),
-    )
+    conn: sqlite3.Connection, saga_id: str, step: sqlite3.Row, error: str, now: float, actor: str
+) -> Transition:
+    """The step's compensation gave up: an alert for a person, and the remaining
+    compensations go on."""
+    name = step["step_name"]
+    _move_step(conn, saga_id, step, StepEvent.GIVE_UP, f"compensation failed: {error}")
     conn.execute(
         "INSERT INTO alerts (saga_id, step_name, error, created_at) VALUES (?, ?, ?, ?)",
-        (saga_id, step, error, iso(now)),
+        (saga_id, name, error, iso(now)),
     )
-    _record(conn, saga_id, now, Event.ALERT, actor, step=step, error=error)
+    _record(conn, saga_id, now, Event.ALERT, actor, step=name, error=error)
+    result = _compensate_next(conn, saga_id, now, actor)
+    result.alerts.append((name, error))
+    return result
 
 
 # --- the transitions ------------------------------------------------------------------------
@@ -332,16 +379,25 @@ def create_saga(
                 return row["id"], False
         conn.execute(
             "INSERT INTO sagas (id, state, input, created_at, updated_at, definition, "
-            "idempotency_key) VALUES (?, 'pending', ?, ?, ?, ?, ?)",
-            (saga_id, json.dumps(saga_input), iso(now), iso(now), definition, idempotency_key),
+            "idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                saga_id,
+                SagaState.PENDING.value,
+                json.dumps(saga_input),
+                iso(now),
+                iso(now),
+                definition,
+                idempotency_key,
+            ),
         )
         conn.executemany(
             "INSERT INTO saga_steps (saga_id, step_name, state, position, compensable, "
-            "best_effort, timeout, max_dispatches) VALUES (?, ?, 'pending', ?, ?, ?, ?, ?)",
+            "best_effort, timeout, max_dispatches) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     saga_id,
                     s.name,
+                    StepState.PENDING.value,
                     i,
                     int(s.compensable),
                     int(s.best_effort),
@@ -371,9 +427,10 @@ def start_saga(
 ) -> Transition:
     """``pending`` → ``running``: the first step goes ``running`` and is dispatched."""
     with transaction(conn):
-        _require(_saga_state(conn, saga_id), {"pending"}, "starting the saga", saga_id)
+        state = _saga_state(conn, saga_id)
+        saga_move(state, SagaEvent.START, "starting the saga", saga_id)
         _record(conn, saga_id, now, Event.STARTED, actor)
-        return _advance(conn, saga_id, now, actor)
+        return _advance(conn, saga_id, state, now, actor)
 
 
 def complete_step(
@@ -390,17 +447,12 @@ def complete_step(
     outcome."""
     with transaction(conn):
         state, row = _saga_and_step(conn, saga_id, step)
-        _require(state, {"running"}, "completing a step", saga_id, step)
-        _require(row["state"], {"running"}, "completing the step", saga_id, step)
+        saga_move(state, SagaEvent.NEXT_STEP, "completing a step", saga_id)
         took = _since_dispatch(row, now)
-        conn.execute(
-            "UPDATE saga_steps SET state = 'completed', output = ?, error = NULL, "
-            "deadline_at = NULL WHERE saga_id = ? AND step_name = ?",
-            (json.dumps(output), saga_id, step),
-        )
+        _move_step(conn, saga_id, row, StepEvent.SUCCEED, output=json.dumps(output))
         actor = Actor.ORCHESTRATOR
         _record_outcome(conn, saga_id, now, Event.SUCCEEDED, step, Phase.ACTION, attempt, tries)
-        result = _advance(conn, saga_id, now, actor)
+        result = _advance(conn, saga_id, state, now, actor)
         result.took = took
         return result
 
@@ -423,8 +475,8 @@ def fail_step(
     every step that took effect, last first. Refused for a step that is not running."""
     with transaction(conn):
         state, row = _saga_and_step(conn, saga_id, step)
-        _require(state, {"running"}, "failing a step", saga_id, step)
-        _require(row["state"], {"running"}, "failing the step", saga_id, step)
+        saga_move(state, SagaEvent.TURN_BACK, "failing a step", saga_id)
+        step_move(StepState(row["state"]), StepEvent.FAIL, "failing the step", saga_id, step)
         actor = Actor.ORCHESTRATOR
         _record_outcome(
             conn,
@@ -445,16 +497,18 @@ def fail_step(
 def _compensation_in_flight(
     conn: sqlite3.Connection, saga_id: str, step: str, what: str
 ) -> sqlite3.Row:
+    """The step, where its compensation is in flight; else ``TransitionRefused``."""
     state, row = _saga_and_step(conn, saga_id, step)
-    _require(state, {"compensating"}, f"{what} a compensation", saga_id, step)
-    in_flight = row["state"] == "compensating" and row["deadline_at"] is not None
-    _require(
-        "in flight" if in_flight else row["state"],
-        {"in flight"},
-        f"{what} the compensation",
-        saga_id,
-        step,
-    )
+    if state is not SagaState.COMPENSATING:
+        raise TransitionRefused(
+            f"{what} a compensation is not allowed from state '{state}'", saga_id=saga_id
+        )
+    if not in_flight(row):
+        raise TransitionRefused(
+            f"{what} the compensation: none is in flight (step state '{row['state']}')",
+            saga_id=saga_id,
+            step=step,
+        )
     return row
 
 
@@ -471,11 +525,7 @@ def complete_compensation(
     compensation raised an alert). Refused unless this compensation is in flight."""
     with transaction(conn):
         row = _compensation_in_flight(conn, saga_id, step, "completing")
-        conn.execute(
-            "UPDATE saga_steps SET state = 'compensated', deadline_at = NULL "
-            "WHERE saga_id = ? AND step_name = ?",
-            (saga_id, step),
-        )
+        _move_step(conn, saga_id, row, StepEvent.UNDONE)
         actor = Actor.ORCHESTRATOR
         _record_outcome(
             conn, saga_id, now, Event.SUCCEEDED, step, Phase.COMPENSATION, attempt, tries
@@ -503,9 +553,7 @@ def fail_compensation(
         _record_outcome(
             conn, saga_id, now, Event.EXHAUSTED, step, Phase.COMPENSATION, attempt, tries, error
         )
-        _raise_alert(conn, saga_id, step, error, now, actor)
-        result = _compensate_next(conn, saga_id, now, actor)
-        result.alerts.append((step, error))
+        result = _raise_alert(conn, saga_id, row, error, now, actor)
         result.took = _since_dispatch(row, now)
         return result
 
@@ -522,11 +570,8 @@ def ignore_outcome(
     """An outcome that no transition accepts (a duplicate, a late one): counted, and kept
     in the saga's history where the saga exists. Changes no state."""
     with transaction(conn):
-        conn.execute(
-            "INSERT INTO counters (name, value) VALUES ('duplicate_outcomes', 1) "
-            "ON CONFLICT (name) DO UPDATE SET value = value + 1"
-        )
-        if conn.execute("SELECT 1 FROM sagas WHERE id = ?", (saga_id,)).fetchone():
+        _count(conn, "duplicate_outcomes")
+        if queries.saga_exists(conn, saga_id):
             _record(
                 conn,
                 saga_id,
@@ -550,12 +595,9 @@ def redispatch_overdue(conn: sqlite3.Connection, saga_id: str, step: str, now: f
         deadline = row["deadline_at"]
         if deadline is None or deadline > now:
             raise TransitionRefused("the step is not overdue", saga_id=saga_id, step=step)
-        conn.execute(
-            "INSERT INTO counters (name, value) VALUES ('redispatches', 1) "
-            "ON CONFLICT (name) DO UPDATE SET value = value + 1"
-        )
+        _count(conn, "redispatches")
         actor = Actor.SWEEPER
-        phase = Phase.ACTION if row["state"] == "running" else Phase.COMPENSATION
+        phase = Phase.ACTION if row["state"] == StepState.RUNNING else Phase.COMPENSATION
         counter = "attempts" if phase is Phase.ACTION else "compensation_attempts"
         if row[counter] < row["max_dispatches"]:
             return Transition(
@@ -577,10 +619,7 @@ def redispatch_overdue(conn: sqlite3.Connection, saga_id: str, step: str, now: f
         )
         if phase is Phase.ACTION:
             return _fail_action(conn, saga_id, row, error, True, now, actor)
-        _raise_alert(conn, saga_id, step, error, now, actor)
-        result = _compensate_next(conn, saga_id, now, actor)
-        result.alerts.append((step, error))
-        return result
+        return _raise_alert(conn, saga_id, row, error, now, actor)
 
 
 def resume_saga(
@@ -592,23 +631,22 @@ def resume_saga(
     Refused for a terminal saga."""
     with transaction(conn):
         state = _saga_state(conn, saga_id)
-        _require(state, {"pending", "running", "compensating"}, "resuming the saga", saga_id)
+        if state.terminal:
+            raise TransitionRefused(
+                f"resuming the saga is not allowed from state '{state}'", saga_id=saga_id
+            )
         if state is SagaState.PENDING:
             _record(conn, saga_id, now, Event.STARTED, actor)
-            return _advance(conn, saga_id, now, actor)
+            return _advance(conn, saga_id, state, now, actor)
         phase, step_state = (
-            (Phase.ACTION, "running")
+            (Phase.ACTION, StepState.RUNNING)
             if state is SagaState.RUNNING
-            else (Phase.COMPENSATION, "compensating")
+            else (Phase.COMPENSATION, StepState.COMPENSATING)
         )
-        row = conn.execute(
-            "SELECT * FROM saga_steps WHERE saga_id = ? AND state = ? "
-            "ORDER BY position DESC LIMIT 1",
-            (saga_id, step_state),
-        ).fetchone()
+        row = _last_step_in(conn, saga_id, step_state)
         if row is None:  # nothing in flight: only reachable through a hand-edited database
             return (
-                _advance(conn, saga_id, now, actor)
+                _advance(conn, saga_id, state, now, actor)
                 if phase is Phase.ACTION
                 else _compensate_next(conn, saga_id, now, actor)
             )
@@ -666,15 +704,24 @@ def retry_compensations(
     not). Refused unless the saga is ``failed`` with an open alert."""
     with transaction(conn):
         what = "retrying its compensations"
-        _require(_saga_state(conn, saga_id), {"failed"}, what, saga_id)
+        state = _saga_state(conn, saga_id)
+        saga_move(state, SagaEvent.RETRY, what, saga_id)
         steps = _open_alert_steps(conn, saga_id, what)
         conn.executemany(
-            "UPDATE saga_steps SET state = 'compensating', compensation_attempts = 0, "
-            "error = NULL WHERE saga_id = ? AND step_name = ? AND state = 'failed'",
-            [(saga_id, step) for step in steps],
+            "UPDATE saga_steps SET state = ?, compensation_attempts = 0, "
+            "error = NULL WHERE saga_id = ? AND step_name = ? AND state = ?",
+            [
+                (
+                    step_move(StepState.FAILED, StepEvent.RETRY).value,
+                    saga_id,
+                    step,
+                    StepState.FAILED.value,
+                )
+                for step in steps
+            ],
         )
         _close_alerts(conn, saga_id, "retried", now)
-        _set_saga(conn, saga_id, SagaState.COMPENSATING, now)
+        _move_saga(conn, saga_id, state, SagaEvent.RETRY, now)
         _record(conn, saga_id, now, Event.RETRY, actor, note=", ".join(steps))
         return _compensate_next(conn, saga_id, now, actor)
 
@@ -699,26 +746,26 @@ def cancel_saga(conn: sqlite3.Connection, saga_id: str, now: float, actor: str) 
     after it every completed step, last first. Refused once the saga compensates or ended."""
     with transaction(conn):
         state = _saga_state(conn, saga_id)
-        _require(state, {"pending", "running"}, "cancelling the saga", saga_id)
-        _record(conn, saga_id, now, Event.CANCELLED, actor)
+        what = "cancelling the saga"
         if state is SagaState.PENDING:
-            _set_saga(conn, saga_id, SagaState.COMPENSATED, now, "cancelled by an operator")
+            _record(conn, saga_id, now, Event.CANCELLED, actor)
+            final = _move_saga(
+                conn, saga_id, state, SagaEvent.CANCEL_PENDING, now, "cancelled by an operator"
+            )
             _record(conn, saga_id, now, Event.COMPENSATED, actor)
-            return Transition(saga_id, SagaState.COMPENSATED)
-        conn.execute(
-            "UPDATE saga_steps SET state = CASE WHEN compensable = 1 AND best_effort = 0 "
-            "THEN 'compensating' ELSE 'failed' END, error = 'cancelled', deadline_at = NULL "
-            "WHERE saga_id = ? AND state = 'running'",
-            (saga_id,),
-        )
+            return Transition(saga_id, final)
+        saga_move(state, SagaEvent.TURN_BACK, what, saga_id)
+        _record(conn, saga_id, now, Event.CANCELLED, actor)
+        running = _last_step_in(conn, saga_id, StepState.RUNNING)
+        if running is not None:  # it may take effect yet: undone too, where it can be
+            undo = running["compensable"] and not running["best_effort"]
+            _move_step(
+                conn, saga_id, running, StepEvent.UNDO if undo else StepEvent.FAIL, "cancelled"
+            )
         return _begin_compensation(conn, saga_id, now, "cancelled by an operator", actor)
 
 
 def count(conn: sqlite3.Connection, name: str, by: int = 1) -> None:
     """Add ``by`` to a named counter."""
     with transaction(conn):
-        conn.execute(
-            "INSERT INTO counters (name, value) VALUES (?, ?) "
-            "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
-            (name, by),
-        )
+        _count(conn, name, by)

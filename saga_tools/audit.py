@@ -15,6 +15,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from saga_store import open_reader, queries
+
 TERMINAL = {"completed", "compensated", "failed"}
 
 
@@ -59,10 +61,20 @@ def _rows(path: Path, sql: str) -> list[sqlite3.Row]:
         conn.close()
 
 
+def _saga_store(path: Path) -> tuple[list[sqlite3.Row], set[str]]:
+    """Every saga, and those that raised an alert; none where no store is there yet."""
+    if not path.exists():
+        return [], set()
+    conn = open_reader(path)
+    try:
+        return queries.saga_summaries(conn), queries.alerted_saga_ids(conn)
+    finally:
+        conn.close()
+
+
 def audit(data_dir: Path, settle_seconds: float = 60.0, now: float | None = None) -> Report:
     now = time.time() if now is None else now
-    sagas = _rows(data_dir / "sagas.db", "SELECT id, state, input, created_at FROM sagas")
-    alerted = {r["saga_id"] for r in _rows(data_dir / "sagas.db", "SELECT saga_id FROM alerts")}
+    sagas, alerted = _saga_store(data_dir / "sagas.db")
     report = Report(dict(Counter(r["state"] for r in sagas)))
     bad = report.violations.append
 

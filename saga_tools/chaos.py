@@ -24,7 +24,7 @@ import orchestrator
 from saga_core import broker
 from saga_core.config import FailureRates, Settings
 from saga_faults.killer import KINDS, Killer
-from saga_store import open_store, queries
+from saga_store import open_reader, queries
 from saga_tools import audit, redis_server
 from saga_tools.cluster import Cluster
 
@@ -217,7 +217,7 @@ class Campaign:
         self.result.kills["redis"] += 1
 
     def _settle(self) -> None:
-        store = open_store(self.settings.path("sagas.db"))
+        store = open_reader(self.settings.path("sagas.db"))
         t0 = time.monotonic()
         deadline = t0 + self.opts.settle_timeout
         while queries.active_saga_ids(store) and time.monotonic() < deadline:

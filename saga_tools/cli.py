@@ -140,10 +140,10 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
-    from saga_store import open_store
+    from saga_store import open_reader
     from saga_tools import timeline
 
-    view, events, alerts = timeline.load(open_store(settings.path("sagas.db")), args.saga_id)
+    view, events, alerts = timeline.load(open_reader(settings.path("sagas.db")), args.saga_id)
     if args.json:
         print(json.dumps(timeline.to_dict(view, events, alerts), indent=2))
     else:
@@ -180,7 +180,7 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
-    from saga_store import SagaState, open_store, queries
+    from saga_store import SagaState, open_reader, queries
 
     state = None
     if args.state:
@@ -190,7 +190,7 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
             raise BadInput(
                 f"unknown state {args.state!r}; one of {', '.join(s.value for s in SagaState)}"
             ) from None
-    rows = queries.list_sagas(open_store(settings.path("sagas.db")), state, args.limit)
+    rows = queries.list_sagas(open_reader(settings.path("sagas.db")), state, args.limit)
     sagas = [
         {
             "id": r["id"],
@@ -210,9 +210,9 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_alerts(args: argparse.Namespace, settings: Settings) -> int:
-    from saga_store import open_store, queries
+    from saga_store import open_reader, queries
 
-    alerts = queries.alerts(open_store(settings.path("sagas.db")))
+    alerts = queries.alerts(open_reader(settings.path("sagas.db")))
     if args.json:
         print(json.dumps([a.__dict__ for a in alerts], indent=2))
     else:

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 import orchestrator
 from saga_core.config import FailureRates, Settings
 from saga_faults.killer import Killer
-from saga_store import open_store, queries
+from saga_store import open_reader, queries
 from saga_tools import audit, redis_server
 from saga_tools.cluster import Cluster
 from workers import inventory
@@ -202,7 +202,7 @@ class Batch:
 
     def run(self, timeout: float) -> int:
         started = time.monotonic()
-        store = open_store(self.settings.path("sagas.db"))
+        store = open_reader(self.settings.path("sagas.db"))
         submitter = threading.Thread(target=self._submit_all, daemon=True)
         submitter.start()
         rng = random.Random(1)

@@ -122,7 +122,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/healthz", summary="Whether the broker and the store answer")
     def healthz() -> JSONResponse:
-        checks = {"broker": broker.reachable(settings.broker_url), "store": _store_ok(store())}
+        checks = {"broker": broker.reachable(settings.broker_url), "store": _store_answers(store)}
         ok = all(checks.values())
         return JSONResponse({"ok": ok, **checks}, status_code=200 if ok else 503)
 
@@ -160,16 +160,15 @@ def _decode_cursor(cursor: str | None) -> tuple[str, str] | None:
         ) from None
 
 
-def _store_ok(conn: sqlite3.Connection) -> bool:
-    try:
-        conn.execute("SELECT 1 FROM sagas LIMIT 1").fetchall()
-    except (sqlite3.Error, SagaError):
-        return False
-    return True
-
-
 def app_from_environment() -> FastAPI:
     """For ``uvicorn saga_tools.web.app:app_from_environment --factory``."""
     from saga_core import config
 
     return create_app(config.load())
+
+
+def _store_answers(store: Any) -> bool:
+    try:
+        return queries.answers(store())
+    except SagaError:  # the store cannot even be opened
+        return False
