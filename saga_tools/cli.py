@@ -246,6 +246,26 @@ def cmd_stock(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_faults(args: argparse.Namespace, settings: Settings) -> int:
+    from saga_faults.plans import FaultPlans
+    from workers import SERVICES as SERVICE_OBJECTS
+
+    if not settings.faults:
+        raise BadInput(
+            "fault plans are a test and demo tool: they need SAGA_FAULTS=1, here and in "
+            "the workers and the orchestrator that are to obey them"
+        )
+    operations = {op for s in SERVICE_OBJECTS.values() for op in s.operations}
+    plans = FaultPlans(settings.data_dir, operations)
+    if args.plan is not None:
+        try:
+            plans.add(args.order_id, _read_order(args.plan))
+        except ValueError as exc:
+            raise BadInput(str(exc)) from None
+    print(json.dumps(plans.get(args.order_id), indent=2))
+    return 0
+
+
 def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     from saga_tools import audit
 
@@ -384,6 +404,14 @@ def parser() -> argparse.ArgumentParser:
     sk.add_argument("rest", nargs="*")
     sk.add_argument("--json", action="store_true")
 
+    fp = sub.add_parser(
+        "faults",
+        help="show, or set from a JSON file (- for stdin), the fault plan of an order "
+        "(a test and demo tool: needs SAGA_FAULTS=1)",
+    )
+    fp.add_argument("order_id")
+    fp.add_argument("plan", nargs="?")
+
     au = sub.add_parser("audit", help="cross-check the saga store against every service")
     au.add_argument(
         "--settle",
@@ -441,6 +469,7 @@ COMMANDS = {
     "list": cmd_list,
     "alerts": cmd_alerts,
     "stock": cmd_stock,
+    "faults": cmd_faults,
     "audit": cmd_audit,
     "chaos": cmd_chaos,
     "demo": cmd_demo,
