@@ -66,15 +66,7 @@ class Command:
         return f"{self.saga_id}:{self.step}"
 
     def to_wire(self) -> dict[str, Any]:
-        return {
-            "v": VERSION,
-            "saga_id": self.saga_id,
-            "step": self.step,
-            "phase": self.phase.value,
-            "attempt": self.attempt,
-            "payload": self.payload,
-            "retry": self.retry.to_dict(),
-        }
+        return {**_address(self), "payload": self.payload, "retry": self.retry.to_dict()}
 
     @classmethod
     def from_wire(cls, operation: str, body: Any) -> Command:
@@ -87,15 +79,7 @@ class Command:
             retry = RetryPolicy.parse(b.get("retry"))
         except (TypeError, ValueError) as exc:
             raise MalformedMessage(f"command: retry is not a retry policy: {exc}") from None
-        return cls(
-            operation=operation,
-            saga_id=b.text("saga_id"),
-            step=b.text("step"),
-            phase=b.phase(),
-            attempt=b.count("attempt"),
-            payload=payload,
-            retry=retry,
-        )
+        return cls(operation=operation, **b.address(), payload=payload, retry=retry)
 
     def answer(
         self, status: Status, tries: int, output: Any = None, error: str | None = None
@@ -121,11 +105,7 @@ class Outcome:
 
     def to_wire(self) -> dict[str, Any]:
         return {
-            "v": VERSION,
-            "saga_id": self.saga_id,
-            "step": self.step,
-            "phase": self.phase.value,
-            "attempt": self.attempt,
+            **_address(self),
             "status": self.status.value,
             "tries": self.tries,
             "output": self.output,
@@ -145,15 +125,23 @@ class Outcome:
         if not isinstance(error, str | None):
             raise MalformedMessage("outcome: error must be a string")
         return cls(
-            saga_id=b.text("saga_id"),
-            step=b.text("step"),
-            phase=b.phase(),
-            attempt=b.count("attempt"),
+            **b.address(),
             status=Status(status),
             tries=b.count("tries"),
             output=b.get("output"),
             error=error or "",
         )
+
+
+def _address(m: Command | Outcome) -> dict[str, Any]:
+    """What every message says first: its version, and which dispatch of which step."""
+    return {
+        "v": VERSION,
+        "saga_id": m.saga_id,
+        "step": m.step,
+        "phase": m.phase.value,
+        "attempt": m.attempt,
+    }
 
 
 class _Body:
@@ -171,6 +159,15 @@ class _Body:
                 else f"{kind}: no version field 'v' (this process speaks {VERSION})"
             )
         self.body = body
+
+    def address(self) -> dict[str, Any]:
+        """The fields :func:`_address` writes, read back and checked."""
+        return {
+            "saga_id": self.text("saga_id"),
+            "step": self.text("step"),
+            "phase": self.phase(),
+            "attempt": self.count("attempt"),
+        }
 
     def get(self, name: str, default: Any = None) -> Any:
         return self.body.get(name, default)

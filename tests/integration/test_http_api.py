@@ -70,8 +70,8 @@ class Api:
             return False
 
 
-@pytest.fixture
-def api(system: System) -> Iterator[Api]:
+def serve_api(system: System) -> Iterator[Api]:
+    """A ``saga api`` process beside ``system``, with its settings, until the test ends."""
     port = free_port()
     env = {**system.settings.to_env(), "PYTHONUNBUFFERED": "1"}
     child = Child(
@@ -87,6 +87,11 @@ def api(system: System) -> Iterator[Api]:
     finally:
         child.stop()
         print(child.log_text()[-3000:])
+
+
+@pytest.fixture
+def api(system: System) -> Iterator[Api]:
+    yield from serve_api(system)
 
 
 def wait_terminal(system: System, saga_id: str) -> SagaState:

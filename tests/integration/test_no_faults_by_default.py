@@ -14,12 +14,10 @@ from saga_core.processes import wait_for
 from saga_core.retry import RetryPolicy
 from saga_faults.plans import FaultPlans
 from saga_store import SagaState
-from saga_tools.cluster import Child, saga_command
-from saga_tools.redis_server import free_port
 from tests.helpers import ONE_OF_EACH, make_order, service_records
 from tests.integration.conftest import System
 from tests.integration.test_cli import saga, stored_sagas, write
-from tests.integration.test_http_api import Api
+from tests.integration.test_http_api import Api, serve_api
 
 pytestmark = [pytest.mark.processes, pytest.mark.any_broker]
 
@@ -50,16 +48,7 @@ def default_system(make_system: Callable[..., System]) -> System:
 
 @pytest.fixture
 def api(default_system: System) -> Iterator[Api]:
-    port = free_port()
-    env = {**default_system.settings.to_env(), "PYTHONUNBUFFERED": "1"}
-    log = default_system.data_dir / "logs" / "api.log"
-    child = Child("api", saga_command("api", "--port", str(port)), env, log).start()
-    client = Api(port)
-    try:
-        wait_for(client.ready, 30, "the API to answer")
-        yield client
-    finally:
-        child.stop()
+    yield from serve_api(default_system)
 
 
 @pytest.mark.parametrize("word", OLD_FAULT_PLANS)
