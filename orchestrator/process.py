@@ -27,7 +27,7 @@ from typing import Any
 
 from celery import Celery
 from kombu import Connection, Consumer, Producer
-from kombu.exceptions import KombuError, OperationalError
+from kombu.exceptions import BatchPublishError, KombuError, OperationalError
 from kombu.message import Message
 from kombu.utils.uuid import uuid
 
@@ -145,6 +145,11 @@ class Orchestrator:
                 delay = 0.5
             except (
                 OperationalError,  # kombu's own word for "could not connect"
+                # The broker went away during a batch's publish: which of its commands went
+                # out is unknown. Its outcomes stay unacknowledged and come again (refused as
+                # duplicates: their transitions committed); a command that was lost goes
+                # out again when its step's deadline passes.
+                BatchPublishError,
                 *connection.connection_errors,
                 *connection.channel_errors,
             ) as exc:
