@@ -16,6 +16,7 @@ import shutil
 import signal
 import threading
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -138,7 +139,10 @@ class Campaign:
         self.settings = self.base.with_(
             broker_url=url,
             data_dir=data_dir,
-            queue_prefix=f"{self.base.queue_prefix}chaos.",
+            # Queues of this run only: a killed worker's unacknowledged message comes back
+            # to its queue when the visibility timeout passes, minutes later, and must not
+            # be run by a later campaign's workers on the same Redis.
+            queue_prefix=f"{self.base.queue_prefix}chaos.{uuid.uuid4().hex[:8]}.",
             faults=True,
             step_timeout=self.opts.step_timeout,
             sweep_interval=0.5,
@@ -150,6 +154,7 @@ class Campaign:
     def stop(self) -> None:
         if self.cluster is not None:
             self.cluster.stop()
+            broker.discard(self.settings.broker_url, self.settings.all_queues())
         if self.redis is not None:
             self.redis.stop()
 

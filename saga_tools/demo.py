@@ -10,11 +10,13 @@ import shutil
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from datetime import datetime
 from typing import Any, TextIO
 
 import orchestrator
+from saga_core import broker
 from saga_core.config import FailureRates, Settings
 from saga_faults.killer import Killer
 from saga_store import open_reader, queries
@@ -93,7 +95,9 @@ def run(
     settings = settings.with_(
         broker_url=url,
         data_dir=data_dir,
-        queue_prefix=f"{settings.queue_prefix}demo.",
+        # Queues of this run only (see saga_tools.chaos): a killed worker's message that
+        # comes back later must not reach the next demo's workers.
+        queue_prefix=f"{settings.queue_prefix}demo.{uuid.uuid4().hex[:8]}.",
         # The demo shows failures on purpose: fault injection on, in its own processes.
         faults=True,
         failure_rates={"*": FailureRates(transient=transient, business=business)},
@@ -115,6 +119,7 @@ def run(
         return batch.run(timeout)
     finally:
         cluster.stop()
+        broker.discard(settings.broker_url, settings.all_queues())
         if owned is not None:
             owned.stop()
 
