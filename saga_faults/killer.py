@@ -51,6 +51,7 @@ class Killer:
         self.kinds = [k for k in KINDS if weights.get(k)]
         self.weights = [weights[k] for k in self.kinds]
         self.restarts: list[tuple[float, Child]] = []
+        self.exits = 0  # processes that died without being killed, started again
 
     def kill_one(self, now: float) -> tuple[str, str] | None:
         """SIGKILL one process; returns what was killed (kind, process name), if anything."""
@@ -79,7 +80,17 @@ class Killer:
         return kind, target.name
 
     def restart_due(self, now: float) -> list[str]:
-        """Start again every killed process whose delay has passed; returns their names."""
+        """Start again every killed process whose delay has passed, and at once any that
+        exited on its own (as a supervisor would: a prefork worker whose pool child is
+        killed while it starts exits with "Could not start worker processes"); returns
+        their names."""
+        waiting = {id(child) for _, child in self.restarts}
+        for child in self.cluster.children:
+            if id(child) not in waiting and not child.alive():
+                log.warning("%s exited on its own; starting it again", child.name)
+                child.stop()  # reap it and any orphaned pool children
+                self.exits += 1
+                self.restarts.append((now, child))
         started = []
         for due, child in list(self.restarts):
             if now >= due:

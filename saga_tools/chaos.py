@@ -62,6 +62,7 @@ class Result:
     settle_seconds: float = 0.0
     violations: list[audit.Violation] = field(default_factory=list)
     unsettled: int = 0
+    exits: int = 0  # processes that died without being killed (restarted)
 
     @property
     def ok(self) -> bool:
@@ -78,6 +79,7 @@ class Result:
             "submit_seconds": round(self.submit_seconds, 1),
             "settle_seconds": round(self.settle_seconds, 1),
             "unsettled": self.unsettled,
+            "exits": self.exits,
             "violations": [v.__dict__ for v in self.violations],
         }
 
@@ -226,9 +228,12 @@ class Campaign:
         t0 = time.monotonic()
         deadline = t0 + self.opts.settle_timeout
         while queries.active_saga_ids(store) and time.monotonic() < deadline:
-            time.sleep(0.5)
+            if self.killer is not None:
+                self.killer.restart_due(time.monotonic())
+            time.sleep(0.5)  # polling the store for the sagas' end
         self.result.settle_seconds = time.monotonic() - t0
         self.result.unsettled = len(queries.active_saga_ids(store))
+        self.result.exits = self.killer.exits if self.killer is not None else 0
         counters = queries.counters(store)
         self.result.redispatches = counters.get("redispatches", 0)
         self.result.duplicate_outcomes = counters.get("duplicate_outcomes", 0)

@@ -314,6 +314,7 @@ def cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:
         kills = ", ".join(f"{n} {k}" for k, n in sorted(result.kills.items())) or "none"
         print(f"sagas:              {states}")
         print(f"kills:              {kills}")
+        print(f"exited by itself:   {result.exits} (started again)")
         print(f"re-dispatches:      {result.redispatches}")
         print(f"duplicate outcomes: {result.duplicate_outcomes} ignored")
         print(f"submit errors:      {result.submit_errors}")
