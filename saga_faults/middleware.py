@@ -37,14 +37,16 @@ class Faults(Middleware):
     def __init__(self, settings: Settings, rng: random.Random | None = None):
         self.settings = settings
         self.plans = FaultPlans(settings.data_dir)
-        self.rng = rng or random.Random()
+        # The module's own generator by default: Python reseeds it in every forked child,
+        # so each pool child of a prefork worker draws its own failures.
+        self.roll = (rng or random).random
 
     def _plan(self, command: Command) -> OperationFaults:
         return self.plans.for_operation(command.payload.get("reference"), command.operation)
 
     def _draw(self, rates: FailureRates) -> str | None:
         """``"transient"``, ``"business"`` or None, with the configured probabilities."""
-        roll = self.rng.random()
+        roll = self.roll()
         if roll < rates.transient:
             return "transient"
         if roll < rates.transient + rates.business:
