@@ -155,7 +155,7 @@ class SagaRunner:
         store = open_reader(self.settings.path("sagas.db"))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            rows = queries.ended_between(store, ids)
+            rows = queries.ended_times(store, ids)
             if len(rows) == count:
                 break
             time.sleep(0.2)  # polling the store for the sagas' end

@@ -105,7 +105,7 @@ def answers(conn: sqlite3.Connection) -> bool:
     return True
 
 
-def ended_between(conn: sqlite3.Connection, saga_ids: list[str]) -> list[tuple[str, str]]:
+def ended_times(conn: sqlite3.Connection, saga_ids: list[str]) -> list[tuple[str, str]]:
     """``(created_at, updated_at)`` of those of ``saga_ids`` that have ended."""
     marks = ",".join("?" * len(saga_ids))
     rows = conn.execute(

@@ -15,9 +15,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from saga_store import open_reader, queries
-
-TERMINAL = {"completed", "compensated", "failed"}
+from saga_core.sqlite import connect
+from saga_store import TERMINAL_STATES, open_reader, queries
 
 
 @dataclass(frozen=True)
@@ -49,8 +48,7 @@ def _rows(path: Path, sql: str) -> list[sqlite3.Row]:
     there yet (a service that never ran holds nothing)."""
     if not path.exists():
         return []
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-    conn.row_factory = sqlite3.Row
+    conn = connect(path, readonly=True)
     try:
         return conn.execute(sql).fetchall()
     except sqlite3.OperationalError as exc:
@@ -116,7 +114,7 @@ def audit(data_dir: Path, settle_seconds: float = 60.0, now: float | None = None
             "unrefunded charges": charged[ref],
             "live shipments": shipments[ref],
         }
-        if state not in TERMINAL:
+        if state not in TERMINAL_STATES:
             age = now - datetime.fromisoformat(row["created_at"]).timestamp()
             if age > settle_seconds:
                 bad(Violation("settled", sid, f"still {state} after {age:.0f}s"))

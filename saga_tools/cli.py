@@ -248,15 +248,14 @@ def cmd_stock(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_faults(args: argparse.Namespace, settings: Settings) -> int:
     from saga_faults.plans import FaultPlans
-    from workers import SERVICES as SERVICE_OBJECTS
+    from workers import OPERATIONS
 
     if not settings.faults:
         raise BadInput(
             "fault plans are a test and demo tool: they need SAGA_FAULTS=1, here and in "
             "the workers and the orchestrator that are to obey them"
         )
-    operations = {op for s in SERVICE_OBJECTS.values() for op in s.operations}
-    plans = FaultPlans(settings.data_dir, operations)
+    plans = FaultPlans(settings.data_dir, OPERATIONS)
     if args.plan is not None:
         try:
             plans.add(args.order_id, _read_order(args.plan))

@@ -16,8 +16,7 @@ from saga_core import broker
 from saga_core.config import SERVICES, Settings
 from saga_core.processes import wait_for
 from saga_faults.plans import FaultPlans
-from workers import SERVICES as SERVICE_OBJECTS
-from workers import inventory
+from workers import OPERATIONS, inventory
 
 
 def saga_command(*args: str) -> list[str]:
@@ -135,8 +134,7 @@ class Cluster:
         system started with ``faults`` on, before the order is submitted."""
         if not self.settings.faults:
             raise ValueError("fault plans need a system started with faults on (SAGA_FAULTS=1)")
-        operations = {op for s in SERVICE_OBJECTS.values() for op in s.operations}
-        FaultPlans(self.settings.data_dir, operations).add(reference, plan)
+        FaultPlans(self.settings.data_dir, OPERATIONS).add(reference, plan)
 
     def start(self) -> Cluster:
         for child in self.children:

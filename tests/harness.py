@@ -18,10 +18,8 @@ from saga_faults.middleware import Faults
 from saga_faults.plans import FaultPlans
 from saga_store import SagaView
 from tests.helpers import STOCK
-from workers import SERVICES, inventory
+from workers import OPERATIONS, inventory
 from workers.task import Retry, StepRunner
-
-OPERATIONS = {op: service for service in SERVICES.values() for op in service.operations}
 
 
 class Clock:
