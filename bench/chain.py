@@ -45,7 +45,7 @@ def _task(runner: StepRunner, operation: str, reply_to: Any) -> Any:
         result = runner.run(command, int(task.request.retries))
         if isinstance(result, Retry):
             raise task.retry(countdown=result.countdown, exc=result.error)
-        if last:
+        if last and result is not None:
             task.app.send_task(
                 OUTCOME_TASK, args=[result.to_wire()], queue=reply_to, argsrepr="", kwargsrepr=""
             )

@@ -39,10 +39,10 @@ def submit(order: Any, *, settings: Settings | None = None) -> str:
     """Start a saga for ``order`` and return its id at once.
 
     Raises ``InvalidOrder`` (naming the field) before anything is stored. Submitting an
-    ``order_id`` again returns the first saga's id and starts nothing.
+    ``order_id`` again returns the first saga's id and starts nothing. While the broker
+    is down the saga is stored all the same, and starts when the broker is back.
     """
-    saga_id, _ = _engine(_settings(settings)).submit(ORDER_SAGA.name, order)
-    return saga_id
+    return _engine(_settings(settings)).submit(ORDER_SAGA.name, order).saga_id
 
 
 def retry(saga_id: str, *, actor: str, settings: Settings | None = None) -> SagaState:

@@ -14,25 +14,40 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from orchestrator.definition import SagaDefinition
+from orchestrator.liveness import QueueDepth, QueueWatch
 from saga_core.config import Settings
-from saga_core.errors import SagaNotFound, TransitionRefused
-from saga_core.messages import Command, Outcome, Phase, Status
+from saga_core.errors import BrokerUnavailable, SagaNotFound, TransitionRefused
+from saga_core.messages import Command, Heartbeat, Outcome, Phase, Status
 from saga_core.middleware import Middleware
 from saga_core.sqlite import transaction
-from saga_store import open_store, queries, transitions
+from saga_store import liveness, open_store, queries, transitions
 from saga_store.models import Actor, Dispatch, SagaState, SagaView, iso
 from saga_store.transitions import Transition
 
 log = logging.getLogger("saga.orchestrator")
 alert_log = logging.getLogger("saga.alert")
 
+#: A service whose workers sent heartbeats within this long has its steps judged by
+#: liveness; one with none (workers that send none, or none for an hour) by deadlines.
+WATCHED_FOR = 3600.0
+
+
+class Submitted(NamedTuple):
+    """What :meth:`Engine.submit` did: the saga's id, whether this call stored it (not an
+    earlier one with the same key), and whether its first command reached the broker."""
+
+    saga_id: str
+    created: bool
+    sent: bool
+
 
 class Publisher(Protocol):
     """Sends commands, all of them or (raising) not all: a command lost on the way is
-    sent again when its step's deadline passes."""
+    found lost by the sweeper and sent again. A publisher for clients raises
+    ``BrokerUnavailable`` where the broker is down."""
 
     def __call__(self, commands: Sequence[Command]) -> None: ...
 
@@ -46,9 +61,14 @@ class Engine:
         *,
         clock: Callable[[], float] = time.time,
         middleware: Sequence[Middleware] = (),
+        queue_depth: QueueDepth | None = None,
     ):
+        """``queue_depth`` tells how many messages wait on a service's queue; without it
+        (a client's engine, which never sweeps, or a test) every queue counts as empty."""
         self.settings = settings
         self.definitions = dict(definitions)
+        self.queues = QueueWatch(queue_depth, settings.liveness_timeout)
+        self._services = {s.queue for d in self.definitions.values() for s in d.steps}
         self.publish = publish
         self.middleware = tuple(middleware)
         self.clock = clock
@@ -67,12 +87,14 @@ class Engine:
 
     def submit(
         self, definition: str, document: Any, request_key: tuple[str, str] | None = None
-    ) -> tuple[str, bool]:
+    ) -> Submitted:
         """Validate ``document``, store a new saga and dispatch its first step.
 
-        Returns ``(saga_id, created)``; a document whose idempotency key was seen before
-        (or a ``request_key``, see ``transitions.create_saga``) returns the first saga with
-        ``created`` false. Invalid input raises ``InvalidOrder`` before anything is stored.
+        A document whose idempotency key was seen before (or a ``request_key``, see
+        ``transitions.create_saga``) returns the first saga with ``created`` false. Invalid
+        input raises ``InvalidOrder`` before anything is stored. A broker that does not
+        take the first command costs nothing but time: the saga is stored and started, and
+        the command goes out when the orchestrator finds the broker again (``sent`` false).
         """
         saga_def = self.definitions[definition]
         saga_input, key = saga_def.prepare(document)
@@ -86,13 +108,14 @@ class Engine:
             idempotency_key=f"{definition}:{key}",
             request_key=request_key,
         )
-        if created:
-            log.info(
-                "saga %s started for %s %s", saga_id, definition, key, extra={"saga_id": saga_id}
-            )
-            with contextlib.suppress(TransitionRefused):  # recovery may have started it
-                self._send([transitions.start_saga(self.db, saga_id, self.clock())])
-        return saga_id, created
+        if not created:
+            return Submitted(saga_id, created=False, sent=True)
+        log.info("saga %s started for %s %s", saga_id, definition, key, extra={"saga_id": saga_id})
+        try:
+            started = transitions.start_saga(self.db, saga_id, self.clock())
+        except TransitionRefused:  # recovery started it first
+            return Submitted(saga_id, created=True, sent=True)
+        return Submitted(saga_id, created=True, sent=self._send_later_if_down([started]))
 
     def handle_outcome(self, outcome: Outcome) -> bool:
         """Apply one step's outcome; returns False for a duplicate or late one, which
@@ -164,41 +187,74 @@ class Engine:
         )
 
     def sweep(self) -> int:
-        """Re-dispatch (or give up) every step whose deadline passed, and start every saga
-        left pending by a submitter that died before dispatching; returns how many."""
+        """Start every saga left pending by a submitter that died before dispatching, and
+        send again (or give up) every step judged lost; returns how many.
+
+        A step is lost when nothing has been heard of it for ``liveness_timeout`` (no
+        worker's heartbeat lists it) while its queue stood empty all along: its worker died
+        with its message, or the message never arrived. So a step that a live worker holds
+        is never sent again, however long it runs, and one that waits in its queue is not
+        late. Where no worker of the step's service sends heartbeats, liveness is unknown
+        and the step's deadline (``step_timeout`` from its dispatch) decides instead.
+        """
+        now = self.clock()
         results: list[Transition] = []
-        stale = iso(self.clock() - self.settings.step_timeout)
-        for saga_id in queries.stale_pending(self.db, stale):
+        for saga_id in queries.stale_pending(self.db, iso(now - self.settings.step_timeout)):
             with contextlib.suppress(TransitionRefused):
-                results.append(
-                    transitions.resume_saga(self.db, saga_id, self.clock(), Actor.SWEEPER)
-                )
+                results.append(transitions.resume_saga(self.db, saga_id, now, Actor.SWEEPER))
                 log.warning("starting saga %s, left pending by its submitter", saga_id)
-        for saga_id, step in queries.overdue_steps(self.db, self.clock()):
+        window = self.settings.liveness_timeout
+        self.queues.look(self._services, now)
+        watched = queries.watched_services(self.db, now - WATCHED_FOR)
+        for row in queries.unheard_steps(self.db, now, now - window):
+            saga_id, step = row["saga_id"], row["step_name"]
+            service = self.definitions[row["definition"]].step(step).queue
+            if not self.queues.quiet(service, now):
+                continue  # it may be waiting in its queue, which is no sign of trouble
+            if service in watched:
+                silent_for = window
+                reason = (
+                    f"{row['held_by']} stopped reporting it"
+                    if row["held_by"]
+                    else "no worker reported taking it, and its queue is empty"
+                )
+            elif row["deadline_at"] <= now:
+                silent_for, reason = row["timeout"], "no outcome by its deadline"
+            else:
+                continue
             try:
-                result = transitions.redispatch_overdue(self.db, saga_id, step, self.clock())
+                result = transitions.redispatch_lost(
+                    self.db, saga_id, step, now, silent_for, reason
+                )
             except TransitionRefused:
-                continue  # its outcome came in meanwhile
+                continue  # its outcome, or news of it, came in meanwhile
             results.append(result)
             again = [d for d in result.dispatches if d.step == step and d.attempt > 1]
             if again:
                 log.warning(
-                    "no outcome in time: re-dispatching %s of %s/%s (attempt %d)",
+                    "%s of %s/%s lost (%s): sending it again (attempt %d)",
                     again[0].phase,
                     saga_id,
                     step,
+                    reason,
                     again[0].attempt,
                     extra={"saga_id": saga_id},
                 )
             else:
                 log.warning(
-                    "gave up %s/%s: no outcome within its dispatch budget",
+                    "gave up %s/%s: lost (%s) once too often",
                     saga_id,
                     step,
+                    reason,
                     extra={"saga_id": saga_id},
                 )
         self._send(results)
         return len(results)
+
+    def handle_heartbeats(self, beats: Sequence[Heartbeat]) -> int:
+        """Record workers' heartbeats (``saga_store.liveness``); returns how many steps in
+        flight they were news of."""
+        return liveness.record_heartbeats(self.db, beats, self.clock())
 
     def recover(self) -> int:
         """Resume every saga not in a terminal state; returns how many."""
@@ -217,7 +273,7 @@ class Engine:
         """Run a failed saga's given-up compensations again."""
         result = transitions.retry_compensations(self.db, saga_id, self.clock(), actor)
         log.warning("saga %s: %s asked to retry its compensations", saga_id, actor)
-        self._send([result])
+        self._send_later_if_down([result])
         return result.saga_state
 
     def resolve(self, saga_id: str, note: str, actor: str) -> None:
@@ -229,13 +285,28 @@ class Engine:
         """Stop a saga going forward and compensate what took effect."""
         result = transitions.cancel_saga(self.db, saga_id, self.clock(), actor)
         log.warning("saga %s: cancelled by %s", saga_id, actor)
-        self._send([result])
+        self._send_later_if_down([result])
         return result.saga_state
 
     def get(self, saga_id: str) -> SagaView:
         return queries.get_saga(self.db, saga_id)
 
     # --- internals --------------------------------------------------------------------------
+
+    def _send_later_if_down(self, results: Sequence[Transition]) -> bool:
+        """Send the commands of ``results``; returns False where the broker did not take
+        them. Their transitions are committed, so nothing is lost: the orchestrator sends
+        every in-flight command again when it reconnects, and finds any it missed lost."""
+        try:
+            self._send(results)
+        except BrokerUnavailable as exc:
+            log.warning(
+                "broker unreachable (%s): stored, sent when the broker is back",
+                exc,
+                extra={"saga_id": results[0].saga_id} if results else {},
+            )
+            return False
+        return True
 
     def _send(self, results: Iterable[Transition]) -> None:
         """Publish the commands of committed transitions, in one batch, and log what

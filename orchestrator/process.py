@@ -29,16 +29,23 @@ from celery import Celery
 from kombu import Connection, Consumer, Producer
 from kombu.exceptions import BatchPublishError, KombuError, OperationalError
 from kombu.message import Message
-from kombu.utils.uuid import uuid
 
 from orchestrator.engine import Engine, Publisher
 from orchestrator.metrics import Metrics
 from orchestrator.order_saga import ORDER_SAGA
 from saga_core import watchdog
-from saga_core.celery_app import direct, make_app
+from saga_core.broker import QueueDepth
+from saga_core.celery_app import direct, make_app, publish_task
 from saga_core.config import ORCHESTRATOR_QUEUE, Settings
-from saga_core.errors import InvalidOrder, MalformedMessage, TransientError
-from saga_core.messages import OUTCOME_TASK, SUBMIT_TASK, Command, Outcome
+from saga_core.errors import BrokerUnavailable, InvalidOrder, MalformedMessage, TransientError
+from saga_core.messages import (
+    HEARTBEAT_TASK,
+    OUTCOME_TASK,
+    SUBMIT_TASK,
+    Command,
+    Heartbeat,
+    Outcome,
+)
 from saga_core.middleware import Middleware
 from saga_core.periodic import Periodic
 
@@ -51,25 +58,29 @@ DEFINITIONS = {ORDER_SAGA.name: ORDER_SAGA}
 BATCH_SIZE = 200
 
 #: The tasks this process serves.
-TASKS = (OUTCOME_TASK, SUBMIT_TASK)
+TASKS = (OUTCOME_TASK, SUBMIT_TASK, HEARTBEAT_TASK)
 
 
 def celery_publisher(app: Celery, settings: Settings) -> Publisher:
     """Commands sent with ``send_task``, one by one: for a process that sends a few (a
-    client submitting an order)."""
+    client submitting an order). A broker that does not take one raises
+    ``BrokerUnavailable``, whatever the transport's own error."""
+    with app.connection_for_write() as connection:  # not connected: only its error types
+        down = (KombuError, OSError, *connection.connection_errors, *connection.channel_errors)
 
     def publish(commands: Sequence[Command]) -> None:
-        for c in commands:
-            # Empty reprs: Celery would otherwise render the payload into the message
-            # headers (a fifth of the cost of a publish, profiled) and copy order data
-            # into logs.
-            app.send_task(
-                c.operation,
-                args=[c.to_wire()],
-                queue=direct(settings.queue(c.queue), settings.quorum_queues),
-                argsrepr="",
-                kwargsrepr="",
-            )
+        try:
+            for c in commands:
+                # Empty reprs: see saga_core.celery_app.publish_task.
+                app.send_task(
+                    c.operation,
+                    args=[c.to_wire()],
+                    queue=direct(settings.queue(c.queue), settings.quorum_queues),
+                    argsrepr="",
+                    kwargsrepr="",
+                )
+        except down as exc:
+            raise BrokerUnavailable(f"the broker did not take a command: {exc}") from exc
 
     return publish
 
@@ -94,17 +105,8 @@ class BatchPublisher:
         )
         with batch:
             for c in commands:
-                headers, properties, body, _ = self.app.amqp.as_task_v2(
-                    uuid(), c.operation, args=[c.to_wire()], argsrepr="", kwargsrepr=""
-                )
-                queue = self.settings.queue(c.queue)
-                self.producer.publish(
-                    body,
-                    exchange="",
-                    routing_key=queue,
-                    headers=headers,
-                    delivery_mode="persistent",
-                    **properties,
+                publish_task(
+                    self.app, self.producer, self.settings.queue(c.queue), c.operation, c.to_wire()
                 )
 
 
@@ -163,11 +165,13 @@ class Orchestrator:
 
     def _serve(self, connection: Connection) -> None:
         connection.ensure_connection(max_retries=1)
+        depth = QueueDepth(self.settings.broker_url, [])
         engine = Engine(
             self.settings,
             DEFINITIONS,
             BatchPublisher(self.app, self.settings, connection),
             middleware=self.middleware,
+            queue_depth=lambda service: depth.of(self.settings.queue(service)),
         )
         engine.recover()
         consumer = Consumer(
@@ -221,12 +225,14 @@ class Orchestrator:
             self.busy = True
 
     def _handle(self, engine: Engine, messages: Sequence[Message]) -> None:
-        """Apply a batch: outcomes together, each submission on its own; then acknowledge.
+        """Apply a batch: outcomes together, heartbeats together, each submission on its
+        own; then acknowledge.
 
         A store busy beyond its timeout leaves the batch unacknowledged for the broker to
         deliver again, rather than dropping outcomes (each would cost its step a deadline).
         """
         outcomes: list[Outcome] = []
+        beats: list[Heartbeat] = []
         submissions: list[Any] = []
         for message in messages:
             task = message.headers.get("task")
@@ -238,6 +244,8 @@ class Orchestrator:
                     raise MalformedMessage(f"{task}: expected one argument")
                 if task == OUTCOME_TASK:
                     outcomes.append(Outcome.from_wire(args[0]))
+                elif task == HEARTBEAT_TASK:
+                    beats.append(Heartbeat.from_wire(args[0]))
                 else:
                     submissions.append(args[0])
             except MalformedMessage as exc:
@@ -248,6 +256,10 @@ class Orchestrator:
             try:
                 if outcomes:
                     engine.handle_outcomes(outcomes)
+                    outcomes = []  # applied: a store error below must not apply them twice
+                if beats:
+                    engine.handle_heartbeats(beats)
+                    beats = []
                 for order in submissions:
                     self._submit(engine, order)
                 break

@@ -6,11 +6,12 @@ from functools import lru_cache
 from typing import Any
 
 from celery import Celery
-from kombu import Exchange, Queue
+from kombu import Exchange, Producer, Queue
+from kombu.utils.uuid import uuid
 
 from saga_core.broker import is_amqp
 from saga_core.config import ORCHESTRATOR_QUEUE, Settings
-from saga_core.messages import OUTCOME_TASK, SUBMIT_TASK
+from saga_core.messages import HEARTBEAT_TASK, OUTCOME_TASK, SUBMIT_TASK
 
 
 def make_app(settings: Settings, name: str = "saga") -> Celery:
@@ -61,6 +62,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         task_routes={
             OUTCOME_TASK: {"queue": settings.queue(ORCHESTRATOR_QUEUE)},
             SUBMIT_TASK: {"queue": settings.queue(ORCHESTRATOR_QUEUE)},
+            HEARTBEAT_TASK: {"queue": settings.queue(ORCHESTRATOR_QUEUE)},
         },
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
@@ -76,3 +78,25 @@ def direct(queue: str, quorum: bool = False) -> Queue:
     ``quorum`` (RabbitMQ): declared as a quorum queue, as the workers declare theirs."""
     arguments = {"x-queue-type": "quorum"} if quorum else None
     return Queue(queue, Exchange(""), routing_key=queue, queue_arguments=arguments)
+
+
+def publish_task(
+    app: Celery, producer: Producer, queue: str, task: str, argument: Any, **options: Any
+) -> None:
+    """Send a Celery message for ``task`` with its one ``argument`` straight to ``queue``
+    through ``producer``: for processes that publish on a connection of their own rather
+    than through Celery's producer pool. Empty reprs: Celery would otherwise render the
+    argument into the headers (a fifth of a publish's cost, profiled) and copy order data
+    into logs."""
+    headers, properties, body, _ = app.amqp.as_task_v2(
+        uuid(), task, args=[argument], argsrepr="", kwargsrepr=""
+    )
+    producer.publish(
+        body,
+        exchange="",
+        routing_key=queue,
+        headers=headers,
+        delivery_mode="persistent",
+        **properties,
+        **options,
+    )

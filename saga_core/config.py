@@ -39,8 +39,14 @@ class Settings:
     visibility_timeout: float = 600.0
     # How often a worker looks for unacked messages whose visibility timeout has passed.
     unacked_restore_interval: float = 10.0
-    # The orchestrator re-dispatches a step whose outcome has not come back in this time.
+    # The backstop: a step whose outcome has not come back in this time is sent again, where
+    # no worker of its service reports liveness (see heartbeat_interval) to decide sooner.
     step_timeout: float = 30.0
+    # Every worker tells the orchestrator, this often, which steps it holds.
+    heartbeat_interval: float = 1.0
+    # A step that no worker has reported holding for this long, while its queue stayed
+    # empty, is lost (its worker died): the orchestrator sends it again.
+    liveness_timeout: float = 3.0
     # Dispatches of one step (first one included) before the orchestrator gives it up.
     max_dispatches: int = 5
     # Runs of one message in a row in which its worker died, before the worker gives it up.
@@ -88,6 +94,8 @@ class Settings:
             f"{PREFIX}VISIBILITY_TIMEOUT": str(self.visibility_timeout),
             f"{PREFIX}UNACKED_RESTORE_INTERVAL": str(self.unacked_restore_interval),
             f"{PREFIX}STEP_TIMEOUT": str(self.step_timeout),
+            f"{PREFIX}HEARTBEAT_INTERVAL": str(self.heartbeat_interval),
+            f"{PREFIX}LIVENESS_TIMEOUT": str(self.liveness_timeout),
             f"{PREFIX}MAX_DISPATCHES": str(self.max_dispatches),
             f"{PREFIX}MAX_DELIVERIES": str(self.max_deliveries),
             f"{PREFIX}SWEEP_INTERVAL": str(self.sweep_interval),
@@ -149,6 +157,14 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
             f"{PREFIX}FAILURE_RATES injects failures, a test and demo tool: "
             f"it needs {PREFIX}FAULTS=1"
         )
+    heartbeat_interval = _number(env, "HEARTBEAT_INTERVAL", defaults.heartbeat_interval, 0.05)
+    liveness_timeout = _number(env, "LIVENESS_TIMEOUT", defaults.liveness_timeout, 0.1)
+    if liveness_timeout < 2 * heartbeat_interval:
+        raise ConfigError(
+            f"{PREFIX}LIVENESS_TIMEOUT ({liveness_timeout:g}) must be at least twice "
+            f"{PREFIX}HEARTBEAT_INTERVAL ({heartbeat_interval:g}): one late heartbeat "
+            "would otherwise make a live worker's step look lost"
+        )
     return Settings(
         broker_url=env.get(PREFIX + "BROKER_URL") or defaults.broker_url,
         data_dir=Path(env.get(PREFIX + "DATA_DIR") or defaults.data_dir),
@@ -158,6 +174,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
             env, "UNACKED_RESTORE_INTERVAL", defaults.unacked_restore_interval, 0.1
         ),
         step_timeout=_number(env, "STEP_TIMEOUT", defaults.step_timeout, 0.1),
+        heartbeat_interval=heartbeat_interval,
+        liveness_timeout=liveness_timeout,
         max_dispatches=int(_number(env, "MAX_DISPATCHES", defaults.max_dispatches, 1)),
         max_deliveries=int(_number(env, "MAX_DELIVERIES", defaults.max_deliveries, 1)),
         sweep_interval=_number(env, "SWEEP_INTERVAL", defaults.sweep_interval, 0.05),

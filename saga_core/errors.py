@@ -33,6 +33,10 @@ class TransientError(SagaError):
     retryable = True
 
 
+class BrokerUnavailable(TransientError):
+    """The broker did not take a message: it is down or unreachable."""
+
+
 class InvalidOrder(BusinessError):
     """An order that cannot be accepted; ``field`` names the offending field."""
 

@@ -5,10 +5,14 @@
   Celery task named after the operation, on the service's queue.
 - An **outcome** (service → orchestrator) answers one dispatch of a command. It travels as
   the one argument of the task ``saga.outcome``, on the orchestrator's queue.
+- A **heartbeat** (service worker → orchestrator), sent every ``SAGA_HEARTBEAT_INTERVAL``
+  by every worker, names the worker and the dispatches it holds (running, or waiting for a
+  retry): how the orchestrator tells a step that runs long from one whose worker died. It
+  travels as the one argument of the task ``saga.heartbeat``, on the orchestrator's queue.
 - A **submission** (client → orchestrator) is the task ``saga.submit`` with a saga's input
   document as its one argument; the saga's definition validates it, as for any client.
 
-Commands and outcomes carry ``v``, the version of this contract. A receiver refuses a
+Commands, outcomes and heartbeats carry ``v``, the version of this contract. A receiver refuses a
 message of a version it does not know (or of a shape it cannot read) with
 :class:`MalformedMessage`, naming the problem, rather than guess at its meaning.
 """
@@ -28,6 +32,7 @@ VERSION = 1
 
 OUTCOME_TASK = "saga.outcome"
 SUBMIT_TASK = "saga.submit"
+HEARTBEAT_TASK = "saga.heartbeat"
 
 MAX_ID_LENGTH = 200
 
@@ -133,7 +138,68 @@ class Outcome:
         )
 
 
-def _address(m: Command | Outcome) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Held:
+    """One dispatch a worker holds: which step of which saga, in which phase."""
+
+    saga_id: str
+    step: str
+    phase: Phase
+    attempt: int
+
+
+#: The most dispatches one heartbeat lists (a worker holds one per pool slot, plus those
+#: waiting for a retry): more is a malformed heartbeat, not a busy worker.
+MAX_HELD = 1000
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """Worker ``worker`` (process ``pid``, serving ``services``) is alive and holds ``held``;
+    the next heartbeat follows in ``interval`` seconds."""
+
+    worker: str
+    pid: int
+    services: tuple[str, ...]
+    interval: float
+    held: tuple[Held, ...] = ()
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "v": VERSION,
+            "worker": self.worker,
+            "pid": self.pid,
+            "services": list(self.services),
+            "interval": self.interval,
+            "held": [{k: v for k, v in _address(h).items() if k != "v"} for h in self.held],
+        }
+
+    @classmethod
+    def from_wire(cls, body: Any) -> Heartbeat:
+        """The heartbeat in ``body``; raises :class:`MalformedMessage` naming what is wrong."""
+        b = _Body("heartbeat", body)
+        services, held, interval = b.get("services"), b.get("held"), b.get("interval")
+        if not isinstance(services, list) or not all(
+            isinstance(s, str) and 0 < len(s) <= MAX_ID_LENGTH for s in services
+        ):
+            raise MalformedMessage("heartbeat: services must be a list of names")
+        if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
+            raise MalformedMessage("heartbeat: interval must be a positive number of seconds")
+        if not isinstance(held, list) or len(held) > MAX_HELD:
+            raise MalformedMessage(f"heartbeat: held must be a list of at most {MAX_HELD}")
+        if not all(isinstance(h, Mapping) for h in held):
+            raise MalformedMessage("heartbeat: each held entry must be an object")
+        return cls(
+            worker=b.text("worker"),
+            pid=b.count("pid"),
+            services=tuple(services),
+            interval=float(interval),
+            # each entry is read like a command's address, so it is checked the same way
+            held=tuple(Held(**_Body("heartbeat", {**h, "v": VERSION}).address()) for h in held),
+        )
+
+
+def _address(m: Command | Outcome | Held) -> dict[str, Any]:
     """What every message says first: its version, and which dispatch of which step."""
     return {
         "v": VERSION,

@@ -46,7 +46,7 @@ class Event(StrEnum):
     CREATED = "created"  # stored by a client
     STARTED = "started"
     DISPATCHED = "dispatched"  # a command sent: step, phase, attempt
-    REDISPATCHED = "redispatched"  # sent again by the sweeper: no outcome by its deadline
+    REDISPATCHED = "redispatched"  # sent again by the sweeper: lost (note says why)
     RESENT = "resent"  # sent again by recovery, after an orchestrator restart
     SUCCEEDED = "succeeded"  # an outcome: step, phase, attempt
     REJECTED = "rejected"  # an outcome: a business refusal
@@ -102,6 +102,7 @@ class StepView:
     error: str | None
     attempts: int
     compensation_attempts: int
+    held_by: str | None = None  # the worker that last reported holding it, while in flight
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ def get_saga(conn: sqlite3.Connection, saga_id: str) -> SagaView:
                 error=s["error"],
                 attempts=s["attempts"],
                 compensation_attempts=s["compensation_attempts"],
+                held_by=s["held_by"],
             )
             for s in steps
         ),
@@ -133,13 +134,35 @@ def alerted_saga_ids(conn: sqlite3.Connection) -> set[str]:
     return {r["saga_id"] for r in conn.execute("SELECT DISTINCT saga_id FROM alerts")}
 
 
-def overdue_steps(conn: sqlite3.Connection, now: float, limit: int = 500) -> list[tuple[str, str]]:
-    rows = conn.execute(
-        "SELECT saga_id, step_name FROM saga_steps "
-        "WHERE deadline_at IS NOT NULL AND deadline_at <= ? ORDER BY deadline_at LIMIT ?",
-        (now, limit),
+def unheard_steps(
+    conn: sqlite3.Connection, now: float, heard_before: float, limit: int = 2000
+) -> list[sqlite3.Row]:
+    """Steps in flight that nothing has been heard of since ``heard_before``, or whose
+    deadline passed by ``now``; the least recently heard of first. Each row has the step's
+    ``saga_id``, ``step_name``, ``state``, ``heard_at``, ``held_by``, ``deadline_at``,
+    ``timeout`` and its saga's ``definition``."""
+    return conn.execute(
+        "SELECT s.saga_id, s.step_name, s.state, s.heard_at, s.held_by, s.deadline_at, "
+        "s.timeout, g.definition FROM saga_steps s JOIN sagas g ON g.id = s.saga_id "
+        "WHERE s.deadline_at IS NOT NULL AND (s.heard_at <= ? OR s.deadline_at <= ?) "
+        "ORDER BY s.heard_at LIMIT ?",
+        (heard_before, now, limit),
     ).fetchall()
-    return [(r["saga_id"], r["step_name"]) for r in rows]
+
+
+def watched_services(conn: sqlite3.Connection, seen_after: float) -> set[str]:
+    """Services with a worker heard from since ``seen_after``: their steps' liveness is
+    known from heartbeats."""
+    rows = conn.execute("SELECT services FROM workers WHERE last_seen > ?", (seen_after,))
+    return {name for r in rows for name in r["services"].split(",") if name}
+
+
+def workers(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+    """Every worker heard from (and not forgotten), the most recently heard first."""
+    return conn.execute(
+        "SELECT name, pid, services, interval, held, first_seen, last_seen FROM workers "
+        "ORDER BY last_seen DESC"
+    ).fetchall()
 
 
 def definition_of(conn: sqlite3.Connection, saga_id: str) -> str:

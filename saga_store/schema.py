@@ -85,6 +85,23 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX sagas_by_created ON sagas(created_at, id);
     """,
+    """
+    -- Liveness: when anything was last heard of a step in flight (its dispatch, or a
+    -- worker's heartbeat listing it), who holds it, and the workers that heartbeat.
+    ALTER TABLE saga_steps ADD COLUMN heard_at REAL;
+    ALTER TABLE saga_steps ADD COLUMN held_by TEXT;
+    UPDATE saga_steps SET heard_at = deadline_at - timeout WHERE deadline_at IS NOT NULL;
+    CREATE TABLE workers (
+        name TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        services TEXT NOT NULL, -- comma-separated
+        interval REAL NOT NULL,
+        held INTEGER NOT NULL,
+        first_seen REAL NOT NULL,
+        last_seen REAL NOT NULL,
+        PRIMARY KEY (name, pid)
+    );
+    """,
 )
 
 VERSION = len(MIGRATIONS)

@@ -186,11 +186,13 @@ def _move_step(
     output: str | None = None,
 ) -> None:
     """Move one step by ``event`` and disarm its deadline (nothing of it is in flight
-    after any move but a dispatch), keeping ``error`` and ``output`` where given."""
+    after any move but a dispatch, so no worker holds it), keeping ``error`` and ``output``
+    where given."""
     after = step_move(StepState(step["state"]), event, saga_id=saga_id, step=step["step_name"])
     conn.execute(
         "UPDATE saga_steps SET state = ?, error = COALESCE(?, error), "
-        "output = COALESCE(?, output), deadline_at = NULL WHERE saga_id = ? AND step_name = ?",
+        "output = COALESCE(?, output), deadline_at = NULL, held_by = NULL "
+        "WHERE saga_id = ? AND step_name = ?",
         (after.value, error, output, saga_id, step["step_name"]),
     )
 
@@ -203,15 +205,28 @@ def _dispatch(
     now: float,
     actor: str,
     event: Event = Event.DISPATCHED,
+    note: str | None = None,
 ) -> Dispatch:
-    """Arm the step's deadline and count one more dispatch of ``phase``."""
+    """Arm the step's deadline, count one more dispatch of ``phase``, and hear of the
+    step now (the dispatch is the last news of it until a worker reports holding it)."""
     counter = "attempts" if phase is Phase.ACTION else "compensation_attempts"
     attempt = step[counter] + 1
     conn.execute(
-        f"UPDATE saga_steps SET {counter} = ?, deadline_at = ? WHERE saga_id = ? AND step_name = ?",
-        (attempt, now + step["timeout"], saga_id, step["step_name"]),
+        f"UPDATE saga_steps SET {counter} = ?, deadline_at = ?, heard_at = ?, held_by = NULL "
+        "WHERE saga_id = ? AND step_name = ?",
+        (attempt, now + step["timeout"], now, saga_id, step["step_name"]),
     )
-    _record(conn, saga_id, now, event, actor, step=step["step_name"], phase=phase, attempt=attempt)
+    _record(
+        conn,
+        saga_id,
+        now,
+        event,
+        actor,
+        step=step["step_name"],
+        phase=phase,
+        attempt=attempt,
+        note=note,
+    )
     return Dispatch(saga_id, step["step_name"], phase, attempt)
 
 
@@ -223,10 +238,10 @@ def _advance(
     The step is found, started and dispatched in one statement: this is the hot path."""
     started = conn.execute(
         "UPDATE saga_steps SET state = ?, attempts = attempts + 1, "
-        "deadline_at = ? + timeout WHERE saga_id = ? AND position = ("
+        "deadline_at = ? + timeout, heard_at = ? WHERE saga_id = ? AND position = ("
         " SELECT MIN(position) FROM saga_steps WHERE saga_id = ? AND state = ?) "
         "RETURNING step_name, attempts",
-        (_DISPATCHED, now, saga_id, saga_id, StepState.PENDING.value),
+        (_DISPATCHED, now, now, saga_id, saga_id, StepState.PENDING.value),
     ).fetchone()
     if started is None:
         final = _move_saga(conn, saga_id, current, SagaEvent.FINISH, now)
@@ -585,16 +600,26 @@ def ignore_outcome(
             )
 
 
-def redispatch_overdue(conn: sqlite3.Connection, saga_id: str, step: str, now: float) -> Transition:
-    """A step (or its compensation) whose deadline passed with no outcome: dispatch it
-    again, or, once its dispatch budget is spent, give it up. A given-up action may have
-    taken effect, so it is compensated; a given-up compensation raises an alert.
-    Refused where the deadline has not passed or an outcome came in the meantime."""
+def redispatch_lost(
+    conn: sqlite3.Connection,
+    saga_id: str,
+    step: str,
+    now: float,
+    silent_for: float,
+    reason: str = "",
+) -> Transition:
+    """A step (or its compensation) in flight that nothing has been heard of for
+    ``silent_for`` seconds (no worker reports holding it; the sweeper has judged it lost):
+    dispatch it again, or, once its dispatch budget is spent, give it up. A given-up action
+    may have taken effect, so it is compensated; a given-up compensation raises an alert.
+    ``reason`` goes into the history. Refused where an outcome came in meanwhile, or
+    where the step was heard of since."""
     with transaction(conn):
         row = _step(conn, saga_id, step)
-        deadline = row["deadline_at"]
-        if deadline is None or deadline > now:
-            raise TransitionRefused("the step is not overdue", saga_id=saga_id, step=step)
+        if row["deadline_at"] is None:
+            raise TransitionRefused("the step is not in flight", saga_id=saga_id, step=step)
+        if row["heard_at"] is not None and row["heard_at"] > now - silent_for:
+            raise TransitionRefused("the step was heard of since", saga_id=saga_id, step=step)
         _count(conn, "redispatches")
         actor = Actor.SWEEPER
         phase = Phase.ACTION if row["state"] == StepState.RUNNING else Phase.COMPENSATION
@@ -603,9 +628,9 @@ def redispatch_overdue(conn: sqlite3.Connection, saga_id: str, step: str, now: f
             return Transition(
                 saga_id,
                 SagaState.RUNNING if phase is Phase.ACTION else SagaState.COMPENSATING,
-                [_dispatch(conn, saga_id, row, phase, now, actor, Event.REDISPATCHED)],
+                [_dispatch(conn, saga_id, row, phase, now, actor, Event.REDISPATCHED, reason)],
             )
-        error = f"no outcome after {row[counter]} dispatches"
+        error = f"no outcome after {row[counter]} dispatches ({reason or 'lost'})"
         _record(
             conn,
             saga_id,
@@ -652,8 +677,9 @@ def resume_saga(
             )
         counter = "attempts" if phase is Phase.ACTION else "compensation_attempts"
         conn.execute(
-            "UPDATE saga_steps SET deadline_at = ? WHERE saga_id = ? AND step_name = ?",
-            (now + row["timeout"], saga_id, row["step_name"]),
+            "UPDATE saga_steps SET deadline_at = ?, heard_at = ?, held_by = NULL "
+            "WHERE saga_id = ? AND step_name = ?",
+            (now + row["timeout"], now, saga_id, row["step_name"]),
         )
         _record(
             conn,

@@ -18,6 +18,7 @@ from typing import Any
 from saga_core.errors import MalformedCommand
 from saga_core.sqlite import connect, transaction
 from workers import ledger
+from workers.lease import Leases
 
 Action = Callable[[sqlite3.Connection, dict[str, Any]], Any]
 Compensation = Callable[[sqlite3.Connection, dict[str, Any], Any], Any]
@@ -40,6 +41,7 @@ class Service:
     schema: str
     operations: dict[str, Operation] = field(default_factory=dict)
     _local: threading.local = field(default_factory=threading.local, repr=False)
+    _leases: dict[Path, Leases] = field(default_factory=dict, repr=False)
 
     def action(self, name: str) -> Callable[[Action], Action]:
         def register(func: Action) -> Action:
@@ -63,6 +65,13 @@ class Service:
             conn = self._open(path)
             self._local.conn, self._local.path = conn, path
         return conn
+
+    def leases(self, data_dir: Path) -> Leases:
+        """The leases on this service's keys (see :mod:`workers.lease`)."""
+        path = Path(data_dir) / f"{self.name}.leases"
+        if path not in self._leases:
+            self._leases[path] = Leases(path)
+        return self._leases[path]
 
     def prepare(self, data_dir: Path) -> None:
         """Create the database now, so that a data dir that cannot be written fails at

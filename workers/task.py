@@ -56,16 +56,32 @@ class StepRunner:
                 f"command: phase {command.phase.value!r} does not fit {command.operation!r}"
             )
 
-    def run(self, command: Command, tries: int, redelivered: bool = False) -> Outcome | Retry:
+    def run(
+        self, command: Command, tries: int, redelivered: bool = False
+    ) -> Outcome | Retry | None:
         """Run ``command`` after ``tries`` earlier runs of this delivery: the outcome to
-        send, or when to run it again.
+        send, when to run it again, or None where another run of the same key is under way
+        (a second dispatch that reached a worker while the first still runs): that run
+        answers, and if it dies unanswered the orchestrator sends the step again.
 
         A redelivered message may follow a worker that died running it, so its runs are
         counted in the ledger, and after ``max_deliveries`` deaths in a row it is given up
         (a poison message must not loop for ever). A first delivery costs no such write.
         """
-        if not redelivered:
-            return self._run(command, tries)
+        with self.service.leases(self.settings.data_dir).hold(command.key) as taken:
+            if not taken:
+                log.info(
+                    "%s: another run of %s is under way; leaving the step to it",
+                    command.operation,
+                    command.key,
+                    extra=context(command, tries),
+                )
+                return None
+            if not redelivered:
+                return self._run(command, tries)
+            return self._run_redelivered(command, tries)
+
+    def _run_redelivered(self, command: Command, tries: int) -> Outcome | Retry:
         db = self.service.database(self.settings.data_dir)
         deaths = ledger.begin_delivery(db, command.key, command.operation)
         try:
@@ -176,6 +192,8 @@ def _make_task(runner: StepRunner, operation: str, reply_to: Any) -> Callable[..
             return {"refused": exc.message}
         redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
         result = runner.run(command, int(task.request.retries), redelivered)
+        if result is None:
+            return {"left_to": "the run that holds the lease"}
         if isinstance(result, Retry):
             raise task.retry(
                 countdown=result.countdown,

@@ -83,7 +83,7 @@ def create_app(settings: Settings) -> FastAPI:
         if idempotency_key is not None:
             request_key = (idempotency_key, hashlib.sha256(body).hexdigest())
         try:
-            saga_id, created = engine.submit(ORDER_SAGA.name, document, request_key)
+            submitted = engine.submit(ORDER_SAGA.name, document, request_key)
         except InvalidOrder as exc:
             raise Problem(
                 422,
@@ -93,11 +93,20 @@ def create_app(settings: Settings) -> FastAPI:
             ) from None
         except IdempotencyConflict as exc:
             raise Problem(409, "Idempotency-Key reused", exc.message) from None
-        view = engine.get(saga_id)
+        view = engine.get(submitted.saga_id)
+        answer: dict[str, Any] = {
+            "saga_id": submitted.saga_id,
+            "state": view.state.value,
+            "created": submitted.created,
+            "sent": submitted.sent,
+        }
+        if not submitted.sent:
+            answer["detail"] = (
+                "the order is stored; the broker is unreachable, so its first step waits "
+                "and is sent when the broker is back"
+            )
         return JSONResponse(
-            {"saga_id": saga_id, "state": view.state.value, "created": created},
-            status_code=202,
-            headers={"Location": f"/sagas/{saga_id}"},
+            answer, status_code=202, headers={"Location": f"/sagas/{submitted.saga_id}"}
         )
 
     @app.get("/sagas/{saga_id}", summary="One saga: its steps, history and alerts")

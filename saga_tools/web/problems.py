@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -9,17 +11,28 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from saga_core.errors import SagaNotFound
+from saga_core.errors import SagaNotFound, TransientError
 
 MEDIA_TYPE = "application/problem+json"
+
+#: Seconds a client is asked to wait before trying again after a 503.
+RETRY_AFTER = 1
+
+log = logging.getLogger("saga.api")
 
 
 class Problem(Exception):
     def __init__(
-        self, status: int, title: str, detail: str, errors: list[dict[str, Any]] | None = None
+        self,
+        status: int,
+        title: str,
+        detail: str,
+        errors: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
     ):
         super().__init__(detail)
         self.status, self.title, self.detail, self.errors = status, title, detail, errors
+        self.headers = headers
 
     def response(self, request: Request) -> JSONResponse:
         body: dict[str, Any] = {
@@ -31,13 +44,28 @@ class Problem(Exception):
         }
         if self.errors:
             body["errors"] = self.errors
-        return JSONResponse(body, status_code=self.status, media_type=MEDIA_TYPE)
+        return JSONResponse(
+            body, status_code=self.status, media_type=MEDIA_TYPE, headers=self.headers
+        )
 
 
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def problem(request: Request, exc: Problem) -> JSONResponse:
         return exc.response(request)
+
+    @app.exception_handler(TransientError)
+    @app.exception_handler(sqlite3.OperationalError)
+    async def store_down(request: Request, exc: Exception) -> JSONResponse:
+        # Expected while the store is locked or its disk fails: a line, not a traceback.
+        log.warning("%s %s: the store cannot be written: %s", request.method, request.url.path, exc)
+        return Problem(
+            503,
+            "Store unavailable",
+            "the saga store cannot be written just now: try again (the same order_id or "
+            "Idempotency-Key never starts a second saga)",
+            headers={"Retry-After": str(RETRY_AFTER)},
+        ).response(request)
 
     @app.exception_handler(SagaNotFound)
     async def not_found(request: Request, exc: SagaNotFound) -> JSONResponse:

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -66,7 +66,7 @@ def publish_raw(settings: Settings, queue: str, body: object, **options: object)
                 "argsrepr": "",
                 "kwargsrepr": "",
             },
-            **options,  # type: ignore[arg-type]
+            **options,
         )
 
 
@@ -136,7 +136,7 @@ def test_bad_messages_are_rejected_and_the_workers_keep_serving(system: System) 
 
 
 @pytest.fixture
-def own_redis(tmp_path: Path):  # type: ignore[no-untyped-def]
+def own_redis(tmp_path: Path) -> Iterator[redis_server.OwnedRedis]:
     server = redis_server.OwnedRedis(tmp_path / "redis.pid")
     server.start()
     yield server

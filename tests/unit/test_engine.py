@@ -86,8 +86,13 @@ def test_late_outcome_of_a_given_up_step_changes_nothing(
             h.clock.now += 31
             h.engine.sweep()
     said = [r.getMessage() for r in caplog.records]
-    assert said[0].startswith("no outcome in time: re-dispatching action of")
-    assert said[-1] == f"gave up {sid}/charge_payment: no outcome within its dispatch budget"
+    assert said[0] == (
+        f"action of {sid}/charge_payment lost (no outcome by its deadline): "
+        "sending it again (attempt 2)"
+    )
+    assert said[-1] == (
+        f"gave up {sid}/charge_payment: lost (no outcome by its deadline) once too often"
+    )
     tasks = [c.operation for c in h.commands]
     assert tasks == ["charge_payment", "charge_payment", "refund_payment"]
     h.commands.popleft()
@@ -96,7 +101,9 @@ def test_late_outcome_of_a_given_up_step_changes_nothing(
     h.run_all()
     view = h.saga(sid)
     assert view.state is SagaState.COMPENSATED
-    assert view.step("charge_payment").error == "no outcome after 3 dispatches"
+    assert view.step("charge_payment").error == (
+        "no outcome after 3 dispatches (no outcome by its deadline)"
+    )
     records = service_records(h.settings.data_dir, "A")
     assert records["charges_live"] == 0 and records["reservations_held"] == 0
 

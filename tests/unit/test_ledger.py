@@ -3,6 +3,7 @@ first blocks its action."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ ITEMS = {"reference": "ORD-1", "items": [{"sku": "WIDGET", "quantity": 3}]}
 
 
 @pytest.fixture
-def inv(tmp_path: Path):  # type: ignore[no-untyped-def]
+def inv(tmp_path: Path) -> sqlite3.Connection:
     db = inventory.service.database(tmp_path)
     inventory.set_stock(db, "WIDGET", 10)
     return db

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from saga_core.errors import SagaNotFound, TransitionRefused
-from saga_store import SagaState, StepSpec, StepState, open_store, queries, schema
+from saga_core.messages import Heartbeat, Held
+from saga_store import SagaState, StepSpec, StepState, liveness, open_store, queries, schema
 from saga_store import transitions as t
 from saga_store.models import Phase
 
@@ -227,22 +228,48 @@ def test_duplicate_compensation_outcome_is_refused(db: sqlite3.Connection) -> No
         t.complete_compensation(db, sid, "a", NOW)
 
 
-# --- deadlines and recovery -------------------------------------------------------------
+# --- lost steps and recovery -------------------------------------------------------------
 
 
-def test_redispatch_is_refused_before_the_deadline(db: sqlite3.Connection) -> None:
+def unheard(db: sqlite3.Connection, now: float, silent_for: float = 10) -> list[tuple[str, str]]:
+    rows = queries.unheard_steps(db, now, now - silent_for)
+    return [(r["saga_id"], r["step_name"]) for r in rows]
+
+
+def lost(db: sqlite3.Connection, sid: str, step: str, now: float) -> t.Transition:
+    return t.redispatch_lost(db, sid, step, now, silent_for=10, reason="test")
+
+
+def test_redispatch_is_refused_for_a_step_heard_of_lately(db: sqlite3.Connection) -> None:
     sid = running(db, "a")
     with pytest.raises(TransitionRefused):
-        t.redispatch_overdue(db, sid, "a", NOW + 5)
+        lost(db, sid, "a", NOW + 5)
 
 
-def test_overdue_step_is_dispatched_again(db: sqlite3.Connection) -> None:
+def test_lost_step_is_dispatched_again(db: sqlite3.Connection) -> None:
     sid = running(db, "a")
-    assert queries.overdue_steps(db, NOW + 11) == [(sid, "a")]
-    result = t.redispatch_overdue(db, sid, "a", NOW + 11)
+    assert unheard(db, NOW + 11) == [(sid, "a")]
+    result = lost(db, sid, "a", NOW + 11)
     assert result.dispatches == [t.Dispatch(sid, "a", Phase.ACTION, 2)]
-    assert queries.overdue_steps(db, NOW + 20) == []
+    assert unheard(db, NOW + 20) == []
     assert queries.counters(db)["redispatches"] == 1
+    assert queries.history(db, sid)[-1].note == "test"
+
+
+def test_a_heartbeat_keeps_a_step_from_being_judged_lost(db: sqlite3.Connection) -> None:
+    sid = running(db, "a")
+    assert unheard(db, NOW + 9.5, silent_for=5) == [(sid, "a")]
+    beat = Heartbeat("w@h", 7, ("svc",), 1.0, (Held(sid, "a", Phase.ACTION, 1),))
+    assert liveness.record_heartbeats(db, [beat], NOW + 9) == 1
+    assert unheard(db, NOW + 9.5, silent_for=5) == []
+    with pytest.raises(TransitionRefused):  # heard of a second before, past its deadline
+        lost(db, sid, "a", NOW + 11)
+    assert queries.get_saga(db, sid).step("a").held_by == "w@h pid 7"
+    assert queries.watched_services(db, NOW) == {"svc"}
+    # news of another phase, or of a step not in flight, changes nothing
+    other = Heartbeat("w@h", 7, ("svc",), 1.0, (Held(sid, "a", Phase.COMPENSATION, 1),))
+    assert liveness.record_heartbeats(db, [other], NOW + 30) == 0
+    assert unheard(db, NOW + 30) == [(sid, "a")]
 
 
 def test_step_is_given_up_after_its_budget_and_compensated(db: sqlite3.Connection) -> None:
@@ -250,12 +277,12 @@ def test_step_is_given_up_after_its_budget_and_compensated(db: sqlite3.Connectio
     now = NOW
     for _ in range(2):
         now += 11
-        t.redispatch_overdue(db, sid, "b", now)
-    result = t.redispatch_overdue(db, sid, "b", now + 11)
+        lost(db, sid, "b", now)
+    result = lost(db, sid, "b", now + 11)
     assert result.dispatches == [t.Dispatch(sid, "b", Phase.COMPENSATION, 1)]
     view = queries.get_saga(db, sid)
     assert view.state is SagaState.COMPENSATING
-    assert view.step("b").error == "no outcome after 3 dispatches"
+    assert view.step("b").error == "no outcome after 3 dispatches (test)"
     with pytest.raises(TransitionRefused):  # its late success changes nothing
         t.complete_step(db, sid, "b", {}, now + 12)
 
@@ -266,7 +293,7 @@ def test_compensation_given_up_raises_an_alert(db: sqlite3.Connection) -> None:
     now = NOW
     for _ in range(3):
         now += 11
-        result = t.redispatch_overdue(db, sid, "a", now)
+        result = lost(db, sid, "a", now)
     assert result.saga_state is SagaState.FAILED
     assert [a.step for a in queries.alerts(db)] == ["a"]
 
@@ -280,7 +307,7 @@ def test_resume_sends_the_in_flight_command_again(db: sqlite3.Connection) -> Non
     sid = running(db, "b")
     result = t.resume_saga(db, sid, NOW + 5)
     assert result.dispatches == [t.Dispatch(sid, "b", Phase.ACTION, 1)]
-    assert queries.overdue_steps(db, NOW + 11) == []  # deadline re-armed from NOW + 5
+    assert unheard(db, NOW + 11) == []  # heard of at NOW + 5
 
 
 def test_resume_sends_the_in_flight_compensation_again(db: sqlite3.Connection) -> None:

@@ -1,0 +1,64 @@
+"""Liveness: what the workers' heartbeats tell the store.
+
+A heartbeat names a worker and the dispatches it holds. Recording it marks the worker seen
+and each step it holds as heard of now (``heard_at``, ``held_by``). Nothing here changes a
+saga's or a step's state: the sweeper reads ``heard_at`` to tell a step that runs long on a
+live worker (heard of every heartbeat) from one whose worker died (heard of no more).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+
+from saga_core.messages import Heartbeat, Phase
+from saga_core.sqlite import transaction
+from saga_store.models import StepState
+
+#: A worker not heard from for this long leaves the ``workers`` table.
+FORGET_AFTER = 24 * 3600.0
+
+#: The state a step is in while a dispatch of each phase is in flight.
+_IN_FLIGHT = {
+    Phase.ACTION: StepState.RUNNING.value,
+    Phase.COMPENSATION: StepState.COMPENSATING.value,
+}
+
+
+def holder(beat: Heartbeat) -> str:
+    """How a step's holder is named: the worker's name and its process."""
+    return f"{beat.worker} pid {beat.pid}"
+
+
+def record_heartbeats(conn: sqlite3.Connection, beats: Sequence[Heartbeat], now: float) -> int:
+    """Record ``beats``, received at ``now``, in one transaction; returns how many steps in
+    flight they were news of. A held dispatch of a step no longer in flight in that phase
+    (its outcome came first, or a stale heartbeat) changes nothing. Any dispatch of the
+    phase counts, not only the latest: the runs of all share one key, and the first to
+    finish answers for the step."""
+    heard = 0
+    with transaction(conn):
+        for beat in beats:
+            conn.execute(
+                "INSERT INTO workers (name, pid, services, interval, held, first_seen, "
+                "last_seen) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name, pid) DO UPDATE "
+                "SET services = excluded.services, interval = excluded.interval, "
+                "held = excluded.held, last_seen = excluded.last_seen",
+                (
+                    beat.worker,
+                    beat.pid,
+                    ",".join(beat.services),
+                    beat.interval,
+                    len(beat.held),
+                    now,
+                    now,
+                ),
+            )
+            for h in beat.held:
+                heard += conn.execute(
+                    "UPDATE saga_steps SET heard_at = ?, held_by = ? WHERE saga_id = ? "
+                    "AND step_name = ? AND state = ? AND deadline_at IS NOT NULL",
+                    (now, holder(beat), h.saga_id, h.step, _IN_FLIGHT[h.phase]),
+                ).rowcount
+        conn.execute("DELETE FROM workers WHERE last_seen < ?", (now - FORGET_AFTER,))
+    return heard
