@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.engine import Engine
+from orchestrator.liveness import QueueDepth
 from orchestrator.process import DEFINITIONS
 from saga_core.config import Settings
 from saga_core.messages import Command, Outcome
@@ -45,8 +46,12 @@ class Harness:
         for sku, qty in STOCK.items():
             inventory.set_stock(db, sku, qty)
 
-    def restart(self) -> Engine:
-        self.engine = Engine(self.settings, DEFINITIONS, self.publish, clock=self.clock)
+    def restart(self, queue_depth: QueueDepth | None = None) -> Engine:
+        """A new engine on the same store; ``queue_depth`` tells it how many messages wait
+        on each service's queue (without it, every queue counts as empty)."""
+        self.engine = Engine(
+            self.settings, DEFINITIONS, self.publish, clock=self.clock, queue_depth=queue_depth
+        )
         return self.engine
 
     def publish(self, commands: Sequence[Command]) -> None:

@@ -14,6 +14,7 @@ import orchestrator
 from saga_core.config import Settings
 from saga_core.processes import wait_for
 from saga_store import SagaView, open_store, queries
+from saga_tools import redis_server
 from saga_tools.cluster import Child, Cluster
 from tests.helpers import STOCK
 
@@ -77,3 +78,12 @@ def make_system(settings: Settings) -> Iterator[Callable[..., System]]:
 @pytest.fixture
 def system(make_system: Callable[..., System]) -> System:
     return make_system()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[redis_server.OwnedRedis]:
+    """A Redis server of the test's own, to kill and start again."""
+    server = redis_server.OwnedRedis(tmp_path / "redis.pid")
+    server.start()
+    yield server
+    server.stop()

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from saga_core.config import ORCHESTRATOR_QUEUE, Settings
 from saga_core.messages import OUTCOME_TASK, Command, Outcome, Phase, Status
 from saga_core.processes import wait_for
 from saga_core.retry import RetryPolicy
-from saga_store import SagaState, open_store
+from saga_store import SagaState
 from saga_tools import audit, redis_server
 from saga_tools.cluster import saga_command
 from tests.helpers import make_order, service_records
@@ -135,14 +135,6 @@ def test_bad_messages_are_rejected_and_the_workers_keep_serving(system: System) 
     assert service_records(system.data_dir, "B-1")["charges"] == 1
 
 
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[redis_server.OwnedRedis]:
-    server = redis_server.OwnedRedis(tmp_path / "redis.pid")
-    server.start()
-    yield server
-    server.stop()
-
-
 ONE = [{"sku": "WIDGET", "quantity": 1}]
 
 
@@ -159,9 +151,8 @@ def test_redis_restarted_mid_run_loses_nothing(
     # When Redis dies, losing every queued message, and comes back a little later
     port = own_redis.port
     own_redis.stop(hard=True)
-    more = []
-    with pytest.raises(Exception, match="onnect"):  # the client sees the outage as it is
-        more.append(system.submit(make_order("R-6", items=ONE)))
+    # an order submitted meanwhile is stored, and waits for the broker
+    more = [system.submit(make_order("R-6", items=ONE))]
     wait_for(  # an outage longer than one attempt to reconnect
         lambda: system.orchestrator.log_text().count("broker unreachable") >= 2,
         30,
@@ -170,23 +161,12 @@ def test_redis_restarted_mid_run_loses_nothing(
     own_redis.start(port)
     more.append(system.submit(make_order("R-7", items=ONE)))
     # Then every saga ends, each effect once, and the orchestrator never stopped
-    # R-6 was stored before its publish failed: the sweeper starts it
-    more.append(saga_of(system, "R-6"))
     for saga_id in [slow, *others, *more]:
         assert system.wait(saga_id, timeout=120).state is SagaState.COMPLETED
     for n in range(8):
         assert service_records(system.data_dir, f"R-{n}")["charges"] == 1
     assert system.orchestrator.alive()
     assert_clean(system)
-
-
-def saga_of(system: System, order_id: str) -> str:
-    store = open_store(system.data_dir / "sagas.db")
-    row = store.execute(
-        "SELECT id FROM sagas WHERE idempotency_key = ?", (f"order:{order_id}",)
-    ).fetchone()
-    assert row is not None, f"no saga stored for {order_id}"
-    return str(row["id"])
 
 
 @pytest.mark.any_broker

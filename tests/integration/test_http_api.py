@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 
 from saga_core.processes import wait_for
 from saga_store import SagaState
+from saga_tools import redis_server
 from saga_tools.cluster import Child, saga_command
 from saga_tools.redis_server import free_port
 from tests.helpers import make_order, service_records
@@ -32,8 +34,9 @@ class Reply:
 
 
 class Api:
-    def __init__(self, port: int):
+    def __init__(self, port: int, child: Child | None = None):
         self.base = f"http://127.0.0.1:{port}"
+        self.child = child
 
     def call(
         self,
@@ -80,7 +83,7 @@ def serve_api(system: System) -> Iterator[Api]:
         env,
         system.data_dir / "logs" / "api.log",
     ).start()
-    client = Api(port)
+    client = Api(port, child)
     try:
         wait_for(client.ready, 30, "the API to answer")
         yield client
@@ -195,3 +198,31 @@ def test_unknown_saga_bad_query_health_and_docs(api: Api) -> None:
     assert docs.status == 200 and "swagger" in docs.body.lower()
     spec = api.call("GET", "/openapi.json").body
     assert {"/orders", "/sagas", "/sagas/{saga_id}", "/alerts", "/healthz"} <= set(spec["paths"])
+
+
+def test_orders_posted_while_the_broker_is_down_are_stored_and_end(
+    make_system: Callable[..., System], own_redis: redis_server.OwnedRedis, redis_only: None
+) -> None:
+    system = make_system(broker_url=own_redis.url)
+    api = contextlib.contextmanager(serve_api)(system)
+    one = [{"sku": "WIDGET", "quantity": 1}]
+    with api as client:
+        before = [client.post_order(make_order(f"D-{n}", items=one)) for n in range(3)]
+        # When Redis dies (losing every queued message) while orders come in, each posted once
+        port = own_redis.port
+        own_redis.stop(hard=True)
+        during = [client.post_order(make_order(f"D-{n}", items=one)) for n in range(3, 9)]
+        own_redis.start(port)
+        after = [client.post_order(make_order(f"D-{n}", items=one)) for n in range(9, 10)]
+        log = client.child.log_text() if client.child else ""
+    # Then every order is accepted: stored, and said to wait where the broker was down
+    replies = before + during + after
+    assert [r.status for r in replies] == [202] * 10, [r.body for r in replies]
+    assert all(r.body["sent"] is False and "stored" in r.body["detail"] for r in during)
+    assert all(r.body["sent"] is True for r in before + after)
+    # and each one ends, with every effect once; the API logged the outage, no traceback
+    for n, reply in enumerate(replies):
+        assert system.wait(reply.body["saga_id"], timeout=90).state is SagaState.COMPLETED
+        assert service_records(system.data_dir, f"D-{n}")["charges"] == 1
+    assert "broker unreachable" in log
+    assert "Traceback" not in log and "Exception in ASGI application" not in log

@@ -11,7 +11,7 @@ import pytest
 
 from saga_core.config import Settings
 from saga_core.errors import InvalidOrder
-from saga_core.messages import Status
+from saga_core.messages import Heartbeat, Held, Phase, Status
 from saga_store import SagaState, StepState, queries
 from tests.harness import Harness
 from tests.helpers import ONE_OF_EACH, STOCK, available, make_order, service_records
@@ -224,3 +224,82 @@ def test_sweeps_hold_off_while_outcomes_queue(tmp_path: Path) -> None:
     assert not o.sweep_due(last_batch=3, now=100.5)  # once per interval
     assert not o.sweep_due(last_batch=10, now=101.0)  # a full batch: outcomes are queued
     assert o.sweep_due(last_batch=0, now=101.0)
+
+
+# --- liveness: a step is lost when nothing is heard of it while its queue stands empty ------
+
+
+def charge_in_flight(h: Harness, order_id: str) -> str:
+    """A saga whose charge command is out (and taken off the harness's list)."""
+    sid = h.submit(make_order(order_id))
+    h.engine.handle_outcome(h.execute_next())
+    assert h.commands.popleft().operation == "charge_payment"
+    return sid
+
+
+def holding(sid: str, step: str = "charge_payment") -> Heartbeat:
+    return Heartbeat("payment@x", 7, ("payment",), 1.0, (Held(sid, step, Phase.ACTION, 1),))
+
+
+def test_a_step_a_live_worker_holds_is_never_sent_again(h: Harness) -> None:
+    sid = charge_in_flight(h, "A")
+    # a worker reports holding the charge every second, for twice its deadline
+    for _ in range(60):
+        h.clock.now += 1
+        h.engine.handle_heartbeats([holding(sid)])
+        h.engine.sweep()
+    assert not h.commands
+    assert h.saga(sid).step("charge_payment").held_by == "payment@x pid 7"
+    # its heartbeats stop listing it (the worker died): lost once the liveness timeout passes
+    h.engine.handle_heartbeats([holding("another saga")])
+    h.clock.now += h.settings.liveness_timeout - 0.5
+    h.engine.sweep()
+    assert not h.commands
+    h.clock.now += 1
+    h.engine.sweep()
+    assert [(c.operation, c.attempt) for c in h.commands] == [("charge_payment", 2)]
+    note = queries.history(h.engine.db, sid)[-1].note
+    assert note == "payment@x pid 7 stopped reporting it"
+
+
+def test_a_step_nobody_took_from_an_empty_queue_is_lost(h: Harness) -> None:
+    sid = charge_in_flight(h, "A")
+    h.engine.handle_heartbeats([holding("another saga")])  # the payment worker is alive
+    h.clock.now += h.settings.liveness_timeout + 0.5
+    h.engine.sweep()
+    assert [c.attempt for c in h.commands] == [2]
+    assert queries.history(h.engine.db, sid)[-1].note == (
+        "no worker reported taking it, and its queue is empty"
+    )
+
+
+def test_a_step_waiting_in_its_queue_is_not_late(h: Harness) -> None:
+    waiting = {"payment": 3}
+    h.restart(queue_depth=lambda service: waiting.get(service, 0))
+    sid = charge_in_flight(h, "A")
+    # the queue holds messages for three times the deadline: nothing is sent again
+    for _ in range(90):
+        h.clock.now += 1
+        h.engine.sweep()
+    assert not h.commands
+    # once it has stood empty for the liveness timeout, the step is found lost
+    waiting["payment"] = 0
+    h.clock.now += 1
+    h.engine.sweep()
+    h.clock.now += h.settings.liveness_timeout - 0.5
+    h.engine.sweep()
+    assert not h.commands
+    h.clock.now += 1
+    h.engine.sweep()
+    assert [c.attempt for c in h.commands] == [2]
+    assert h.saga(sid).state is SagaState.RUNNING
+
+
+def test_without_heartbeats_the_deadline_decides(h: Harness) -> None:
+    charge_in_flight(h, "A")  # no worker of the payment service ever heartbeats
+    h.clock.now += h.settings.step_timeout - 1
+    h.engine.sweep()
+    assert not h.commands
+    h.clock.now += 2
+    h.engine.sweep()
+    assert [c.attempt for c in h.commands] == [2]

@@ -1,8 +1,9 @@
-"""The step wrapper without Celery or processes: the reply, retries, refusals, the
-poison-message guard, and the message contract both sides read."""
+"""The step wrapper without Celery: the reply, retries, refusals, the poison-message guard,
+the lease on a key, and the message contract both sides read."""
 
 from __future__ import annotations
 
+import multiprocessing
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 
 from saga_core.config import Settings
 from saga_core.errors import MalformedMessage, TransientError
-from saga_core.messages import VERSION, Command, Outcome, Phase, Status
+from saga_core.messages import VERSION, Command, Heartbeat, Held, Outcome, Phase, Status
 from saga_core.middleware import Middleware
 from saga_core.retry import RetryPolicy
 from tests.helpers import service_records
@@ -166,3 +167,78 @@ OUTCOME = CHARGE.answer(Status.SUCCEEDED, 1, {"charge_id": "ch_1"}).to_wire()
 def test_a_malformed_outcome_is_refused_naming_the_problem(body: Any, problem: str) -> None:
     with pytest.raises(MalformedMessage, match=problem):
         Outcome.from_wire(body)
+
+
+BEAT = Heartbeat(
+    "payment-main@host", 41, ("payment",), 1.0, (Held("saga-1", "charge", Phase.ACTION, 2),)
+)
+
+
+def test_a_heartbeat_crosses_the_wire_unchanged() -> None:
+    assert Heartbeat.from_wire(BEAT.to_wire()) == BEAT
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ({**BEAT.to_wire(), "v": 2}, "unknown version"),
+        ({**BEAT.to_wire(), "worker": ""}, "worker must be a non-empty string"),
+        ({**BEAT.to_wire(), "services": "payment"}, "services must be a list"),
+        ({**BEAT.to_wire(), "interval": 0}, "interval must be a positive number"),
+        ({**BEAT.to_wire(), "held": [1]}, "each held entry must be an object"),
+        ({**BEAT.to_wire(), "held": [{"saga_id": "s", "step": "x"}]}, "phase must be"),
+        ({**BEAT.to_wire(), "held": [{}] * 1001}, "held must be a list of at most"),
+    ],
+)
+def test_a_malformed_heartbeat_is_refused_naming_the_problem(body: Any, problem: str) -> None:
+    with pytest.raises(MalformedMessage, match=problem):
+        Heartbeat.from_wire(body)
+
+
+def _hold_lease(data_dir: Path, key: str, taken: Any, release: Any) -> None:
+    with payment.service.leases(data_dir).hold(key) as held:
+        taken.put(held)
+        release.wait(30)
+
+
+def test_a_second_run_of_a_key_under_way_elsewhere_is_left_to_it(
+    runner: StepRunner, tmp_path: Path
+) -> None:
+    # Given another process running the charge (it holds the key's lease)
+    context = multiprocessing.get_context("fork")
+    taken, release = context.Queue(), context.Event()
+    other = context.Process(target=_hold_lease, args=(tmp_path, CHARGE.key, taken, release))
+    other.start()
+    try:
+        assert taken.get(timeout=30) is True
+        # Then this run answers nothing and takes no effect
+        assert runner.run(CHARGE, tries=0) is None
+        assert runner.run(CHARGE, tries=0, redelivered=True) is None
+        assert service_records(tmp_path, "R-1")["charges"] == 0
+        # and another key runs meanwhile
+        other_charge = replace(
+            CHARGE, saga_id="saga-2", payload={**CHARGE.payload, "reference": "R-2"}
+        )
+        assert isinstance(runner.run(other_charge, tries=0), Outcome)
+    finally:
+        release.set()
+        other.join(30)
+    # When that process is gone (its lease with it), the key runs here
+    outcome = runner.run(CHARGE, tries=0)
+    assert isinstance(outcome, Outcome) and outcome.status is Status.SUCCEEDED
+    assert service_records(tmp_path, "R-1")["charges"] == 1
+
+
+def test_a_lease_dies_with_its_holder(tmp_path: Path) -> None:
+    # A holder SIGKILLed mid-run leaves no lease behind
+    context = multiprocessing.get_context("fork")
+    taken, release = context.Queue(), context.Event()
+    other = context.Process(target=_hold_lease, args=(tmp_path, "k", taken, release))
+    other.start()
+    assert taken.get(timeout=30) is True
+    with payment.service.leases(tmp_path).hold("k") as held:
+        assert held is False
+    other.kill()
+    other.join(30)
+    with payment.service.leases(tmp_path).hold("k") as held:
+        assert held is True

@@ -1,0 +1,127 @@
+"""Liveness: a killed worker's step is sent again as soon as it is missed, and never while
+a live worker holds it or it waits in its queue. Real workers, real SIGKILLs and SIGSTOPs,
+with the default liveness settings (a heartbeat a second, lost after three silent ones)."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+
+import pytest
+
+from saga_core import broker
+from saga_core.processes import wait_for
+from saga_store import SagaState, open_reader, queries
+from saga_store.models import Event
+from saga_tools.cluster import Child, saga_command
+from tests.helpers import ONE_OF_EACH, make_order, service_records
+from tests.integration.conftest import System
+
+pytestmark = pytest.mark.processes
+
+#: The default deadline: long enough that, where a step is sent again well before it, what
+#: sent it was liveness.
+DEFAULT_STEP_TIMEOUT = 30.0
+
+
+def redispatches(system: System, saga_id: str) -> list[str]:
+    """Why the sweeper sent a step of the saga again, once per re-dispatch."""
+    history = queries.history(open_reader(system.data_dir / "sagas.db"), saga_id)
+    return [e.note or "" for e in history if e.event is Event.REDISPATCHED]
+
+
+def held_by(system: System, saga_id: str, step: str) -> str | None:
+    return queries.get_saga(open_reader(system.data_dir / "sagas.db"), saga_id).step(step).held_by
+
+
+def test_a_killed_workers_step_is_sent_again_once_it_is_missed(
+    make_system: Callable[..., System],
+) -> None:
+    system = make_system(step_timeout=DEFAULT_STEP_TIMEOUT)
+    # Given a charge under way, which the payment worker reports holding
+    saga_id = system.submit(make_order("L-1"), faults={"charge_payment": {"delay_seconds": 3}})
+    system.wait_step_running("charge_payment", saga_id, "charge_payment")
+    wait_for(
+        lambda: (held_by(system, saga_id, "charge_payment") or "").startswith("payment-"),
+        10,
+        "the payment worker to report holding the charge",
+    )
+    # When its worker is SIGKILLed and started again
+    system.kill_and_wait(system.workers["payment"])
+    system.workers["payment"].start()
+    # Then the saga completes well before the step's deadline, with one charge
+    view = system.wait(saga_id, timeout=DEFAULT_STEP_TIMEOUT - 10)
+    assert view.state is SagaState.COMPLETED
+    assert service_records(system.data_dir, "L-1") == ONE_OF_EACH
+    if broker.is_amqp(system.settings.broker_url):
+        # RabbitMQ gave the message back when the connection dropped: nothing was lost
+        assert view.step("charge_payment").attempts == 1
+    else:
+        # Redis keeps it unacknowledged for 10 minutes: the orchestrator missed it
+        notes = redispatches(system, saga_id)
+        assert len(notes) == 1 and "stopped reporting it" in notes[0], notes
+
+
+def test_a_long_step_on_a_live_worker_is_dispatched_once(
+    make_system: Callable[..., System],
+) -> None:
+    system = make_system(step_timeout=DEFAULT_STEP_TIMEOUT)
+    # Given a charge that runs for a minute, twice its deadline
+    saga_id = system.submit(make_order("L-2"), faults={"charge_payment": {"delay_seconds": 60}})
+    system.wait_step_running("charge_payment", saga_id, "charge_payment")
+    # Then, its worker alive all along, it is never sent again
+    view = system.wait(saga_id, timeout=120)
+    assert view.state is SagaState.COMPLETED
+    assert view.step("charge_payment").attempts == 1
+    assert redispatches(system, saga_id) == []
+    assert system.counters().get("redispatches", 0) == 0
+    assert service_records(system.data_dir, "L-2") == ONE_OF_EACH
+
+
+def test_steps_waiting_in_their_queue_are_not_late(make_system: Callable[..., System]) -> None:
+    system = make_system(step_timeout=4.0)
+    # Given ten slow charges queued behind one payment worker, the last waiting three times
+    # its deadline
+    slow = {"charge_payment": {"delay_seconds": 1.5}}
+    one = [{"sku": "WIDGET", "quantity": 1}]  # the stock holds ten
+    ids = [system.submit(make_order(f"Q-{n}", items=one), faults=slow) for n in range(10)]
+    # Then each is sent once, and every saga completes
+    for saga_id in ids:
+        view = system.wait(saga_id, timeout=90)
+        assert view.state is SagaState.COMPLETED
+        assert view.step("charge_payment").attempts == 1
+    assert system.counters().get("redispatches", 0) == 0
+    for n in range(10):
+        assert service_records(system.data_dir, f"Q-{n}")["charges"] == 1
+
+
+def test_a_paused_worker_keeps_its_step_from_running_twice_at_once(
+    make_system: Callable[..., System],
+) -> None:
+    system = make_system(step_timeout=DEFAULT_STEP_TIMEOUT)
+    # Given a slow charge under way in the payment worker, and a second payment worker
+    saga_id = system.submit(make_order("L-3"), faults={"charge_payment": {"delay_seconds": 15}})
+    system.wait_step_running("charge_payment", saga_id, "charge_payment")
+    env = {**system.settings.to_env(), "PYTHONUNBUFFERED": "1"}
+    logs = system.data_dir / "logs"
+    second = Child("worker payment 2", saga_command("worker", "payment"), env, logs / "p2.log")
+    system.workers["payment-2"] = second  # stopped with the others
+    second.start()
+    wait_for(lambda: "ready" in second.log_text(), 60, "the second payment worker")
+    first = system.workers["payment"]
+    # When the first worker's main process pauses (its pool child runs on): its heartbeats
+    # stop, and the orchestrator sends the charge again, to the second worker
+    first.kill(signal.SIGSTOP)
+    try:
+        wait_for(lambda: redispatches(system, saga_id), 20, "the charge to be sent again")
+        wait_for(
+            lambda: "another run of" in second.log_text(),
+            20,
+            "the second worker to find the charge under way",
+        )
+        # Then the first run answers for the step, and the charge is made once
+        view = system.wait(saga_id, timeout=60)
+    finally:
+        first.kill(signal.SIGCONT)
+    assert view.state is SagaState.COMPLETED
+    assert service_records(system.data_dir, "L-3") == ONE_OF_EACH
