@@ -9,25 +9,29 @@ the same Redis: the sagas on the ``saga worker`` processes, the chains on
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
+import random
 import shutil
+import sqlite3
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import orchestrator
 from bench import store
 from bench.chain import build
 from bench.chain import queue as chain_queue
-from bench.workload import ChainRunner, SagaRunner
-from saga_core import config
+from bench.workload import ChainRunner, SagaRunner, order
+from saga_core import broker, config
 from saga_core.config import SERVICES, Settings
 from saga_core.processes import wait_for
-from saga_store import open_reader, queries
+from saga_store import SagaView, open_reader, queries
 from saga_tools import redis_server
-from saga_tools.cluster import Child, Cluster
+from saga_tools.cluster import Child, Cluster, stop_all
 
 
 def rss_mb(pid: int) -> float:
@@ -50,6 +54,7 @@ def compare(settings: Settings, count: int, latency_count: int, load: float) -> 
     """Saturation throughput and latency at a fixed offered load, chains then sagas."""
     s = _fresh(settings, "compare")
     cluster = Cluster(s)
+    quiet = Cluster(s.with_(heartbeat_interval=0.0))
     env = {**s.to_env(), "PYTHONUNBUFFERED": "1"}
     chain_workers = [
         Child(
@@ -92,15 +97,23 @@ def compare(settings: Settings, count: int, latency_count: int, load: float) -> 
         saga_sat = sagas.run("sat-s", count)
         saga_lat = sagas.run("lat-s", latency_count, rate)
         orchestrator_rss = rss_mb(cluster.orchestrator.pid)
+        # the same sagas with the workers' heartbeats off (liveness off): what it costs
+        stop_all(list(cluster.workers.values()))
+        for worker in quiet.workers.values():
+            worker.start()
+        sagas.run("warm-q", 20)
+        quiet_sat = sagas.run("sat-q", count)
     finally:
-        cluster.stop()
-        for worker in chain_workers:
-            worker.stop()
+        stop_all([*cluster.children, *quiet.workers.values(), *chain_workers])
     return {
         "offered_load_per_second": round(rate, 1),
         "chain": {"saturation": chain_sat.summary(), "at_load": chain_lat.summary()},
         "saga": {"saturation": saga_sat.summary(), "at_load": saga_lat.summary()},
         "ratio_throughput": round(saga_sat.per_second / chain_sat.per_second, 3),
+        "saga_without_heartbeats": {"saturation": quiet_sat.summary()},
+        "ratio_throughput_with_to_without_heartbeats": round(
+            saga_sat.per_second / quiet_sat.per_second, 3
+        ),
         "ratio_p50_latency": round(saga_lat.percentile(50) / chain_lat.percentile(50), 3)
         if chain_lat.percentile(50)
         else None,
@@ -110,9 +123,8 @@ def compare(settings: Settings, count: int, latency_count: int, load: float) -> 
 
 def recovery(settings: Settings, in_flight: int) -> dict[str, Any]:
     """Seconds from an orchestrator's restart until every saga in flight has its command
-    sent again; and from a worker's SIGKILL until its step runs again."""
-    # The slow step below is a fault plan: fault injection on, for this run only.
-    s = _fresh(settings, "recovery").with_(step_timeout=settings.step_timeout, faults=True)
+    sent again."""
+    s = _fresh(settings, "recovery")
     cluster = Cluster(s)
     for child in cluster.workers.values():
         child.start()
@@ -133,34 +145,67 @@ def recovery(settings: Settings, in_flight: int) -> dict[str, Any]:
         cluster.workers["shipping"].start()
         wait_for(lambda: not queries.active_saga_ids(store_db), 300, "the sagas to end")
         del ids
-        # a worker SIGKILLed in the middle of a step
-        marker_dir = s.data_dir / "running"
-        cluster.plan_faults("kill-0000000", {"charge_payment": {"delay_seconds": 3}})
-        slow = runner_submit(runner, "kill", 0)
-        marker = marker_dir / f"charge_payment.{slow}:charge_payment"
-        wait_for(marker.exists, 60, "the slow charge to start")
-        marker.unlink()
-        payment = cluster.workers["payment"]
-        payment.kill()
-        killed = time.time()
-        payment.stop()
-        payment.start()
-        wait_for(marker.exists, s.step_timeout * 3 + 30, "the charge to run again")
-        again = time.time() - killed
     finally:
         cluster.stop()
     return {
         "in_flight": in_flight,
         "orchestrator_restart_to_all_resumed_s": round(resumed, 2),
-        "worker_sigkill_to_step_running_again_s": round(again, 2),
+    }
+
+
+def _ended(store_db: sqlite3.Connection, saga_id: str) -> SagaView | None:
+    view = queries.get_saga(store_db, saga_id)
+    return view if view.state.terminal else None
+
+
+def kill_recovery(settings: Settings, kills: int, label: str) -> dict[str, Any]:
+    """Seconds from a worker's SIGKILL in the middle of a step until the step runs again,
+    ``kills`` times in a row: each kill lands at a random moment of a charge under way (a
+    fault plan makes it take 3 s), and the worker is started again at once, as a
+    supervisor would."""
+    s = _fresh(settings, f"kill-{label}").with_(faults=True)
+    cluster = Cluster(s)
+    cluster.start()
+    payment = cluster.workers["payment"]
+    store_db = open_reader(s.path("sagas.db"))
+    times: list[float] = []
+    redispatched = 0
+    try:
+        cluster.wait_ready()
+        for n in range(kills):
+            cluster.plan_faults(f"kill-{n:07d}", {"charge_payment": {"delay_seconds": 3}})
+            saga_id = orchestrator.submit(order("kill", n), settings=s)
+            marker = s.data_dir / "running" / f"charge_payment.{saga_id}:charge_payment"
+            wait_for(marker.exists, 60, "the slow charge to start")
+            marker.unlink()
+            time.sleep(random.uniform(0, 2.5))  # the kill's moment in the step, not a wait
+            payment.kill()
+            killed = time.time()
+            payment.stop()
+            payment.start()
+            wait_for(marker.exists, s.step_timeout * 3 + 30, "the charge to run again")
+            times.append(time.time() - killed)
+            ended = functools.partial(_ended, store_db, saga_id)
+            view = wait_for(ended, 120, "the saga to end")
+            assert view is not None
+            redispatched += view.step("charge_payment").attempts - 1
+    finally:
+        cluster.stop()
+        broker.discard(s.broker_url, s.all_queues())
+    ordered = sorted(times)
+    return {
+        "broker": label,
+        "kills": len(times),
+        "p50_s": round(ordered[len(ordered) // 2], 2),
+        "p95_s": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 2),
+        "max_s": round(ordered[-1], 2),
+        "steps_sent_again": redispatched,
         "step_timeout_s": s.step_timeout,
+        "liveness_timeout_s": s.liveness_timeout,
     }
 
 
 def runner_submit(runner: SagaRunner, tag: str, n: int) -> str:
-    import orchestrator
-    from bench.workload import order
-
     return orchestrator.submit(order(tag, n), settings=runner.settings)
 
 
@@ -204,12 +249,18 @@ def main(argv: list[str] | None = None) -> int:
         help="offered load for latency, as a fraction of the chain's saturation",
     )
     p.add_argument("--in-flight", type=int, default=1000)
+    p.add_argument("--kills", type=int, default=20, help="worker SIGKILLs, on each broker")
+    p.add_argument(
+        "--amqp-url",
+        default="amqp://guest:guest@127.0.0.1:5672//",
+        help="the RabbitMQ the kills are also measured on (skipped where none answers)",
+    )
     p.add_argument(
         "--fill", default="0,100000,1000000", help="finished sagas in the store for the growth runs"
     )
     p.add_argument("--growth-count", type=int, default=300)
     p.add_argument("--json", default="bench-results.json")
-    p.add_argument("--skip", default="", help="comma list of: compare,recovery,growth")
+    p.add_argument("--skip", default="", help="comma list of: compare,recovery,kill,growth")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     skip = set(filter(None, args.skip.split(",")))
@@ -234,6 +285,14 @@ def main(argv: list[str] | None = None) -> int:
         if "recovery" not in skip:
             results["recovery"] = recovery(settings, args.in_flight)
             print(json.dumps(results["recovery"], indent=2), flush=True)
+        if "kill" not in skip:
+            results["kill"] = {"redis": kill_recovery(settings, args.kills, "redis")}
+            if broker.reachable(args.amqp_url, timeout=3):
+                on_amqp = settings.with_(broker_url=args.amqp_url)
+                results["kill"]["rabbitmq"] = kill_recovery(on_amqp, args.kills, "rabbitmq")
+            else:
+                results["kill"]["rabbitmq"] = {"skipped": f"no RabbitMQ answers at {args.amqp_url}"}
+            print(json.dumps(results["kill"], indent=2), flush=True)
         if "growth" not in skip:
             fills = [int(x) for x in args.fill.split(",") if x]
             results["growth"] = growth(settings, fills, args.growth_count)

@@ -18,7 +18,7 @@ import orchestrator
 from bench.chain import queue as chain_queue
 from orchestrator.order_saga import ORDER_SAGA
 from saga_core.config import ORCHESTRATOR_QUEUE, Settings
-from saga_core.messages import Command, Phase
+from saga_core.messages import OUTCOME_TASK, Command, Phase
 from saga_store import open_reader, queries
 
 
@@ -129,6 +129,8 @@ class ChainRunner:
             if item is None:
                 continue
             message = json.loads(item[1])
+            if message["headers"].get("task") != OUTCOME_TASK:
+                continue  # a saga worker's heartbeat: the chains share this queue
             body = base64.b64decode(message["body"])
             outcome = json.loads(body)[0][0]
             finished[outcome["saga_id"]] = time.monotonic()

@@ -42,7 +42,8 @@ class Settings:
     # The backstop: a step whose outcome has not come back in this time is sent again, where
     # no worker of its service reports liveness (see heartbeat_interval) to decide sooner.
     step_timeout: float = 30.0
-    # Every worker tells the orchestrator, this often, which steps it holds.
+    # Every worker tells the orchestrator, this often, which steps it holds; 0 turns the
+    # heartbeats off, and with them liveness: deadlines alone then find lost steps.
     heartbeat_interval: float = 1.0
     # A step that no worker has reported holding for this long, while its queue stayed
     # empty, is lost (its worker died): the orchestrator sends it again.
@@ -157,8 +158,10 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
             f"{PREFIX}FAILURE_RATES injects failures, a test and demo tool: "
             f"it needs {PREFIX}FAULTS=1"
         )
-    heartbeat_interval = _number(env, "HEARTBEAT_INTERVAL", defaults.heartbeat_interval, 0.05)
+    heartbeat_interval = _number(env, "HEARTBEAT_INTERVAL", defaults.heartbeat_interval, 0)
     liveness_timeout = _number(env, "LIVENESS_TIMEOUT", defaults.liveness_timeout, 0.1)
+    if 0 < heartbeat_interval < 0.05:
+        raise ConfigError(f"{PREFIX}HEARTBEAT_INTERVAL must be 0 (off) or at least 0.05")
     if liveness_timeout < 2 * heartbeat_interval:
         raise ConfigError(
             f"{PREFIX}LIVENESS_TIMEOUT ({liveness_timeout:g}) must be at least twice "

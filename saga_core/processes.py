@@ -6,6 +6,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def children_of(pid: int) -> list[int]:
@@ -16,9 +19,7 @@ def children_of(pid: int) -> list[int]:
     return children
 
 
-def wait_for(
-    condition: Callable[[], object], timeout: float, what: str, interval: float = 0.05
-) -> object:
+def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
     """Poll ``condition`` until it returns something truthy; TimeoutError naming ``what``."""
     deadline = time.monotonic() + timeout
     while True:

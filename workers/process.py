@@ -23,7 +23,8 @@ def build(
     app = make_app(settings, "workers")
     for name in services:
         task.register(app, settings, SERVICES[name], middleware)
-    heartbeat.install(app, settings, services)
+    if settings.heartbeat_interval > 0:
+        heartbeat.install(app, settings, services)
     return app
 
 

@@ -32,6 +32,8 @@ def test_bench_smoke_run_writes_every_figure(
             "20",
             "--in-flight",
             "20",
+            "--kills",
+            "2",
             "--fill",
             "0,2000",
             "--growth-count",
@@ -54,5 +56,9 @@ def test_bench_smoke_run_writes_every_figure(
     assert compare["ratio_throughput"] > 0 and compare["ratio_p50_latency"] > 0
     assert figures["store_transitions_per_second"] > 0
     assert figures["recovery"]["in_flight"] == 20
+    assert compare["ratio_throughput_with_to_without_heartbeats"] > 0
+    assert figures["kill"]["redis"]["kills"] == 2
+    assert figures["kill"]["redis"]["p95_s"] >= figures["kill"]["redis"]["p50_s"] > 0
+    assert figures["kill"]["rabbitmq"].get("kills", 2) == 2
     assert [g["finished_sagas"] for g in figures["growth"]] == [0, 2000]
     assert all(g["sagas_per_second"] > 0 for g in figures["growth"])

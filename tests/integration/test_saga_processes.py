@@ -183,7 +183,7 @@ def test_a_producer_can_submit_through_the_orchestrator_queue(system: System) ->
         30,
         "the submitted saga to be stored",
     )
-    assert system.wait(row[0]).state is SagaState.COMPLETED  # type: ignore[index]
+    assert system.wait(row[0]).state is SagaState.COMPLETED
     assert service_records(system.data_dir, "A-14") == ONE_OF_EACH
 
 
