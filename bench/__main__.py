@@ -16,6 +16,7 @@ import os
 import random
 import shutil
 import sqlite3
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ import orchestrator
 from bench import store
 from bench.chain import build
 from bench.chain import queue as chain_queue
-from bench.workload import ChainRunner, SagaRunner, order
+from bench.workload import ChainRunner, Run, SagaRunner, order
 from saga_core import broker, config
 from saga_core.config import SERVICES, Settings
 from saga_core.processes import wait_for
@@ -97,12 +98,16 @@ def compare(settings: Settings, count: int, latency_count: int, load: float) -> 
         saga_sat = sagas.run("sat-s", count)
         saga_lat = sagas.run("lat-s", latency_count, rate)
         orchestrator_rss = rss_mb(cluster.orchestrator.pid)
-        # the same sagas with the workers' heartbeats off (liveness off): what it costs
-        stop_all(list(cluster.workers.values()))
-        for worker in quiet.workers.values():
-            worker.start()
-        sagas.run("warm-q", 20)
-        quiet_sat = sagas.run("sat-q", count)
+        # What liveness costs: the same sagas with the workers' heartbeats off, then on
+        # again, then off again (runs in turn, so that drift in the machine's speed falls
+        # on both sides), each on freshly started workers.
+        runs: dict[bool, list[Run]] = {True: [saga_sat], False: []}
+        for heartbeats in (False, True, False):
+            stop_all([*cluster.workers.values(), *quiet.workers.values()])
+            for worker in (cluster if heartbeats else quiet).workers.values():
+                worker.start()
+            sagas.run(f"warm-{heartbeats:d}{len(runs[heartbeats])}", 20)
+            runs[heartbeats].append(sagas.run(f"sat-{heartbeats:d}{len(runs[heartbeats])}", count))
     finally:
         stop_all([*cluster.children, *quiet.workers.values(), *chain_workers])
     return {
@@ -110,9 +115,14 @@ def compare(settings: Settings, count: int, latency_count: int, load: float) -> 
         "chain": {"saturation": chain_sat.summary(), "at_load": chain_lat.summary()},
         "saga": {"saturation": saga_sat.summary(), "at_load": saga_lat.summary()},
         "ratio_throughput": round(saga_sat.per_second / chain_sat.per_second, 3),
-        "saga_without_heartbeats": {"saturation": quiet_sat.summary()},
+        "saga_saturation_per_second_with_heartbeats": [round(r.per_second, 1) for r in runs[True]],
+        "saga_saturation_per_second_without_heartbeats": [
+            round(r.per_second, 1) for r in runs[False]
+        ],
         "ratio_throughput_with_to_without_heartbeats": round(
-            saga_sat.per_second / quiet_sat.per_second, 3
+            statistics.fmean(r.per_second for r in runs[True])
+            / statistics.fmean(r.per_second for r in runs[False]),
+            3,
         ),
         "ratio_p50_latency": round(saga_lat.percentile(50) / chain_lat.percentile(50), 3)
         if chain_lat.percentile(50)

@@ -130,7 +130,13 @@ class SagaView:
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "steps": [
-                {"name": s.name, "state": s.state.value, "output": s.output, "error": s.error}
+                {
+                    "name": s.name,
+                    "state": s.state.value,
+                    "output": s.output,
+                    "error": s.error,
+                    "held_by": s.held_by,
+                }
                 for s in self.steps
             ],
         }

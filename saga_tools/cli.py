@@ -7,6 +7,7 @@ import argparse
 import getpass
 import json
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -67,6 +68,8 @@ def _print_saga(view: Any, as_json: bool) -> None:
         print(f"  reason: {view.error}")
     for step in view.steps:
         detail = step.error or (json.dumps(step.output) if step.output is not None else "")
+        if step.held_by:
+            detail = f"held by {step.held_by}"
         print(f"  {step.name:<20} {step.state:<13} {detail}")
 
 
@@ -218,6 +221,34 @@ def cmd_alerts(args: argparse.Namespace, settings: Settings) -> int:
     else:
         for a in alerts:
             print(f"{a.created_at}  saga {a.saga_id}  {a.step}: {a.error}")
+    return 0
+
+
+def cmd_workers(args: argparse.Namespace, settings: Settings) -> int:
+    from saga_store import open_reader, queries
+
+    now = time.time()
+    rows = [
+        {
+            "worker": r["name"],
+            "pid": r["pid"],
+            "services": r["services"].split(","),
+            "holds": r["held"],
+            "last_heard_s_ago": round(now - r["last_seen"], 1),
+            # the liveness rule, as the sweeper applies it
+            "alive": now - r["last_seen"] < settings.liveness_timeout,
+        }
+        for r in queries.workers(open_reader(settings.path("sagas.db")))
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for w in rows:
+        state = "alive" if w["alive"] else "silent"
+        print(
+            f"{w['worker']} pid {w['pid']}  {','.join(w['services'])}  {state}, "
+            f"heard {w['last_heard_s_ago']}s ago, holding {w['holds']}"
+        )
     return 0
 
 
@@ -399,6 +430,9 @@ def parser() -> argparse.ArgumentParser:
     al = sub.add_parser("alerts", help="list compensations that failed for good")
     al.add_argument("--json", action="store_true")
 
+    wk = sub.add_parser("workers", help="workers heard from: alive or silent, what they hold")
+    wk.add_argument("--json", action="store_true")
+
     sk = sub.add_parser("stock", help="list stock, or 'stock set SKU QUANTITY'")
     sk.add_argument("action", nargs="?", choices=["set"])
     sk.add_argument("rest", nargs="*")
@@ -468,6 +502,7 @@ COMMANDS = {
     "cancel": cmd_cancel,
     "list": cmd_list,
     "alerts": cmd_alerts,
+    "workers": cmd_workers,
     "stock": cmd_stock,
     "faults": cmd_faults,
     "audit": cmd_audit,

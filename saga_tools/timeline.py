@@ -47,7 +47,7 @@ def describe(e: HistoryEvent) -> str:
         tries = f", {e.tries} tries" if e.tries and e.tries > 1 else ""
         text = {
             Event.DISPATCHED: f"{what} sent",
-            Event.REDISPATCHED: f"{what} sent again: no outcome by its deadline",
+            Event.REDISPATCHED: f"{what} sent again: lost",
             Event.RESENT: f"{what} sent again: the orchestrator (re)started",
             Event.SUCCEEDED: f"{what} succeeded{took}{tries}",
             Event.REJECTED: f"{what} refused{took}{tries}",
@@ -58,7 +58,9 @@ def describe(e: HistoryEvent) -> str:
         }.get(e.event, f"{what} {e.event.value}")
     if e.error:
         text += f": {e.error}"
-    if e.note:
+    if e.note and e.event is Event.REDISPATCHED:
+        text += f" ({e.note})"
+    elif e.note:
         text += f" — {e.note!r}"
     return text
 

@@ -4,7 +4,10 @@ with the default liveness settings (a heartbeat a second, lost after three silen
 
 from __future__ import annotations
 
+import json
+import os
 import signal
+import subprocess
 from collections.abc import Callable
 
 import pytest
@@ -46,6 +49,17 @@ def test_a_killed_workers_step_is_sent_again_once_it_is_missed(
         10,
         "the payment worker to report holding the charge",
     )
+    listed = subprocess.run(
+        saga_command("workers", "--json"),
+        env={**os.environ, **system.settings.to_env()},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    workers = {tuple(w["services"]): w for w in json.loads(listed.stdout)}
+    assert set(workers) == {("inventory",), ("payment",), ("shipping",), ("notification",)}
+    assert all(w["alive"] for w in workers.values())
+    assert workers[("payment",)]["holds"] == 1
     # When its worker is SIGKILLed and started again
     system.kill_and_wait(system.workers["payment"])
     system.workers["payment"].start()
