@@ -67,7 +67,7 @@ class Engine:
         (a client's engine, which never sweeps, or a test) every queue counts as empty."""
         self.settings = settings
         self.definitions = dict(definitions)
-        self.queues = QueueWatch(queue_depth, settings.liveness_timeout)
+        self.queues = QueueWatch(queue_depth)
         self._services = {s.queue for d in self.definitions.values() for s in d.steps}
         self.publish = publish
         self.middleware = tuple(middleware)
@@ -191,11 +191,13 @@ class Engine:
         send again (or give up) every step judged lost; returns how many.
 
         A step is lost when nothing has been heard of it for ``liveness_timeout`` (no
-        worker's heartbeat lists it) while its queue stood empty all along: its worker died
-        with its message, or the message never arrived. So a step that a live worker holds
-        is never sent again, however long it runs, and one that waits in its queue is not
-        late. Where no worker of the step's service sends heartbeats, liveness is unknown
-        and the step's deadline (``step_timeout`` from its dispatch) decides instead.
+        worker's heartbeat lists it) and its queue was seen empty since (so its message
+        waits in no queue), long enough ago for a worker that took it to have said so: its
+        worker died with its message, or the message never arrived. So a step that a live
+        worker holds is never sent again, however long it runs, and one that waits in its
+        queue is not late. Where no worker of the step's service sends heartbeats, liveness
+        is unknown and the step's deadline (``step_timeout`` from its dispatch) decides, with
+        the same condition on its queue.
         """
         now = self.clock()
         results: list[Transition] = []
@@ -204,12 +206,16 @@ class Engine:
                 results.append(transitions.resume_saga(self.db, saga_id, now, Actor.SWEEPER))
                 log.warning("starting saga %s, left pending by its submitter", saga_id)
         window = self.settings.liveness_timeout
+        # A message that re-entered its queue (RabbitMQ requeues a dead worker's) does so
+        # within a heartbeat of the last news of it; a worker that takes one reports it
+        # within a heartbeat: the queue must be seen empty between those two.
+        grace = 1.5 * max(self.settings.heartbeat_interval, self.settings.sweep_interval)
         self.queues.look(self._services, now)
         watched = queries.watched_services(self.db, now - WATCHED_FOR)
         for row in queries.unheard_steps(self.db, now, now - window):
             saga_id, step = row["saga_id"], row["step_name"]
             service = self.definitions[row["definition"]].step(step).queue
-            if not self.queues.quiet(service, now):
+            if not self.queues.seen_empty(service, (row["heard_at"] or 0.0) + grace, now - grace):
                 continue  # it may be waiting in its queue, which is no sign of trouble
             if service in watched:
                 silent_for = window

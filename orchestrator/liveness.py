@@ -1,50 +1,54 @@
-"""Which service queues have stood empty: the half of liveness that heartbeats cannot tell.
+"""Where a step's message could still be waiting: the half of liveness that heartbeats
+cannot tell.
 
-A step that nothing has been heard of for a while is either lost (its worker died with its
-message, or the message never arrived) or still waiting in its queue behind others. Only
-the second is fine, and a waiting step is not late: its clock starts when a worker takes
-it. So the sweeper looks at each service queue every sweep, and judges a step lost only
-where its queue has been seen empty for a whole liveness timeout, look after look: then
-the step's message is in no queue, and no live worker reports holding it.
+A step that no worker reports holding is either lost (its worker died with its message, or
+the message never arrived) or still waiting in its queue behind others. Only the second is
+fine, and a waiting step is not late: its clock starts when a worker takes it. Queues are
+first in, first out, so a queue seen empty after a message entered it no longer holds that
+message: a worker took it, and will report it within a heartbeat, or the message is gone.
+So the sweeper looks at each service queue every sweep and keeps the times it saw each one
+empty; a step is judged lost only where its queue was seen empty well after the step was
+last heard of, and long enough ago for a worker that took it to have said so. A queue that
+is busy but not backlogged (empty now and then) still shows such moments; one that never
+empties (a backlog) delays the judgement until it drains, and sends nothing twice meanwhile.
 """
 
 from __future__ import annotations
 
+import bisect
+from collections import deque
 from collections.abc import Callable, Iterable
 
 #: Messages waiting on a service's queue (by service name); None where it cannot be told.
 QueueDepth = Callable[[str], "int | None"]
 
+#: How long the times a queue was seen empty are kept: a step last heard of before the
+#: oldest kept is judged by the kept ones, all of them later than it.
+KEEP_FOR = 600.0
+
 
 class QueueWatch:
-    def __init__(self, depth: QueueDepth | None, window: float):
-        """``depth`` None: no broker to look at (a client's engine, a unit test), and
-        every queue counts as empty."""
-        self.depth, self.window = depth, window
-        self._empty_since: dict[str, float | None] = {}
-        self._looked_at: dict[str, float] = {}
+    def __init__(self, depth: QueueDepth | None):
+        """``depth`` None: no broker to look at (a client's engine, a unit test), and every
+        queue counts as seen empty at any time."""
+        self.depth = depth
+        self._empty: dict[str, deque[float]] = {}
 
     def look(self, services: Iterable[str], now: float) -> None:
         """Look at each service's queue once."""
         if self.depth is None:
             return
         for service in services:
-            waiting = self.depth(service)
-            before = self._looked_at.get(service)
-            self._looked_at[service] = now
-            if waiting is None or waiting > 0:
-                self._empty_since[service] = None
-            elif (
-                self._empty_since.get(service) is None
-                or before is None
-                or now - before > self.window  # not looked at for a while: start again
-            ):
-                self._empty_since[service] = now
+            seen = self._empty.setdefault(service, deque())
+            if self.depth(service) == 0:
+                seen.append(now)
+            while seen and seen[0] < now - KEEP_FOR:
+                seen.popleft()
 
-    def quiet(self, service: str, now: float) -> bool:
-        """Whether ``service``'s queue has been seen empty, look after look, for a whole
-        window."""
+    def seen_empty(self, service: str, after: float, before: float) -> bool:
+        """Whether ``service``'s queue was seen empty at some time in ``[after, before]``."""
         if self.depth is None:
-            return True
-        since = self._empty_since.get(service)
-        return since is not None and since <= now - self.window
+            return after <= before
+        seen = list(self._empty.get(service, ()))
+        i = bisect.bisect_left(seen, after)
+        return i < len(seen) and seen[i] <= before

@@ -229,7 +229,8 @@ class Orchestrator:
         own; then acknowledge.
 
         A store busy beyond its timeout leaves the batch unacknowledged for the broker to
-        deliver again, rather than dropping outcomes (each would cost its step a deadline).
+        deliver again, rather than dropping outcomes (each would leave its step to be found
+        lost).
         """
         outcomes: list[Outcome] = []
         beats: list[Heartbeat] = []

@@ -94,13 +94,13 @@ def install(app: FastAPI, store: Callable[[], sqlite3.Connection]) -> None:
             body.append(f" — {escape(view.error)}")
         body.append(
             "</p><h2>Steps</h2><table><tr><th>step</th><th>state</th>"
-            "<th>sent</th><th>compensation sent</th><th>error</th></tr>"
+            "<th>sent</th><th>compensation sent</th><th>held by</th><th>error</th></tr>"
         )
         for s in view.steps:
             body.append(
                 f"<tr><td>{escape(s.name)}</td><td class='{s.state}'>{escape(s.state.value)}</td>"
                 f"<td>{s.attempts}</td><td>{s.compensation_attempts}</td>"
-                f"<td>{escape(s.error or '')}</td></tr>"
+                f"<td>{escape(s.held_by or '')}</td><td>{escape(s.error or '')}</td></tr>"
             )
         body.append("</table>")
         if alerts:

@@ -282,15 +282,29 @@ def test_a_step_waiting_in_its_queue_is_not_late(h: Harness) -> None:
         h.clock.now += 1
         h.engine.sweep()
     assert not h.commands
-    # once it has stood empty for the liveness timeout, the step is found lost
+    # once the queue is seen empty, a worker that took the charge has a heartbeat and a
+    # half to report it; none does, so the charge is found lost
     waiting["payment"] = 0
     h.clock.now += 1
     h.engine.sweep()
-    h.clock.now += h.settings.liveness_timeout - 0.5
+    h.clock.now += 1
     h.engine.sweep()
     assert not h.commands
     h.clock.now += 1
     h.engine.sweep()
+    assert [c.attempt for c in h.commands] == [2]
+    assert h.saga(sid).state is SagaState.RUNNING
+
+
+def test_a_lost_step_is_found_while_its_queue_is_busy_but_not_backlogged(h: Harness) -> None:
+    # the payment queue holds messages at most looks, empty at one in three
+    looks = iter([1, 2, 0] * 100)
+    h.restart(queue_depth=lambda service: next(looks) if service == "payment" else 0)
+    sid = charge_in_flight(h, "A")
+    h.engine.handle_heartbeats([holding("another saga")])  # the payment worker is alive
+    for _ in range(6):
+        h.clock.now += 1
+        h.engine.sweep()
     assert [c.attempt for c in h.commands] == [2]
     assert h.saga(sid).state is SagaState.RUNNING
 
