@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import sqlite3
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -226,3 +227,25 @@ def test_orders_posted_while_the_broker_is_down_are_stored_and_end(
         assert service_records(system.data_dir, f"D-{n}")["charges"] == 1
     assert "broker unreachable" in log
     assert "Traceback" not in log and "Exception in ASGI application" not in log
+
+
+@pytest.mark.any_broker
+def test_a_store_that_cannot_be_written_is_a_503_with_retry_after(api: Api, system: System) -> None:
+    # Given another process holding the store's write lock past the API's busy timeout
+    lock = sqlite3.connect(system.data_dir / "sagas.db", isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")
+    try:
+        reply = api.post_order(make_order("W-1"))
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    # Then the client is told to come back, as a problem, and nothing was stored
+    assert reply.status == 503, reply.body
+    assert reply.headers["retry-after"] == "1"
+    assert reply.headers["content-type"] == "application/problem+json"
+    assert reply.body["title"] == "Store unavailable"
+    again = api.post_order(make_order("W-1"))
+    assert (again.status, again.body["created"]) == (202, True)
+    assert wait_terminal(system, again.body["saga_id"]) is SagaState.COMPLETED
+    log = api.child.log_text() if api.child else ""
+    assert "Traceback" not in log and "the store cannot be written" in log
