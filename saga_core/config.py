@@ -45,8 +45,8 @@ class Settings:
     # Every worker tells the orchestrator, this often, which steps it holds; 0 turns the
     # heartbeats off, and with them liveness: deadlines alone then find lost steps.
     heartbeat_interval: float = 1.0
-    # A step that no worker has reported holding for this long, while its queue stayed
-    # empty, is lost (its worker died): the orchestrator sends it again.
+    # A step that no worker has reported holding for this long, its queue seen empty since,
+    # is lost (its worker died): the orchestrator sends it again.
     liveness_timeout: float = 3.0
     # Dispatches of one step (first one included) before the orchestrator gives it up.
     max_dispatches: int = 5

@@ -76,6 +76,7 @@ def test_a_killed_workers_step_is_sent_again_once_it_is_missed(
         assert len(notes) == 1 and "stopped reporting it" in notes[0], notes
 
 
+@pytest.mark.any_broker  # a minute long: on Redis only (the paused-worker test covers both)
 def test_a_long_step_on_a_live_worker_is_dispatched_once(
     make_system: Callable[..., System],
 ) -> None:
