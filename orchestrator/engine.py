@@ -129,7 +129,7 @@ class Engine:
         Each outcome's transition is a savepoint of its own, so a refused one (a duplicate,
         a late outcome) changes nothing while the others commit together: one commit per
         batch instead of one per outcome. The commands go out after the commit, so a crash
-        in between leaves steps whose deadlines pass, and the sweeper sends them again.
+        in between leaves steps that no worker takes, and the sweeper finds them lost.
         """
         results: list[Transition] = []
         applied: list[tuple[Outcome, Transition]] = []

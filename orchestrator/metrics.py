@@ -66,7 +66,7 @@ class StoreCollector(Collector):
             value=alerts,
         )
         for name, help_text in (
-            ("redispatches", "Steps sent again by the sweeper: no outcome by their deadline"),
+            ("redispatches", "Steps sent again by the sweeper: found lost"),
             ("duplicate_outcomes", "Outcomes ignored: duplicates, late or for a stopped saga"),
         ):
             family = CounterMetricFamily(f"saga_{name}", help_text)

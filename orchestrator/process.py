@@ -4,7 +4,7 @@ It reads outcomes (and submissions) in batches of whatever has arrived, applies 
 in one store transaction, publishes the commands that follow in one round trip, and only
 then acknowledges the batch. A crash anywhere in between redelivers outcomes whose
 transitions were either not stored (they apply now) or stored (refused as duplicates), and
-a command lost on the way is sent again when its step's deadline passes.
+a command lost on the way is found lost by the sweeper and sent again.
 
 It is not a Celery worker on purpose: a worker pays a task call, an ack, a publish and a
 commit for every outcome, which made the orchestrator half the system's CPU (profiled,
@@ -150,7 +150,7 @@ class Orchestrator:
                 # The broker went away during a batch's publish: which of its commands went
                 # out is unknown. Its outcomes stay unacknowledged and come again (refused as
                 # duplicates: their transitions committed); a command that was lost goes
-                # out again when its step's deadline passes.
+                # out again when the sweeper finds its step lost.
                 BatchPublishError,
                 *connection.connection_errors,
                 *connection.channel_errors,
@@ -196,10 +196,10 @@ class Orchestrator:
 
     def sweep_due(self, last_batch: int, now: float) -> bool:
         """Whether to sweep now: once per ``sweep_interval``, but not while the last batch
-        came full. A full batch means outcomes are queued: the outcome a deadline waits for
-        is most likely among them, and re-dispatching now would only add duplicate work to
-        a system already behind (seen in chaos runs: a restarted orchestrator's backlog
-        turned into a storm of re-dispatches)."""
+        came full. A full batch means outcomes and heartbeats are queued: the news a sweep
+        would miss is most likely among them, and re-dispatching now would only add
+        duplicate work to a system already behind (seen in chaos runs: a restarted
+        orchestrator's backlog turned into a storm of re-dispatches)."""
         if last_batch >= self.batch_size or now < self._next_sweep:
             return False
         self._next_sweep = now + self.settings.sweep_interval

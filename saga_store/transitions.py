@@ -4,7 +4,7 @@ Each public function here is one ``BEGIN IMMEDIATE`` transaction. It checks that
 is allowed from the state it finds, by the table in :mod:`saga_store.machine`, and raises
 :class:`TransitionRefused` (changing nothing) when it is not; otherwise it writes the change
 and returns the commands that must now be sent. Publishing them is the caller's job, after
-the commit: a crash in between leaves a step whose deadline passes, and the sweeper sends
+the commit: a crash in between leaves a step that no worker takes, and the sweeper sends
 the command again.
 
 The store keeps what it needs of each step's definition (position, compensable, best-effort,
