@@ -13,6 +13,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
@@ -33,6 +34,9 @@ alert_log = logging.getLogger("saga.alert")
 #: A service whose workers sent heartbeats within this long has its steps judged by
 #: liveness; one with none (workers that send none, or none for an hour) by deadlines.
 WATCHED_FOR = 3600.0
+
+#: Seconds between two warnings that a service's steps wait with no live worker.
+UNSERVED_WARNING_EVERY = 60.0
 
 
 class Submitted(NamedTuple):
@@ -68,6 +72,7 @@ class Engine:
         self.settings = settings
         self.definitions = dict(definitions)
         self.queues = QueueWatch(queue_depth)
+        self._warned: dict[str, float] = {}
         self._services = {s.queue for d in self.definitions.values() for s in d.steps}
         self.publish = publish
         self.middleware = tuple(middleware)
@@ -211,13 +216,15 @@ class Engine:
         # within a heartbeat: the queue must be seen empty between those two.
         grace = 1.5 * max(self.settings.heartbeat_interval, self.settings.sweep_interval)
         self.queues.look(self._services, now)
-        watched = queries.watched_services(self.db, now - WATCHED_FOR)
+        last_heard = queries.services_last_heard(self.db, now - WATCHED_FOR)
+        waiting: Counter[str] = Counter()
         for row in queries.unheard_steps(self.db, now, now - window):
             saga_id, step = row["saga_id"], row["step_name"]
             service = self.definitions[row["definition"]].step(step).queue
             if not self.queues.seen_empty(service, (row["heard_at"] or 0.0) + grace, now - grace):
+                waiting[service] += 1
                 continue  # it may be waiting in its queue, which is no sign of trouble
-            if service in watched:
+            if service in last_heard:
                 silent_for = window
                 reason = (
                     f"{row['held_by']} stopped reporting it"
@@ -254,8 +261,28 @@ class Engine:
                     reason,
                     extra={"saga_id": saga_id},
                 )
+        self._warn_unserved(waiting, last_heard, now)
         self._send(results)
         return len(results)
+
+    def _warn_unserved(
+        self, waiting: Mapping[str, int], last_heard: Mapping[str, float], now: float
+    ) -> None:
+        """Say so, once a minute, where steps wait for a service none of whose workers is
+        alive: they are not lost, so nothing is sent again and nobody else would notice."""
+        for service, count in waiting.items():
+            heard = last_heard.get(service)
+            if heard is None or now - heard < self.settings.liveness_timeout:
+                continue  # heartbeats off (nothing known), or a worker is alive
+            if now - self._warned.get(service, 0.0) < UNSERVED_WARNING_EVERY:
+                continue
+            self._warned[service] = now
+            log.warning(
+                "%d step(s) wait for %s, and none of its workers has been heard from for %.0fs",
+                count,
+                service,
+                now - heard,
+            )
 
     def handle_heartbeats(self, beats: Sequence[Heartbeat]) -> int:
         """Record workers' heartbeats (``saga_store.liveness``); returns how many steps in

@@ -150,11 +150,16 @@ def unheard_steps(
     ).fetchall()
 
 
-def watched_services(conn: sqlite3.Connection, seen_after: float) -> set[str]:
-    """Services with a worker heard from since ``seen_after``: their steps' liveness is
-    known from heartbeats."""
-    rows = conn.execute("SELECT services FROM workers WHERE last_seen > ?", (seen_after,))
-    return {name for r in rows for name in r["services"].split(",") if name}
+def services_last_heard(conn: sqlite3.Connection, seen_after: float) -> dict[str, float]:
+    """Each service with a worker heard from since ``seen_after`` (its steps' liveness is
+    known from heartbeats), and when the last of its workers was heard from."""
+    last: dict[str, float] = {}
+    for r in conn.execute(
+        "SELECT services, last_seen FROM workers WHERE last_seen > ?", (seen_after,)
+    ):
+        for name in filter(None, r["services"].split(",")):
+            last[name] = max(last.get(name, 0.0), r["last_seen"])
+    return last
 
 
 def workers(conn: sqlite3.Connection) -> list[sqlite3.Row]:

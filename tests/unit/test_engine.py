@@ -317,3 +317,21 @@ def test_without_heartbeats_the_deadline_decides(h: Harness) -> None:
     h.clock.now += 2
     h.engine.sweep()
     assert [c.attempt for c in h.commands] == [2]
+
+
+def test_steps_waiting_for_a_service_with_no_live_worker_are_reported(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    h.restart(queue_depth=lambda service: 1 if service == "payment" else 0)
+    charge_in_flight(h, "A")
+    h.engine.handle_heartbeats([holding("another saga")])
+    with caplog.at_level(logging.WARNING, logger="saga.orchestrator"):
+        for _ in range(120):  # two minutes with no payment worker heard from
+            h.clock.now += 1
+            h.engine.sweep()
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [
+        "1 step(s) wait for payment, and none of its workers has been heard from for 3s",
+        "1 step(s) wait for payment, and none of its workers has been heard from for 63s",
+    ]
+    assert not h.commands  # waiting, not lost

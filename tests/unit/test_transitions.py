@@ -265,7 +265,7 @@ def test_a_heartbeat_keeps_a_step_from_being_judged_lost(db: sqlite3.Connection)
     with pytest.raises(TransitionRefused):  # heard of a second before, past its deadline
         lost(db, sid, "a", NOW + 11)
     assert queries.get_saga(db, sid).step("a").held_by == "w@h pid 7"
-    assert queries.watched_services(db, NOW) == {"svc"}
+    assert queries.services_last_heard(db, NOW) == {"svc": NOW + 9}
     # news of another phase, or of a step not in flight, changes nothing
     other = Heartbeat("w@h", 7, ("svc",), 1.0, (Held(sid, "a", Phase.COMPENSATION, 1),))
     assert liveness.record_heartbeats(db, [other], NOW + 30) == 0
