@@ -289,17 +289,20 @@ class Orchestrator:
 
 
 def run(
-    settings: Settings, metrics_port: int | None = None, middleware: Sequence[Middleware] = ()
+    settings: Settings,
+    metrics_port: int | None = None,
+    middleware: Sequence[Middleware] = (),
+    metrics_host: str = "127.0.0.1",
 ) -> None:
     """Run the orchestrator in the foreground until SIGTERM or SIGINT; with a
-    ``metrics_port``, serve Prometheus metrics on it (127.0.0.1). ``middleware`` hooks
+    ``metrics_port``, serve Prometheus metrics on it, on ``metrics_host``. ``middleware`` hooks
     into the engine (the metrics are one)."""
     middleware = list(middleware)
     if metrics_port is not None:
         metrics = Metrics(settings.path("sagas.db"))
-        metrics.serve(metrics_port)
+        metrics.serve(metrics_port, metrics_host)
         middleware.append(metrics)
-        log.info("metrics on http://127.0.0.1:%d/metrics", metrics_port)
+        log.info("metrics on http://%s:%d/metrics", metrics_host, metrics_port)
     orchestrator = Orchestrator(settings, middleware=middleware)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: orchestrator.stop())

@@ -80,6 +80,7 @@ def cmd_orchestrator(args: argparse.Namespace, settings: Settings) -> int:
     process.run(
         settings,
         metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
         middleware=middleware.install(settings, "orchestrator"),
     )
     return 0
@@ -265,8 +266,17 @@ def cmd_stock(args: argparse.Namespace, settings: Settings) -> int:
         except ValueError:
             raise BadInput(f"QUANTITY must be a whole number, got {raw!r}") from None
         inventory.set_stock(db, sku, quantity)
+    elif args.action == "seed":
+        # for a stack's first start: stock it once, never reset a running shop's counts
+        known = {r["sku"] for r in inventory.list_stock(db)}
+        for sku, quantity in _seed_pairs(args.rest).items():
+            if sku not in known:
+                inventory.set_stock(db, sku, quantity)
     elif args.action is not None:
-        raise BadInput(f"unknown stock command {args.action!r}; try 'saga stock set SKU QUANTITY'")
+        raise BadInput(
+            f"unknown stock command {args.action!r}; try 'saga stock set SKU QUANTITY' "
+            "or 'saga stock seed SKU=QUANTITY ...'"
+        )
     rows = inventory.list_stock(db)
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -275,6 +285,18 @@ def cmd_stock(args: argparse.Namespace, settings: Settings) -> int:
         for r in rows:
             print(f"{r['sku']:<16} {r['on_hand']:>8} {r['reserved']:>9} {r['available']:>10}")
     return 0
+
+
+def _seed_pairs(words: list[str]) -> dict[str, int]:
+    pairs: dict[str, int] = {}
+    for word in words:
+        sku, _, raw = word.partition("=")
+        if not sku or not raw.isdigit():
+            raise BadInput(f"expected SKU=QUANTITY (a whole number), got {word!r}")
+        pairs[sku] = int(raw)
+    if not pairs:
+        raise BadInput("usage: saga stock seed SKU=QUANTITY [SKU=QUANTITY ...]")
+    return pairs
 
 
 def cmd_faults(args: argparse.Namespace, settings: Settings) -> int:
@@ -390,6 +412,11 @@ def parser() -> argparse.ArgumentParser:
 
     o = sub.add_parser("orchestrator", help="run the orchestrator (outcomes, recovery, sweeper)")
     o.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    o.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="the address the metrics listen on (0.0.0.0 in a container)",
+    )
 
     a = sub.add_parser("api", help="serve the HTTP API and the web view")
     a.add_argument("--host", default="127.0.0.1")
@@ -433,8 +460,12 @@ def parser() -> argparse.ArgumentParser:
     wk = sub.add_parser("workers", help="workers heard from: alive or silent, what they hold")
     wk.add_argument("--json", action="store_true")
 
-    sk = sub.add_parser("stock", help="list stock, or 'stock set SKU QUANTITY'")
-    sk.add_argument("action", nargs="?", choices=["set"])
+    sk = sub.add_parser(
+        "stock",
+        help="list stock; 'stock set SKU QUANTITY'; 'stock seed SKU=QUANTITY ...' stocks only "
+        "the SKUs not stocked yet (a stack's first start)",
+    )
+    sk.add_argument("action", nargs="?", choices=["set", "seed"])
     sk.add_argument("rest", nargs="*")
     sk.add_argument("--json", action="store_true")
 

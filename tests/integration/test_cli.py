@@ -102,6 +102,12 @@ def test_stock(settings: Settings) -> None:
     assert bad.returncode == 2 and "QUANTITY must be a whole number" in bad.stderr
     negative = saga(settings, "stock", "set", "WIDGET", "-1")
     assert negative.returncode == 2 and "cannot be negative" in negative.stderr
+    # seed: a stack's first start stocks what is not stocked yet, and resets nothing
+    assert saga(settings, "stock", "seed", "WIDGET=100", "GADGET=20").returncode == 0
+    listed = json.loads(saga(settings, "stock", "--json").stdout)
+    assert {r["sku"]: r["on_hand"] for r in listed} == {"WIDGET": 7, "GADGET": 20}
+    bad_seed = saga(settings, "stock", "seed", "WIDGET")
+    assert bad_seed.returncode == 2 and "expected SKU=QUANTITY" in bad_seed.stderr
 
 
 @pytest.mark.processes

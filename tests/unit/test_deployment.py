@@ -31,6 +31,14 @@ def test_compose_runs_the_whole_system(compose: dict[str, Any]) -> None:
         assert "saga-data:/data" in services[name]["volumes"], name
         assert services[name]["environment"]["SAGA_DATA_DIR"] == "/data"
     assert "saga-data" in compose["volumes"]
+    # Compose v1 (Debian's) refuses `required` and a dependency on a profile's service
+    for name, service in services.items():
+        for dependency, condition in (service.get("depends_on") or {}).items():
+            assert "profiles" not in services[dependency] and "required" not in condition, name
+    # the shop is stocked on first start; metrics listen beyond the container's loopback
+    assert services["stock"]["command"][:3] == ["saga", "stock", "seed"]
+    assert services["stock"]["restart"] == "no"
+    assert services["orchestrator"]["command"][2:4] == ["--metrics-host", "0.0.0.0"]
 
 
 def test_each_compose_command_is_a_real_saga_command(compose: dict[str, Any]) -> None:
@@ -39,7 +47,7 @@ def test_each_compose_command_is_a_real_saga_command(compose: dict[str, Any]) ->
         if not command or command[0] != "saga":
             continue
         args = parser().parse_args(command[1:])  # exits (SystemExit) on a bad command
-        assert args.command in ("orchestrator", "worker", "api"), name
+        assert args.command in ("orchestrator", "worker", "api", "stock"), name
         if args.command == "worker":
             assert args.service == name
     flower = compose["services"]["flower"]["command"]
