@@ -35,6 +35,9 @@ def build(settings: Settings) -> Celery:
                 bind=True,
                 acks_late=True,
                 queue=queue(settings, service.name),
+                # this app's own: not in Celery's shared registry, where a second build
+                # (the module's app, then the bench's) would collide with the first
+                shared=False,
             )(_task(runner, operation, reply_to))
     return app
 

@@ -174,7 +174,9 @@ def register(
     routes = dict(app.conf.task_routes or {})
     for op in service.operations.values():
         routes[op.name] = {"queue": queue}
-        app.task(name=op.name, bind=True, acks_late=True, reject_on_worker_lost=True)(
+        # shared=False: this app's own, so that building a second app (tests, tools) does
+        # not collide in Celery's shared registry
+        app.task(name=op.name, bind=True, acks_late=True, reject_on_worker_lost=True, shared=False)(
             _make_task(runner, op.name, reply_to)
         )
     app.conf.task_routes = routes
