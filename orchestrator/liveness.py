@@ -16,7 +16,6 @@ empties (a backlog) delays the judgement until it drains, and sends nothing twic
 from __future__ import annotations
 
 import bisect
-from collections import deque
 from collections.abc import Callable, Iterable
 
 #: Messages waiting on a service's queue (by service name); None where it cannot be told.
@@ -32,23 +31,23 @@ class QueueWatch:
         """``depth`` None: no broker to look at (a client's engine, a unit test), and every
         queue counts as seen empty at any time."""
         self.depth = depth
-        self._empty: dict[str, deque[float]] = {}
+        # per service, the times its queue was seen empty, in order (so bisectable)
+        self._empty: dict[str, list[float]] = {}
 
     def look(self, services: Iterable[str], now: float) -> None:
         """Look at each service's queue once."""
         if self.depth is None:
             return
         for service in services:
-            seen = self._empty.setdefault(service, deque())
+            seen = self._empty.setdefault(service, [])
             if self.depth(service) == 0:
                 seen.append(now)
-            while seen and seen[0] < now - KEEP_FOR:
-                seen.popleft()
+            del seen[: bisect.bisect_left(seen, now - KEEP_FOR)]
 
     def seen_empty(self, service: str, after: float, before: float) -> bool:
         """Whether ``service``'s queue was seen empty at some time in ``[after, before]``."""
         if self.depth is None:
             return after <= before
-        seen = list(self._empty.get(service, ()))
+        seen = self._empty.get(service, [])
         i = bisect.bisect_left(seen, after)
         return i < len(seen) and seen[i] <= before

@@ -34,10 +34,9 @@ from workers import SERVICES
 log = logging.getLogger("saga.worker")
 
 
-def held(operations: Collection[str], requests: Any = None) -> Iterator[Held]:
-    """The dispatches among ``requests`` (this worker's, by default) that run one of
-    ``operations``."""
-    for request in list((state.requests if requests is None else requests).values()):
+def held(operations: Collection[str]) -> Iterator[Held]:
+    """The dispatches this worker holds that run one of ``operations``."""
+    for request in list(state.requests.values()):
         if request.name not in operations or len(request.args) != 1:
             continue
         try:
