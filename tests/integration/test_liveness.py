@@ -33,6 +33,14 @@ def redispatches(system: System, saga_id: str) -> list[str]:
     return [e.note or "" for e in history if e.event is Event.REDISPATCHED]
 
 
+def charge_under_way(system: System, order_id: str, seconds: float) -> str:
+    """Submit an order whose charge takes ``seconds``; returns its saga once the charge runs."""
+    plan = {"charge_payment": {"delay_seconds": seconds}}
+    saga_id = system.submit(make_order(order_id), faults=plan)
+    system.wait_step_running("charge_payment", saga_id, "charge_payment")
+    return saga_id
+
+
 def held_by(system: System, saga_id: str, step: str) -> str | None:
     return queries.get_saga(open_reader(system.data_dir / "sagas.db"), saga_id).step(step).held_by
 
@@ -42,8 +50,7 @@ def test_a_killed_workers_step_is_sent_again_once_it_is_missed(
 ) -> None:
     system = make_system(step_timeout=DEFAULT_STEP_TIMEOUT)
     # Given a charge under way, which the payment worker reports holding
-    saga_id = system.submit(make_order("L-1"), faults={"charge_payment": {"delay_seconds": 3}})
-    system.wait_step_running("charge_payment", saga_id, "charge_payment")
+    saga_id = charge_under_way(system, "L-1", 3)
     wait_for(
         lambda: (held_by(system, saga_id, "charge_payment") or "").startswith("payment-"),
         10,
@@ -82,8 +89,7 @@ def test_a_long_step_on_a_live_worker_is_dispatched_once(
 ) -> None:
     system = make_system(step_timeout=DEFAULT_STEP_TIMEOUT)
     # Given a charge that runs for a minute, twice its deadline
-    saga_id = system.submit(make_order("L-2"), faults={"charge_payment": {"delay_seconds": 60}})
-    system.wait_step_running("charge_payment", saga_id, "charge_payment")
+    saga_id = charge_under_way(system, "L-2", 60)
     # Then, its worker alive all along, it is never sent again
     view = system.wait(saga_id, timeout=120)
     assert view.state is SagaState.COMPLETED
@@ -115,8 +121,7 @@ def test_a_paused_worker_keeps_its_step_from_running_twice_at_once(
 ) -> None:
     system = make_system(step_timeout=DEFAULT_STEP_TIMEOUT)
     # Given a slow charge under way in the payment worker, and a second payment worker
-    saga_id = system.submit(make_order("L-3"), faults={"charge_payment": {"delay_seconds": 15}})
-    system.wait_step_running("charge_payment", saga_id, "charge_payment")
+    saga_id = charge_under_way(system, "L-3", 15)
     env = {**system.settings.to_env(), "PYTHONUNBUFFERED": "1"}
     logs = system.data_dir / "logs"
     second = Child("worker payment 2", saga_command("worker", "payment"), env, logs / "p2.log")
