@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import socket
 import sqlite3
 import threading
 import time
@@ -33,7 +34,7 @@ from kombu.message import Message
 from orchestrator.engine import Engine, Publisher
 from orchestrator.metrics import Metrics
 from orchestrator.order_saga import ORDER_SAGA
-from saga_core import watchdog
+from saga_core import ping, watchdog
 from saga_core.broker import QueueDepth
 from saga_core.celery_app import direct, make_app, publish_task
 from saga_core.config import ORCHESTRATOR_QUEUE, Settings
@@ -41,10 +42,12 @@ from saga_core.errors import BrokerUnavailable, InvalidOrder, MalformedMessage, 
 from saga_core.messages import (
     HEARTBEAT_TASK,
     OUTCOME_TASK,
+    PING_TASK,
     SUBMIT_TASK,
     Command,
     Heartbeat,
     Outcome,
+    Ping,
 )
 from saga_core.middleware import Middleware
 from saga_core.periodic import Periodic
@@ -58,7 +61,7 @@ DEFINITIONS = {ORDER_SAGA.name: ORDER_SAGA}
 BATCH_SIZE = 200
 
 #: The tasks this process serves.
-TASKS = (OUTCOME_TASK, SUBMIT_TASK, HEARTBEAT_TASK)
+TASKS = (OUTCOME_TASK, SUBMIT_TASK, HEARTBEAT_TASK, PING_TASK)
 
 
 def celery_publisher(app: Celery, settings: Settings) -> Publisher:
@@ -128,6 +131,8 @@ class Orchestrator:
         self._messages: list[Message] = []
         self._stopping = threading.Event()
         self._next_sweep = 0.0
+        self._producer: Producer | None = None
+        self.name = f"orchestrator@{socket.gethostname()}"
 
     def stop(self) -> None:
         self._stopping.set()
@@ -166,10 +171,12 @@ class Orchestrator:
     def _serve(self, connection: Connection) -> None:
         connection.ensure_connection(max_retries=1)
         depth = QueueDepth(self.settings.broker_url, [])
+        publisher = BatchPublisher(self.app, self.settings, connection)
+        self._producer = publisher.producer
         engine = Engine(
             self.settings,
             DEFINITIONS,
-            BatchPublisher(self.app, self.settings, connection),
+            publisher,
             middleware=self.middleware,
             queue_depth=lambda service: depth.of(self.settings.queue(service)),
         )
@@ -226,7 +233,7 @@ class Orchestrator:
 
     def _handle(self, engine: Engine, messages: Sequence[Message]) -> None:
         """Apply a batch: outcomes together, heartbeats together, each submission on its
-        own; then acknowledge.
+        own; then answer its pings (the batch before them is applied) and acknowledge.
 
         A store busy beyond its timeout leaves the batch unacknowledged for the broker to
         deliver again, rather than dropping outcomes (each would leave its step to be found
@@ -235,6 +242,7 @@ class Orchestrator:
         outcomes: list[Outcome] = []
         beats: list[Heartbeat] = []
         submissions: list[Any] = []
+        pings: list[Ping] = []
         for message in messages:
             task = message.headers.get("task")
             try:
@@ -247,6 +255,8 @@ class Orchestrator:
                     outcomes.append(Outcome.from_wire(args[0]))
                 elif task == HEARTBEAT_TASK:
                     beats.append(Heartbeat.from_wire(args[0]))
+                elif task == PING_TASK:
+                    pings.append(Ping.from_wire(args[0]))
                 else:
                     submissions.append(args[0])
             except MalformedMessage as exc:
@@ -268,6 +278,9 @@ class Orchestrator:
                 log.warning("store busy (%s); applying the batch again", exc)
                 if self._stopping.wait(0.5):
                     return
+        if self._producer is not None:
+            for request in pings:
+                ping.answer(self._producer, request, self.name)
         # Acknowledged only now: the batch's transitions are committed and their commands
         # published.
         for message in messages:

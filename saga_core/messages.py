@@ -9,6 +9,9 @@
   by every worker, names the worker and the dispatches it holds (running, or waiting for a
   retry): how the orchestrator tells a step that runs long from one whose worker died. It
   travels as the one argument of the task ``saga.heartbeat``, on the orchestrator's queue.
+- A **ping** (a health check → whoever consumes a queue), the task ``saga.ping``, asks for a
+  **pong** on a reply queue of the sender's own: proof that a process takes messages from
+  that queue and acts on them (``saga_core.ping``).
 - A **submission** (client → orchestrator) is the task ``saga.submit`` with a saga's input
   document as its one argument; the saga's definition validates it, as for any client.
 
@@ -19,6 +22,7 @@ message of a version it does not know (or of a shape it cannot read) with
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -33,6 +37,7 @@ VERSION = 1
 OUTCOME_TASK = "saga.outcome"
 SUBMIT_TASK = "saga.submit"
 HEARTBEAT_TASK = "saga.heartbeat"
+PING_TASK = "saga.ping"
 
 MAX_ID_LENGTH = 200
 
@@ -197,6 +202,50 @@ class Heartbeat:
             # each entry is read like a command's address, so it is checked the same way
             held=tuple(Held(**_Body("heartbeat", {**h, "v": VERSION}).address()) for h in held),
         )
+
+
+#: The only queues a ping may name for its answer: a process answers into no queue of the
+#: system's, whoever sent the ping.
+PONG_QUEUE = re.compile(r"saga\.pong\.[0-9a-f]{32}")
+
+
+@dataclass(frozen=True)
+class Ping:
+    """Answer with a :class:`Pong` on queue ``reply_to``, unless past ``deadline`` (a Unix
+    time), when nobody waits for the answer any more."""
+
+    reply_to: str
+    deadline: float
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"v": VERSION, "reply_to": self.reply_to, "deadline": self.deadline}
+
+    @classmethod
+    def from_wire(cls, body: Any) -> Ping:
+        """The ping in ``body``; raises :class:`MalformedMessage` naming what is wrong."""
+        b = _Body("ping", body)
+        reply_to, deadline = b.get("reply_to"), b.get("deadline")
+        if not isinstance(reply_to, str) or not PONG_QUEUE.fullmatch(reply_to):
+            raise MalformedMessage("ping: reply_to must name a queue saga.pong.<32 hex digits>")
+        if isinstance(deadline, bool) or not isinstance(deadline, int | float):
+            raise MalformedMessage("ping: deadline must be a Unix time")
+        return cls(reply_to, float(deadline))
+
+
+@dataclass(frozen=True)
+class Pong:
+    """``responder`` (process ``pid``) took a ping from its queue and answered it."""
+
+    responder: str
+    pid: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"v": VERSION, "responder": self.responder, "pid": self.pid}
+
+    @classmethod
+    def from_wire(cls, body: Any) -> Pong:
+        b = _Body("pong", body)
+        return cls(b.text("responder"), b.count("pid"))
 
 
 def _address(m: Command | Outcome | Held) -> dict[str, Any]:

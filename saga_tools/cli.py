@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from saga_core import config, logs
-from saga_core.config import SERVICES, Settings
+from saga_core.config import ORCHESTRATOR_QUEUE, SERVICES, Settings
 from saga_core.errors import (
     BusinessError,
     ConfigError,
@@ -253,6 +253,25 @@ def cmd_workers(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_ping(args: argparse.Namespace, settings: Settings) -> int:
+    """A health check: 0 once whoever serves the queue answers, 1 otherwise."""
+    from kombu.exceptions import KombuError
+
+    from saga_core import ping
+    from saga_core.celery_app import make_app
+
+    queue = settings.queue(args.target)
+    started = time.monotonic()
+    try:
+        pong = ping.ask(make_app(settings, "ping"), queue, args.timeout)
+    except (TimeoutError, OSError, KombuError) as exc:
+        print(f"saga: ping {args.target}: {exc}", file=sys.stderr)
+        return 1
+    took = (time.monotonic() - started) * 1000
+    print(f"pong from {pong.responder} (pid {pong.pid}) in {took:.0f} ms")
+    return 0
+
+
 def cmd_stock(args: argparse.Namespace, settings: Settings) -> int:
     from workers import inventory
 
@@ -460,6 +479,12 @@ def parser() -> argparse.ArgumentParser:
     wk = sub.add_parser("workers", help="workers heard from: alive or silent, what they hold")
     wk.add_argument("--json", action="store_true")
 
+    pg = sub.add_parser(
+        "ping", help="health check: ping a service's workers or the orchestrator through its queue"
+    )
+    pg.add_argument("target", choices=[*SERVICES, ORCHESTRATOR_QUEUE])
+    pg.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
+
     sk = sub.add_parser(
         "stock",
         help="list stock; 'stock set SKU QUANTITY'; 'stock seed SKU=QUANTITY ...' stocks only "
@@ -534,6 +559,7 @@ COMMANDS = {
     "list": cmd_list,
     "alerts": cmd_alerts,
     "workers": cmd_workers,
+    "ping": cmd_ping,
     "stock": cmd_stock,
     "faults": cmd_faults,
     "audit": cmd_audit,

@@ -10,7 +10,7 @@ from saga_core import watchdog
 from saga_core.celery_app import make_app
 from saga_core.config import Settings
 from saga_core.middleware import Middleware
-from workers import SERVICES, heartbeat, task
+from workers import SERVICES, health, heartbeat, task
 
 
 def build(
@@ -23,6 +23,7 @@ def build(
     app = make_app(settings, "workers")
     for name in services:
         task.register(app, settings, SERVICES[name], middleware)
+    health.register(app)
     if settings.heartbeat_interval > 0:
         heartbeat.install(app, settings, services)
     return app

@@ -145,3 +145,33 @@ def test_a_paused_worker_keeps_its_step_from_running_twice_at_once(
         first.kill(signal.SIGCONT)
     assert view.state is SagaState.COMPLETED
     assert service_records(system.data_dir, "L-3") == ONE_OF_EACH
+
+
+def saga_ping(system: System, target: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        saga_command("ping", target, "--timeout", str(timeout)),
+        env={**os.environ, **system.settings.to_env()},
+        capture_output=True,
+        text=True,
+        timeout=timeout + 30,
+    )
+
+
+def test_the_health_check_is_answered_through_each_queue_and_not_by_a_frozen_worker(
+    system: System,
+) -> None:
+    system.wait_ready()
+    for target in ("inventory", "payment", "shipping", "notification", "orchestrator"):
+        answered = saga_ping(system, target, 10)
+        assert answered.returncode == 0, answered.stderr
+        expected = "orchestrator@" if target == "orchestrator" else f"{target}-"
+        assert answered.stdout.startswith(f"pong from {expected}"), answered.stdout
+    # A worker that is alive but takes nothing from its queue fails the check
+    payment = system.workers["payment"]
+    os.kill(payment.pid, signal.SIGSTOP)
+    try:
+        frozen = saga_ping(system, "payment", 2)
+    finally:
+        os.kill(payment.pid, signal.SIGCONT)
+    assert frozen.returncode == 1
+    assert "no answer from queue" in frozen.stderr

@@ -12,7 +12,17 @@ import pytest
 
 from saga_core.config import Settings
 from saga_core.errors import MalformedMessage, TransientError
-from saga_core.messages import VERSION, Command, Heartbeat, Held, Outcome, Phase, Status
+from saga_core.messages import (
+    VERSION,
+    Command,
+    Heartbeat,
+    Held,
+    Outcome,
+    Phase,
+    Ping,
+    Pong,
+    Status,
+)
 from saga_core.middleware import Middleware
 from saga_core.retry import RetryPolicy
 from tests.helpers import service_records
@@ -193,6 +203,29 @@ def test_a_heartbeat_crosses_the_wire_unchanged() -> None:
 def test_a_malformed_heartbeat_is_refused_naming_the_problem(body: Any, problem: str) -> None:
     with pytest.raises(MalformedMessage, match=problem):
         Heartbeat.from_wire(body)
+
+
+PING = Ping("saga.pong." + "ab" * 16, 1_900_000_000.0)
+
+
+def test_a_ping_and_its_pong_cross_the_wire_unchanged() -> None:
+    assert Ping.from_wire(PING.to_wire()) == PING
+    assert Pong.from_wire(Pong("payment-main@host", 7).to_wire()) == Pong("payment-main@host", 7)
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        # an answer may go to a pong queue only, never into a queue of the system
+        ({**PING.to_wire(), "reply_to": "orchestrator"}, "reply_to must name a queue saga.pong"),
+        ({**PING.to_wire(), "reply_to": "saga.pong.x"}, "reply_to must name a queue saga.pong"),
+        ({**PING.to_wire(), "deadline": "soon"}, "deadline must be a Unix time"),
+        ({**PING.to_wire(), "v": None}, "no version field"),
+    ],
+)
+def test_a_malformed_ping_is_refused_naming_the_problem(body: Any, problem: str) -> None:
+    with pytest.raises(MalformedMessage, match=problem):
+        Ping.from_wire(body)
 
 
 def _hold_lease(data_dir: Path, key: str, taken: Any, release: Any) -> None:
