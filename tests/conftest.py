@@ -25,6 +25,9 @@ from saga_core.config import Settings
 from saga_core.errors import ConfigError
 from saga_tools import redis_server
 
+# Its assertions explain themselves too (it is imported by the tests, after this).
+pytest.register_assert_rewrite("tests.helpers")
+
 CI = bool(os.environ.get("CI"))
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.order_saga import EXAMPLE_ORDER
+from saga_store import SagaState, SagaView, StepState
 
 BASE_ORDER: dict[str, Any] = {
     **EXAMPLE_ORDER,
@@ -99,3 +100,18 @@ def all_text_of(data_dir: Path) -> str:
         if path.is_file():
             chunks.append(path.read_bytes().decode("latin-1"))
     return "\n".join(chunks)
+
+
+#: A card the payment service declines (a business failure, never retried).
+DECLINED_CARD = "4000000000000002"
+
+
+def assert_declined_and_undone(view: SagaView, data_dir: Path, order_id: str) -> None:
+    """The order's card was declined: its reservation released, nothing charged."""
+    assert view.state is SagaState.COMPENSATED
+    assert view.step("charge_payment").state is StepState.FAILED
+    assert view.step("charge_payment").error == "card declined"
+    assert view.step("reserve_inventory").state is StepState.COMPENSATED
+    records = service_records(data_dir, order_id)
+    assert records["charges"] == 0 and records["reservations_released"] == 1
+    assert available(data_dir, "WIDGET") == STOCK["WIDGET"]

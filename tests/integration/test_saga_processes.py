@@ -19,7 +19,16 @@ from saga_core.processes import children_of, wait_for
 from saga_core.retry import RetryPolicy
 from saga_store import SagaState, StepState, open_store, queries
 from saga_tools import audit
-from tests.helpers import ONE_OF_EACH, STOCK, all_text_of, available, make_order, service_records
+from tests.helpers import (
+    DECLINED_CARD,
+    ONE_OF_EACH,
+    STOCK,
+    all_text_of,
+    assert_declined_and_undone,
+    available,
+    make_order,
+    service_records,
+)
 from tests.integration.conftest import System
 
 pytestmark = pytest.mark.processes
@@ -46,15 +55,8 @@ def test_full_success_path(system: System) -> None:
 
 
 def test_payment_failure_triggers_compensation(system: System) -> None:
-    saga_id = system.submit(make_order("A-2", card_number="4000000000000002"))
-    view = system.wait(saga_id)
-    assert view.state is SagaState.COMPENSATED
-    assert view.step("charge_payment").state is StepState.FAILED
-    assert view.step("charge_payment").error == "card declined"
-    assert view.step("reserve_inventory").state is StepState.COMPENSATED
-    records = service_records(system.data_dir, "A-2")
-    assert records["charges"] == 0 and records["reservations_released"] == 1
-    assert available(system.data_dir, "WIDGET") == STOCK["WIDGET"]
+    saga_id = system.submit(make_order("A-2", card_number=DECLINED_CARD))
+    assert_declined_and_undone(system.wait(saga_id), system.data_dir, "A-2")
 
 
 def test_crash_recovery_resumes_saga(system: System) -> None:
