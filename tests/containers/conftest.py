@@ -59,7 +59,9 @@ IMAGE = "order-saga:latest"
 LABEL = "org.order-saga.test-run"
 
 
-def docker_client_or_skip() -> docker.DockerClient:
+@pytest.fixture(scope="session")
+def docker_client() -> docker.DockerClient:
+    """pytest-docker-tools' client, skipping the tier where no engine runs."""
     try:
         client = docker.from_env(timeout=30)
         client.ping()
@@ -68,12 +70,6 @@ def docker_client_or_skip() -> docker.DockerClient:
             raise
         pytest.skip(f"no Docker engine answers ({exc}); .ci/run installs and starts one")
     return client
-
-
-@pytest.fixture(scope="session")
-def docker_client() -> docker.DockerClient:
-    """pytest-docker-tools' client, skipping the tier where no engine runs."""
-    return docker_client_or_skip()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -24,7 +24,7 @@ from tests.containers.conftest import ROOT, _alive
 from tests.helpers import make_order
 
 # Containers start in seconds, but a cold machine builds their images first.
-pytestmark = [pytest.mark.containers, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.containers, pytest.mark.timeout(480)]
 
 #: Compose project names of this tier: the PID of the run that owns it, then a tag.
 PROJECT_PREFIX = "sagasmoke"

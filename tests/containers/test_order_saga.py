@@ -25,7 +25,7 @@ from tests.helpers import (
 from workers import OPERATIONS
 
 # Containers start in seconds, but a cold machine builds their images first.
-pytestmark = [pytest.mark.containers, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.containers, pytest.mark.timeout(480)]
 
 
 def submit(system: System, order: dict[str, Any], faults: dict[str, Any] | None = None) -> str:
