@@ -1,4 +1,6 @@
 FROM python:3.11-slim
+# scripts/docker-images removes the untagged images a rebuild leaves, by this label
+LABEL org.order-saga.image="order-saga"
 WORKDIR /app
 # Dependencies first, from pyproject.toml alone (the packages as empty stubs), so that a
 # change to the code rebuilds only the last layers, not every dependency.
