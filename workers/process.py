@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Sequence
+from typing import Any
 
-from celery import Celery
+from celery import Celery, bootsteps, signals
 
 from saga_core import watchdog
 from saga_core.celery_app import make_app
@@ -26,7 +29,47 @@ def build(
     health.register(app)
     if settings.heartbeat_interval > 0:
         heartbeat.install(app, settings, services)
+    app.steps["worker"].add(WakeOnShutdown)
     return app
+
+
+class WakeOnShutdown(bootsteps.StartStopStep):
+    """Wakes the worker's event loop when a shutdown is asked for.
+
+    Celery's signal handler only sets a flag, which the loop reads between polls, and a
+    poll lasts until the next timer is due: on RabbitMQ, seconds (measured: 2 s of a
+    3.5 s warm shutdown). A byte on a pipe the loop watches ends the poll at once.
+    """
+
+    requires = {"celery.worker.components:Hub"}
+
+    def __init__(self, worker: Any, **kwargs: Any):
+        super().__init__(worker, **kwargs)
+        self.pipe: tuple[int, int] | None = None
+
+    def start(self, worker: Any) -> None:
+        if worker.hub is None:  # a pool without an event loop (solo, threads)
+            return
+        read, write = self.pipe = os.pipe()
+        os.set_blocking(read, False)
+        os.set_blocking(write, False)
+        worker.hub.add_reader(read, lambda *_: os.read(read, 64))
+        signals.worker_shutting_down.connect(self._wake, weak=False)
+
+    def _wake(self, **_: Any) -> None:
+        if self.pipe is not None:
+            # a full pipe already holds a wake-up: the loop is woken either way
+            with contextlib.suppress(BlockingIOError):
+                os.write(self.pipe[1], b"!")
+
+    def shutdown(self, worker: Any) -> None:
+        signals.worker_shutting_down.disconnect(self._wake)
+        if self.pipe is not None:
+            if worker.hub is not None:
+                worker.hub.remove_reader(self.pipe[0])
+            for fd in self.pipe:
+                os.close(fd)
+            self.pipe = None
 
 
 def run(
