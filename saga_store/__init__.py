@@ -18,7 +18,7 @@ from saga_store.models import (
     StepState,
     StepView,
 )
-from saga_store.schema import VERSION, migrate
+from saga_store.schema import HEAD, migrate, revision
 
 __all__ = [
     "TERMINAL_STATES",
@@ -53,7 +53,7 @@ def open_reader(path: Path | str) -> sqlite3.Connection:
     if not path.exists():
         open_store(path).close()
     conn = connect(path, readonly=True)
-    if conn.execute("PRAGMA user_version").fetchone()[0] < VERSION:
+    if revision(conn) != HEAD:
         conn.close()
         open_store(path).close()
         conn = connect(path, readonly=True)

@@ -1,136 +1,81 @@
-"""The saga database's schema, versioned with ``PRAGMA user_version``."""
+"""The saga database's schema: Alembic migrations (``saga_store/migrations``), one source
+for every database the store runs on.
+
+Opening a store checks its revision with one query and imports Alembic only when there is
+something to do: a new store, an upgrade, or a store from before Alembic, whose ``PRAGMA
+user_version`` (1-4) names the revision it is stamped at before the upgrade.
+"""
 
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
+from typing import Any
 
-from saga_core.sqlite import transaction
+MIGRATIONS = Path(__file__).with_name("migrations")
 
-SAGA_STATES = "'pending','running','completed','compensating','compensated','failed'"
-STEP_STATES = "'pending','running','completed','failed','compensating','compensated'"
+#: The newest revision (a test keeps it equal to the head of ``migrations/versions``).
+HEAD = "0004"
 
-# Each entry upgrades the schema from version i to i + 1; never edit one that has shipped.
-MIGRATIONS: tuple[str, ...] = (
-    f"""
-    CREATE TABLE sagas (
-        id TEXT PRIMARY KEY,
-        state TEXT NOT NULL CHECK (state IN ({SAGA_STATES})),
-        input JSON NOT NULL,
-        created_at TEXT NOT NULL,
-        updated_at TEXT NOT NULL,
-        definition TEXT NOT NULL,
-        idempotency_key TEXT UNIQUE,
-        error TEXT
-    );
-    CREATE INDEX sagas_by_state ON sagas(state)
-        WHERE state IN ('pending', 'running', 'compensating');
-    CREATE TABLE saga_steps (
-        saga_id TEXT NOT NULL REFERENCES sagas(id),
-        step_name TEXT NOT NULL,
-        state TEXT NOT NULL CHECK (state IN ({STEP_STATES})),
-        output JSON,
-        error TEXT,
-        position INTEGER NOT NULL,
-        compensable INTEGER NOT NULL,
-        best_effort INTEGER NOT NULL,
-        timeout REAL NOT NULL,
-        max_dispatches INTEGER NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        compensation_attempts INTEGER NOT NULL DEFAULT 0,
-        deadline_at REAL,
-        PRIMARY KEY (saga_id, step_name)
-    );
-    CREATE INDEX saga_steps_by_deadline ON saga_steps(deadline_at) WHERE deadline_at IS NOT NULL;
-    CREATE TABLE alerts (
-        id INTEGER PRIMARY KEY,
-        saga_id TEXT NOT NULL REFERENCES sagas(id),
-        step_name TEXT NOT NULL,
-        error TEXT NOT NULL,
-        created_at TEXT NOT NULL,
-        resolved_at TEXT
-    );
-    CREATE INDEX alerts_by_saga ON alerts(saga_id);
-    CREATE TABLE counters (
-        name TEXT PRIMARY KEY,
-        value INTEGER NOT NULL
-    );
-    """,
-    """
-    CREATE TABLE saga_events (
-        id INTEGER PRIMARY KEY,
-        saga_id TEXT NOT NULL REFERENCES sagas(id),
-        at REAL NOT NULL, -- seconds since the epoch: no formatting on the hot path
-        event TEXT NOT NULL,
-        step_name TEXT,
-        phase TEXT CHECK (phase IN ('action', 'compensation')),
-        attempt INTEGER,
-        tries INTEGER,
-        error TEXT,
-        note TEXT,
-        actor TEXT NOT NULL
-    );
-    CREATE INDEX saga_events_by_saga ON saga_events(saga_id, id);
-    ALTER TABLE alerts ADD COLUMN resolution TEXT;
-    CREATE TRIGGER saga_events_are_never_updated BEFORE UPDATE ON saga_events
-    BEGIN SELECT RAISE(ABORT, 'the saga history is append-only'); END;
-    CREATE TRIGGER saga_events_are_never_deleted BEFORE DELETE ON saga_events
-    BEGIN SELECT RAISE(ABORT, 'the saga history is append-only'); END;
-    """,
-    """
-    CREATE TABLE request_keys (
-        key TEXT PRIMARY KEY,
-        fingerprint TEXT NOT NULL,
-        saga_id TEXT NOT NULL REFERENCES sagas(id),
-        created_at TEXT NOT NULL
-    );
-    CREATE INDEX sagas_by_created ON sagas(created_at, id);
-    """,
-    """
-    -- Liveness: when anything was last heard of a step in flight (its dispatch, or a
-    -- worker's heartbeat listing it), who holds it, and the workers that heartbeat.
-    ALTER TABLE saga_steps ADD COLUMN heard_at REAL;
-    ALTER TABLE saga_steps ADD COLUMN held_by TEXT;
-    UPDATE saga_steps SET heard_at = deadline_at - timeout WHERE deadline_at IS NOT NULL;
-    CREATE TABLE workers (
-        name TEXT NOT NULL,
-        pid INTEGER NOT NULL,
-        services TEXT NOT NULL, -- comma-separated
-        interval REAL NOT NULL,
-        held INTEGER NOT NULL,
-        first_seen REAL NOT NULL,
-        last_seen REAL NOT NULL,
-        PRIMARY KEY (name, pid)
-    );
-    """,
-)
-
-VERSION = len(MIGRATIONS)
+#: ``PRAGMA user_version`` of a store made before Alembic → the revision it equals.
+BEFORE_ALEMBIC = {1: "0001", 2: "0002", 3: "0003", 4: "0004"}
 
 
-def migrate(conn: sqlite3.Connection) -> int:
-    """Bring the schema up to :data:`VERSION`; returns the version found before."""
-    with transaction(conn):
-        found = conn.execute("PRAGMA user_version").fetchone()[0]
-        if found > VERSION:
-            raise RuntimeError(
-                f"the saga database has schema version {found}, newer than this code's {VERSION}"
-            )
-        for version in range(found, VERSION):
-            for statement in statements(MIGRATIONS[version]):
-                conn.execute(statement)
-        conn.execute(f"PRAGMA user_version = {VERSION}")
-    return int(found)
+def revision(conn: Any) -> str | None:
+    """The store's revision; None for a store Alembic has not touched (new, or older)."""
+    try:
+        row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    except sqlite3.OperationalError:
+        return None
+    return None if row is None else str(row[0])
 
 
-def statements(script: str) -> list[str]:
-    """The complete SQL statements of ``script`` (a trigger's body holds semicolons, so a
-    split on them would cut it)."""
-    found, pending = [], ""
-    for line in script.splitlines(keepends=True):
-        pending += line
-        if sqlite3.complete_statement(pending):
-            found.append(pending.strip())
-            pending = ""
-    if pending.strip():
-        raise ValueError(f"incomplete SQL statement: {pending.strip()[:80]}")
-    return found
+def migrate(conn: sqlite3.Connection) -> str | None:
+    """Bring the store on ``conn`` to :data:`HEAD`; returns the revision it had (None: a
+    new store). All or nothing, and one process at a time: the upgrade is one
+    ``BEGIN IMMEDIATE`` transaction, which finds the revision again once it holds the lock."""
+    found = revision(conn)
+    if found == HEAD:
+        return found
+    path = conn.execute("PRAGMA database_list").fetchone()[2]
+    return _upgrade(path)
+
+
+def _upgrade(path: str) -> str | None:
+    import sqlalchemy
+    from alembic import command
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+    from alembic.util import CommandError
+
+    engine = sqlalchemy.create_engine(f"sqlite:///{path}")
+
+    @sqlalchemy.event.listens_for(engine, "connect")
+    def _own_transactions(dbapi_connection: Any, _: Any) -> None:
+        dbapi_connection.isolation_level = None  # the BEGIN below, not the driver's
+
+    @sqlalchemy.event.listens_for(engine, "begin")
+    def _write_lock(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    try:
+        with engine.begin() as connection:
+            found = MigrationContext.configure(connection).get_current_revision()
+            config = Config()
+            config.set_main_option("script_location", str(MIGRATIONS))
+            config.attributes["connection"] = connection
+            if found is None:
+                before = connection.exec_driver_sql("PRAGMA user_version").scalar()
+                if before:
+                    found = BEFORE_ALEMBIC[int(before)]
+                    command.stamp(config, found)
+            try:
+                command.upgrade(config, "head")
+            except CommandError as exc:  # a revision this code does not know: newer
+                raise RuntimeError(
+                    f"the saga database is at revision {found}, which this code does not "
+                    f"know (its newest is {HEAD}): {exc}"
+                ) from None
+            return found
+    finally:
+        engine.dispose()

@@ -1,0 +1,117 @@
+"""The saga store's migrations (Alembic): a new store, and the store files of releases
+before Alembic, upgraded in place with their sagas kept."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+
+from saga_store import SagaState, open_reader, open_store, queries, schema
+from saga_store import transitions as t
+from tests.unit.data.before_alembic import make_store
+from tests.unit.test_transitions import STEPS as SPECS
+
+
+def shape(conn: sqlite3.Connection) -> dict[str, Any]:
+    """Every table's columns (name, type affinity, not null, default, key), indexes (with
+    their columns, uniqueness and condition) and triggers: what a query can tell apart."""
+
+    def affinity(declared: str) -> str:
+        return "REAL" if declared in ("REAL", "FLOAT") else declared
+
+    tables = [
+        r[0]
+        for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
+            "AND name != 'alembic_version' ORDER BY name"
+        )
+    ]
+    found: dict[str, Any] = {}
+    for table in tables:
+        # A key column is NOT NULL in the migrations; SQLite let the old TEXT keys hold a
+        # NULL, which no row ever did.
+        columns = [
+            (c[1], affinity(c[2]), int(c[3] or c[5] > 0), c[4], c[5])
+            for c in conn.execute(f"PRAGMA table_info({table})")
+        ]
+        indexes = {}
+        for index in conn.execute(f"PRAGMA index_list({table})"):
+            if index[3] != "c":  # made by a constraint (a key, UNIQUE): compared as columns
+                continue
+            cols = [c[2] for c in conn.execute(f"PRAGMA index_info({index[1]})")]
+            sql = conn.execute(
+                "SELECT sql FROM sqlite_master WHERE name = ?", (index[1],)
+            ).fetchone()[0]
+            where = sql.split(" WHERE ", 1)[1].strip() if " WHERE " in sql else None
+            indexes[index[1]] = (cols, index[2], where)
+        found[table] = {"columns": columns, "indexes": indexes}
+    found["triggers"] = sorted(
+        r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+    )
+    return found
+
+
+def test_head_is_the_newest_migration() -> None:
+    config = Config()
+    config.set_main_option("script_location", str(schema.MIGRATIONS))
+    assert ScriptDirectory.from_config(config).get_current_head() == schema.HEAD
+
+
+def test_a_new_store_has_the_schema_the_releases_before_alembic_had(tmp_path: Path) -> None:
+    new = open_store(tmp_path / "new.db")
+    old = make_store(str(tmp_path / "old.db"), version=4)
+    assert shape(new) == shape(old)
+
+
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
+def test_a_store_from_before_alembic_is_upgraded_with_its_sagas(
+    tmp_path: Path, version: int
+) -> None:
+    # Given a store file an earlier release left, with a saga under way
+    path = tmp_path / "sagas.db"
+    old = make_store(str(path), version)
+    old.execute(
+        "INSERT INTO sagas (id, state, input, created_at, updated_at, definition) "
+        """VALUES ('s1', 'running', '{"x": 1}', 'then', 'then', 'order')"""
+    )
+    for position, spec in enumerate(SPECS):
+        old.execute(
+            "INSERT INTO saga_steps (saga_id, step_name, state, position, compensable, "
+            "best_effort, timeout, max_dispatches, attempts, deadline_at) "
+            "VALUES ('s1', ?, ?, ?, ?, ?, 30, 5, ?, ?)",
+            (
+                spec.name,
+                "running" if position == 0 else "pending",
+                position,
+                int(spec.compensable),
+                int(spec.best_effort),
+                int(position == 0),
+                130.0 if position == 0 else None,
+            ),
+        )
+    old.close()
+    # When this release opens it
+    db = open_store(path)
+    # Then it is at the newest revision, shaped as a new store, and the saga goes on
+    assert schema.revision(db) == schema.HEAD
+    assert shape(db) == shape(open_store(tmp_path / "new.db"))
+    view = queries.get_saga(db, "s1")
+    assert view.state is SagaState.RUNNING and view.input == {"x": 1}
+    if version < 4:  # liveness came with version 4: the dispatch is the last news of a step
+        heard = db.execute("SELECT heard_at FROM saga_steps WHERE position = 0").fetchone()[0]
+        assert heard == 100.0
+    t.complete_step(db, "s1", SPECS[0].name, {"ok": True}, 200.0)
+    assert queries.get_saga(db, "s1").step(SPECS[1].name).state.value == "running"
+    assert open_reader(path).execute("SELECT COUNT(*) FROM sagas").fetchone()[0] == 1
+
+
+def test_a_store_of_a_newer_release_is_refused_naming_its_revision(tmp_path: Path) -> None:
+    path = tmp_path / "sagas.db"
+    open_store(path).execute("UPDATE alembic_version SET version_num = '0999'")
+    with pytest.raises(RuntimeError, match="revision 0999, which this code does not know"):
+        open_store(path)
