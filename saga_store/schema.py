@@ -41,10 +41,19 @@ def migrate(conn: sqlite3.Connection) -> str | None:
     return _upgrade(path)
 
 
+def alembic_config(connection: Any) -> Any:
+    """Alembic's configuration for migrating the store on ``connection`` (SQLAlchemy's)."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
 def _upgrade(path: str) -> str | None:
     import sqlalchemy
     from alembic import command
-    from alembic.config import Config
     from alembic.runtime.migration import MigrationContext
     from alembic.util import CommandError
 
@@ -61,9 +70,7 @@ def _upgrade(path: str) -> str | None:
     try:
         with engine.begin() as connection:
             found = MigrationContext.configure(connection).get_current_revision()
-            config = Config()
-            config.set_main_option("script_location", str(MIGRATIONS))
-            config.attributes["connection"] = connection
+            config = alembic_config(connection)
             if found is None:
                 before = connection.exec_driver_sql("PRAGMA user_version").scalar()
                 if before:

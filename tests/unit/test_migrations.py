@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from alembic.config import Config
 from alembic.script import ScriptDirectory
 
 from saga_store import SagaState, open_reader, open_store, queries, schema
@@ -57,8 +56,7 @@ def shape(conn: sqlite3.Connection) -> dict[str, Any]:
 
 
 def test_head_is_the_newest_migration() -> None:
-    config = Config()
-    config.set_main_option("script_location", str(schema.MIGRATIONS))
+    config = schema.alembic_config(None)
     assert ScriptDirectory.from_config(config).get_current_head() == schema.HEAD
 
 
