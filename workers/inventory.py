@@ -11,21 +11,7 @@ from saga_core.errors import BusinessError
 from saga_core.sqlite import transaction
 from workers.service import Service
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS stock (
-    sku TEXT PRIMARY KEY,
-    on_hand INTEGER NOT NULL CHECK (on_hand >= 0),
-    available INTEGER NOT NULL CHECK (available >= 0)
-);
-CREATE TABLE IF NOT EXISTS reservations (
-    id TEXT PRIMARY KEY,
-    reference TEXT NOT NULL,
-    items TEXT NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('held', 'released'))
-);
-"""
-
-service = Service("inventory", SCHEMA)
+service = Service("inventory")
 
 
 @service.action("reserve_inventory")

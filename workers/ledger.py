@@ -16,25 +16,6 @@ from typing import Any
 from saga_core.errors import BusinessError
 from saga_core.sqlite import transaction
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS idempotency (
-    key TEXT PRIMARY KEY,
-    operation TEXT,
-    action_status TEXT CHECK (action_status IN ('done', 'rejected', 'blocked')),
-    action_result TEXT,
-    compensation TEXT,
-    compensation_status TEXT CHECK (compensation_status IN ('done')),
-    compensation_result TEXT,
-    updated_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS deliveries (
-    key TEXT NOT NULL,
-    operation TEXT NOT NULL,
-    unfinished INTEGER NOT NULL,
-    PRIMARY KEY (key, operation)
-);
-"""
-
 BLOCKED = "refused: this request was already compensated"
 
 

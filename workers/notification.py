@@ -9,18 +9,7 @@ from typing import Any
 
 from workers.service import Service
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
-    id TEXT PRIMARY KEY,
-    reference TEXT NOT NULL,
-    recipient TEXT NOT NULL,
-    subject TEXT NOT NULL,
-    body TEXT NOT NULL,
-    sent_at TEXT NOT NULL
-);
-"""
-
-service = Service("notification", SCHEMA)
+service = Service("notification")
 
 
 @service.action("send_confirmation")

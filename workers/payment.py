@@ -9,24 +9,7 @@ from typing import Any
 from workers import card_processor
 from workers.service import Service
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS charges (
-    id TEXT PRIMARY KEY,
-    reference TEXT NOT NULL,
-    card_token TEXT NOT NULL,
-    card_last4 TEXT NOT NULL,
-    amount_cents INTEGER NOT NULL,
-    currency TEXT NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('charged', 'refunded'))
-);
-CREATE TABLE IF NOT EXISTS refunds (
-    id TEXT PRIMARY KEY,
-    charge_id TEXT NOT NULL REFERENCES charges(id),
-    amount_cents INTEGER NOT NULL
-);
-"""
-
-service = Service("payment", SCHEMA)
+service = Service("payment")
 
 
 @service.action("charge_payment")

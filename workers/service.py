@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from saga_core import migrations
 from saga_core.errors import MalformedCommand
-from saga_core.sqlite import connect, transaction
+from saga_core.sqlite import connect
 from workers import ledger
+from workers import migrations as service_migrations
 from workers.lease import Leases
 
 Action = Callable[[sqlite3.Connection, dict[str, Any]], Any]
@@ -37,8 +39,7 @@ class Operation:
 
 @dataclass
 class Service:
-    name: str  # also the queue name
-    schema: str
+    name: str  # also the queue name (its tables: workers/migrations/NAME)
     operations: dict[str, Operation] = field(default_factory=dict)
     _local: threading.local = field(default_factory=threading.local, repr=False)
     _leases: dict[Path, Leases] = field(default_factory=dict, repr=False)
@@ -80,10 +81,12 @@ class Service:
 
     def _open(self, path: Path) -> sqlite3.Connection:
         conn = connect(path)
-        with transaction(conn):
-            for statement in (ledger.SCHEMA + self.schema).split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+        migrations.upgrade(
+            conn,
+            service_migrations.HEADS[self.name],
+            service_migrations.SCRIPTS / self.name,
+            adopt=_made_before_alembic,
+        )
         return conn
 
     def run(
@@ -115,3 +118,11 @@ def _checked(name: str, func: Callable[..., Any], *args: Any) -> Any:
         return func(*args)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise MalformedCommand(f"{name}: malformed payload ({type(exc).__name__}: {exc})") from exc
+
+
+def _made_before_alembic(connection: Any) -> str | None:
+    """A database a release before Alembic made has the ledger's table: its first revision."""
+    found = connection.exec_driver_sql(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'idempotency'"
+    ).scalar()
+    return "0001" if found else None

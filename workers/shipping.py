@@ -9,18 +9,7 @@ from typing import Any
 
 from workers.service import Service
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS shipments (
-    id TEXT PRIMARY KEY,
-    reference TEXT NOT NULL,
-    address TEXT NOT NULL,
-    items TEXT NOT NULL,
-    tracking_number TEXT NOT NULL UNIQUE,
-    state TEXT NOT NULL CHECK (state IN ('created', 'cancelled'))
-);
-"""
-
-service = Service("shipping", SCHEMA)
+service = Service("shipping")
 
 
 @service.action("create_shipment")

@@ -10,10 +10,14 @@ from typing import Any
 import pytest
 from alembic.script import ScriptDirectory
 
+from saga_core import migrations
+from saga_core.errors import ConfigError
 from saga_store import SagaState, open_reader, open_store, queries, schema
 from saga_store import transitions as t
-from tests.unit.data.before_alembic import make_store
+from tests.unit.data.before_alembic import make_service_db, make_store
 from tests.unit.test_transitions import STEPS as SPECS
+from workers import SERVICES
+from workers import migrations as service_migrations
 
 
 def shape(conn: sqlite3.Connection) -> dict[str, Any]:
@@ -111,5 +115,32 @@ def test_a_store_from_before_alembic_is_upgraded_with_its_sagas(
 def test_a_store_of_a_newer_release_is_refused_naming_its_revision(tmp_path: Path) -> None:
     path = tmp_path / "sagas.db"
     open_store(path).execute("UPDATE alembic_version SET version_num = '0999'")
-    with pytest.raises(RuntimeError, match="revision 0999, which this code does not know"):
+    with pytest.raises(ConfigError, match="revision 0999, which this code does not know"):
         open_store(path)
+
+
+# --- the services' databases ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_each_service_s_head_is_its_newest_migration(name: str) -> None:
+    config = migrations.config(service_migrations.SCRIPTS / name, None)
+    assert ScriptDirectory.from_config(config).get_current_head() == service_migrations.HEADS[name]
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_a_service_database_from_before_alembic_is_kept_and_shaped_as_a_new_one(
+    tmp_path: Path, name: str
+) -> None:
+    service = SERVICES[name]
+    (tmp_path / "old").mkdir()
+    old = make_service_db(str(tmp_path / "old" / f"{name}.db"), name)
+    old.execute(
+        "INSERT INTO idempotency (key, operation, action_status, updated_at) "
+        "VALUES ('s1:a', 'x', 'done', 'then')"
+    )
+    old.close()
+    kept = service.database(tmp_path / "old")
+    assert migrations.revision(kept) == service_migrations.HEADS[name]
+    assert kept.execute("SELECT key FROM idempotency").fetchall()[0][0] == "s1:a"
+    assert shape(kept) == shape(service.database(tmp_path / "new"))

@@ -110,3 +110,87 @@ def make_store(path: str, version: int) -> sqlite3.Connection:
         conn.executescript(script)
     conn.execute(f"PRAGMA user_version = {version}")
     return conn
+
+
+#: Each service's tables before Alembic (its ledger's and its own), frozen.
+LEDGER = """
+CREATE TABLE IF NOT EXISTS idempotency (
+    key TEXT PRIMARY KEY,
+    operation TEXT,
+    action_status TEXT CHECK (action_status IN ('done', 'rejected', 'blocked')),
+    action_result TEXT,
+    compensation TEXT,
+    compensation_status TEXT CHECK (compensation_status IN ('done')),
+    compensation_result TEXT,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    key TEXT NOT NULL,
+    operation TEXT NOT NULL,
+    unfinished INTEGER NOT NULL,
+    PRIMARY KEY (key, operation)
+);
+"""
+
+SERVICES = {
+    "inventory": LEDGER
+    + """
+CREATE TABLE IF NOT EXISTS stock (
+    sku TEXT PRIMARY KEY,
+    on_hand INTEGER NOT NULL CHECK (on_hand >= 0),
+    available INTEGER NOT NULL CHECK (available >= 0)
+);
+CREATE TABLE IF NOT EXISTS reservations (
+    id TEXT PRIMARY KEY,
+    reference TEXT NOT NULL,
+    items TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('held', 'released'))
+);
+""",
+    "payment": LEDGER
+    + """
+CREATE TABLE IF NOT EXISTS charges (
+    id TEXT PRIMARY KEY,
+    reference TEXT NOT NULL,
+    card_token TEXT NOT NULL,
+    card_last4 TEXT NOT NULL,
+    amount_cents INTEGER NOT NULL,
+    currency TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('charged', 'refunded'))
+);
+CREATE TABLE IF NOT EXISTS refunds (
+    id TEXT PRIMARY KEY,
+    charge_id TEXT NOT NULL REFERENCES charges(id),
+    amount_cents INTEGER NOT NULL
+);
+""",
+    "shipping": LEDGER
+    + """
+CREATE TABLE IF NOT EXISTS shipments (
+    id TEXT PRIMARY KEY,
+    reference TEXT NOT NULL,
+    address TEXT NOT NULL,
+    items TEXT NOT NULL,
+    tracking_number TEXT NOT NULL UNIQUE,
+    state TEXT NOT NULL CHECK (state IN ('created', 'cancelled'))
+);
+""",
+    "notification": LEDGER
+    + """
+CREATE TABLE IF NOT EXISTS outbox (
+    id TEXT PRIMARY KEY,
+    reference TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    body TEXT NOT NULL,
+    sent_at TEXT NOT NULL
+);
+""",
+}
+
+
+def make_service_db(path: str, service: str) -> sqlite3.Connection:
+    """A service database as a release before Alembic left it."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.executescript(SERVICES[service])
+    return conn
