@@ -227,22 +227,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=3, help="runs of each, in turn (best kept)")
     args = p.parse_args(argv)
     figures: dict[str, float] = {}
+
+    def keep_best(key: str, rate: float) -> None:
+        figures[key] = max(figures.get(key, 0.0), rate)
+
     layers = {"psycopg": psycopg_layer, "sqlalchemy_core": sqlalchemy_layer}
     for _ in range(args.rounds):  # in turn, so that a noisy moment does not favour one
         for name, layer in layers.items():
             for batch in (1, 200):
                 with scratch_schema(args.url) as schema, layer(args.url, schema) as tx:
-                    rate = run(tx, args.sagas, batch)
-                key = f"{name}_batch_{batch}"
-                figures[key] = max(figures.get(key, 0.0), rate)
+                    keep_best(f"{name}_batch_{batch}", run(tx, args.sagas, batch))
         for batch in (1, 200):
             with scratch_schema(args.url) as schema:
-                rate = run_batched(args.url, schema, args.sagas, batch)
-            key = f"psycopg_batched_{batch}"
-            figures[key] = max(figures.get(key, 0.0), rate)
+                keep_best(
+                    f"psycopg_batched_{batch}", run_batched(args.url, schema, args.sagas, batch)
+                )
         with tempfile.TemporaryDirectory() as tmp:
-            rate = transitions_per_second(Path(tmp) / "sagas.db", args.sagas)
-            figures["sqlite_store"] = max(figures.get("sqlite_store", 0.0), rate)
+            keep_best("sqlite_store", transitions_per_second(Path(tmp) / "sagas.db", args.sagas))
     for key, rate in figures.items():
         print(f"{key:28s} {rate:8.0f} transitions/s")
     print(json.dumps({k: round(v) for k, v in figures.items()}))

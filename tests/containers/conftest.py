@@ -187,7 +187,9 @@ class System:
     and ``saga_tools`` calls on the mounted data directory) and from inside, and the
     containers, which the test may kill and restart."""
 
-    def __init__(self, host: Settings, workers: dict[str, CeleryTestWorker], orch: Container):
+    def __init__(
+        self, host: Settings, workers: dict[str, CeleryTestWorker], orch: SagaOrchestrator
+    ):
         self.host, self.workers, self.orchestrator = host, workers, orch
 
     @property
@@ -241,10 +243,9 @@ def system(
     common = Settings(queue_prefix=f"c{uuid.uuid4().hex[:8]}-", faults=True)
     host = common.with_(broker_url=_host_url(broker), data_dir=data_dir)
     inside = common.with_(broker_url=broker.url, data_dir=Path("/data"))
-    db = inventory.service.database(data_dir)
+    db = inventory.service.database(data_dir)  # the service's own connection: kept open
     for sku, quantity in STOCK.items():
         inventory.set_stock(db, sku, quantity)
-    db.close()
 
     def start(command: list[str]) -> Container:
         return docker_client.containers.run(

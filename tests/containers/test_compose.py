@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -20,6 +19,7 @@ import docker
 import pytest
 
 from saga_core.processes import wait_for
+from saga_tools.redis_server import free_port
 from tests.containers.conftest import ROOT, _alive
 from tests.helpers import make_order
 
@@ -44,15 +44,11 @@ def compose_command() -> list[str]:
     pytest.skip("neither docker-compose nor docker compose is installed")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Stack:
-    def __init__(self, project: str):
-        self.project = project
+    """One compose project of this file, driven by ``command`` (v1 or v2) and ``client``."""
+
+    def __init__(self, project: str, command: list[str], client: docker.DockerClient):
+        self.project, self.command, self.docker = project, command, client
         self.ports = {name: free_port() for name in ("api", "metrics", "flower", "rabbitmq_ui")}
         self.env = {
             **os.environ,
@@ -63,10 +59,9 @@ class Stack:
             "SAGA_RABBITMQ_UI_PORT": str(self.ports["rabbitmq_ui"]),
             "SAGA_BROKER_URL": "redis://redis:6379/0",
         }
-        self.docker = docker.from_env()
 
     def compose(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        argv = [*compose_command(), "-f", str(ROOT / "docker-compose.yml"), "-p", self.project]
+        argv = [*self.command, "-f", str(ROOT / "docker-compose.yml"), "-p", self.project]
         return subprocess.run(
             [*argv, *args], env=self.env, capture_output=True, text=True, check=check, timeout=300
         )
@@ -103,9 +98,8 @@ class Stack:
         return str(self.http("api", f"/sagas/{saga_id}")["state"])
 
 
-def _down_leftovers(compose: list[str]) -> None:
+def _down_leftovers(command: list[str], client: docker.DockerClient) -> None:
     """Stacks of an earlier run that was killed before it could take them down."""
-    client = docker.from_env()
     projects = {
         c.labels.get("com.docker.compose.project", "")
         for c in client.containers.list(all=True, filters={"label": "com.docker.compose.project"})
@@ -114,17 +108,14 @@ def _down_leftovers(compose: list[str]) -> None:
         if project.startswith(PROJECT_PREFIX):
             pid = int(project[len(PROJECT_PREFIX) :].split("x")[0] or 0)
             if not _alive(pid):
-                subprocess.run(
-                    [*compose, "-f", str(ROOT / "docker-compose.yml"), "-p", project, "down", "-v"],
-                    capture_output=True,
-                    timeout=300,
-                )
+                Stack(project, command, client).compose("down", "-v", check=False)
 
 
 @pytest.fixture
 def stack(docker_client: docker.DockerClient) -> Iterator[Stack]:
-    _down_leftovers(compose_command())
-    stack = Stack(f"{PROJECT_PREFIX}{os.getpid()}x{uuid.uuid4().hex[:6]}")
+    command = compose_command()
+    _down_leftovers(command, docker_client)
+    stack = Stack(f"{PROJECT_PREFIX}{os.getpid()}x{uuid.uuid4().hex[:6]}", command, docker_client)
     try:
         stack.compose("up", "-d", "--no-build")
         yield stack
