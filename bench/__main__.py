@@ -15,7 +15,6 @@ import logging
 import os
 import random
 import shutil
-import sqlite3
 import statistics
 import sys
 import time
@@ -29,7 +28,8 @@ from bench.chain import queue as chain_queue
 from bench.workload import ChainRunner, Run, SagaRunner, order
 from saga_core import broker, config
 from saga_core.config import SERVICES, Settings
-from saga_core.processes import wait_for
+from saga_core.database import Connection, Location
+from saga_core.processes import children_of, wait_for
 from saga_store import SagaView, open_reader, queries
 from saga_tools import redis_server
 from saga_tools.cluster import Child, Cluster, stop_all
@@ -42,13 +42,94 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def _fresh(settings: Settings, name: str) -> Settings:
+def _fresh(settings: Settings, name: str, database_url: str = "") -> Settings:
     data_dir = settings.data_dir / name
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
-    s = settings.with_(data_dir=data_dir, queue_prefix=f"{settings.queue_prefix}{name}.")
+    s = settings.with_(
+        data_dir=data_dir,
+        queue_prefix=f"{settings.queue_prefix}{name}.",
+        database_url=database_url,
+    )
     Cluster(s).prepare({"WIDGET": 10_000_000})
     return s
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU the processes (and their children still running) have used."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        for p in [pid, *_children(pid)]:
+            try:
+                fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return children_of(pid)
+    except OSError:
+        return []
+
+
+def postgres_pids() -> list[int]:
+    """The PostgreSQL server's processes on this machine (its backends among them)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() in ("postgres", "postmaster"):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def scaling(
+    settings: Settings, postgres_url: str, count: int, orchestrators: list[int]
+) -> dict[str, Any]:
+    """Sagas per second at saturation with one orchestrator on SQLite, then 1, 2, 3...
+    orchestrators on PostgreSQL (a database of its own each, the services' too), on the
+    same workers (one per service); and the CPU each kind of process spent per saga."""
+    from saga_core import postgres
+
+    rows = []
+    for db, n in [("sqlite", 1), *[("postgresql", n) for n in orchestrators]]:
+        url = ""
+        if db == "postgresql":
+            url = postgres.create_database(postgres_url, f"saga_bench_{os.getpid()}_{n}")
+        try:
+            s = _fresh(settings, f"scale-{db}-{n}", url)
+            cluster = Cluster(s, orchestrators=n)
+            cluster.start()
+            try:
+                sagas = SagaRunner(s)
+                sagas.run("warm", 20)
+                procs = {
+                    "orchestrators": [c.pid for c in cluster.orchestrators],
+                    "workers": [c.pid for c in cluster.workers.values()],
+                    "postgresql": postgres_pids() if url else [],
+                }
+                before = {k: cpu_seconds(v) for k, v in procs.items()}
+                run = sagas.run("sat", count)
+                spent = {k: cpu_seconds(v) - before[k] for k, v in procs.items()}
+            finally:
+                stop_all(cluster.children)
+        finally:
+            if url:
+                postgres.drop_database(url)
+        row = {"database": db, "orchestrators": n, "sagas_per_second": round(run.per_second, 1)}
+        for kind, seconds in spent.items():
+            if procs[kind]:
+                row[f"{kind}_cpu_ms_per_saga"] = round(seconds * 1000 / max(run.count, 1), 2)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        shutil.rmtree(s.data_dir, ignore_errors=True)
+    return {"runs": rows}
 
 
 def compare(settings: Settings, count: int, latency_count: int, load: float) -> dict[str, Any]:
@@ -143,7 +224,7 @@ def recovery(settings: Settings, in_flight: int) -> dict[str, Any]:
         cluster.workers["shipping"].stop()
         runner = SagaRunner(s)
         ids = [runner_submit(runner, "rec", n) for n in range(in_flight)]
-        store_db = open_reader(s.path("sagas.db"))
+        store_db = open_reader(s.store())
         t0 = time.time()
         cluster.orchestrator.start()
         wait_for(
@@ -163,7 +244,7 @@ def recovery(settings: Settings, in_flight: int) -> dict[str, Any]:
     }
 
 
-def _ended(store_db: sqlite3.Connection, saga_id: str) -> SagaView | None:
+def _ended(store_db: Connection, saga_id: str) -> SagaView | None:
     view = queries.get_saga(store_db, saga_id)
     return view if view.state.terminal else None
 
@@ -177,7 +258,7 @@ def kill_recovery(settings: Settings, kills: int, label: str) -> dict[str, Any]:
     cluster = Cluster(s)
     cluster.start()
     payment = cluster.workers["payment"]
-    store_db = open_reader(s.path("sagas.db"))
+    store_db = open_reader(s.store())
     times: list[float] = []
     redispatched = 0
     try:
@@ -225,9 +306,9 @@ def growth(settings: Settings, fills: list[int], count: int) -> list[dict[str, A
     rows = []
     for fill in fills:
         s = _fresh(settings, f"growth{fill}")
-        fill_seconds = store.fill_finished(s.path("sagas.db"), fill)
+        fill_seconds = store.fill_finished(s.store(), fill)
         t0 = time.perf_counter()
-        queries.active_saga_ids(open_reader(s.path("sagas.db")))
+        queries.active_saga_ids(open_reader(s.store()))
         scan = time.perf_counter() - t0
         cluster = Cluster(s).start()
         try:
@@ -246,6 +327,42 @@ def growth(settings: Settings, fills: list[int], count: int) -> list[dict[str, A
         )
         shutil.rmtree(s.data_dir, ignore_errors=True)
     return rows
+
+
+def _postgres_answers(url: str) -> bool:
+    try:
+        import psycopg
+
+        psycopg.connect(url, connect_timeout=3).close()
+    except Exception:
+        return False
+    return True
+
+
+def store_rates(data_dir: Path, postgres_url: str, sagas: int) -> dict[str, Any]:
+    """Store transitions per second on SQLite and on PostgreSQL: one per transaction (as a
+    client's submission), and as the orchestrator applies them (batches of 200)."""
+    rates: dict[str, Any] = {
+        "sqlite_one_per_transaction": round(
+            store.transitions_per_second(data_dir / "t1.db", sagas)
+        ),
+        "sqlite_batched": round(store.batched_transitions_per_second(data_dir / "t2.db", sagas)),
+    }
+    if not _postgres_answers(postgres_url):
+        rates["postgresql"] = {"skipped": f"no PostgreSQL answers at {postgres_url}"}
+        return rates
+    from saga_core import postgres
+
+    for kind, measure in (
+        ("one_per_transaction", store.transitions_per_second),
+        ("batched", store.batched_transitions_per_second),
+    ):
+        url = postgres.create_database(postgres_url, f"saga_bench_store_{os.getpid()}")
+        try:
+            rates[f"postgresql_{kind}"] = round(measure(Location(url, "saga"), sagas))
+        finally:
+            postgres.drop_database(url)
+    return rates
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,7 +387,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--growth-count", type=int, default=300)
     p.add_argument("--json", default="bench-results.json")
-    p.add_argument("--skip", default="", help="comma list of: compare,recovery,kill,growth")
+    p.add_argument(
+        "--postgres-url",
+        default="postgresql://postgres@127.0.0.1:5432/postgres",
+        help="the PostgreSQL the store and the scaling runs are also measured on (skipped "
+        "where none answers)",
+    )
+    p.add_argument("--orchestrators", default="1,2,3", help="orchestrators in the scaling runs")
+    p.add_argument("--scaling-count", type=int, default=600)
+    p.add_argument("--store-sagas", type=int, default=2000, help="sagas in the store runs")
+    p.add_argument("--skip", default="", help="comma list of: compare,recovery,kill,growth,scaling")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     skip = set(filter(None, args.skip.split(",")))
@@ -285,10 +411,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]}
     }
     try:
-        results["store_transitions_per_second"] = round(
-            store.transitions_per_second(data_dir / "tps.db"), 0
-        )
-        print(f"store: {results['store_transitions_per_second']:.0f} transitions/s", flush=True)
+        results["store"] = store_rates(data_dir, args.postgres_url, args.store_sagas)
+        print(json.dumps(results["store"], indent=2), flush=True)
         if "compare" not in skip:
             results["compare"] = compare(settings, args.count, args.latency_count, args.load)
             print(json.dumps(results["compare"], indent=2), flush=True)
@@ -303,6 +427,14 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 results["kill"]["rabbitmq"] = {"skipped": f"no RabbitMQ answers at {args.amqp_url}"}
             print(json.dumps(results["kill"], indent=2), flush=True)
+        if "scaling" not in skip:
+            if _postgres_answers(args.postgres_url):
+                orchestrators = [int(n) for n in args.orchestrators.split(",") if n]
+                results["scaling"] = scaling(
+                    settings, args.postgres_url, args.scaling_count, orchestrators
+                )
+            else:
+                results["scaling"] = {"skipped": f"no PostgreSQL answers at {args.postgres_url}"}
         if "growth" not in skip:
             fills = [int(x) for x in args.fill.split(",") if x]
             results["growth"] = growth(settings, fills, args.growth_count)

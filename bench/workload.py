@@ -154,7 +154,7 @@ class SagaRunner:
         for n in range(count):
             _pace(t0, n, rate)
             ids.append(orchestrator.submit(order(tag, n), settings=self.settings))
-        store = open_reader(self.settings.path("sagas.db"))
+        store = open_reader(self.settings.store())
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             rows = queries.ended_times(store, ids)

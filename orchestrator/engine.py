@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sqlite3
 import threading
 import time
 import uuid
@@ -20,10 +19,10 @@ from typing import Any, NamedTuple, Protocol
 from orchestrator.definition import SagaDefinition
 from orchestrator.liveness import QueueDepth, QueueWatch
 from saga_core.config import Settings
-from saga_core.errors import BrokerUnavailable, SagaNotFound, TransitionRefused
+from saga_core.database import Connection
+from saga_core.errors import BrokerUnavailable, InvalidOrder, SagaNotFound, TransitionRefused
 from saga_core.messages import Command, Heartbeat, Outcome, Phase, Status
 from saga_core.middleware import Middleware
-from saga_core.sqlite import transaction
 from saga_store import liveness, open_store, queries, transitions
 from saga_store.models import Actor, Dispatch, SagaState, SagaView, iso
 from saga_store.transitions import Transition
@@ -81,11 +80,11 @@ class Engine:
         self.db  # noqa: B018 - open (and migrate) the store now, so a bad data dir fails early
 
     @property
-    def db(self) -> sqlite3.Connection:
+    def db(self) -> Connection:
         """This thread's connection to the saga store."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = self._local.conn = open_store(self.settings.path("sagas.db"))
+            conn = self._local.conn = open_store(self.settings.store())
         return conn
 
     # --- entry points -----------------------------------------------------------------------
@@ -122,6 +121,36 @@ class Engine:
             return Submitted(saga_id, created=True, sent=True)
         return Submitted(saga_id, created=True, sent=self._send_later_if_down([started]))
 
+    def submit_many(self, definition: str, documents: Sequence[Any]) -> list[Submitted]:
+        """Store and start a batch of submissions in one store transaction, then send their
+        first commands together (the orchestrator's path; ``submit`` is a client's). An
+        invalid document is logged and left out; the others go on."""
+        saga_def = self.definitions[definition]
+        prepared = []
+        for document in documents:
+            try:
+                saga_input, key = saga_def.prepare(document)
+            except InvalidOrder as exc:
+                log.error("refused a submitted order: %s", exc)
+                continue
+            prepared.append((saga_input, f"{definition}:{key}"))
+        specs = saga_def.specs(self.settings.step_timeout, self.settings.max_dispatches)
+        submitted, started = [], []
+        with transitions.batch(self.db, []) as unit:
+            unit.prefetch_keys(key for _, key in prepared)
+            now = self.clock()
+            for saga_input, key in prepared:
+                saga_id, created = transitions.create_saga(
+                    unit, uuid.uuid4().hex, definition, saga_input, specs, now, idempotency_key=key
+                )
+                submitted.append(Submitted(saga_id, created, sent=True))
+                if created:
+                    started.append(transitions.start_saga(unit, saga_id, now))
+        for result in started:
+            log.info("saga %s started", result.saga_id, extra={"saga_id": result.saga_id})
+        self._send(started)
+        return submitted
+
     def handle_outcome(self, outcome: Outcome) -> bool:
         """Apply one step's outcome; returns False for a duplicate or late one, which
         changes nothing."""
@@ -131,23 +160,24 @@ class Engine:
         """Apply a batch of outcomes in one store transaction, then send the commands they
         lead to; returns how many changed something.
 
-        Each outcome's transition is a savepoint of its own, so a refused one (a duplicate,
-        a late outcome) changes nothing while the others commit together: one commit per
-        batch instead of one per outcome. The commands go out after the commit, so a crash
-        in between leaves steps that no worker takes, and the sweeper finds them lost.
+        The batch's sagas are read (and locked) together, each outcome's transition decides
+        on them, and every change is written at the end, at once (``transitions.batch``):
+        a refused transition (a duplicate, a late outcome) changes nothing while the others
+        commit together. The commands go out after the commit, so a crash in between leaves
+        steps that no worker takes, and the sweeper finds them lost.
         """
         results: list[Transition] = []
         applied: list[tuple[Outcome, Transition]] = []
-        with transaction(self.db):
+        with transitions.batch(self.db, [o.saga_id for o in outcomes]) as unit:
             for outcome in outcomes:
                 try:
-                    result = self._apply(outcome)
+                    result = self._apply(unit, outcome)
                 except (TransitionRefused, SagaNotFound) as exc:
                     log.debug(
                         "ignoring an outcome for %s/%s: %s", outcome.saga_id, outcome.step, exc
                     )
                     transitions.ignore_outcome(
-                        self.db,
+                        unit,
                         outcome.saga_id,
                         outcome.step,
                         outcome.phase,
@@ -164,10 +194,10 @@ class Engine:
         self._send(results)
         return len(results)
 
-    def _apply(self, o: Outcome) -> Transition:
+    def _apply(self, db: transitions.Store, o: Outcome) -> Transition:
         """The transition an outcome asks for; raises ``TransitionRefused`` (or
         ``SagaNotFound``) for a duplicate or late one."""
-        db, now = self.db, self.clock()
+        now = self.clock()
         if o.phase is Phase.ACTION and o.status is Status.SUCCEEDED:
             return transitions.complete_step(
                 db, o.saga_id, o.step, o.output, now, o.attempt, o.tries
@@ -183,7 +213,7 @@ class Engine:
                 attempt=o.attempt,
                 tries=o.tries,
             )
-            self._log_step_failure(o.saga_id, o.step, o.status, o.error)
+            self._log_step_failure(result.definition, o.saga_id, o.step, o.status, o.error)
             return result
         if o.status is Status.SUCCEEDED:
             return transitions.complete_compensation(db, o.saga_id, o.step, now, o.attempt, o.tries)
@@ -206,9 +236,12 @@ class Engine:
         """
         now = self.clock()
         results: list[Transition] = []
+        quiet_for = self.settings.liveness_timeout  # another sweeper may start it first
         for saga_id in queries.stale_pending(self.db, iso(now - self.settings.step_timeout)):
             with contextlib.suppress(TransitionRefused):
-                results.append(transitions.resume_saga(self.db, saga_id, now, Actor.SWEEPER))
+                results.append(
+                    transitions.resume_saga(self.db, saga_id, now, Actor.SWEEPER, quiet_for)
+                )
                 log.warning("starting saga %s, left pending by its submitter", saga_id)
         window = self.settings.liveness_timeout
         # A message that re-entered its queue (RabbitMQ requeues a dead worker's) does so
@@ -290,11 +323,21 @@ class Engine:
         return liveness.record_heartbeats(self.db, beats, self.clock())
 
     def recover(self) -> int:
-        """Resume every saga not in a terminal state; returns how many."""
+        """Resume every saga not in a terminal state whose step in flight nothing has been
+        heard of for ``liveness_timeout``; returns how many.
+
+        A step heard of lately is left alone: a worker holds it, or it was sent a moment
+        ago (by this process before it restarted, or by another orchestrator, whose own
+        recovery may be running at the same time): if that command was lost, the sweeper
+        finds it so. That way orchestrators that share a store and start together send each
+        command again once, not once each."""
         results: list[Transition] = []
+        quiet_for = self.settings.liveness_timeout
         for saga_id in queries.active_saga_ids(self.db):
             with contextlib.suppress(TransitionRefused):
-                results.append(transitions.resume_saga(self.db, saga_id, self.clock()))
+                results.append(
+                    transitions.resume_saga(self.db, saga_id, self.clock(), quiet_for=quiet_for)
+                )
         self._send(results)
         if results:
             log.info("recovery resumed %d saga(s)", len(results))
@@ -348,7 +391,7 @@ class Engine:
         for result in results:
             for step, error in result.alerts:
                 self._alert(result.saga_id, step, error)
-            commands.extend(self._command(d) for d in result.dispatches)
+            commands.extend(self._command(result, d) for d in result.dispatches)
             if result.saga_state.terminal:
                 log.info(
                     "saga %s %s",
@@ -364,10 +407,10 @@ class Engine:
         for m in self.middleware:
             m.after_publish(commands)
 
-    def _command(self, d: Dispatch) -> Command:
-        """The command that carries out ``d``."""
-        definition, saga_input, outputs = queries.step_outputs(self.db, d.saga_id)
-        step = self.definitions[definition].step(d.step)
+    def _command(self, result: Transition, d: Dispatch) -> Command:
+        """The command that carries out ``d``, one of the dispatches of ``result``."""
+        saga_input, outputs = result.input, result.outputs
+        step = self.definitions[result.definition].step(d.step)
         if d.phase is Phase.ACTION:
             operation, policy = step.action, step.retry
         else:
@@ -384,10 +427,12 @@ class Engine:
             queue=step.queue,
         )
 
-    def _log_step_failure(self, saga_id: str, step: str, status: Status, error: str) -> None:
+    def _log_step_failure(
+        self, definition: str, saga_id: str, step: str, status: Status, error: str
+    ) -> None:
         """A business refusal is expected (info); retries running out is not (warning)."""
         extra = {"saga_id": saga_id, "step": step}
-        if self.definitions[queries.definition_of(self.db, saga_id)].step(step).best_effort:
+        if self.definitions[definition].step(step).best_effort:
             log.warning(
                 "best-effort step %s of saga %s failed: %s; the saga goes on",
                 step,

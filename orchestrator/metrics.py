@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from saga_core.database import Location
 from saga_core.errors import SagaError
 from saga_core.messages import Outcome
 from saga_core.middleware import Middleware
@@ -28,20 +28,20 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 class StoreCollector(Collector):
     """Sagas by state, open alerts and the store's counters, read at scrape time."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, store: Location):
+        self.store = store
 
     def collect(self) -> Iterator[Metric]:
         try:
             # A reader of its own: scrapes come on the HTTP server's own thread.
-            conn = open_reader(self.path)
-        except (sqlite3.Error, SagaError):
+            conn = open_reader(self.store)
+        except (sqlite3.Error, SagaError):  # a store not there yet, or away
             return
         try:
             counters = queries.counters(conn)
             active = queries.count_by_state(conn, active_only=True)
             alerts = queries.open_alert_count(conn)
-        except sqlite3.Error:
+        except (sqlite3.Error, SagaError):
             return
         finally:
             conn.close()
@@ -77,9 +77,9 @@ class StoreCollector(Collector):
 class Metrics(Middleware):
     """What the orchestrator observes as outcomes come in: a middleware of its engine."""
 
-    def __init__(self, store_path: Path, registry: CollectorRegistry | None = None):
+    def __init__(self, store: Location, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
-        self.registry.register(StoreCollector(store_path))
+        self.registry.register(StoreCollector(store))
         self.durations = Histogram(
             "saga_step_duration_seconds",
             "From a step's (or compensation's) dispatch to its outcome",

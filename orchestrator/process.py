@@ -20,7 +20,6 @@ import contextlib
 import logging
 import signal
 import socket
-import sqlite3
 import threading
 import time
 from collections.abc import Sequence
@@ -38,7 +37,8 @@ from saga_core import ping, watchdog
 from saga_core.broker import QueueDepth
 from saga_core.celery_app import direct, make_app, publish_task
 from saga_core.config import ORCHESTRATOR_QUEUE, Settings
-from saga_core.errors import BrokerUnavailable, InvalidOrder, MalformedMessage, TransientError
+from saga_core.database import BUSY
+from saga_core.errors import BrokerUnavailable, MalformedMessage
 from saga_core.messages import (
     HEARTBEAT_TASK,
     OUTCOME_TASK,
@@ -271,10 +271,11 @@ class Orchestrator:
                 if beats:
                     engine.handle_heartbeats(beats)
                     beats = []
-                for order in submissions:
-                    self._submit(engine, order)
+                if submissions:
+                    engine.submit_many(ORDER_SAGA.name, submissions)
+                    submissions = []
                 break
-            except (TransientError, sqlite3.OperationalError) as exc:
+            except BUSY as exc:
                 log.warning("store busy (%s); applying the batch again", exc)
                 if self._stopping.wait(0.5):
                     return
@@ -286,16 +287,10 @@ class Orchestrator:
         for message in messages:
             message.ack()
 
-    def _submit(self, engine: Engine, order: Any) -> None:
-        try:
-            engine.submit(ORDER_SAGA.name, order)
-        except InvalidOrder as exc:
-            log.error("refused a submitted order: %s", exc)
-
     def _sweep(self, engine: Engine) -> None:
         try:
             engine.sweep()
-        except (TransientError, sqlite3.OperationalError) as exc:
+        except BUSY as exc:
             log.warning(
                 "sweep failed (%s); trying again in %.1fs", exc, engine.settings.sweep_interval
             )
@@ -312,7 +307,7 @@ def run(
     into the engine (the metrics are one)."""
     middleware = list(middleware)
     if metrics_port is not None:
-        metrics = Metrics(settings.path("sagas.db"))
+        metrics = Metrics(settings.store())
         metrics.serve(metrics_port, metrics_host)
         middleware.append(metrics)
         log.info("metrics on http://%s:%d/metrics", metrics_host, metrics_port)

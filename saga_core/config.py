@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from saga_core.database import Location, location
 from saga_core.errors import ConfigError
 
 PREFIX = "SAGA_"
@@ -32,6 +33,11 @@ class FailureRates:
 class Settings:
     broker_url: str = "redis://127.0.0.1:6379/0"
     data_dir: Path = Path("./var")
+    # Empty: every database is a SQLite file in data_dir. A postgresql:// URL: the saga
+    # store in schema "saga" there, and each service in a schema named after it.
+    database_url: str = ""
+    # A service's own database (SAGA_PAYMENT_DATABASE_URL, ...), where it has one.
+    service_database_urls: Mapping[str, str] = field(default_factory=dict)
     # Prepended to every queue name so that two systems (or two test runs) can share one Redis.
     queue_prefix: str = ""
     # Redis redelivers an unacknowledged message only after this many seconds: keep it well
@@ -65,6 +71,9 @@ class Settings:
     task_events: bool = True
     # RabbitMQ only: quorum queues (replicated; what a RabbitMQ cluster wants) for every queue.
     quorum_queues: bool = False
+    # Set by a process that starts this one and wants it gone with it (saga_tools.cluster):
+    # a server process exits once that one has.
+    parent_pid: int = 0
 
     def queue(self, name: str) -> str:
         return f"{self.queue_prefix}{name}"
@@ -75,6 +84,19 @@ class Settings:
 
     def path(self, filename: str) -> Path:
         return self.data_dir / filename
+
+    def store(self) -> Location:
+        """Where the saga store lives."""
+        if self.database_url:
+            return location(self.database_url, "saga")
+        return location(self.path("sagas.db"))
+
+    def service_database(self, service: str) -> Location:
+        """Where ``service`` keeps its data and its ledger."""
+        url = self.service_database_urls.get(service) or self.database_url
+        if url:
+            return location(url, service)
+        return location(self.path(f"{service}.db"))
 
     def with_(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -91,6 +113,11 @@ class Settings:
         return {
             f"{PREFIX}BROKER_URL": self.broker_url,
             f"{PREFIX}DATA_DIR": str(self.data_dir),
+            f"{PREFIX}DATABASE_URL": self.database_url,
+            **{
+                f"{PREFIX}{service.upper()}_DATABASE_URL": url
+                for service, url in self.service_database_urls.items()
+            },
             f"{PREFIX}QUEUE_PREFIX": self.queue_prefix,
             f"{PREFIX}VISIBILITY_TIMEOUT": str(self.visibility_timeout),
             f"{PREFIX}UNACKED_RESTORE_INTERVAL": str(self.unacked_restore_interval),
@@ -171,6 +198,12 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     return Settings(
         broker_url=env.get(PREFIX + "BROKER_URL") or defaults.broker_url,
         data_dir=Path(env.get(PREFIX + "DATA_DIR") or defaults.data_dir),
+        database_url=_database_url(env, "DATABASE_URL"),
+        service_database_urls={
+            service: url
+            for service in SERVICES
+            if (url := _database_url(env, f"{service.upper()}_DATABASE_URL"))
+        },
         queue_prefix=env.get(PREFIX + "QUEUE_PREFIX", defaults.queue_prefix),
         visibility_timeout=_number(env, "VISIBILITY_TIMEOUT", defaults.visibility_timeout, 1),
         unacked_restore_interval=_number(
@@ -189,7 +222,18 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         log_format=_choice(env, "LOG_FORMAT", defaults.log_format, ("text", "json")),
         task_events=_flag(env, "TASK_EVENTS", defaults.task_events),
         quorum_queues=_flag(env, "QUORUM_QUEUES", defaults.quorum_queues),
+        parent_pid=int(_number(env, "PARENT_PID", 0, 0)),
     )
+
+
+def _database_url(env: Mapping[str, str], name: str) -> str:
+    url = env.get(PREFIX + name, "").strip()
+    if url:
+        try:
+            location(url)
+        except ConfigError as exc:
+            raise ConfigError(f"{PREFIX}{name}: {exc.message}") from None
+    return url
 
 
 def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:

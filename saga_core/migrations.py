@@ -1,10 +1,13 @@
-"""Alembic migrations of a SQLite database, as the saga store and every service run them.
+"""Alembic migrations of a database (SQLite or PostgreSQL), as the saga store and every
+service run them.
 
 A database's revision is checked with one query, and Alembic (half a second to import) is
-imported only when there is a revision to run. An upgrade is one ``BEGIN IMMEDIATE``
-transaction, so it is all or nothing and one process at a time: a second process that
-starts alongside finds the revision again once it holds the lock, and has nothing to do.
-A database from before Alembic is first stamped with the revision it equals.
+imported only when there is a revision to run. An upgrade is one transaction, so it is all
+or nothing, and one process at a time (SQLite's write lock, taken up front; on PostgreSQL
+an advisory lock named after the schema, which the upgrade creates where missing): a
+second process that starts alongside finds the revision again once it holds the lock, and
+has nothing to do. A database from before Alembic is first stamped with the revision it
+equals.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from saga_core import database
+from saga_core.database import Connection
 from saga_core.errors import ConfigError
 
 #: Where the migrations' environment (``env.py``) finds the connection to migrate.
@@ -23,8 +28,13 @@ CONNECTION = "connection"
 ENVIRONMENT = Path(__file__).with_name("migration_env")
 
 
-def revision(conn: sqlite3.Connection) -> str | None:
+def revision(conn: Connection) -> str | None:
     """The database's revision; None where Alembic has not touched it (new, or older)."""
+    if database.dialect(conn) == database.POSTGRESQL:
+        if conn.execute("SELECT to_regclass('alembic_version')").fetchone()[0] is None:
+            return None
+        row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+        return None if row is None else str(row[0])
     try:
         row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
     except sqlite3.OperationalError:
@@ -46,7 +56,7 @@ def config(versions: Path, connection: Any) -> Any:
 
 
 def upgrade(
-    conn: sqlite3.Connection,
+    conn: Connection,
     head: str,
     versions: Path,
     adopt: Callable[[Any], str | None] = lambda _: None,
@@ -59,23 +69,11 @@ def upgrade(
     found = revision(conn)
     if found == head:
         return found
-    path = conn.execute("PRAGMA database_list").fetchone()[2]
-
-    import sqlalchemy
     from alembic import command
     from alembic.runtime.migration import MigrationContext
     from alembic.util import CommandError
 
-    engine = sqlalchemy.create_engine(f"sqlite:///{path}")
-
-    @sqlalchemy.event.listens_for(engine, "connect")
-    def _own_transactions(dbapi_connection: Any, _: Any) -> None:
-        dbapi_connection.isolation_level = None  # the BEGIN below, not the driver's
-
-    @sqlalchemy.event.listens_for(engine, "begin")
-    def _write_lock(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-
+    engine, path = _engine(conn)
     try:
         with engine.begin() as connection:
             found = MigrationContext.configure(connection).get_current_revision()
@@ -94,3 +92,41 @@ def upgrade(
             return found
     finally:
         engine.dispose()
+
+
+def _engine(conn: Connection) -> tuple[Any, str]:
+    """A SQLAlchemy engine on the database of ``conn`` whose transactions take the lock
+    that makes an upgrade one process at a time; and the database's name, for errors."""
+    import sqlalchemy
+
+    if database.dialect(conn) == database.POSTGRESQL:
+        url, schema = conn.url, conn.schema  # type: ignore[attr-defined]
+        engine = sqlalchemy.create_engine(
+            url.replace("postgresql://", "postgresql+psycopg://", 1).replace(
+                "postgres://", "postgresql+psycopg://", 1
+            ),
+            connect_args={"options": f"-c search_path={schema}"},
+            poolclass=sqlalchemy.pool.NullPool,
+        )
+
+        @sqlalchemy.event.listens_for(engine, "begin")
+        def _schema_lock(connection: Any) -> None:
+            connection.exec_driver_sql(
+                "SELECT pg_advisory_xact_lock(hashtext(%(name)s))", {"name": f"migrate {schema}"}
+            )
+            connection.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+
+        return engine, f"{database.redact(url)} schema {schema}"
+
+    path = conn.execute("PRAGMA database_list").fetchone()[2]
+    engine = sqlalchemy.create_engine(f"sqlite:///{path}")
+
+    @sqlalchemy.event.listens_for(engine, "connect")
+    def _own_transactions(dbapi_connection: Any, _: Any) -> None:
+        dbapi_connection.isolation_level = None  # the BEGIN below, not the driver's
+
+    @sqlalchemy.event.listens_for(engine, "begin")
+    def _write_lock(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine, path

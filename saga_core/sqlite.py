@@ -1,14 +1,12 @@
-"""Opening the saga database and running one transaction on it."""
+"""Opening a SQLite database the way every part of the project wants it."""
 
 from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-from saga_core.errors import ConfigError, TransientError
+from saga_core.errors import ConfigError
 
 BUSY_TIMEOUT_MS = 10_000
 
@@ -16,9 +14,8 @@ BUSY_TIMEOUT_MS = 10_000
 def connect(path: Path | str, readonly: bool = False) -> sqlite3.Connection:
     """Open (creating if need be) a SQLite database in WAL mode with a busy timeout.
 
-    The connection is in autocommit mode: every write goes through :func:`transaction`,
-    which takes the write lock up front (``BEGIN IMMEDIATE``) so that two writers never
-    deadlock on a lock upgrade. A ``readonly`` connection opens an existing database and
+    The connection is in autocommit mode: every write goes through
+    :func:`saga_core.database.transaction`. A ``readonly`` connection opens an existing database and
     can take no lock but a reader's.
     """
     path = Path(path)
@@ -74,41 +71,3 @@ def _enter_wal(conn: sqlite3.Connection) -> None:
             if "locked" not in str(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(0.05)  # the other process's transaction is short
-
-
-@contextmanager
-def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """One write transaction: committed when the block ends, rolled back if it raises.
-
-    Inside another transaction it is a savepoint instead: rolled back alone if it raises,
-    committed with the enclosing transaction. That is how the orchestrator applies a batch
-    of outcomes in one commit while a refused transition changes nothing.
-    """
-    if conn.in_transaction:
-        with _savepoint(conn):
-            yield conn
-        return
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-    except sqlite3.OperationalError as exc:
-        raise TransientError(f"database busy: {exc}") from exc
-    try:
-        yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    else:
-        conn.execute("COMMIT")
-
-
-@contextmanager
-def _savepoint(conn: sqlite3.Connection) -> Iterator[None]:
-    conn.execute("SAVEPOINT step")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK TO step")
-        conn.execute("RELEASE step")
-        raise
-    else:
-        conn.execute("RELEASE step")

@@ -33,12 +33,12 @@ class Child(Protocol):
 
 
 class Cluster(Protocol):
-    """A running system: its processes, one of which is the orchestrator."""
+    """A running system: its processes, some of which are orchestrators."""
 
     @property
     def children(self) -> Sequence[Child]: ...
     @property
-    def orchestrator(self) -> Child: ...
+    def orchestrators(self) -> Sequence[Child]: ...
 
 
 class Killer:
@@ -56,13 +56,15 @@ class Killer:
     def kill_one(self, now: float) -> tuple[str, str] | None:
         """SIGKILL one process; returns what was killed (kind, process name), if anything."""
         alive = [c for c in self.cluster.children if c.alive()]
-        orchestrator = self.cluster.orchestrator
-        workers = [c for c in alive if c is not orchestrator]
+        orchestrators = [c for c in alive if c in self.cluster.orchestrators]
+        workers = [c for c in alive if c not in orchestrators]
         if not alive:
             return None
         kind = self.rng.choices(self.kinds, self.weights)[0]
-        if (kind == "orchestrator" and orchestrator in alive) or not workers:
-            kind, target = "orchestrator", orchestrator
+        if (kind == "orchestrator" and orchestrators) or not workers:
+            # (one orchestrator draws nothing: a seed replays as before there were more)
+            target = orchestrators[0] if len(orchestrators) == 1 else self.rng.choice(orchestrators)
+            kind = "orchestrator"
         else:
             kind = "worker" if kind == "orchestrator" else kind
             target = self.rng.choice(workers)

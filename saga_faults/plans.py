@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from saga_core.sqlite import connect, transaction
+from saga_core.database import transaction
+from saga_core.sqlite import connect
 
 #: Each fault word and the type of its value.
 FAULT_FIELDS: dict[str, type] = {

@@ -1,12 +1,12 @@
-"""The orchestrator's durable state: sagas and their steps in SQLite.
+"""The orchestrator's durable state: sagas and their steps, in SQLite (the default: a file
+in the data directory) or in schema ``saga`` of a PostgreSQL database.
 
-Only the orchestrator opens this database; service workers never do.
+Only the orchestrator's side opens this database; service workers never do.
 """
 
-import sqlite3
 from pathlib import Path
 
-from saga_core.sqlite import connect, transaction
+from saga_core.database import Connection, Location, connect, location, transaction
 from saga_store.models import (
     TERMINAL_STATES,
     Alert,
@@ -21,8 +21,10 @@ from saga_store.models import (
 from saga_store.schema import HEAD, migrate, revision
 
 __all__ = [
+    "SCHEMA",
     "TERMINAL_STATES",
     "Alert",
+    "Connection",
     "Dispatch",
     "Phase",
     "SagaState",
@@ -37,24 +39,36 @@ __all__ = [
     "transaction",
 ]
 
+#: The store's schema on PostgreSQL.
+SCHEMA = "saga"
 
-def open_store(path: Path | str) -> sqlite3.Connection:
-    """Open the saga database at ``path``, creating or upgrading its schema."""
-    conn = connect(path)
+
+def _where(target: Location | Path | str) -> Location:
+    return location(target, SCHEMA)
+
+
+def open_store(target: Location | Path | str) -> Connection:
+    """Open the saga store at ``target`` (a SQLite path, a URL, or a :class:`Location`),
+    creating or upgrading its schema."""
+    conn = connect(_where(target))
     migrate(conn)
     return conn
 
 
-def open_reader(path: Path | str) -> sqlite3.Connection:
-    """A read-only connection to the saga database at ``path``, for what only reads (a
-    metrics scrape, ``saga show``, the audit): it never takes the write lock. A store that
-    does not exist yet, or is older than this code, is created or upgraded first."""
-    path = Path(path)
+def open_reader(target: Location | Path | str) -> Connection:
+    """A connection to the saga store for what only reads (a metrics scrape, ``saga
+    show``, the audit): on SQLite a read-only one, which never takes the write lock. A
+    store that does not exist yet, or is older than this code, is created or upgraded
+    first."""
+    where = _where(target)
+    if where.dialect != "sqlite":
+        return open_store(where)
+    path = where.path
     if not path.exists():
-        open_store(path).close()
-    conn = connect(path, readonly=True)
+        open_store(where).close()
+    conn = connect(where, readonly=True)
     if revision(conn) != HEAD:
         conn.close()
-        open_store(path).close()
-        conn = connect(path, readonly=True)
+        open_store(where).close()
+        conn = connect(where, readonly=True)
     return conn

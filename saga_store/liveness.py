@@ -8,11 +8,10 @@ live worker (heard of every heartbeat) from one whose worker died (heard of no m
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 
+from saga_core.database import Connection, transaction
 from saga_core.messages import Heartbeat, Phase
-from saga_core.sqlite import transaction
 from saga_store.models import StepState
 
 #: A worker not heard from for this long leaves the ``workers`` table.
@@ -30,35 +29,44 @@ def holder(beat: Heartbeat) -> str:
     return f"{beat.worker} pid {beat.pid}"
 
 
-def record_heartbeats(conn: sqlite3.Connection, beats: Sequence[Heartbeat], now: float) -> int:
+def record_heartbeats(conn: Connection, beats: Sequence[Heartbeat], now: float) -> int:
     """Record ``beats``, received at ``now``, in one transaction; returns how many steps in
     flight they were news of. A held dispatch of a step no longer in flight in that phase
     (its outcome came first, or a stale heartbeat) changes nothing. Any dispatch of the
     phase counts, not only the latest: the runs of all share one key, and the first to
     finish answers for the step."""
     heard = 0
+    # In (saga, step) order, the order transitions write steps in (saga_store.unit): two
+    # transactions never wait on each other in a circle.
+    held = sorted(
+        (h.saga_id, h.step, _IN_FLIGHT[h.phase], holder(beat)) for beat in beats for h in beat.held
+    )
     with transaction(conn):
-        for beat in beats:
-            conn.execute(
-                "INSERT INTO workers (name, pid, services, interval, held, first_seen, "
-                "last_seen) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name, pid) DO UPDATE "
-                "SET services = excluded.services, interval = excluded.interval, "
-                "held = excluded.held, last_seen = excluded.last_seen",
-                (
-                    beat.worker,
-                    beat.pid,
-                    ",".join(beat.services),
-                    beat.interval,
-                    len(beat.held),
-                    now,
-                    now,
-                ),
-            )
-            for h in beat.held:
-                heard += conn.execute(
-                    "UPDATE saga_steps SET heard_at = ?, held_by = ? WHERE saga_id = ? "
-                    "AND step_name = ? AND state = ? AND deadline_at IS NOT NULL",
-                    (now, holder(beat), h.saga_id, h.step, _IN_FLIGHT[h.phase]),
-                ).rowcount
+        conn.executemany(
+            "INSERT INTO workers (name, pid, services, interval, held, first_seen, "
+            "last_seen) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name, pid) DO UPDATE "
+            "SET services = excluded.services, interval = excluded.interval, "
+            "held = excluded.held, last_seen = excluded.last_seen",
+            sorted(
+                {
+                    (beat.worker, beat.pid): (
+                        beat.worker,
+                        beat.pid,
+                        ",".join(beat.services),
+                        beat.interval,
+                        len(beat.held),
+                        now,
+                        now,
+                    )
+                    for beat in beats
+                }.values()
+            ),
+        )
+        for saga_id, step, state, by in held:
+            heard += conn.execute(
+                "UPDATE saga_steps SET heard_at = ?, held_by = ? WHERE saga_id = ? "
+                "AND step_name = ? AND state = ? AND deadline_at IS NOT NULL",
+                (now, by, saga_id, step, state),
+            ).rowcount
         conn.execute("DELETE FROM workers WHERE last_seen < ?", (now - FORGET_AFTER,))
     return heard

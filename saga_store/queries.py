@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 
+from saga_core.database import Connection, Row
 from saga_core.errors import SagaNotFound
 from saga_store.models import (
     DISPATCH_EVENTS,
@@ -24,7 +24,7 @@ ACTIVE_STATES = tuple(s.value for s in SagaState if not s.terminal)
 _ACTIVE = f"state IN ({', '.join('?' * len(ACTIVE_STATES))})"
 
 
-def get_saga(conn: sqlite3.Connection, saga_id: str) -> SagaView:
+def get_saga(conn: Connection, saga_id: str) -> SagaView:
     row = conn.execute("SELECT * FROM sagas WHERE id = ?", (saga_id,)).fetchone()
     if row is None:
         raise SagaNotFound(saga_id)
@@ -54,9 +54,7 @@ def get_saga(conn: sqlite3.Connection, saga_id: str) -> SagaView:
     )
 
 
-def list_sagas(
-    conn: sqlite3.Connection, state: SagaState | None = None, limit: int = 100
-) -> list[sqlite3.Row]:
+def list_sagas(conn: Connection, state: SagaState | None = None, limit: int = 100) -> list[Row]:
     if state is None:
         sql, args = "SELECT * FROM sagas ORDER BY created_at DESC LIMIT ?", (limit,)
     else:
@@ -65,7 +63,7 @@ def list_sagas(
     return conn.execute(sql, args).fetchall()
 
 
-def count_by_state(conn: sqlite3.Connection, active_only: bool = False) -> dict[str, int]:
+def count_by_state(conn: Connection, active_only: bool = False) -> dict[str, int]:
     """How many sagas are in each state (states with none are left out); ``active_only``:
     of the states not yet final (served by the partial index on state)."""
     if active_only:
@@ -74,13 +72,13 @@ def count_by_state(conn: sqlite3.Connection, active_only: bool = False) -> dict[
     return dict(conn.execute("SELECT state, COUNT(*) FROM sagas GROUP BY state").fetchall())
 
 
-def active_saga_ids(conn: sqlite3.Connection) -> list[str]:
+def active_saga_ids(conn: Connection) -> list[str]:
     """Sagas not yet in a terminal state (served by a partial index on state)."""
     rows = conn.execute(f"SELECT id FROM sagas WHERE {_ACTIVE}", ACTIVE_STATES).fetchall()
     return [r["id"] for r in rows]
 
 
-def stale_pending(conn: sqlite3.Connection, created_before: str) -> list[str]:
+def stale_pending(conn: Connection, created_before: str) -> list[str]:
     """Sagas stored but never started (their submitter died in between)."""
     rows = conn.execute(
         "SELECT id FROM sagas WHERE state = ? AND created_at < ?",
@@ -89,24 +87,24 @@ def stale_pending(conn: sqlite3.Connection, created_before: str) -> list[str]:
     return [r["id"] for r in rows]
 
 
-def saga_exists(conn: sqlite3.Connection, saga_id: str) -> bool:
+def saga_exists(conn: Connection, saga_id: str) -> bool:
     return conn.execute("SELECT 1 FROM sagas WHERE id = ?", (saga_id,)).fetchone() is not None
 
 
-def open_alert_count(conn: sqlite3.Connection) -> int:
+def open_alert_count(conn: Connection) -> int:
     return int(conn.execute("SELECT COUNT(*) FROM alerts WHERE resolved_at IS NULL").fetchone()[0])
 
 
-def answers(conn: sqlite3.Connection) -> bool:
+def answers(conn: Connection) -> bool:
     """Whether the store can be read (a health check)."""
     try:
         conn.execute("SELECT 1 FROM sagas LIMIT 1").fetchall()
-    except sqlite3.Error:
+    except Exception:
         return False
     return True
 
 
-def ended_times(conn: sqlite3.Connection, saga_ids: list[str]) -> list[tuple[str, str]]:
+def ended_times(conn: Connection, saga_ids: list[str]) -> list[tuple[str, str]]:
     """``(created_at, updated_at)`` of those of ``saga_ids`` that have ended."""
     marks = ",".join("?" * len(saga_ids))
     rows = conn.execute(
@@ -116,7 +114,7 @@ def ended_times(conn: sqlite3.Connection, saga_ids: list[str]) -> list[tuple[str
     return [(r["created_at"], r["updated_at"]) for r in rows]
 
 
-def armed_after(conn: sqlite3.Connection, at: float) -> int:
+def armed_after(conn: Connection, at: float) -> int:
     """Steps whose deadline lies after ``at``: sent (or sent again) since ``at``, less
     their timeout."""
     return int(
@@ -124,19 +122,19 @@ def armed_after(conn: sqlite3.Connection, at: float) -> int:
     )
 
 
-def saga_summaries(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+def saga_summaries(conn: Connection) -> list[Row]:
     """Every saga's id, state, input and creation time (the audit reads them all)."""
     return conn.execute("SELECT id, state, input, created_at FROM sagas").fetchall()
 
 
-def alerted_saga_ids(conn: sqlite3.Connection) -> set[str]:
+def alerted_saga_ids(conn: Connection) -> set[str]:
     """Sagas that ever raised an alert, open or closed."""
     return {r["saga_id"] for r in conn.execute("SELECT DISTINCT saga_id FROM alerts")}
 
 
 def unheard_steps(
-    conn: sqlite3.Connection, now: float, heard_before: float, limit: int = 2000
-) -> list[sqlite3.Row]:
+    conn: Connection, now: float, heard_before: float, limit: int = 2000
+) -> list[Row]:
     """Steps in flight that nothing has been heard of since ``heard_before``, or whose
     deadline passed by ``now``; the least recently heard of first. Each row has the step's
     ``saga_id``, ``step_name``, ``state``, ``heard_at``, ``held_by``, ``deadline_at``,
@@ -150,7 +148,7 @@ def unheard_steps(
     ).fetchall()
 
 
-def services_last_heard(conn: sqlite3.Connection, seen_after: float) -> dict[str, float]:
+def services_last_heard(conn: Connection, seen_after: float) -> dict[str, float]:
     """Each service with a worker heard from since ``seen_after`` (its steps' liveness is
     known from heartbeats), and when the last of its workers was heard from."""
     last: dict[str, float] = {}
@@ -162,7 +160,7 @@ def services_last_heard(conn: sqlite3.Connection, seen_after: float) -> dict[str
     return last
 
 
-def workers(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+def workers(conn: Connection) -> list[Row]:
     """Every worker heard from (and not forgotten), the most recently heard first."""
     return conn.execute(
         "SELECT name, pid, services, interval, held, first_seen, last_seen FROM workers "
@@ -170,7 +168,7 @@ def workers(conn: sqlite3.Connection) -> list[sqlite3.Row]:
     ).fetchall()
 
 
-def definition_of(conn: sqlite3.Connection, saga_id: str) -> str:
+def definition_of(conn: Connection, saga_id: str) -> str:
     """The name of the saga's definition."""
     row = conn.execute("SELECT definition FROM sagas WHERE id = ?", (saga_id,)).fetchone()
     if row is None:
@@ -178,7 +176,7 @@ def definition_of(conn: sqlite3.Connection, saga_id: str) -> str:
     return str(row["definition"])
 
 
-def step_outputs(conn: sqlite3.Connection, saga_id: str) -> tuple[str, dict, dict[str, object]]:
+def step_outputs(conn: Connection, saga_id: str) -> tuple[str, dict, dict[str, object]]:
     """The saga's definition, its input and the outputs of its completed steps: what a
     command is built from."""
     row = conn.execute("SELECT definition, input FROM sagas WHERE id = ?", (saga_id,)).fetchone()
@@ -195,13 +193,13 @@ def step_outputs(conn: sqlite3.Connection, saga_id: str) -> tuple[str, dict, dic
 
 
 def alerts(
-    conn: sqlite3.Connection, include_resolved: bool = False, saga_id: str | None = None
+    conn: Connection, include_resolved: bool = False, saga_id: str | None = None
 ) -> list[Alert]:
     """Alerts, oldest first: the open ones, or all; of every saga, or of one."""
     rows = conn.execute(
-        "SELECT * FROM alerts WHERE (? OR resolved_at IS NULL) AND (? IS NULL OR saga_id = ?) "
-        "ORDER BY id",
-        (include_resolved, saga_id, saga_id),
+        "SELECT * FROM alerts WHERE (? = 1 OR resolved_at IS NULL) "
+        "AND (? = '' OR saga_id = ?) ORDER BY id",
+        (int(include_resolved), saga_id or "", saga_id or ""),
     ).fetchall()
     return [
         Alert(
@@ -217,11 +215,14 @@ def alerts(
     ]
 
 
-def counters(conn: sqlite3.Connection) -> dict[str, int]:
-    return {r["name"]: r["value"] for r in conn.execute("SELECT name, value FROM counters")}
+def counters(conn: Connection) -> dict[str, int]:
+    """Every counter: the sum of its shards (see ``saga_store.unit.SHARD``)."""
+    return {
+        r[0]: int(r[1]) for r in conn.execute("SELECT name, SUM(value) FROM counters GROUP BY name")
+    }
 
 
-def history(conn: sqlite3.Connection, saga_id: str) -> list[HistoryEvent]:
+def history(conn: Connection, saga_id: str) -> list[HistoryEvent]:
     """The saga's history, oldest first, each outcome with the time since its dispatch.
     Raises ``SagaNotFound`` for an unknown saga."""
     if not saga_exists(conn, saga_id):
@@ -255,11 +256,11 @@ def history(conn: sqlite3.Connection, saga_id: str) -> list[HistoryEvent]:
 
 
 def page_sagas(
-    conn: sqlite3.Connection,
+    conn: Connection,
     state: SagaState | None,
     limit: int,
     after: tuple[str, str] | None = None,
-) -> tuple[list[sqlite3.Row], tuple[str, str] | None]:
+) -> tuple[list[Row], tuple[str, str] | None]:
     """A page of sagas, newest first, after the ``(created_at, id)`` that ended the last
     page; returns the rows and where the next page starts (None: this was the last)."""
     where, args = [], []

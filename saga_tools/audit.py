@@ -7,7 +7,6 @@ wrong; an empty list means every order ended fully done or fully undone.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
@@ -15,7 +14,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from saga_core.sqlite import connect
+from saga_core import database
+from saga_core.config import SERVICES, Settings
+from saga_core.database import Location, Row
 from saga_store import TERMINAL_STATES, open_reader, queries
 
 
@@ -43,40 +44,46 @@ class Report:
         }
 
 
-def _rows(path: Path, sql: str) -> list[sqlite3.Row]:
-    """Rows of ``sql`` in the database at ``path``; none where the file or table is not
-    there yet (a service that never ran holds nothing)."""
-    if not path.exists():
+def _rows(where: Location, sql: str) -> list[Row]:
+    """Rows of ``sql`` in the database at ``where``; none where the database or table is
+    not there yet (a service that never ran holds nothing)."""
+    if where.dialect == database.SQLITE and not where.path.exists():
         return []
-    conn = connect(path, readonly=True)
+    conn = database.connect(where, readonly=True)
     try:
-        return conn.execute(sql).fetchall()
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
+        return list(conn.execute(sql).fetchall())
+    except Exception as exc:
+        if database.missing_table(exc):
             return []
         raise
     finally:
         conn.close()
 
 
-def _saga_store(path: Path) -> tuple[list[sqlite3.Row], set[str]]:
+def _saga_store(where: Location) -> tuple[list[Row], set[str]]:
     """Every saga, and those that raised an alert; none where no store is there yet."""
-    if not path.exists():
+    if where.dialect == database.SQLITE and not where.path.exists():
         return [], set()
-    conn = open_reader(path)
+    conn = open_reader(where)
     try:
         return queries.saga_summaries(conn), queries.alerted_saga_ids(conn)
     finally:
         conn.close()
 
 
-def audit(data_dir: Path, settle_seconds: float = 60.0, now: float | None = None) -> Report:
+def audit(
+    system: Settings | Path, settle_seconds: float = 60.0, now: float | None = None
+) -> Report:
+    """Audit the system whose databases ``system`` names (or the one whose SQLite files are
+    in the data directory ``system``)."""
+    settings = system if isinstance(system, Settings) else Settings(data_dir=Path(system))
+    db = settings.service_database
     now = time.time() if now is None else now
-    sagas, alerted = _saga_store(data_dir / "sagas.db")
+    sagas, alerted = _saga_store(settings.store())
     report = Report(dict(Counter(r["state"] for r in sagas)))
     bad = report.violations.append
 
-    by_ref: dict[str, sqlite3.Row] = {}
+    by_ref: dict[str, Row] = {}
     orders: dict[str, dict[str, Any]] = {}
     for row in sagas:
         order = json.loads(row["input"])
@@ -86,12 +93,10 @@ def audit(data_dir: Path, settle_seconds: float = 60.0, now: float | None = None
     # what each service holds, per order reference
     held = Counter(
         r["reference"]
-        for r in _rows(
-            data_dir / "inventory.db", "SELECT reference FROM reservations WHERE state = 'held'"
-        )
+        for r in _rows(db("inventory"), "SELECT reference FROM reservations WHERE state = 'held'")
     )
     charges = _rows(
-        data_dir / "payment.db",
+        db("payment"),
         "SELECT reference, amount_cents, currency, state, "
         "(SELECT COALESCE(SUM(amount_cents), 0) FROM refunds "
         " WHERE charge_id = charges.id) AS refunded FROM charges",
@@ -99,12 +104,10 @@ def audit(data_dir: Path, settle_seconds: float = 60.0, now: float | None = None
     charged = Counter(r["reference"] for r in charges if r["refunded"] < r["amount_cents"])
     shipments = Counter(
         r["reference"]
-        for r in _rows(
-            data_dir / "shipping.db", "SELECT reference FROM shipments WHERE state = 'created'"
-        )
+        for r in _rows(db("shipping"), "SELECT reference FROM shipments WHERE state = 'created'")
     )
     mails = Counter(
-        r["reference"] for r in _rows(data_dir / "notification.db", "SELECT reference FROM outbox")
+        r["reference"] for r in _rows(db("notification"), "SELECT reference FROM outbox")
     )
 
     for row in sagas:
@@ -131,9 +134,9 @@ def audit(data_dir: Path, settle_seconds: float = 60.0, now: float | None = None
         elif sid not in alerted:
             bad(Violation("alerted", sid, "failed with no alert"))
 
-    _check_stock(data_dir, bad)
+    _check_stock(db("inventory"), bad)
     _check_money(sagas, orders, charges, bad)
-    _check_strays(data_dir, by_ref, {r["id"] for r in sagas}, bad)
+    _check_strays(settings, by_ref, {r["id"] for r in sagas}, bad)
     return report
 
 
@@ -141,14 +144,12 @@ def _say(counts: dict[str, int]) -> str:
     return ", ".join(f"{n} {what}" for what, n in counts.items())
 
 
-def _check_stock(data_dir: Path, bad: Any) -> None:
+def _check_stock(inventory: Location, bad: Any) -> None:
     reserved: dict[str, int] = defaultdict(int)
-    for r in _rows(
-        data_dir / "inventory.db", "SELECT items FROM reservations WHERE state = 'held'"
-    ):
+    for r in _rows(inventory, "SELECT items FROM reservations WHERE state = 'held'"):
         for item in json.loads(r["items"]):
             reserved[item["sku"]] += item["quantity"]
-    for r in _rows(data_dir / "inventory.db", "SELECT sku, on_hand, available FROM stock"):
+    for r in _rows(inventory, "SELECT sku, on_hand, available FROM stock"):
         if r["available"] + reserved[r["sku"]] != r["on_hand"]:
             bad(
                 Violation(
@@ -161,9 +162,9 @@ def _check_stock(data_dir: Path, bad: Any) -> None:
 
 
 def _check_money(
-    sagas: list[sqlite3.Row],
+    sagas: list[Row],
     orders: dict[str, dict[str, Any]],
-    charges: list[sqlite3.Row],
+    charges: list[Row],
     bad: Any,
 ) -> None:
     # A failed saga may keep a charge its refund could not undo: its alert covers it.
@@ -189,17 +190,15 @@ def _check_money(
             )
 
 
-def _check_strays(
-    data_dir: Path, by_ref: dict[str, sqlite3.Row], saga_ids: set[str], bad: Any
-) -> None:
+def _check_strays(settings: Settings, by_ref: dict[str, Row], saga_ids: set[str], bad: Any) -> None:
     records = {
-        "reservation": ("inventory.db", "SELECT reference FROM reservations"),
-        "charge": ("payment.db", "SELECT reference FROM charges"),
-        "shipment": ("shipping.db", "SELECT reference FROM shipments"),
-        "confirmation": ("notification.db", "SELECT reference FROM outbox"),
+        "reservation": ("inventory", "SELECT reference FROM reservations"),
+        "charge": ("payment", "SELECT reference FROM charges"),
+        "shipment": ("shipping", "SELECT reference FROM shipments"),
+        "confirmation": ("notification", "SELECT reference FROM outbox"),
     }
     for what, (db, sql) in records.items():
-        counts = Counter(r["reference"] for r in _rows(data_dir / db, sql))
+        counts = Counter(r["reference"] for r in _rows(settings.service_database(db), sql))
         for ref, n in counts.items():
             saga = by_ref.get(ref)
             if saga is None:
@@ -212,8 +211,8 @@ def _check_strays(
                         f"{n} {what}s for one order: an idempotency key took effect twice",
                     )
                 )
-    for db in ("inventory.db", "payment.db", "shipping.db", "notification.db"):
-        for r in _rows(data_dir / db, "SELECT key FROM idempotency"):
+    for db in SERVICES:
+        for r in _rows(settings.service_database(db), "SELECT key FROM idempotency"):
             saga_id = str(r["key"]).split(":", 1)[0]
             if saga_id not in saga_ids:
                 bad(Violation("strays", None, f"{db}: idempotency key {r['key']!r} of no saga"))

@@ -49,6 +49,11 @@ class Options:
     restart_redis: bool = False
     step_timeout: float = 5.0
     settle_timeout: float = 300.0
+    # "" keeps every database in SQLite files; a postgresql:// URL names the server on
+    # which the campaign creates a database of its own (dropped after).
+    database: str = ""
+    orchestrators: int = 1
+    replicas: int = 1  # worker processes per service
 
 
 @dataclass
@@ -125,6 +130,7 @@ class Campaign:
         self.killer: Killer | None = None
         self.result = Result({})
         self.submitted: list[str] = []
+        self.database = ""  # the PostgreSQL database of this campaign, where it has one
 
     # --- set-up and tear-down ---------------------------------------------------------------
 
@@ -138,9 +144,17 @@ class Campaign:
             url = self.redis.start()
         elif not broker.reachable(url):
             url, self.redis = redis_server.ensure(url, data_dir)
+        database_url = ""
+        if self.opts.database:
+            from saga_core import postgres
+
+            name = f"saga_chaos_{uuid.uuid4().hex[:8]}"
+            self.database = database_url = postgres.create_database(self.opts.database, name)
         self.settings = self.base.with_(
             broker_url=url,
             data_dir=data_dir,
+            database_url=database_url,
+            service_database_urls={},
             # Queues of this run only: a killed worker's unacknowledged message comes back
             # to its queue when the visibility timeout passes, minutes later, and must not
             # be run by a later campaign's workers on the same Redis.
@@ -150,7 +164,10 @@ class Campaign:
             sweep_interval=0.5,
             failure_rates={"*": FailureRates(self.opts.transient_rate, self.opts.business_rate)},
         )
-        self.cluster = Cluster(self.settings).prepare(SKUS).start()
+        self.cluster = Cluster(
+            self.settings, orchestrators=self.opts.orchestrators, replicas=self.opts.replicas
+        )
+        self.cluster.prepare(SKUS).start()
         self.killer = Killer(self.cluster, self.rng, {kind: 1 for kind in KINDS})
 
     def stop(self) -> None:
@@ -159,6 +176,10 @@ class Campaign:
             broker.discard(self.settings.broker_url, self.settings.all_queues())
         if self.redis is not None:
             self.redis.stop()
+        if self.database:
+            from saga_core import postgres
+
+            postgres.drop_database(self.database)
 
     # --- the campaign -----------------------------------------------------------------------
 
@@ -224,7 +245,7 @@ class Campaign:
         self.result.kills["redis"] += 1
 
     def _settle(self) -> None:
-        store = open_reader(self.settings.path("sagas.db"))
+        store = open_reader(self.settings.store())
         t0 = time.monotonic()
         deadline = t0 + self.opts.settle_timeout
         while queries.active_saga_ids(store) and time.monotonic() < deadline:
@@ -237,7 +258,7 @@ class Campaign:
         counters = queries.counters(store)
         self.result.redispatches = counters.get("redispatches", 0)
         self.result.duplicate_outcomes = counters.get("duplicate_outcomes", 0)
-        report = audit.audit(self.settings.data_dir, settle_seconds=self.opts.settle_timeout)
+        report = audit.audit(self.settings, settle_seconds=self.opts.settle_timeout)
         self.result.final_states = report.sagas_by_state
         self.result.violations = report.violations
 

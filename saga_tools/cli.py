@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from saga_core import config, logs
+from saga_core import config, database, logs, processes
 from saga_core.config import ORCHESTRATOR_QUEUE, SERVICES, Settings
 from saga_core.errors import (
     BusinessError,
@@ -147,7 +147,7 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     from saga_store import open_reader
     from saga_tools import timeline
 
-    view, events, alerts = timeline.load(open_reader(settings.path("sagas.db")), args.saga_id)
+    view, events, alerts = timeline.load(open_reader(settings.store()), args.saga_id)
     if args.json:
         print(json.dumps(timeline.to_dict(view, events, alerts), indent=2))
     else:
@@ -194,7 +194,7 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
             raise BadInput(
                 f"unknown state {args.state!r}; one of {', '.join(s.value for s in SagaState)}"
             ) from None
-    rows = queries.list_sagas(open_reader(settings.path("sagas.db")), state, args.limit)
+    rows = queries.list_sagas(open_reader(settings.store()), state, args.limit)
     sagas = [
         {
             "id": r["id"],
@@ -216,7 +216,7 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_alerts(args: argparse.Namespace, settings: Settings) -> int:
     from saga_store import open_reader, queries
 
-    alerts = queries.alerts(open_reader(settings.path("sagas.db")))
+    alerts = queries.alerts(open_reader(settings.store()))
     if args.json:
         print(json.dumps([a.__dict__ for a in alerts], indent=2))
     else:
@@ -239,7 +239,7 @@ def cmd_workers(args: argparse.Namespace, settings: Settings) -> int:
             # the liveness rule, as the sweeper applies it
             "alive": now - r["last_seen"] < settings.liveness_timeout,
         }
-        for r in queries.workers(open_reader(settings.path("sagas.db")))
+        for r in queries.workers(open_reader(settings.store()))
     ]
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -275,7 +275,7 @@ def cmd_ping(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_stock(args: argparse.Namespace, settings: Settings) -> int:
     from workers import inventory
 
-    db = inventory.service.database(settings.data_dir)
+    db = inventory.service.database(settings.service_database("inventory"))
     if args.action == "set":
         if len(args.rest) != 2:
             raise BadInput("usage: saga stock set SKU QUANTITY")
@@ -340,7 +340,7 @@ def cmd_faults(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     from saga_tools import audit
 
-    report = audit.audit(settings.data_dir, settle_seconds=args.settle)
+    report = audit.audit(settings, settle_seconds=args.settle)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -353,6 +353,13 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
             )
         print("audit clean" if report.ok else f"{len(report.violations)} violation(s)")
     return 0 if report.ok else 1
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:
@@ -371,10 +378,15 @@ def cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:
         restart_redis=args.restart_redis,
         step_timeout=args.step_timeout,
         settle_timeout=args.settle_timeout,
+        database=args.database,
+        orchestrators=args.orchestrators,
+        replicas=args.replicas,
     )
+    where = database.redact(opts.database) if opts.database else "SQLite"
     print(
         f"chaos: {opts.orders} orders at {opts.rate}/s, a kill every ~{opts.kill_every}s, "
-        f"seed {opts.seed}",
+        f"seed {opts.seed}; {opts.orchestrators} orchestrator(s), {opts.replicas} worker(s) "
+        f"per service, on {where}",
         flush=True,
     )
     result = chaos.run(settings, opts)
@@ -528,6 +540,15 @@ def parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--step-timeout", type=float, default=5.0)
     c.add_argument("--settle-timeout", type=float, default=300.0)
+    c.add_argument(
+        "--database",
+        default="",
+        metavar="URL",
+        help="a postgresql:// server: the run's databases in a database of its own there "
+        "(dropped after); default: SQLite files",
+    )
+    c.add_argument("--orchestrators", type=_positive, default=1, help="orchestrator processes")
+    c.add_argument("--replicas", type=_positive, default=1, help="worker processes per service")
     c.add_argument("--json", action="store_true")
 
     d = sub.add_parser("demo", help="start everything, run a batch of orders, print outcomes")
@@ -573,6 +594,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = config.load()
         _setup_logging(settings, args.command)
+        if settings.parent_pid and args.command in SERVER_COMMANDS:
+            processes.exit_with_parent(settings.parent_pid)
         return COMMANDS[args.command](args, settings)
     except (BadInput, InvalidOrder, SagaNotFound, BusinessError, TransitionRefused) as exc:
         print(f"saga: {exc}", file=sys.stderr)

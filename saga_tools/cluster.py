@@ -36,7 +36,8 @@ class Child:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 self.argv,
-                env={**os.environ, **self.env},
+                # It leaves when this process does (saga_core.processes.exit_with_parent).
+                env={**os.environ, **self.env, "SAGA_PARENT_PID": str(os.getpid())},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -94,37 +95,60 @@ def stop_all(children: Sequence[Child], timeout: float = 10.0) -> None:
 
 
 class Cluster:
+    """A system's processes: ``replicas`` workers per service and ``orchestrators``
+    orchestrators, all on the same broker and databases."""
+
     def __init__(
         self,
         settings: Settings,
         *,
         orchestrator: bool = True,
         orchestrator_args: Sequence[str] = (),
+        orchestrators: int = 1,
+        replicas: int = 1,
     ):
         self.settings = settings
         env = {**settings.to_env(), "PYTHONUNBUFFERED": "1"}
         logs = settings.data_dir / "logs"
-        self.workers = {
-            s: Child(f"worker {s}", saga_command("worker", s), env, logs / f"{s}.log")
+
+        def numbered(name: str, n: int) -> str:
+            return name if n == 0 else f"{name}.{n + 1}"
+
+        self.replicas = {
+            s: [
+                Child(
+                    numbered(f"worker {s}", n),
+                    saga_command("worker", s),
+                    env,
+                    logs / f"{numbered(s, n)}.log",
+                )
+                for n in range(replicas)
+            ]
             for s in SERVICES
         }
-        self.orchestrator = Child(
-            "orchestrator",
-            saga_command("orchestrator", *orchestrator_args),
-            env,
-            logs / "orchestrator.log",
-        )
+        #: The first worker of each service.
+        self.workers = {s: children[0] for s, children in self.replicas.items()}
+        self.orchestrators = [
+            Child(
+                numbered("orchestrator", n),
+                saga_command("orchestrator", *orchestrator_args),
+                env,
+                logs / f"{numbered('orchestrator', n)}.log",
+            )
+            for n in range(orchestrators if orchestrator else 1)
+        ]
+        self.orchestrator = self.orchestrators[0]
         self.with_orchestrator = orchestrator
 
     @property
     def children(self) -> list[Child]:
-        workers = list(self.workers.values())
-        return [*workers, self.orchestrator] if self.with_orchestrator else workers
+        workers = [c for children in self.replicas.values() for c in children]
+        return [*workers, *self.orchestrators] if self.with_orchestrator else workers
 
     def prepare(self, stock: Mapping[str, int]) -> Cluster:
         """Empty the system's queues (left by an earlier run) and set the stock."""
         broker.purge(self.settings.broker_url, self.settings.all_queues())
-        db = inventory.service.database(self.settings.data_dir)
+        db = inventory.service.database(self.settings.service_database("inventory"))
         for sku, quantity in stock.items():
             inventory.set_stock(db, sku, quantity)
         return self

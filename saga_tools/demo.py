@@ -207,7 +207,7 @@ class Batch:
 
     def run(self, timeout: float) -> int:
         started = time.monotonic()
-        store = open_reader(self.settings.path("sagas.db"))
+        store = open_reader(self.settings.store())
         submitter = threading.Thread(target=self._submit_all, daemon=True)
         submitter.start()
         rng = random.Random(1)
@@ -262,7 +262,9 @@ class Batch:
             print(f"ALERT saga {alert.saga_id}: compensation of {alert.step} failed: {alert.error}")
             print(f"      see it with: saga show {alert.saga_id}")
         print("\nstock after the batch:")
-        for row in inventory.list_stock(inventory.service.database(self.settings.data_dir)):
+        for row in inventory.list_stock(
+            inventory.service.database(self.settings.service_database("inventory"))
+        ):
             print(
                 f"  {row['sku']:<8} on hand {row['on_hand']:>4}  reserved {row['reserved']:>4}  "
                 f"available {row['available']:>4}"
@@ -270,7 +272,7 @@ class Batch:
         if pending or len(self.sagas) < len(self.orders):
             print(f"\n{pending} saga(s) had not ended after {timeout:.0f}s")
             return 1
-        report = audit.audit(self.settings.data_dir)
+        report = audit.audit(self.settings)
         print(f"\naudit: {'clean' if report.ok else f'{len(report.violations)} violation(s)'}")
         for v in report.violations:
             print(f"  [{v.check}] {v.saga_id or ''} {v.message}")

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import datetime
 from typing import Any
 
-from saga_store import queries
+from saga_store import Connection, queries
 from saga_store.models import Alert, Event, HistoryEvent, SagaView
 
 Story = tuple[SagaView, list[HistoryEvent], list[Alert]]
 
 
-def load(conn: sqlite3.Connection, saga_id: str) -> Story:
+def load(conn: Connection, saga_id: str) -> Story:
     """The saga, its history and all its alerts: what ``saga show`` and the web view tell.
     Raises ``SagaNotFound`` for an unknown saga."""
     return (

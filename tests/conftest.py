@@ -22,6 +22,7 @@ from celery.contrib.pytest import celery_worker  # noqa: F401
 
 from saga_core import broker, config
 from saga_core.config import Settings
+from saga_core.database import Location
 from saga_core.errors import ConfigError
 from saga_tools import redis_server
 
@@ -101,3 +102,54 @@ def settings(broker_url: str, tmp_path: Path) -> Iterator[Settings]:
     )
     yield s
     broker.discard(broker_url, s.all_queues())
+
+
+#: The PostgreSQL the store's and the services' tests also run on (.ci/run starts it).
+POSTGRES_URL = os.environ.get(
+    "SAGA_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The PostgreSQL at SAGA_TEST_POSTGRES_URL; tests that need it are skipped (with the
+    reason) where none answers, except under CI, where they fail."""
+    try:
+        import psycopg
+
+        psycopg.connect(POSTGRES_URL, connect_timeout=3).close()
+    except Exception as exc:
+        if CI:
+            raise
+        pytest.skip(f"no PostgreSQL answers at {POSTGRES_URL} (SAGA_TEST_POSTGRES_URL): {exc}")
+    return POSTGRES_URL
+
+
+@pytest.fixture
+def pg_schema(postgres_url: str) -> Iterator[str]:
+    """A PostgreSQL schema of the test's own, dropped after."""
+    import psycopg
+
+    name = f"saga_test_{uuid.uuid4().hex[:12]}"
+    yield name
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Location:
+    """Where a test's saga store lives: each such test runs on SQLite, then PostgreSQL."""
+    if request.param == "sqlite":
+        return Location(f"sqlite:///{tmp_path / 'sagas.db'}")
+    return Location(request.getfixturevalue("postgres_url"), request.getfixturevalue("pg_schema"))
+
+
+@pytest.fixture
+def postgres_database(postgres_url: str) -> Iterator[str]:
+    """A PostgreSQL database of the test's own (its URL), dropped after: for a whole
+    system, whose store and services each take a schema in it."""
+    from saga_core import postgres
+
+    url = postgres.create_database(postgres_url, f"saga_test_{uuid.uuid4().hex[:12]}")
+    yield url
+    postgres.drop_database(url)

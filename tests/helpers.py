@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.order_saga import EXAMPLE_ORDER
+from saga_core import database
+from saga_core.config import Settings
 from saga_store import SagaState, SagaView, StepState
 
 BASE_ORDER: dict[str, Any] = {
@@ -44,18 +46,22 @@ def _db(data_dir: Path, service: str) -> sqlite3.Connection:
     return conn
 
 
-def service_records(data_dir: Path, order_id: str) -> dict[str, Any]:
-    """Live and undone records of each service for one order."""
+def service_records(system: Settings | Path, order_id: str) -> dict[str, Any]:
+    """Live and undone records of each service for one order, in the databases of the
+    system ``system`` names (or in the SQLite files of the data directory ``system``)."""
+    settings = system if isinstance(system, Settings) else Settings(data_dir=system)
 
     def count(service: str, sql: str) -> int:
-        path = data_dir / f"{service}.db"
-        if not path.exists():
+        where = settings.service_database(service)
+        if where.dialect == database.SQLITE and not where.path.exists():
             return 0
-        conn = _db(data_dir, service)
+        conn = database.connect(where, readonly=True)
         try:
             return int(conn.execute(sql, (order_id,)).fetchone()[0])
-        except sqlite3.OperationalError:  # the table does not exist yet: nothing ran there
-            return 0
+        except Exception as exc:
+            if database.missing_table(exc):  # nothing ran there yet
+                return 0
+            raise
         finally:
             conn.close()
 

@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import uuid
 from typing import Any
 
+from saga_core.database import Connection, for_update, transaction
 from saga_core.errors import BusinessError
-from saga_core.sqlite import transaction
 from workers.service import Service
 
 service = Service("inventory")
 
 
 @service.action("reserve_inventory")
-def reserve(db: sqlite3.Connection, payload: dict[str, Any]) -> dict[str, Any]:
+def reserve(db: Connection, payload: dict[str, Any]) -> dict[str, Any]:
     items = payload["items"]
-    for item in items:
-        row = db.execute("SELECT available FROM stock WHERE sku = ?", (item["sku"],)).fetchone()
+    # Locked, in SKU order: replicas reserving the same SKU take turns (never both the
+    # last unit), and two orders never wait on each other in a circle.
+    for item in sorted(items, key=lambda item: str(item["sku"])):
+        row = db.execute(
+            f"SELECT available FROM stock WHERE sku = ?{for_update(db)}", (item["sku"],)
+        ).fetchone()
         if row is None:
             raise BusinessError(f"unknown SKU {item['sku']!r}")
         if row["available"] < item["quantity"]:
@@ -39,9 +42,7 @@ def reserve(db: sqlite3.Connection, payload: dict[str, Any]) -> dict[str, Any]:
 
 
 @service.compensation("release_inventory", undoes="reserve_inventory")
-def release(
-    db: sqlite3.Connection, payload: dict[str, Any], reserved: dict[str, Any]
-) -> dict[str, Any]:
+def release(db: Connection, payload: dict[str, Any], reserved: dict[str, Any]) -> dict[str, Any]:
     row = db.execute(
         "SELECT items FROM reservations WHERE id = ? AND state = 'held'",
         (reserved["reservation_id"],),
@@ -59,13 +60,15 @@ def release(
     return {"released": reserved["reservation_id"]}
 
 
-def set_stock(db: sqlite3.Connection, sku: str, on_hand: int) -> None:
+def set_stock(db: Connection, sku: str, on_hand: int) -> None:
     """Set what the warehouse holds of ``sku``; what is available follows, less live
     reservations. Refused where live reservations hold more than ``on_hand``."""
     if on_hand < 0:
         raise BusinessError(f"stock for {sku!r} cannot be negative")
     with transaction(db):
-        row = db.execute("SELECT on_hand, available FROM stock WHERE sku = ?", (sku,)).fetchone()
+        row = db.execute(
+            f"SELECT on_hand, available FROM stock WHERE sku = ?{for_update(db)}", (sku,)
+        ).fetchone()
         held = (row["on_hand"] - row["available"]) if row else 0
         if on_hand < held:
             raise BusinessError(f"{sku!r}: live reservations hold {held}, cannot set {on_hand}")
@@ -77,7 +80,7 @@ def set_stock(db: sqlite3.Connection, sku: str, on_hand: int) -> None:
         )
 
 
-def list_stock(db: sqlite3.Connection) -> list[dict[str, Any]]:
+def list_stock(db: Connection) -> list[dict[str, Any]]:
     rows = db.execute("SELECT sku, on_hand, available FROM stock ORDER BY sku").fetchall()
     return [
         {

@@ -7,11 +7,16 @@ the service database's write lock and then retry until it gave up, failing a ste
 about to succeed. So a run first takes a lease on its key and a run that finds the lease
 taken leaves the step to its holder.
 
-A lease is a POSIX record lock on one byte of the service's lease file, at an offset drawn
-from the key. The kernel releases it when its process dies, however it dies: a lease never
-outlives its holder, and needs no renewal timer and no clock. The lock is per process (and
-each process keeps the file open for good: closing any descriptor of it would drop every
-lease the process holds), so threads of one process also keep a set of the keys they run.
+Where the service's database is a SQLite file, a lease is a POSIX record lock on one byte
+of the service's lease file (beside it), at an offset drawn from the key. The kernel
+releases it when its process dies, however it dies: a lease never outlives its holder,
+and needs no renewal timer and no clock. The lock is per process (and each process keeps
+the file open for good: closing any descriptor of it would drop every lease the process
+holds), so threads of one process also keep a set of the keys they run.
+
+Where the database is PostgreSQL, shared by replicas on many hosts, a lease is an advisory
+lock of the session (the thread's connection) on a number drawn from the key: the server
+drops it when the session ends, however its process dies, as the kernel does a record lock.
 """
 
 from __future__ import annotations
@@ -21,11 +26,35 @@ import hashlib
 import os
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Any, Protocol
+
+from saga_core.database import advisory_number
 
 
-class Leases:
+class Leases(Protocol):
+    def hold(self, key: str) -> AbstractContextManager[bool]: ...
+
+
+class SessionLeases:
+    """Leases as advisory locks of a PostgreSQL session (the thread's connection)."""
+
+    def __init__(self, conn: Any):
+        self.conn = conn
+
+    @contextmanager
+    def hold(self, key: str) -> Iterator[bool]:
+        number = advisory_number("lease", key)
+        taken = bool(self.conn.execute("SELECT pg_try_advisory_lock(?)", (number,)).fetchone()[0])
+        try:
+            yield taken
+        finally:
+            if taken:
+                self.conn.execute("SELECT pg_advisory_unlock(?)", (number,))
+
+
+class FileLeases:
     def __init__(self, path: Path):
         self.path = path
         self._fd: int | None = None

@@ -8,13 +8,12 @@ action never ran is recorded too, so that the late action is refused instead of 
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from saga_core.database import Connection, lock_key, transaction
 from saga_core.errors import BusinessError
-from saga_core.sqlite import transaction
 
 BLOCKED = "refused: this request was already compensated"
 
@@ -24,7 +23,7 @@ def _now() -> str:
 
 
 def run_action(
-    conn: sqlite3.Connection, key: str, operation: str, effect: Callable[[], Any]
+    conn: Connection, key: str, operation: str, effect: Callable[[], Any]
 ) -> tuple[Any, bool]:
     """Run ``effect`` once for ``key``; returns ``(output, fresh)``.
 
@@ -35,6 +34,7 @@ def run_action(
     refusal: str | None = None
     failure: BusinessError | None = None
     with transaction(conn):
+        lock_key(conn, "ledger", key)  # replicas sharing the ledger run a key one at a time
         row = conn.execute("SELECT * FROM idempotency WHERE key = ?", (key,)).fetchone()
         if row is not None and row["action_status"] == "done":
             return json.loads(row["action_result"]), False
@@ -71,7 +71,7 @@ def run_action(
 
 
 def run_compensation(
-    conn: sqlite3.Connection, key: str, compensation: str, undo: Callable[[Any], Any]
+    conn: Connection, key: str, compensation: str, undo: Callable[[Any], Any]
 ) -> tuple[Any, bool]:
     """Undo the action recorded under ``key`` once; returns ``(output, fresh)``.
 
@@ -79,6 +79,7 @@ def run_compensation(
     and the key is marked so that a late action is refused.
     """
     with transaction(conn):
+        lock_key(conn, "ledger", key)
         row = conn.execute("SELECT * FROM idempotency WHERE key = ?", (key,)).fetchone()
         if row is not None and row["compensation_status"] == "done":
             return json.loads(row["compensation_result"]), False
@@ -97,20 +98,20 @@ def run_compensation(
     return output, True
 
 
-def begin_delivery(conn: sqlite3.Connection, key: str, operation: str) -> int:
+def begin_delivery(conn: Connection, key: str, operation: str) -> int:
     """Count one more run of ``operation`` for ``key``; returns how many runs in a row
     started without finishing (the worker died in each). Redis keeps no delivery count,
     so a message that kills its worker would otherwise come back for ever."""
     with transaction(conn):
         row = conn.execute(
             "INSERT INTO deliveries (key, operation, unfinished) VALUES (?, ?, 1) "
-            "ON CONFLICT (key, operation) DO UPDATE SET unfinished = unfinished + 1 "
+            "ON CONFLICT (key, operation) DO UPDATE SET unfinished = deliveries.unfinished + 1 "
             "RETURNING unfinished",
             (key, operation),
         ).fetchone()
     return int(row[0])
 
 
-def end_delivery(conn: sqlite3.Connection, key: str, operation: str) -> None:
+def end_delivery(conn: Connection, key: str, operation: str) -> None:
     with transaction(conn):
         conn.execute("DELETE FROM deliveries WHERE key = ? AND operation = ?", (key, operation))

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import sqlite3
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from saga_core.database import Connection
 from workers.service import Service
 
 service = Service("notification")
 
 
 @service.action("send_confirmation")
-def send(db: sqlite3.Connection, payload: dict[str, Any]) -> dict[str, Any]:
+def send(db: Connection, payload: dict[str, Any]) -> dict[str, Any]:
     message_id = "msg_" + uuid.uuid4().hex[:16]
     subject = f"Your order {payload['reference']} is on its way"
     body = (

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import sqlite3
 import uuid
 from typing import Any
 
+from saga_core.database import Connection
 from workers import card_processor
 from workers.service import Service
 
@@ -13,7 +13,7 @@ service = Service("payment")
 
 
 @service.action("charge_payment")
-def charge(db: sqlite3.Connection, payload: dict[str, Any]) -> dict[str, Any]:
+def charge(db: Connection, payload: dict[str, Any]) -> dict[str, Any]:
     card = payload["card"]
     card_processor.authorize(card["token"], payload["amount_cents"])
     charge_id = "ch_" + uuid.uuid4().hex[:16]
@@ -37,9 +37,7 @@ def charge(db: sqlite3.Connection, payload: dict[str, Any]) -> dict[str, Any]:
 
 
 @service.compensation("refund_payment", undoes="charge_payment")
-def refund(
-    db: sqlite3.Connection, payload: dict[str, Any], charged: dict[str, Any]
-) -> dict[str, Any]:
+def refund(db: Connection, payload: dict[str, Any], charged: dict[str, Any]) -> dict[str, Any]:
     row = db.execute(
         "SELECT amount_cents FROM charges WHERE id = ? AND state = 'charged'",
         (charged["charge_id"],),

@@ -84,7 +84,7 @@ def run(
     """Run a worker in the foreground for ``services`` until it is stopped."""
     app = build(settings, services, middleware)
     for service in services:  # a data dir that cannot be written fails here, not mid-saga
-        SERVICES[service].prepare(settings.data_dir)
+        SERVICES[service].prepare(settings.service_database(service))
     queues = [settings.queue(s) for s in services]
     watchdog.install(app, settings.broker_url, queues, settings.stall_timeout)
     name = "all" if len(services) > 1 else services[0]

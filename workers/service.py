@@ -1,4 +1,7 @@
-"""A service: its own SQLite database, its operations, and nothing about sagas.
+"""A service: its own database, its operations, and nothing about sagas.
+
+Its database is a SQLite file in the data directory (the default) or a schema of its own
+on PostgreSQL, shared by every replica of the service (``Settings.service_database``).
 
 An operation is a plain function of ``(db, payload)`` (an action) or of
 ``(db, payload, action_output)`` (a compensation) that writes its effect through ``db``
@@ -8,22 +11,21 @@ inside the transaction it is given and returns a JSON-able result. It raises
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from saga_core import migrations
+from saga_core import database, migrations
+from saga_core.database import Connection, Location
 from saga_core.errors import MalformedCommand
-from saga_core.sqlite import connect
 from workers import ledger
 from workers import migrations as service_migrations
-from workers.lease import Leases
+from workers.lease import FileLeases, Leases, SessionLeases
 
-Action = Callable[[sqlite3.Connection, dict[str, Any]], Any]
-Compensation = Callable[[sqlite3.Connection, dict[str, Any], Any], Any]
+Action = Callable[[Connection, dict[str, Any]], Any]
+Compensation = Callable[[Connection, dict[str, Any], Any], Any]
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,7 @@ class Service:
     name: str  # also the queue name (its tables: workers/migrations/NAME)
     operations: dict[str, Operation] = field(default_factory=dict)
     _local: threading.local = field(default_factory=threading.local, repr=False)
-    _leases: dict[Path, Leases] = field(default_factory=dict, repr=False)
+    _leases: dict[Path, FileLeases] = field(default_factory=dict, repr=False)
 
     def action(self, name: str) -> Callable[[Action], Action]:
         def register(func: Action) -> Action:
@@ -58,29 +60,40 @@ class Service:
 
         return register
 
-    def database(self, data_dir: Path) -> sqlite3.Connection:
+    def where(self, place: Location | Path) -> Location:
+        """The service's database: ``place`` itself, or its SQLite file in the data
+        directory ``place``."""
+        if isinstance(place, Location):
+            return place
+        return database.location(Path(place) / f"{self.name}.db")
+
+    def database(self, place: Location | Path) -> Connection:
         """This thread's connection to the service's own database, created on first use."""
-        path = Path(data_dir) / f"{self.name}.db"
+        where = self.where(place)
         conn = getattr(self._local, "conn", None)
-        if conn is None or self._local.path != path:
-            conn = self._open(path)
-            self._local.conn, self._local.path = conn, path
+        if conn is None or self._local.where != where:
+            conn = self._open(where)
+            self._local.conn, self._local.where = conn, where
         return conn
 
-    def leases(self, data_dir: Path) -> Leases:
-        """The leases on this service's keys (see :mod:`workers.lease`)."""
-        path = Path(data_dir) / f"{self.name}.leases"
+    def leases(self, place: Location | Path) -> Leases:
+        """The leases on this service's keys (see :mod:`workers.lease`): every replica's,
+        where the database is shared; else every worker's on this host."""
+        where = self.where(place)
+        if where.dialect != database.SQLITE:
+            return SessionLeases(self.database(where))
+        path = where.path.with_suffix(".leases")
         if path not in self._leases:
-            self._leases[path] = Leases(path)
+            self._leases[path] = FileLeases(path)
         return self._leases[path]
 
-    def prepare(self, data_dir: Path) -> None:
-        """Create the database now, so that a data dir that cannot be written fails at
-        start; nothing is kept open (a prefork worker forks after this)."""
-        self._open(Path(data_dir) / f"{self.name}.db").close()
+    def prepare(self, place: Location | Path) -> None:
+        """Create the database now, so that one that cannot be written fails at start;
+        nothing is kept open (a prefork worker forks after this)."""
+        self._open(self.where(place)).close()
 
-    def _open(self, path: Path) -> sqlite3.Connection:
-        conn = connect(path)
+    def _open(self, where: Location) -> Connection:
+        conn = database.connect(where)
         migrations.upgrade(
             conn,
             service_migrations.HEADS[self.name],
@@ -91,7 +104,7 @@ class Service:
 
     def run(
         self,
-        db: sqlite3.Connection,
+        db: Connection,
         operation: str,
         key: str,
         payload: dict[str, Any],
@@ -122,6 +135,8 @@ def _checked(name: str, func: Callable[..., Any], *args: Any) -> Any:
 
 def _made_before_alembic(connection: Any) -> str | None:
     """A database a release before Alembic made has the ledger's table: its first revision."""
+    if connection.dialect.name != "sqlite":
+        return None  # services came to PostgreSQL with Alembic
     found = connection.exec_driver_sql(
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'idempotency'"
     ).scalar()

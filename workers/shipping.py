@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import uuid
 from typing import Any
 
+from saga_core.database import Connection
 from workers.service import Service
 
 service = Service("shipping")
 
 
 @service.action("create_shipment")
-def create(db: sqlite3.Connection, payload: dict[str, Any]) -> dict[str, Any]:
+def create(db: Connection, payload: dict[str, Any]) -> dict[str, Any]:
     shipment_id = "shp_" + uuid.uuid4().hex[:16]
     tracking = "TRK" + uuid.uuid4().hex[:12].upper()
     db.execute(
@@ -31,8 +31,6 @@ def create(db: sqlite3.Connection, payload: dict[str, Any]) -> dict[str, Any]:
 
 
 @service.compensation("cancel_shipment", undoes="create_shipment")
-def cancel(
-    db: sqlite3.Connection, payload: dict[str, Any], created: dict[str, Any]
-) -> dict[str, Any]:
+def cancel(db: Connection, payload: dict[str, Any], created: dict[str, Any]) -> dict[str, Any]:
     db.execute("UPDATE shipments SET state = 'cancelled' WHERE id = ?", (created["shipment_id"],))
     return {"cancelled": created["shipment_id"]}

@@ -13,7 +13,6 @@ and tests drive it directly.
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +21,8 @@ from celery import Celery, Task
 
 from saga_core.celery_app import direct
 from saga_core.config import ORCHESTRATOR_QUEUE, Settings
-from saga_core.errors import BusinessError, MalformedCommand, MalformedMessage, TransientError
+from saga_core.database import BUSY
+from saga_core.errors import BusinessError, MalformedCommand, MalformedMessage
 from saga_core.messages import OUTCOME_TASK, Command, Outcome, Phase, Status
 from saga_core.middleware import Middleware
 from workers import ledger
@@ -44,6 +44,7 @@ class StepRunner:
 
     def __init__(self, settings: Settings, service: Service, middleware: Sequence[Middleware] = ()):
         self.settings, self.service = settings, service
+        self._database = settings.service_database(service.name)
         self.middleware = tuple(middleware)
 
     def check(self, command: Command) -> None:
@@ -68,7 +69,7 @@ class StepRunner:
         counted in the ledger, and after ``max_deliveries`` deaths in a row it is given up
         (a poison message must not loop for ever). A first delivery costs no such write.
         """
-        with self.service.leases(self.settings.data_dir).hold(command.key) as taken:
+        with self.service.leases(self._database).hold(command.key) as taken:
             if not taken:
                 log.info(
                     "%s: another run of %s is under way; leaving the step to it",
@@ -82,7 +83,7 @@ class StepRunner:
             return self._run_redelivered(command, tries)
 
     def _run_redelivered(self, command: Command, tries: int) -> Outcome | Retry:
-        db = self.service.database(self.settings.data_dir)
+        db = self.service.database(self._database)
         deaths = ledger.begin_delivery(db, command.key, command.operation)
         try:
             if deaths >= self.settings.max_deliveries:
@@ -99,7 +100,7 @@ class StepRunner:
             for m in self.middleware:
                 m.before_run(command, tries)
             output, fresh = self.service.run(
-                self.service.database(self.settings.data_dir),
+                self.service.database(self._database),
                 op,
                 command.key,
                 command.payload,
@@ -111,7 +112,7 @@ class StepRunner:
         except BusinessError as exc:
             log.info("%s refused: %s", op, exc.message, extra=context(command, tries))
             return command.answer(Status.REJECTED, tries + 1, error=exc.message)
-        except (TransientError, sqlite3.OperationalError) as exc:
+        except BUSY as exc:
             return self._retry_or_give_up(command, tries, exc)
         except Exception as exc:
             log.exception("%s failed unexpectedly", op, extra=context(command, tries))

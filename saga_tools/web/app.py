@@ -10,7 +10,6 @@ import base64
 import binascii
 import hashlib
 import json
-import sqlite3
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request
@@ -22,6 +21,7 @@ from orchestrator.process import DEFINITIONS, celery_publisher
 from saga_core import broker
 from saga_core.celery_app import make_app
 from saga_core.config import Settings
+from saga_core.database import Connection
 from saga_core.errors import IdempotencyConflict, InvalidOrder, SagaError
 from saga_store import SagaState, queries
 from saga_tools.web import pages
@@ -58,7 +58,7 @@ def create_app(settings: Settings) -> FastAPI:
     engine = Engine(settings, DEFINITIONS, celery_publisher(make_app(settings, "api"), settings))
     install_handlers(app)
 
-    def store() -> sqlite3.Connection:
+    def store() -> Connection:
         return engine.db  # one connection per worker thread of the server
 
     @app.post(

@@ -3,7 +3,6 @@ that refreshes itself; no front-end build step."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from html import escape
 from typing import Any
@@ -12,7 +11,8 @@ from urllib.parse import urlencode
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 
-from saga_store import SagaState, queries
+from saga_core.database import Row
+from saga_store import Connection, SagaState, queries
 from saga_tools import timeline
 
 REFRESH_SECONDS = 3
@@ -27,12 +27,12 @@ nav a { margin-right: 1em; }
 """
 
 
-def saga_document(conn: sqlite3.Connection, saga_id: str) -> dict[str, Any]:
+def saga_document(conn: Connection, saga_id: str) -> dict[str, Any]:
     """The saga, its steps, its history and its alerts, as data."""
     return timeline.to_dict(*timeline.load(conn, saga_id))
 
 
-def saga_row(row: sqlite3.Row) -> dict[str, Any]:
+def saga_row(row: Row) -> dict[str, Any]:
     return {
         "id": row["id"],
         "state": row["state"],
@@ -51,7 +51,7 @@ def _page(title: str, body: str) -> HTMLResponse:
     )
 
 
-def install(app: FastAPI, store: Callable[[], sqlite3.Connection]) -> None:
+def install(app: FastAPI, store: Callable[[], Connection]) -> None:
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index(state: SagaState | None = None, limit: int = 100) -> HTMLResponse:
         conn = store()
@@ -121,6 +121,6 @@ def install(app: FastAPI, store: Callable[[], sqlite3.Connection]) -> None:
         return _page(f"Saga {view.id}", "".join(body))
 
 
-def _order_id(row: sqlite3.Row) -> str:
+def _order_id(row: Row) -> str:
     key = row["idempotency_key"] or ""
     return key.split(":", 1)[1] if ":" in key else ""

@@ -53,7 +53,7 @@ class System(Cluster):
         child.stop()  # reap it and any orphaned pool children
 
     def counters(self) -> dict[str, int]:
-        return queries.counters(open_store(self.data_dir / "sagas.db"))
+        return queries.counters(open_store(self.settings.store()))
 
     def logs(self) -> str:
         return "\n".join(f"----- {c.name} -----\n{c.log_text()[-4000:]}" for c in self.children)
@@ -64,8 +64,18 @@ def make_system(settings: Settings) -> Iterator[Callable[..., System]]:
     """Start a system, with settings changed as given; stopped (by PID) at the end."""
     started: list[System] = []
 
-    def make(orchestrator_args: tuple[str, ...] = (), **changes: Any) -> System:
-        system = System(settings.with_(**changes), orchestrator_args=orchestrator_args).start()
+    def make(
+        orchestrator_args: tuple[str, ...] = (),
+        orchestrators: int = 1,
+        replicas: int = 1,
+        **changes: Any,
+    ) -> System:
+        system = System(
+            settings.with_(**changes),
+            orchestrator_args=orchestrator_args,
+            orchestrators=orchestrators,
+            replicas=replicas,
+        ).start()
         started.append(system)
         return system
 

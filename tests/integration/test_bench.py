@@ -17,7 +17,7 @@ pytestmark = pytest.mark.processes
 
 @pytest.mark.timeout(300)
 def test_bench_smoke_run_writes_every_figure(
-    settings: Settings, tmp_path: Path, redis_only: None
+    settings: Settings, tmp_path: Path, redis_only: None, postgres_url: str
 ) -> None:
     out = tmp_path / "bench.json"
     env = {**os.environ, **settings.with_(step_timeout=3.0).to_env()}
@@ -38,6 +38,14 @@ def test_bench_smoke_run_writes_every_figure(
             "0,2000",
             "--growth-count",
             "15",
+            "--store-sagas",
+            "100",
+            "--scaling-count",
+            "15",
+            "--orchestrators",
+            "1,2",
+            "--postgres-url",
+            postgres_url,
             "--json",
             str(out),
         ],
@@ -54,7 +62,17 @@ def test_bench_smoke_run_writes_every_figure(
     assert compare["saga"]["saturation"]["count"] == 30
     assert compare["saga"]["at_load"]["count"] == 20
     assert compare["ratio_throughput"] > 0 and compare["ratio_p50_latency"] > 0
-    assert figures["store_transitions_per_second"] > 0
+    store = figures["store"]
+    assert store["sqlite_one_per_transaction"] > 0 and store["sqlite_batched"] > 0
+    assert store["postgresql_one_per_transaction"] > 0 and store["postgresql_batched"] > 0
+    runs = figures["scaling"]["runs"]
+    assert [(r["database"], r["orchestrators"]) for r in runs] == [
+        ("sqlite", 1),
+        ("postgresql", 1),
+        ("postgresql", 2),
+    ]
+    assert all(r["sagas_per_second"] > 0 and r["orchestrators_cpu_ms_per_saga"] > 0 for r in runs)
+    assert runs[1]["postgresql_cpu_ms_per_saga"] > 0
     assert figures["recovery"]["in_flight"] == 20
     assert compare["ratio_throughput_with_to_without_heartbeats"] > 0
     assert figures["kill"]["redis"]["kills"] == 2

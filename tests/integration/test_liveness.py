@@ -29,7 +29,7 @@ DEFAULT_STEP_TIMEOUT = 30.0
 
 def redispatches(system: System, saga_id: str) -> list[str]:
     """Why the sweeper sent a step of the saga again, once per re-dispatch."""
-    history = queries.history(open_reader(system.data_dir / "sagas.db"), saga_id)
+    history = queries.history(open_reader(system.settings.store()), saga_id)
     return [e.note or "" for e in history if e.event is Event.REDISPATCHED]
 
 
@@ -42,7 +42,7 @@ def charge_under_way(system: System, order_id: str, seconds: float) -> str:
 
 
 def held_by(system: System, saga_id: str, step: str) -> str | None:
-    return queries.get_saga(open_reader(system.data_dir / "sagas.db"), saga_id).step(step).held_by
+    return queries.get_saga(open_reader(system.settings.store()), saga_id).step(step).held_by
 
 
 def test_a_killed_workers_step_is_sent_again_once_it_is_missed(

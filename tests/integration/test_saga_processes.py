@@ -140,7 +140,7 @@ def test_compensation_that_keeps_failing_alerts(system: System) -> None:
     # the other compensation still ran
     assert view.step("reserve_inventory").state is StepState.COMPENSATED
     assert available(system.data_dir, "WIDGET") == STOCK["WIDGET"]
-    [alert] = queries.alerts(open_store(system.data_dir / "sagas.db"))
+    [alert] = queries.alerts(open_store(system.settings.store()))
     assert (alert.saga_id, alert.step) == (saga_id, "charge_payment")
     log = system.orchestrator.log_text()
     assert (
@@ -177,7 +177,7 @@ def test_a_producer_can_submit_through_the_orchestrator_queue(system: System) ->
     app.send_task(
         SUBMIT_TASK, args=[make_order("A-14")], queue=system.settings.queue(ORCHESTRATOR_QUEUE)
     )
-    store = open_store(system.data_dir / "sagas.db")
+    store = open_store(system.settings.store())
     row = wait_for(
         lambda: store.execute(
             "SELECT id FROM sagas WHERE idempotency_key = 'order:A-14'"

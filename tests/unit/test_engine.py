@@ -142,10 +142,23 @@ def test_recovery_resends_lost_commands(h: Harness) -> None:
     h.engine.handle_outcome(h.execute_next())
     h.commands.clear()  # the orchestrator died before publishing the next command
     h.restart()
+    assert h.engine.recover() == 0  # just sent: for all it knows, a worker has it
+    h.clock.now += h.settings.liveness_timeout + 0.1
     assert h.engine.recover() == 1
     h.run_all()
     assert h.saga(sid).state is SagaState.COMPLETED
     assert service_records(h.settings.data_dir, "A")["charges"] == 1
+
+
+def test_orchestrators_that_recover_together_resend_each_command_once(h: Harness) -> None:
+    sids = [h.submit(make_order(c)) for c in "ABC"]
+    h.commands.clear()  # every first command lost
+    h.clock.now += h.settings.liveness_timeout + 0.1
+    engines = [h.restart() for _ in range(3)]  # three orchestrators on one store
+    assert [e.recover() for e in engines] == [3, 0, 0]
+    assert sorted(c.saga_id for c in h.commands) == sorted(sids)
+    h.run_all()
+    assert {h.saga(s).state for s in sids} == {SagaState.COMPLETED}
 
 
 def test_email_failing_still_completes(h: Harness, caplog: pytest.LogCaptureFixture) -> None:

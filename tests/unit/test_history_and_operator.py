@@ -75,6 +75,7 @@ def test_history_records_redispatches_duplicates_and_restarts(h: Harness) -> Non
     h.commands.clear()  # the charge command is lost
     h.clock.now += 31
     h.engine.sweep()
+    h.clock.now += h.settings.liveness_timeout + 0.1
     h.restart().recover()  # the orchestrator restarts before the outcome
     events = history(h, sid)
     assert story(events)[3:] == [

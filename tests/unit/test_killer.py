@@ -41,8 +41,8 @@ class FakeCluster:
     children: list[FakeChild]
 
     @property
-    def orchestrator(self) -> FakeChild:
-        return self.children[-1]
+    def orchestrators(self) -> list[FakeChild]:
+        return self.children[-1:]
 
 
 def test_a_process_that_died_by_itself_is_started_again_at_once() -> None:

@@ -3,33 +3,48 @@ first blocks its action."""
 
 from __future__ import annotations
 
-import sqlite3
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from saga_core.database import SQLITE, Connection, Location, dialect
 from saga_core.errors import BusinessError, TransientError
-from tests.helpers import available
 from workers import inventory, payment
 
 ITEMS = {"reference": "ORD-1", "items": [{"sku": "WIDGET", "quantity": 3}]}
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def place(request: pytest.FixtureRequest, tmp_path: Path) -> Location | Path:
+    """Where the services keep their data: SQLite files in a data directory, or a schema
+    on PostgreSQL. Every test below runs on both."""
+    if request.param == "sqlite":
+        return tmp_path
+    return Location(request.getfixturevalue("postgres_url"), request.getfixturevalue("pg_schema"))
+
+
 @pytest.fixture
-def inv(tmp_path: Path) -> sqlite3.Connection:
-    db = inventory.service.database(tmp_path)
+def inv(place: Location | Path) -> Connection:
+    db = inventory.service.database(place)
     inventory.set_stock(db, "WIDGET", 10)
     return db
 
 
-def test_repeat_returns_the_first_result_and_takes_effect_once(inv, tmp_path: Path) -> None:
+def available(db: Connection, sku: str) -> int:
+    return int(db.execute("SELECT available FROM stock WHERE sku = ?", (sku,)).fetchone()[0])
+
+
+def test_repeat_returns_the_first_result_and_takes_effect_once(inv: Connection) -> None:
     first, fresh = inventory.service.run(inv, "reserve_inventory", "s1:r", ITEMS)
     again, fresh_again = inventory.service.run(inv, "reserve_inventory", "s1:r", ITEMS)
     assert (again, fresh, fresh_again) == (first, True, False)
-    assert available(tmp_path, "WIDGET") == 7
+    assert available(inv, "WIDGET") == 7
 
 
-def test_business_refusal_is_recorded_and_rolls_back_partial_writes(inv, tmp_path: Path) -> None:
+def test_business_refusal_is_recorded_and_rolls_back_partial_writes(inv: Connection) -> None:
     order = {
         "reference": "o",
         "items": [{"sku": "WIDGET", "quantity": 1}, {"sku": "NOPE", "quantity": 1}],
@@ -37,37 +52,37 @@ def test_business_refusal_is_recorded_and_rolls_back_partial_writes(inv, tmp_pat
     for _ in range(2):
         with pytest.raises(BusinessError, match="unknown SKU 'NOPE'"):
             inventory.service.run(inv, "reserve_inventory", "s1:r", order)
-    assert available(tmp_path, "WIDGET") == 10
+    assert available(inv, "WIDGET") == 10
 
 
-def test_transient_failure_records_nothing(inv, tmp_path: Path) -> None:
+def test_transient_failure_records_nothing(inv: Connection) -> None:
     def boom() -> None:
         raise TransientError("flaky")
 
     with pytest.raises(TransientError):
         inventory.service.run(inv, "reserve_inventory", "s1:r", ITEMS, before_effect=boom)
     inventory.service.run(inv, "reserve_inventory", "s1:r", ITEMS)
-    assert available(tmp_path, "WIDGET") == 7
+    assert available(inv, "WIDGET") == 7
 
 
-def test_compensation_undoes_once(inv, tmp_path: Path) -> None:
+def test_compensation_undoes_once(inv: Connection) -> None:
     inventory.service.run(inv, "reserve_inventory", "s1:r", ITEMS)
     inventory.service.run(inv, "release_inventory", "s1:r", ITEMS)
     _, fresh = inventory.service.run(inv, "release_inventory", "s1:r", ITEMS)
     assert not fresh
-    assert available(tmp_path, "WIDGET") == 10
+    assert available(inv, "WIDGET") == 10
 
 
-def test_compensation_before_action_blocks_the_late_action(inv, tmp_path: Path) -> None:
+def test_compensation_before_action_blocks_the_late_action(inv: Connection) -> None:
     out, _ = inventory.service.run(inv, "release_inventory", "s1:r", ITEMS)
     assert out["undone"] is False
     with pytest.raises(BusinessError, match="already compensated"):
         inventory.service.run(inv, "reserve_inventory", "s1:r", ITEMS)
-    assert available(tmp_path, "WIDGET") == 10
+    assert available(inv, "WIDGET") == 10
 
 
-def test_declined_card_takes_no_effect(tmp_path: Path) -> None:
-    db = payment.service.database(tmp_path)
+def test_declined_card_takes_no_effect(place: Location | Path) -> None:
+    db = payment.service.database(place)
     card = {"token": "tok_chargeDeclined", "last4": "0002"}
     with pytest.raises(BusinessError, match="declined"):
         payment.service.run(
@@ -79,7 +94,7 @@ def test_declined_card_takes_no_effect(tmp_path: Path) -> None:
     assert db.execute("SELECT COUNT(*) FROM charges").fetchone()[0] == 0
 
 
-def test_stock_cannot_be_set_below_what_is_reserved(inv, tmp_path: Path) -> None:
+def test_stock_cannot_be_set_below_what_is_reserved(inv: Connection) -> None:
     inventory.service.run(inv, "reserve_inventory", "s1:r", ITEMS)
     with pytest.raises(BusinessError, match="hold 3"):
         inventory.set_stock(inv, "WIDGET", 2)
@@ -87,3 +102,42 @@ def test_stock_cannot_be_set_below_what_is_reserved(inv, tmp_path: Path) -> None
     assert inventory.list_stock(inv) == [
         {"sku": "WIDGET", "on_hand": 20, "available": 17, "reserved": 3}
     ]
+
+
+def test_replicas_running_one_key_at_once_take_effect_once(
+    inv: Connection, place: Location | Path
+) -> None:
+    """Two replicas of the service (a connection each) get the same reservation at the same
+    moment: the second waits for the first, then answers with its result."""
+    first_inside, second_started = threading.Event(), threading.Event()
+    results: dict[str, Any] = {}
+
+    def let_the_second_queue_up() -> None:
+        first_inside.set()
+        assert second_started.wait(10)
+        deadline = time.monotonic() + 10
+        while dialect(inv) != SQLITE and time.monotonic() < deadline:  # it waits on our lock
+            if inv.execute("SELECT COUNT(*) FROM pg_locks WHERE NOT granted").fetchone()[0]:
+                break
+            time.sleep(0.01)
+
+    def replica(name: str, before_effect: Any = None) -> None:
+        db = inventory.service._open(inventory.service.where(place))  # a connection of its own
+        try:
+            results[name] = inventory.service.run(
+                db, "reserve_inventory", "s1:r", ITEMS, before_effect=before_effect
+            )
+        finally:
+            db.close()
+
+    one = threading.Thread(target=replica, args=("one", let_the_second_queue_up))
+    one.start()
+    assert first_inside.wait(10)
+    two = threading.Thread(target=replica, args=("two",))
+    two.start()
+    second_started.set()
+    one.join(20)
+    two.join(20)
+    (out_one, fresh_one), (out_two, fresh_two) = results["one"], results["two"]
+    assert out_one == out_two and (fresh_one, fresh_two) == (True, False)
+    assert available(inv, "WIDGET") == 7

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from saga_core.database import SQLITE, Connection, Location, dialect
 from saga_core.errors import SagaNotFound, TransitionRefused
 from saga_core.messages import Heartbeat, Held
 from saga_store import SagaState, StepSpec, StepState, liveness, open_store, queries, schema
@@ -23,16 +25,19 @@ NOW = 1_000.0
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> sqlite3.Connection:
-    return open_store(tmp_path / "sagas.db")
+def db(database: Location) -> Iterator[Connection]:
+    """The store, on SQLite and on PostgreSQL: every contract below holds on both."""
+    conn = open_store(database)
+    yield conn
+    conn.close()
 
 
-def new_saga(db: sqlite3.Connection, saga_id: str = "s1") -> str:
+def new_saga(db: Connection, saga_id: str = "s1") -> str:
     t.create_saga(db, saga_id, "test", {"x": 1}, STEPS, NOW, idempotency_key=saga_id)
     return saga_id
 
 
-def running(db: sqlite3.Connection, upto: str | None = None) -> str:
+def running(db: Connection, upto: str | None = None) -> str:
     """A started saga whose steps before ``upto`` completed (``upto`` is running)."""
     sid = new_saga(db)
     t.start_saga(db, sid, NOW)
@@ -43,12 +48,12 @@ def running(db: sqlite3.Connection, upto: str | None = None) -> str:
     return sid
 
 
-def states(db: sqlite3.Connection, sid: str = "s1") -> tuple[str, dict[str, str]]:
+def states(db: Connection, sid: str = "s1") -> tuple[str, dict[str, str]]:
     view = queries.get_saga(db, sid)
     return view.state.value, {s.name: s.state.value for s in view.steps}
 
 
-def snapshot(db: sqlite3.Connection) -> list[tuple]:
+def snapshot(db: Connection) -> list[tuple]:
     return [
         tuple(r)
         for table in ("sagas", "saga_steps", "alerts")
@@ -59,37 +64,38 @@ def snapshot(db: sqlite3.Connection) -> list[tuple]:
 # --- schema -----------------------------------------------------------------------------
 
 
-def test_schema_has_the_designed_columns_and_a_version(db: sqlite3.Connection) -> None:
+def test_schema_has_the_designed_columns_and_a_version(db: Connection) -> None:
     def columns(table: str) -> list[str]:
-        return [r[1] for r in db.execute(f"PRAGMA table_info({table})")]
+        return [d[0] for d in db.execute(f"SELECT * FROM {table} LIMIT 0").description]
 
     assert columns("sagas")[:5] == ["id", "state", "input", "created_at", "updated_at"]
     assert columns("saga_steps")[:5] == ["saga_id", "step_name", "state", "output", "error"]
     assert schema.revision(db) == schema.HEAD
-    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    if dialect(db) == SQLITE:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-def test_schema_refuses_an_unknown_state_word(db: sqlite3.Connection) -> None:
+def test_schema_refuses_an_unknown_state_word(db: Connection) -> None:
     new_saga(db)
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(Exception, match=r"(?i)check constraint"):
         db.execute("UPDATE sagas SET state = 'done' WHERE id = 's1'")
 
 
-def test_migrate_twice_changes_nothing(tmp_path: Path) -> None:
-    open_store(tmp_path / "x.db")
-    assert schema.migrate(open_store(tmp_path / "x.db")) == schema.HEAD
+def test_migrate_twice_changes_nothing(database: Location) -> None:
+    open_store(database).close()
+    assert schema.migrate(open_store(database)) == schema.HEAD
 
 
 # --- create and start -------------------------------------------------------------------
 
 
-def test_create_stores_pending_saga_and_steps(db: sqlite3.Connection) -> None:
+def test_create_stores_pending_saga_and_steps(db: Connection) -> None:
     new_saga(db)
     assert states(db) == ("pending", dict.fromkeys(["a", "b", "c", "mail"], "pending"))
     assert queries.get_saga(db, "s1").input == {"x": 1}
 
 
-def test_create_with_a_known_key_returns_the_first_saga(db: sqlite3.Connection) -> None:
+def test_create_with_a_known_key_returns_the_first_saga(db: Connection) -> None:
     t.create_saga(db, "first", "test", {}, STEPS, NOW, idempotency_key="k")
     assert t.create_saga(db, "second", "test", {}, STEPS, NOW, idempotency_key="k") == (
         "first",
@@ -98,7 +104,7 @@ def test_create_with_a_known_key_returns_the_first_saga(db: sqlite3.Connection) 
     assert db.execute("SELECT COUNT(*) FROM sagas").fetchone()[0] == 1
 
 
-def test_start_runs_and_dispatches_the_first_step(db: sqlite3.Connection) -> None:
+def test_start_runs_and_dispatches_the_first_step(db: Connection) -> None:
     new_saga(db)
     result = t.start_saga(db, "s1", NOW)
     assert result.dispatches == [t.Dispatch("s1", "a", Phase.ACTION, 1)]
@@ -108,7 +114,7 @@ def test_start_runs_and_dispatches_the_first_step(db: sqlite3.Connection) -> Non
     )
 
 
-def test_start_is_refused_once_running(db: sqlite3.Connection) -> None:
+def test_start_is_refused_once_running(db: Connection) -> None:
     running(db, "a")
     before = snapshot(db)
     with pytest.raises(TransitionRefused):
@@ -116,7 +122,7 @@ def test_start_is_refused_once_running(db: sqlite3.Connection) -> None:
     assert snapshot(db) == before
 
 
-def test_unknown_saga_is_named(db: sqlite3.Connection) -> None:
+def test_unknown_saga_is_named(db: Connection) -> None:
     with pytest.raises(SagaNotFound, match="nope"):
         t.start_saga(db, "nope", NOW)
 
@@ -124,7 +130,7 @@ def test_unknown_saga_is_named(db: sqlite3.Connection) -> None:
 # --- steps ------------------------------------------------------------------------------
 
 
-def test_complete_step_starts_the_next_one(db: sqlite3.Connection) -> None:
+def test_complete_step_starts_the_next_one(db: Connection) -> None:
     sid = running(db, "a")
     result = t.complete_step(db, sid, "a", {"id": 1}, NOW)
     assert [d.step for d in result.dispatches] == ["b"]
@@ -132,7 +138,7 @@ def test_complete_step_starts_the_next_one(db: sqlite3.Connection) -> None:
     assert queries.get_saga(db, sid).step("a").output == {"id": 1}
 
 
-def test_completing_the_last_step_completes_the_saga(db: sqlite3.Connection) -> None:
+def test_completing_the_last_step_completes_the_saga(db: Connection) -> None:
     sid = running(db, "mail")
     result = t.complete_step(db, sid, "mail", {}, NOW)
     assert result.saga_state is SagaState.COMPLETED and result.dispatches == []
@@ -140,7 +146,7 @@ def test_completing_the_last_step_completes_the_saga(db: sqlite3.Connection) -> 
 
 
 @pytest.mark.parametrize("step", ["a", "c"])  # a: already completed; c: not started
-def test_outcome_for_a_step_not_running_is_refused(db: sqlite3.Connection, step: str) -> None:
+def test_outcome_for_a_step_not_running_is_refused(db: Connection, step: str) -> None:
     sid = running(db, "b")
     before = snapshot(db)
     with pytest.raises(TransitionRefused):
@@ -150,7 +156,7 @@ def test_outcome_for_a_step_not_running_is_refused(db: sqlite3.Connection, step:
     assert snapshot(db) == before
 
 
-def test_business_failure_compensates_completed_steps_last_first(db: sqlite3.Connection) -> None:
+def test_business_failure_compensates_completed_steps_last_first(db: Connection) -> None:
     sid = running(db, "c")
     result = t.fail_step(db, sid, "c", "declined", business=True, now=NOW)
     assert result.dispatches == [t.Dispatch(sid, "b", Phase.COMPENSATION, 1)]
@@ -171,20 +177,20 @@ def test_business_failure_compensates_completed_steps_last_first(db: sqlite3.Con
     }
 
 
-def test_business_failure_of_the_first_step_ends_compensated(db: sqlite3.Connection) -> None:
+def test_business_failure_of_the_first_step_ends_compensated(db: Connection) -> None:
     sid = running(db, "a")
     result = t.fail_step(db, sid, "a", "unknown SKU", business=True, now=NOW)
     assert result.saga_state is SagaState.COMPENSATED and result.dispatches == []
 
 
-def test_exhausted_step_is_compensated_too(db: sqlite3.Connection) -> None:
+def test_exhausted_step_is_compensated_too(db: Connection) -> None:
     sid = running(db, "b")
     result = t.fail_step(db, sid, "b", "timeout", business=False, now=NOW)
     assert result.dispatches == [t.Dispatch(sid, "b", Phase.COMPENSATION, 1)]
     assert states(db)[1]["b"] == "compensating"
 
 
-def test_best_effort_failure_lets_the_saga_complete(db: sqlite3.Connection) -> None:
+def test_best_effort_failure_lets_the_saga_complete(db: Connection) -> None:
     sid = running(db, "mail")
     result = t.fail_step(db, sid, "mail", "smtp down", business=False, now=NOW)
     assert result.saga_state is SagaState.COMPLETED
@@ -195,7 +201,7 @@ def test_best_effort_failure_lets_the_saga_complete(db: sqlite3.Connection) -> N
 # --- compensations ----------------------------------------------------------------------
 
 
-def test_compensation_outcome_is_refused_unless_in_flight(db: sqlite3.Connection) -> None:
+def test_compensation_outcome_is_refused_unless_in_flight(db: Connection) -> None:
     sid = running(db, "c")
     t.fail_step(db, sid, "c", "declined", business=True, now=NOW)
     before = snapshot(db)
@@ -207,7 +213,7 @@ def test_compensation_outcome_is_refused_unless_in_flight(db: sqlite3.Connection
     assert snapshot(db) == before
 
 
-def test_failed_compensation_alerts_and_the_others_still_run(db: sqlite3.Connection) -> None:
+def test_failed_compensation_alerts_and_the_others_still_run(db: Connection) -> None:
     sid = running(db, "c")
     t.fail_step(db, sid, "c", "declined", business=True, now=NOW)
     result = t.fail_compensation(db, sid, "b", "refund API down", NOW)
@@ -220,7 +226,7 @@ def test_failed_compensation_alerts_and_the_others_still_run(db: sqlite3.Connect
     assert (alert.saga_id, alert.step, alert.error) == (sid, "b", "refund API down")
 
 
-def test_duplicate_compensation_outcome_is_refused(db: sqlite3.Connection) -> None:
+def test_duplicate_compensation_outcome_is_refused(db: Connection) -> None:
     sid = running(db, "b")
     t.fail_step(db, sid, "b", "declined", business=True, now=NOW)
     t.complete_compensation(db, sid, "a", NOW)
@@ -231,22 +237,22 @@ def test_duplicate_compensation_outcome_is_refused(db: sqlite3.Connection) -> No
 # --- lost steps and recovery -------------------------------------------------------------
 
 
-def unheard(db: sqlite3.Connection, now: float, silent_for: float = 10) -> list[tuple[str, str]]:
+def unheard(db: Connection, now: float, silent_for: float = 10) -> list[tuple[str, str]]:
     rows = queries.unheard_steps(db, now, now - silent_for)
     return [(r["saga_id"], r["step_name"]) for r in rows]
 
 
-def lost(db: sqlite3.Connection, sid: str, step: str, now: float) -> t.Transition:
+def lost(db: Connection, sid: str, step: str, now: float) -> t.Transition:
     return t.redispatch_lost(db, sid, step, now, silent_for=10, reason="test")
 
 
-def test_redispatch_is_refused_for_a_step_heard_of_lately(db: sqlite3.Connection) -> None:
+def test_redispatch_is_refused_for_a_step_heard_of_lately(db: Connection) -> None:
     sid = running(db, "a")
     with pytest.raises(TransitionRefused):
         lost(db, sid, "a", NOW + 5)
 
 
-def test_lost_step_is_dispatched_again(db: sqlite3.Connection) -> None:
+def test_lost_step_is_dispatched_again(db: Connection) -> None:
     sid = running(db, "a")
     assert unheard(db, NOW + 11) == [(sid, "a")]
     result = lost(db, sid, "a", NOW + 11)
@@ -256,7 +262,7 @@ def test_lost_step_is_dispatched_again(db: sqlite3.Connection) -> None:
     assert queries.history(db, sid)[-1].note == "test"
 
 
-def test_a_heartbeat_keeps_a_step_from_being_judged_lost(db: sqlite3.Connection) -> None:
+def test_a_heartbeat_keeps_a_step_from_being_judged_lost(db: Connection) -> None:
     sid = running(db, "a")
     assert unheard(db, NOW + 9.5, silent_for=5) == [(sid, "a")]
     beat = Heartbeat("w@h", 7, ("svc",), 1.0, (Held(sid, "a", Phase.ACTION, 1),))
@@ -272,7 +278,7 @@ def test_a_heartbeat_keeps_a_step_from_being_judged_lost(db: sqlite3.Connection)
     assert unheard(db, NOW + 30) == [(sid, "a")]
 
 
-def test_step_is_given_up_after_its_budget_and_compensated(db: sqlite3.Connection) -> None:
+def test_step_is_given_up_after_its_budget_and_compensated(db: Connection) -> None:
     sid = running(db, "b")
     now = NOW
     for _ in range(2):
@@ -287,7 +293,7 @@ def test_step_is_given_up_after_its_budget_and_compensated(db: sqlite3.Connectio
         t.complete_step(db, sid, "b", {}, now + 12)
 
 
-def test_compensation_given_up_raises_an_alert(db: sqlite3.Connection) -> None:
+def test_compensation_given_up_raises_an_alert(db: Connection) -> None:
     sid = running(db, "b")
     t.fail_step(db, sid, "b", "declined", business=True, now=NOW)
     now = NOW
@@ -298,26 +304,26 @@ def test_compensation_given_up_raises_an_alert(db: sqlite3.Connection) -> None:
     assert [a.step for a in queries.alerts(db)] == ["a"]
 
 
-def test_resume_starts_a_pending_saga(db: sqlite3.Connection) -> None:
+def test_resume_starts_a_pending_saga(db: Connection) -> None:
     new_saga(db)
     assert [d.step for d in t.resume_saga(db, "s1", NOW).dispatches] == ["a"]
 
 
-def test_resume_sends_the_in_flight_command_again(db: sqlite3.Connection) -> None:
+def test_resume_sends_the_in_flight_command_again(db: Connection) -> None:
     sid = running(db, "b")
     result = t.resume_saga(db, sid, NOW + 5)
     assert result.dispatches == [t.Dispatch(sid, "b", Phase.ACTION, 1)]
     assert unheard(db, NOW + 11) == []  # heard of at NOW + 5
 
 
-def test_resume_sends_the_in_flight_compensation_again(db: sqlite3.Connection) -> None:
+def test_resume_sends_the_in_flight_compensation_again(db: Connection) -> None:
     sid = running(db, "c")
     t.fail_step(db, sid, "c", "declined", business=True, now=NOW)
     result = t.resume_saga(db, sid, NOW)
     assert result.dispatches == [t.Dispatch(sid, "b", Phase.COMPENSATION, 1)]
 
 
-def test_resume_is_refused_for_a_terminal_saga(db: sqlite3.Connection) -> None:
+def test_resume_is_refused_for_a_terminal_saga(db: Connection) -> None:
     sid = running(db, "a")
     t.fail_step(db, sid, "a", "declined", business=True, now=NOW)
     with pytest.raises(TransitionRefused):
@@ -325,7 +331,7 @@ def test_resume_is_refused_for_a_terminal_saga(db: sqlite3.Connection) -> None:
     assert queries.active_saga_ids(db) == []
 
 
-def test_a_transaction_inside_another_rolls_back_alone(db: sqlite3.Connection) -> None:
+def test_a_transaction_inside_another_rolls_back_alone(db: Connection) -> None:
     from saga_store import transaction
 
     with transaction(db):

@@ -1,0 +1,184 @@
+"""Where a database lives, opening it, and running one transaction on it: SQLite or
+PostgreSQL, behind one small interface.
+
+Every database is named by a URL: ``sqlite:///relative/path.db``,
+``sqlite:////absolute/path.db``, or ``postgresql://user@host:port/dbname``. On
+PostgreSQL a *schema* keeps each owner's tables apart (the saga store in ``saga``, each
+service in its own), so the same table names serve on both.
+
+The code above this module writes SQL once, with ``?`` parameters, and runs it on either:
+a PostgreSQL connection (:mod:`saga_core.postgres`) takes the calls a ``sqlite3``
+connection takes. Where the two differ (a row lock, the write lock), this module says how.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from saga_core import sqlite
+from saga_core.errors import ConfigError, TransientError
+
+SQLITE = "sqlite"
+POSTGRESQL = "postgresql"
+
+#: A row: read by column name or by position (``sqlite3.Row``, or ``saga_core.postgres.Row``).
+Row = Any
+
+#: Errors a caller may meet when the database is busy or away for a moment: try again.
+BUSY: tuple[type[Exception], ...] = (TransientError, sqlite3.OperationalError)
+
+
+class Connection(Protocol):
+    """What the store and the services ask of a connection (``sqlite3.Connection`` is one)."""
+
+    @property
+    def in_transaction(self) -> bool: ...
+
+    def execute(self, sql: str, parameters: Any = ..., /) -> Any: ...
+
+    def executemany(self, sql: str, parameters: Any, /) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Location:
+    """A database: a SQLite file, or a schema in a PostgreSQL database."""
+
+    url: str
+    schema: str = "public"
+
+    @property
+    def dialect(self) -> str:
+        return POSTGRESQL if self.url.startswith(("postgresql:", "postgres:")) else SQLITE
+
+    @property
+    def path(self) -> Path:
+        """The SQLite file."""
+        if self.dialect != SQLITE:
+            raise ConfigError(f"{self} is not a SQLite database")
+        return Path(self.url.removeprefix("sqlite:///"))
+
+    def __str__(self) -> str:
+        if self.dialect == SQLITE:
+            return str(self.path)
+        return f"{redact(self.url)} (schema {self.schema})"
+
+
+def location(target: Location | Path | str, schema: str = "public") -> Location:
+    """``target`` as a :class:`Location`: a URL, a path to a SQLite file, or one already."""
+    if isinstance(target, Location):
+        return target
+    text = str(target)
+    if isinstance(target, Path) or "://" not in text:
+        return Location(f"sqlite:///{text}")
+    if not text.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        raise ConfigError(
+            f"unsupported database URL {redact(text)!r}: use sqlite:///PATH or postgresql://..."
+        )
+    return Location(text, schema)
+
+
+def redact(url: str) -> str:
+    """``url`` without its password, for logs and errors."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
+
+
+def connect(target: Location | Path | str, readonly: bool = False) -> Connection:
+    """Open the database at ``target`` (creating a SQLite file, or a PostgreSQL schema,
+    where there is none yet)."""
+    where = location(target)
+    if where.dialect == SQLITE:
+        return sqlite.connect(where.path, readonly=readonly)
+    from saga_core import postgres
+
+    return postgres.connect(where.url, where.schema)
+
+
+def missing_table(exc: BaseException) -> bool:
+    """Whether ``exc`` says a table (or the schema holding it) is not there."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return "no such table" in str(exc)
+    return getattr(exc, "sqlstate", None) == "42P01"  # PostgreSQL's undefined_table
+
+
+def dialect(conn: Connection) -> str:
+    return SQLITE if isinstance(conn, sqlite3.Connection) else POSTGRESQL
+
+
+def for_update(conn: Connection, skip_locked: bool = False) -> str:
+    """The clause that row-locks what a ``SELECT`` reads, until the transaction ends: none
+    on SQLite, where a write transaction holds the whole database already.
+    ``skip_locked`` leaves out rows another transaction holds, instead of waiting."""
+    if dialect(conn) == SQLITE:
+        return ""
+    return " FOR UPDATE SKIP LOCKED" if skip_locked else " FOR UPDATE"
+
+
+def advisory_number(namespace: str, key: str) -> int:
+    """A PostgreSQL advisory lock's number for ``key`` (64 bits of its hash, signed), apart
+    for each ``namespace``."""
+    digest = hashlib.sha256(f"{namespace}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def lock_key(conn: Connection, namespace: str, key: str) -> None:
+    """Hold ``key`` until the transaction ends, against every other transaction that
+    locks it: the rows of a key that does not exist yet cannot be locked. Nothing to do on
+    SQLite, where a write transaction holds the whole database."""
+    if dialect(conn) != SQLITE:
+        conn.execute("SELECT pg_advisory_xact_lock(?)", (advisory_number(namespace, key),))
+
+
+def marks(values: Sequence[Any]) -> str:
+    """``?, ?, ?``: one parameter per value, for ``IN (...)``."""
+    return ", ".join("?" * len(values))
+
+
+@contextmanager
+def transaction(conn: Connection) -> Iterator[Connection]:
+    """One write transaction: committed when the block ends, rolled back if it raises.
+
+    On SQLite it takes the database's write lock up front (``BEGIN IMMEDIATE``), so two
+    writers never deadlock on a lock upgrade; on PostgreSQL each transition locks the rows
+    it changes instead (:func:`for_update`). Inside another transaction it is a savepoint:
+    rolled back alone if it raises, committed with the enclosing transaction.
+    """
+    if conn.in_transaction:
+        with _savepoint(conn):
+            yield conn
+        return
+    try:
+        conn.execute("BEGIN IMMEDIATE" if dialect(conn) == SQLITE else "BEGIN")
+    except sqlite3.OperationalError as exc:
+        raise TransientError(f"database busy: {exc}") from exc
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    else:
+        conn.execute("COMMIT")
+
+
+@contextmanager
+def _savepoint(conn: Connection) -> Iterator[None]:
+    conn.execute("SAVEPOINT step")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK TO SAVEPOINT step")
+        conn.execute("RELEASE SAVEPOINT step")
+        raise
+    else:
+        conn.execute("RELEASE SAVEPOINT step")
