@@ -7,7 +7,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 RUN for p in saga_core saga_store workers saga_faults orchestrator saga_tools; do \
         mkdir "$p" && touch "$p/__init__.py"; done \
-    && pip install --no-cache-dir ".[flower]" && pip uninstall -y -q order-saga \
+    && pip install --no-cache-dir ".[flower,postgres]" && pip uninstall -y -q order-saga \
     && rm -rf saga_core saga_store workers saga_faults orchestrator saga_tools build *.egg-info
 COPY saga_core ./saga_core
 COPY saga_store ./saga_store

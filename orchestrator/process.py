@@ -38,7 +38,7 @@ from saga_core.broker import QueueDepth
 from saga_core.celery_app import direct, make_app, publish_task
 from saga_core.config import ORCHESTRATOR_QUEUE, Settings
 from saga_core.database import BUSY
-from saga_core.errors import BrokerUnavailable, MalformedMessage
+from saga_core.errors import BrokerUnavailable, DatabaseUnavailable, MalformedMessage
 from saga_core.messages import (
     HEARTBEAT_TASK,
     OUTCOME_TASK,
@@ -159,8 +159,9 @@ class Orchestrator:
                 BatchPublishError,
                 *connection.connection_errors,
                 *connection.channel_errors,
+                DatabaseUnavailable,  # at start-up: recovery needs the store
             ) as exc:
-                log.warning("broker unreachable (%s); reconnecting in %.1fs", exc, delay)
+                log.warning("broker or store unreachable (%s); again in %.1fs", exc, delay)
                 self._stopping.wait(delay)
                 delay = min(delay * 2, 10.0)
             finally:

@@ -100,8 +100,12 @@ def connect(target: Location | Path | str, readonly: bool = False) -> Connection
     where = location(target)
     if where.dialect == SQLITE:
         return sqlite.connect(where.path, readonly=readonly)
-    from saga_core import postgres
-
+    try:
+        from saga_core import postgres
+    except ImportError as exc:
+        raise ConfigError(
+            f"{where} needs the PostgreSQL driver: pip install 'order-saga[postgres]' ({exc})"
+        ) from None
     return postgres.connect(where.url, where.schema)
 
 

@@ -33,6 +33,10 @@ class TransientError(SagaError):
     retryable = True
 
 
+class DatabaseUnavailable(TransientError):
+    """The database does not answer: down, restarting, or failing over to a standby."""
+
+
 class BrokerUnavailable(TransientError):
     """The broker did not take a message: it is down or unreachable."""
 

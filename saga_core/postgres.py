@@ -20,7 +20,7 @@ import psycopg
 from psycopg.pq import TransactionStatus
 from psycopg.types.string import TextLoader
 
-from saga_core.errors import ConfigError, TransientError
+from saga_core.errors import ConfigError, DatabaseUnavailable, TransientError
 
 CONNECT_TIMEOUT = 10
 
@@ -84,7 +84,7 @@ class PgConnection:
                 row_factory=_row_factory,
             )
         except psycopg.OperationalError as exc:
-            raise TransientError(f"cannot connect to PostgreSQL: {exc}") from exc
+            raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
         except psycopg.ProgrammingError as exc:  # a URL psycopg cannot read
             raise ConfigError(f"bad PostgreSQL URL: {exc}") from exc
         for json_type in ("json", "jsonb"):
@@ -110,10 +110,9 @@ class PgConnection:
         if sql == "ROLLBACK" and (self._conn is None or self._conn.closed):
             return None  # the connection broke in the transaction: nothing to roll back
         try:
-            return self.connection.execute(_placeholders(sql), parameters or None)
+            return self.connection.execute(_placeholders(sql), parameters)
         except psycopg.OperationalError as exc:
-            self._drop_if_broken()
-            raise TransientError(f"PostgreSQL: {exc}") from exc
+            raise self._failure(exc) from exc
 
     def executemany(self, sql: str, parameters: Sequence[Sequence[Any]], /) -> Any:
         try:
@@ -121,17 +120,20 @@ class PgConnection:
             cursor.executemany(_placeholders(sql), parameters)
             return cursor
         except psycopg.OperationalError as exc:
-            self._drop_if_broken()
-            raise TransientError(f"PostgreSQL: {exc}") from exc
+            raise self._failure(exc) from exc
+
+    def _failure(self, exc: psycopg.OperationalError) -> TransientError:
+        """A lost connection (dropped, to open another next time) says the server is away;
+        anything else of the kind (a deadlock, a serialization failure) is a passing fault."""
+        if self._conn is not None and self._conn.broken:
+            self._conn.close()
+            self._conn = None
+            return DatabaseUnavailable(f"PostgreSQL went away: {exc}")
+        return TransientError(f"PostgreSQL: {exc}")
 
     def pipeline(self) -> Any:
         """Statements sent without waiting for each one's answer, until a result is read."""
         return self.connection.pipeline()
-
-    def _drop_if_broken(self) -> None:
-        if self._conn is not None and self._conn.broken:
-            self._conn.close()
-            self._conn = None
 
     def close(self) -> None:
         if self._conn is not None:

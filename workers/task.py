@@ -13,6 +13,7 @@ and tests drive it directly.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,12 @@ from celery import Celery, Task
 from saga_core.celery_app import direct
 from saga_core.config import ORCHESTRATOR_QUEUE, Settings
 from saga_core.database import BUSY
-from saga_core.errors import BusinessError, MalformedCommand, MalformedMessage
+from saga_core.errors import (
+    BusinessError,
+    DatabaseUnavailable,
+    MalformedCommand,
+    MalformedMessage,
+)
 from saga_core.messages import OUTCOME_TASK, Command, Outcome, Phase, Status
 from saga_core.middleware import Middleware
 from workers import ledger
@@ -37,6 +43,11 @@ class Retry:
 
     countdown: float
     error: Exception
+
+
+#: Seconds a run waits for its service's database to answer again before it counts as a
+#: failed try.
+DATABASE_WAIT = 60.0
 
 
 class StepRunner:
@@ -95,6 +106,23 @@ class StepRunner:
             ledger.end_delivery(db, command.key, command.operation)
 
     def _run(self, command: Command, tries: int) -> Outcome | Retry:
+        """Run the command; while the service's database does not answer, wait for it
+        (up to ``DATABASE_WAIT``) instead of spending the step's retries: the step is held,
+        so its heartbeats keep it from being sent again, and a failover of a few seconds
+        costs those seconds, not the saga."""
+        deadline = time.monotonic() + DATABASE_WAIT
+        while True:
+            try:
+                return self._run_once(command, tries)
+            except DatabaseUnavailable as exc:
+                if time.monotonic() > deadline:
+                    return self._retry_or_give_up(command, tries, exc)
+                log.warning(
+                    "%s: %s; waiting for it", command.operation, exc, extra=context(command, tries)
+                )
+                time.sleep(1.0)  # the server's own pace: a restart or a failover
+
+    def _run_once(self, command: Command, tries: int) -> Outcome | Retry:
         op = command.operation
         try:
             for m in self.middleware:
@@ -112,6 +140,8 @@ class StepRunner:
         except BusinessError as exc:
             log.info("%s refused: %s", op, exc.message, extra=context(command, tries))
             return command.answer(Status.REJECTED, tries + 1, error=exc.message)
+        except DatabaseUnavailable:
+            raise
         except BUSY as exc:
             return self._retry_or_give_up(command, tries, exc)
         except Exception as exc:
