@@ -76,17 +76,25 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-def postgres_pids() -> list[int]:
-    """The PostgreSQL server's processes on this machine (its backends among them)."""
-    pids = []
+def postgres_cpu_seconds() -> float:
+    """CPU the PostgreSQL server on this machine has used: its postmaster's own and its
+    ended children's (``cutime``, ``cstime``), and its live children's, so backends that
+    come and go during a run are counted."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "comm").read_text().strip() in ("postgres", "postmaster"):
-                    pids.append(int(entry.name))
-            except OSError:
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() not in ("postgres", "postmaster"):
                 continue
-    return pids
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+        if int(fields[1]) == 1 or (entry / "cmdline").read_bytes().count(b"-D"):
+            total += (int(fields[13]) + int(fields[14])) / tick  # the postmaster
+    return total
 
 
 def scaling(
@@ -112,11 +120,13 @@ def scaling(
                 procs = {
                     "orchestrators": [c.pid for c in cluster.orchestrators],
                     "workers": [c.pid for c in cluster.workers.values()],
-                    "postgresql": postgres_pids() if url else [],
                 }
                 before = {k: cpu_seconds(v) for k, v in procs.items()}
+                pg_before = postgres_cpu_seconds()
                 run = sagas.run("sat", count)
                 spent = {k: cpu_seconds(v) - before[k] for k, v in procs.items()}
+                if url:
+                    spent["postgresql"] = postgres_cpu_seconds() - pg_before
             finally:
                 stop_all(cluster.children)
         finally:
@@ -124,8 +134,7 @@ def scaling(
                 postgres.drop_database(url)
         row = {"database": db, "orchestrators": n, "sagas_per_second": round(run.per_second, 1)}
         for kind, seconds in spent.items():
-            if procs[kind]:
-                row[f"{kind}_cpu_ms_per_saga"] = round(seconds * 1000 / max(run.count, 1), 2)
+            row[f"{kind}_cpu_ms_per_saga"] = round(seconds * 1000 / max(run.count, 1), 2)
         rows.append(row)
         print(json.dumps(row), flush=True)
         shutil.rmtree(s.data_dir, ignore_errors=True)

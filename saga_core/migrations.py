@@ -100,12 +100,14 @@ def _engine(conn: Connection) -> tuple[Any, str]:
     import sqlalchemy
 
     if database.dialect(conn) == database.POSTGRESQL:
+        from saga_core import postgres
+
         url, schema = conn.url, conn.schema  # type: ignore[attr-defined]
         engine = sqlalchemy.create_engine(
             url.replace("postgresql://", "postgresql+psycopg://", 1).replace(
                 "postgres://", "postgresql+psycopg://", 1
             ),
-            connect_args={"options": f"-c search_path={schema}"},
+            connect_args={"options": postgres.options(schema)},
             poolclass=sqlalchemy.pool.NullPool,
         )
 

@@ -62,6 +62,12 @@ def _placeholders(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
 
 
+def options(schema: str) -> str:
+    """A connection's settings: its schema, and text as UTF-8 whatever the database's own
+    encoding (psycopg hands over bytes from a SQL_ASCII database)."""
+    return f"-c search_path={schema} -c client_encoding=UTF8"
+
+
 def connect(url: str, schema: str) -> PgConnection:
     return PgConnection(url, schema)
 
@@ -80,7 +86,7 @@ class PgConnection:
                 self.url,
                 autocommit=True,
                 connect_timeout=CONNECT_TIMEOUT,
-                options=f"-c search_path={self.schema}",
+                options=options(self.schema),
                 row_factory=_row_factory,
             )
         except psycopg.OperationalError as exc:

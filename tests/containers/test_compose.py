@@ -1,6 +1,8 @@
 """The compose stack as its README section runs it: up, healthy, an order through the API,
 a worker container SIGKILLed and restarted by its policy, every saga ended, a clean audit,
-metrics and Flower read from the host, down."""
+metrics and Flower read from the host, down. Twice: on the data volume's SQLite files, and
+with the postgres profile (every database in PostgreSQL, two payment workers on one
+ledger)."""
 
 from __future__ import annotations
 
@@ -47,7 +49,13 @@ def compose_command() -> list[str]:
 class Stack:
     """One compose project of this file, driven by ``command`` (v1 or v2) and ``client``."""
 
-    def __init__(self, project: str, command: list[str], client: docker.DockerClient):
+    def __init__(
+        self,
+        project: str,
+        command: list[str],
+        client: docker.DockerClient,
+        database_url: str = "",
+    ):
         self.project, self.command, self.docker = project, command, client
         self.ports = {name: free_port() for name in ("api", "metrics", "flower", "rabbitmq_ui")}
         self.env = {
@@ -58,6 +66,7 @@ class Stack:
             "SAGA_FLOWER_PORT": str(self.ports["flower"]),
             "SAGA_RABBITMQ_UI_PORT": str(self.ports["rabbitmq_ui"]),
             "SAGA_BROKER_URL": "redis://redis:6379/0",
+            "SAGA_DATABASE_URL": database_url,
         }
 
     def compose(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -67,6 +76,10 @@ class Stack:
         )
 
     def container(self, service: str) -> Any:
+        """The service's container (its first, where it runs several)."""
+        return self.containers(service)[0]
+
+    def containers(self, service: str) -> list[Any]:
         found = self.docker.containers.list(
             all=True,
             filters={
@@ -76,12 +89,16 @@ class Stack:
                 ]
             },
         )
-        assert len(found) == 1, f"{service}: {found}"
-        return found[0]
+        assert found, f"no container of {service}"
+        return sorted(found, key=lambda c: c.name)
 
     def health(self, service: str) -> str:
-        c = self.container(service)
-        return str(c.attrs["State"].get("Health", {}).get("Status", "none"))
+        """``healthy`` where every container of the service is, else the first other word."""
+        words = {
+            c.attrs["State"].get("Health", {}).get("Status", "none")
+            for c in self.containers(service)
+        }
+        return "healthy" if words == {"healthy"} else str(sorted(words - {"healthy"})[0])
 
     def http(self, port: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
@@ -108,29 +125,41 @@ def _down_leftovers(command: list[str], client: docker.DockerClient) -> None:
         if project.startswith(PROJECT_PREFIX):
             pid = int(project[len(PROJECT_PREFIX) :].split("x")[0] or 0)
             if not _alive(pid):
-                Stack(project, command, client).compose("down", "-v", check=False)
+                Stack(project, command, client).compose(
+                    "--profile", "postgres", "down", "-v", check=False
+                )
 
 
-@pytest.fixture
-def stack(docker_client: docker.DockerClient) -> Iterator[Stack]:
+#: The postgres profile's database, as the compose file's header says to name it.
+POSTGRES_URL = "postgresql://postgres:saga@postgres:5432/postgres"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def stack(request: pytest.FixtureRequest, docker_client: docker.DockerClient) -> Iterator[Stack]:
     command = compose_command()
     _down_leftovers(command, docker_client)
-    stack = Stack(f"{PROJECT_PREFIX}{os.getpid()}x{uuid.uuid4().hex[:6]}", command, docker_client)
+    on_postgres = request.param == "postgres"
+    project = f"{PROJECT_PREFIX}{os.getpid()}x{uuid.uuid4().hex[:6]}"
+    stack = Stack(project, command, docker_client, POSTGRES_URL if on_postgres else "")
     try:
-        stack.compose("up", "-d", "--no-build")
+        if on_postgres:
+            stack.compose("--profile", "postgres", "up", "-d", "--no-build", "--scale", "payment=2")
+        else:
+            stack.compose("up", "-d", "--no-build")
         yield stack
     finally:
         logs = stack.compose("logs", "--no-color", "--tail", "60", check=False)
         print(logs.stdout[-20000:])  # shown by pytest only when the test failed
-        stack.compose("down", "-v", check=False)
+        stack.compose("--profile", "postgres", "down", "-v", check=False)
 
 
 def test_the_compose_stack_runs_orders_through_a_worker_crash(stack: Stack) -> None:
     # Every long-running service turns healthy, its check asking what it is for
+    long_running = LONG_RUNNING + (("postgres",) if stack.env["SAGA_DATABASE_URL"] else ())
     wait_for(
-        lambda: all(stack.health(s) == "healthy" for s in LONG_RUNNING),
+        lambda: all(stack.health(s) == "healthy" for s in long_running),
         150,
-        "every service to be healthy: " + ", ".join(f"{s} {stack.health(s)}" for s in LONG_RUNNING),
+        "every service to be healthy: " + ", ".join(f"{s} {stack.health(s)}" for s in long_running),
     )
     assert stack.container("stock").attrs["State"]["ExitCode"] == 0
     # An order through the API completes (the shop was stocked by the one-shot service)
