@@ -159,15 +159,20 @@ class Orchestrator:
                 BatchPublishError,
                 *connection.connection_errors,
                 *connection.channel_errors,
-                DatabaseUnavailable,  # at start-up: recovery needs the store
             ) as exc:
-                log.warning("broker or store unreachable (%s); again in %.1fs", exc, delay)
-                self._stopping.wait(delay)
-                delay = min(delay * 2, 10.0)
+                delay = self._back_off("broker", exc, delay)
+            except DatabaseUnavailable as exc:  # at start-up: recovery needs the store
+                delay = self._back_off("store", exc, delay)
             finally:
                 self._messages.clear()  # unacknowledged: the broker delivers them again
                 with contextlib.suppress(Exception):
                     connection.release()
+
+    def _back_off(self, what: str, exc: Exception, delay: float) -> float:
+        """Wait ``delay`` seconds after ``what`` did not answer; returns the next delay."""
+        log.warning("%s unreachable (%s); reconnecting in %.1fs", what, exc, delay)
+        self._stopping.wait(delay)
+        return min(delay * 2, 10.0)
 
     def _serve(self, connection: Connection) -> None:
         connection.ensure_connection(max_retries=1)

@@ -196,7 +196,7 @@ class Unit:
 
     def add(self, saga: SagaRecord, created_at: str, idempotency_key: str | None) -> None:
         """A new saga, inserted at the end (as the unit's transitions leave it)."""
-        if saga.id in self._sagas:
+        if self._sagas.get(saga.id) is not None:
             raise ValueError(f"a saga with id {saga.id!r} exists already")
         self._sagas[saga.id] = saga
         self._new[saga.id] = (created_at, idempotency_key)

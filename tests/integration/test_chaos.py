@@ -62,12 +62,14 @@ def test_short_chaos_run_ends_with_a_clean_audit(settings: Settings) -> None:
 
 @pytest.mark.timeout(120)
 def test_interrupted_chaos_leaves_no_process_behind(settings: Settings) -> None:
-    proc = subprocess.Popen(
-        saga_command("chaos", "--orders", "100000", "--rate", "20"),
-        env={**os.environ, **settings.to_env()},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    output = settings.data_dir.parent / "chaos-output.log"  # beside its data dir: kept
+    with open(output, "wb") as sink:
+        proc = subprocess.Popen(
+            saga_command("chaos", "--orders", "100000", "--rate", "20"),
+            env={**os.environ, **settings.to_env(), "SAGA_LOG_LEVEL": "INFO"},
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
     try:
         orchestrator_log = settings.data_dir / "chaos" / "logs" / "orchestrator.log"
         wait_for(
@@ -81,4 +83,5 @@ def test_interrupted_chaos_leaves_no_process_behind(settings: Settings) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+        print(output.read_text(errors="replace")[-6000:])  # shown by pytest only on failure
     wait_for(lambda: not processes_using(settings.data_dir), 10, "every child to be gone")

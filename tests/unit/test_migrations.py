@@ -95,6 +95,7 @@ def test_a_store_from_before_alembic_is_upgraded_with_its_sagas(
                 130.0 if position == 0 else None,
             ),
         )
+    old.execute("INSERT INTO counters (name, value) VALUES ('sagas_started', 7)")
     old.close()
     # When this release opens it
     db = open_store(path)
@@ -108,6 +109,8 @@ def test_a_store_from_before_alembic_is_upgraded_with_its_sagas(
         assert heard == 100.0
     t.complete_step(db, "s1", SPECS[0].name, {"ok": True}, 200.0)
     assert queries.get_saga(db, "s1").step(SPECS[1].name).state.value == "running"
+    t.count(db, "sagas_started")  # counted in a shard of this process's, added up when read
+    assert queries.counters(db)["sagas_started"] == 8
     assert open_reader(path).execute("SELECT COUNT(*) FROM sagas").fetchone()[0] == 1
 
 
