@@ -116,7 +116,7 @@ def scaling(
             cluster.start()
             try:
                 sagas = SagaRunner(s)
-                sagas.run("warm", 20)
+                sagas.run("warm", min(20, count))
                 procs = {
                     "orchestrators": [c.pid for c in cluster.orchestrators],
                     "workers": [c.pid for c in cluster.workers.values()],

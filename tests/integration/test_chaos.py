@@ -69,6 +69,9 @@ def test_interrupted_chaos_leaves_no_process_behind(settings: Settings) -> None:
             env={**os.environ, **settings.to_env(), "SAGA_LOG_LEVEL": "INFO"},
             stdout=sink,
             stderr=subprocess.STDOUT,
+            # As from a terminal: a run started in the background (`cmd &`) inherits SIGINT
+            # ignored, and Python then never turns it into KeyboardInterrupt.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
     try:
         orchestrator_log = settings.data_dir / "chaos" / "logs" / "orchestrator.log"
