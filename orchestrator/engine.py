@@ -87,6 +87,13 @@ class Engine:
             conn = self._local.conn = open_store(self.settings.store())
         return conn
 
+    def close(self) -> None:
+        """Close this thread's connection to the store (opened again on next use)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            self._local.conn = None
+            conn.close()
+
     # --- entry points -----------------------------------------------------------------------
 
     def submit(

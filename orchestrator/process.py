@@ -176,25 +176,31 @@ class Orchestrator:
 
     def _serve(self, connection: Connection) -> None:
         connection.ensure_connection(max_retries=1)
-        depth = QueueDepth(self.settings.broker_url, [])
-        publisher = BatchPublisher(self.app, self.settings, connection)
-        self._producer = publisher.producer
-        engine = Engine(
-            self.settings,
-            DEFINITIONS,
-            publisher,
-            middleware=self.middleware,
-            queue_depth=lambda service: depth.of(self.settings.queue(service)),
-        )
-        engine.recover()
-        consumer = Consumer(
-            connection.default_channel,
-            queues=[self.queue],
-            on_message=self._received,
-            prefetch_count=self.batch_size,
-            accept=["json"],
-        )
-        with consumer:
+        # Each connection to the broker serves with a store connection and a queue-depth
+        # client of its own, closed with it (a reconnect would otherwise leak them).
+        with contextlib.ExitStack() as closing:
+            depth = QueueDepth(self.settings.broker_url, [])
+            closing.callback(depth.close)
+            publisher = BatchPublisher(self.app, self.settings, connection)
+            self._producer = publisher.producer
+            engine = Engine(
+                self.settings,
+                DEFINITIONS,
+                publisher,
+                middleware=self.middleware,
+                queue_depth=lambda service: depth.of(self.settings.queue(service)),
+            )
+            closing.callback(engine.close)
+            engine.recover()
+            closing.enter_context(
+                Consumer(
+                    connection.default_channel,
+                    queues=[self.queue],
+                    on_message=self._received,
+                    prefetch_count=self.batch_size,
+                    accept=["json"],
+                )
+            )
             log.info("orchestrator ready on %s", self.queue.name)
             while not self._stopping.is_set():
                 self._fill(connection, wait=self.settings.sweep_interval)

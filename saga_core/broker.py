@@ -84,6 +84,14 @@ class QueueDepth:
             self.connection = None
             return None
 
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            if self.client is not None:
+                self.client.close()
+            if self.connection is not None:
+                self.connection.release()
+        self.connection = None
+
 
 def purge(url: str, queues: list[str]) -> None:
     """Empty ``queues`` (those that exist)."""
