@@ -26,7 +26,7 @@ from bench import store
 from bench.chain import build
 from bench.chain import queue as chain_queue
 from bench.workload import ChainRunner, Run, SagaRunner, order
-from saga_core import broker, config
+from saga_core import broker, config, database
 from saga_core.config import SERVICES, Settings
 from saga_core.database import Connection, Location
 from saga_core.processes import children_of, wait_for
@@ -338,16 +338,6 @@ def growth(settings: Settings, fills: list[int], count: int) -> list[dict[str, A
     return rows
 
 
-def _postgres_answers(url: str) -> bool:
-    try:
-        import psycopg
-
-        psycopg.connect(url, connect_timeout=3).close()
-    except Exception:
-        return False
-    return True
-
-
 def store_rates(data_dir: Path, postgres_url: str, sagas: int) -> dict[str, Any]:
     """Store transitions per second on SQLite and on PostgreSQL: one per transaction (as a
     client's submission), and as the orchestrator applies them (batches of 200)."""
@@ -357,8 +347,9 @@ def store_rates(data_dir: Path, postgres_url: str, sagas: int) -> dict[str, Any]
         ),
         "sqlite_batched": round(store.batched_transitions_per_second(data_dir / "t2.db", sagas)),
     }
-    if not _postgres_answers(postgres_url):
-        rates["postgresql"] = {"skipped": f"no PostgreSQL answers at {postgres_url}"}
+    why_not = database.unreachable(postgres_url)
+    if why_not:
+        rates["postgresql"] = {"skipped": why_not}
         return rates
     from saga_core import postgres
 
@@ -437,13 +428,14 @@ def main(argv: list[str] | None = None) -> int:
                 results["kill"]["rabbitmq"] = {"skipped": f"no RabbitMQ answers at {args.amqp_url}"}
             print(json.dumps(results["kill"], indent=2), flush=True)
         if "scaling" not in skip:
-            if _postgres_answers(args.postgres_url):
+            why_not = database.unreachable(args.postgres_url)
+            if why_not:
+                results["scaling"] = {"skipped": why_not}
+            else:
                 orchestrators = [int(n) for n in args.orchestrators.split(",") if n]
                 results["scaling"] = scaling(
                     settings, args.postgres_url, args.scaling_count, orchestrators
                 )
-            else:
-                results["scaling"] = {"skipped": f"no PostgreSQL answers at {args.postgres_url}"}
         if "growth" not in skip:
             fills = [int(x) for x in args.fill.split(",") if x]
             results["growth"] = growth(settings, fills, args.growth_count)

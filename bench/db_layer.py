@@ -185,8 +185,10 @@ def psycopg_layer(url: str, schema: str) -> Iterator[Callable[[], Any]]:
 def sqlalchemy_layer(url: str, schema: str) -> Iterator[Callable[[], Any]]:
     import sqlalchemy
 
+    from saga_core import postgres
+
     engine = sqlalchemy.create_engine(
-        url.replace("postgresql://", "postgresql+psycopg://", 1),
+        postgres.sqlalchemy_url(url),
         connect_args={"options": f"-c search_path={schema}"},
     )
     conn = engine.connect()

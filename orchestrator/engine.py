@@ -24,7 +24,7 @@ from saga_core.errors import BrokerUnavailable, InvalidOrder, SagaNotFound, Tran
 from saga_core.messages import Command, Heartbeat, Outcome, Phase, Status
 from saga_core.middleware import Middleware
 from saga_store import liveness, open_store, queries, transitions
-from saga_store.models import Actor, Dispatch, SagaState, SagaView, iso
+from saga_store.models import Actor, Dispatch, SagaState, SagaView, StepSpec, iso
 from saga_store.transitions import Transition
 
 log = logging.getLogger("saga.orchestrator")
@@ -107,21 +107,20 @@ class Engine:
         take the first command costs nothing but time: the saga is stored and started, and
         the command goes out when the orchestrator finds the broker again (``sent`` false).
         """
-        saga_def = self.definitions[definition]
-        saga_input, key = saga_def.prepare(document)
+        saga_input, key = self._prepare(definition, document)
         saga_id, created = transitions.create_saga(
             self.db,
             uuid.uuid4().hex,
             definition,
             saga_input,
-            saga_def.specs(self.settings.step_timeout, self.settings.max_dispatches),
+            self._specs(definition),
             self.clock(),
-            idempotency_key=f"{definition}:{key}",
+            idempotency_key=key,
             request_key=request_key,
         )
         if not created:
             return Submitted(saga_id, created=False, sent=True)
-        log.info("saga %s started for %s %s", saga_id, definition, key, extra={"saga_id": saga_id})
+        log.info("saga %s started for %s", saga_id, key, extra={"saga_id": saga_id})
         try:
             started = transitions.start_saga(self.db, saga_id, self.clock())
         except TransitionRefused:  # recovery started it first
@@ -132,17 +131,15 @@ class Engine:
         """Store and start a batch of submissions in one store transaction, then send their
         first commands together (the orchestrator's path; ``submit`` is a client's). An
         invalid document is logged and left out; the others go on."""
-        saga_def = self.definitions[definition]
         prepared = []
         for document in documents:
             try:
-                saga_input, key = saga_def.prepare(document)
+                prepared.append(self._prepare(definition, document))
             except InvalidOrder as exc:
                 log.error("refused a submitted order: %s", exc)
-                continue
-            prepared.append((saga_input, f"{definition}:{key}"))
-        specs = saga_def.specs(self.settings.step_timeout, self.settings.max_dispatches)
-        submitted, started = [], []
+        specs = self._specs(definition)
+        submitted: list[Submitted] = []
+        started: list[tuple[str, Transition]] = []
         with transitions.batch(self.db, []) as unit:
             unit.prefetch_keys(key for _, key in prepared)
             now = self.clock()
@@ -152,11 +149,24 @@ class Engine:
                 )
                 submitted.append(Submitted(saga_id, created, sent=True))
                 if created:
-                    started.append(transitions.start_saga(unit, saga_id, now))
-        for result in started:
-            log.info("saga %s started", result.saga_id, extra={"saga_id": result.saga_id})
-        self._send(started)
+                    started.append((key, transitions.start_saga(unit, saga_id, now)))
+        for key, result in started:
+            log.info(
+                "saga %s started for %s", result.saga_id, key, extra={"saga_id": result.saga_id}
+            )
+        self._send(result for _, result in started)
         return submitted
+
+    def _prepare(self, definition: str, document: Any) -> tuple[Any, str]:
+        """``document`` validated (``InvalidOrder``): the saga's input, and the key the
+        store knows it by (the definition's name and the document's own key)."""
+        saga_input, key = self.definitions[definition].prepare(document)
+        return saga_input, f"{definition}:{key}"
+
+    def _specs(self, definition: str) -> list[StepSpec]:
+        return self.definitions[definition].specs(
+            self.settings.step_timeout, self.settings.max_dispatches
+        )
 
     def handle_outcome(self, outcome: Outcome) -> bool:
         """Apply one step's outcome; returns False for a duplicate or late one, which

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -57,6 +57,12 @@ class Location:
     @property
     def dialect(self) -> str:
         return POSTGRESQL if self.url.startswith(("postgresql:", "postgres:")) else SQLITE
+
+    @property
+    def absent(self) -> bool:
+        """A SQLite file not made yet (nothing ever ran there); a PostgreSQL schema may
+        be absent too, but that takes asking the server."""
+        return self.dialect == SQLITE and not self.path.exists()
 
     @property
     def path(self) -> Path:
@@ -109,6 +115,17 @@ def connect(target: Location | Path | str, readonly: bool = False) -> Connection
     return postgres.connect(where.url, where.schema)
 
 
+def unreachable(url: str, timeout: int = 3) -> str | None:
+    """Why the PostgreSQL server at ``url`` does not answer (None: it does)."""
+    try:
+        import psycopg
+
+        psycopg.connect(url, connect_timeout=timeout).close()
+    except Exception as exc:
+        return f"no PostgreSQL answers at {redact(url)}: {exc}"
+    return None
+
+
 def missing_table(exc: BaseException) -> bool:
     """Whether ``exc`` says a table (or the schema holding it) is not there."""
     if isinstance(exc, sqlite3.OperationalError):
@@ -142,6 +159,12 @@ def lock_key(conn: Connection, namespace: str, key: str) -> None:
     SQLite, where a write transaction holds the whole database."""
     if dialect(conn) != SQLITE:
         conn.execute("SELECT pg_advisory_xact_lock(?)", (advisory_number(namespace, key),))
+
+
+def pipeline(conn: Connection) -> AbstractContextManager[Any]:
+    """Statements sent together, each answer read when needed (PostgreSQL: one round trip
+    for what is sent before a result is read); on SQLite, nothing to gain."""
+    return conn.pipeline() if dialect(conn) != SQLITE else nullcontext()  # type: ignore[attr-defined]
 
 
 def marks(values: Sequence[Any]) -> str:

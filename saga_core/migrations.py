@@ -104,9 +104,7 @@ def _engine(conn: Connection) -> tuple[Any, str]:
 
         url, schema = conn.url, conn.schema  # type: ignore[attr-defined]
         engine = sqlalchemy.create_engine(
-            url.replace("postgresql://", "postgresql+psycopg://", 1).replace(
-                "postgres://", "postgresql+psycopg://", 1
-            ),
+            postgres.sqlalchemy_url(url),
             connect_args={"options": postgres.options(schema)},
             poolclass=sqlalchemy.pool.NullPool,
         )

@@ -68,6 +68,11 @@ def options(schema: str) -> str:
     return f"-c search_path={schema} -c client_encoding=UTF8"
 
 
+def sqlalchemy_url(url: str) -> str:
+    """``url`` as SQLAlchemy names it with psycopg 3 as the driver."""
+    return "postgresql+psycopg://" + url.partition("://")[2]
+
+
 def connect(url: str, schema: str) -> PgConnection:
     return PgConnection(url, schema)
 

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from saga_core.periodic import Periodic
+
 T = TypeVar("T")
 
 log = logging.getLogger("saga.processes")
@@ -44,8 +46,6 @@ def exit_with_parent(parent_pid: int, interval: float = 0.5) -> None:
     stop (SIGTERM), and SIGKILL where that has not ended it in ``GRACE`` seconds. So a test
     run or a campaign killed midway (a timeout, SIGKILL) leaves no worker behind, whichever
     of its threads started it (``PR_SET_PDEATHSIG`` follows the starting thread instead)."""
-    from saga_core.periodic import Periodic
-
     orphaned_at: list[float] = []
 
     def tick() -> None:

@@ -6,7 +6,7 @@ Only the orchestrator's side opens this database; service workers never do.
 
 from pathlib import Path
 
-from saga_core.database import Connection, Location, connect, location, transaction
+from saga_core.database import SQLITE, Connection, Location, connect, location, transaction
 from saga_store.models import (
     TERMINAL_STATES,
     Alert,
@@ -61,10 +61,9 @@ def open_reader(target: Location | Path | str) -> Connection:
     store that does not exist yet, or is older than this code, is created or upgraded
     first."""
     where = _where(target)
-    if where.dialect != "sqlite":
+    if where.dialect != SQLITE:
         return open_store(where)
-    path = where.path
-    if not path.exists():
+    if where.absent:
         open_store(where).close()
     conn = connect(where, readonly=True)
     if revision(conn) != HEAD:

@@ -18,13 +18,14 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from saga_core import database
 from saga_core.database import Connection, marks
 from saga_core.errors import SagaNotFound, TransientError, TransitionRefused
+from saga_store import queries
 from saga_store.models import StepSpec, StepState
 
 #: The step columns a transition may change (the rest are fixed at the saga's creation).
@@ -144,8 +145,7 @@ class Unit:
         if not wanted:
             return
         conn, lock = self.conn, database.for_update(self.conn, self.skip_locked)
-        pipeline = conn.pipeline() if hasattr(conn, "pipeline") else nullcontext()
-        with pipeline:
+        with database.pipeline(conn):
             sagas = conn.execute(
                 "SELECT id, state, definition, input, error, updated_at FROM sagas "
                 f"WHERE id IN ({marks(wanted)}) ORDER BY id{lock}",
@@ -169,8 +169,7 @@ class Unit:
             self._sagas[saga_id] = saga
             if saga is not None:
                 self._as_read[saga_id] = (saga.changes(), [s.changes() for s in saga.steps])
-            elif self.skip_locked and _exists(conn, saga_id):
-                self._sagas[saga_id] = None
+            elif self.skip_locked and queries.saga_exists(conn, saga_id):
                 raise TransitionRefused(
                     "the saga is being changed by another transaction", saga_id=saga_id
                 )
@@ -315,8 +314,7 @@ class Unit:
         new_steps: list[tuple[Any, ...]],
     ) -> None:
         conn = self.conn
-        pipeline = conn.pipeline() if hasattr(conn, "pipeline") else nullcontext()
-        with pipeline:
+        with database.pipeline(conn):
             if new_sagas:
                 # A key another process stored meanwhile fails the whole unit: the caller
                 # tries again, and then finds that saga (unique_violation is transient).
@@ -376,7 +374,3 @@ def add_to_counters(conn: Connection, counts: list[tuple[str, int, int]]) -> Non
         "ON CONFLICT (name, shard) DO UPDATE SET value = counters.value + excluded.value",
         counts,
     )
-
-
-def _exists(conn: Connection, saga_id: str) -> bool:
-    return conn.execute("SELECT 1 FROM sagas WHERE id = ?", (saga_id,)).fetchone() is not None

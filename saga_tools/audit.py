@@ -44,14 +44,14 @@ class Report:
         }
 
 
-def _rows(where: Location, sql: str) -> list[Row]:
+def rows(where: Location, sql: str, parameters: tuple[Any, ...] = ()) -> list[Row]:
     """Rows of ``sql`` in the database at ``where``; none where the database or table is
     not there yet (a service that never ran holds nothing)."""
-    if where.dialect == database.SQLITE and not where.path.exists():
+    if where.absent:
         return []
     conn = database.connect(where, readonly=True)
     try:
-        return list(conn.execute(sql).fetchall())
+        return list(conn.execute(sql, parameters).fetchall())
     except Exception as exc:
         if database.missing_table(exc):
             return []
@@ -62,7 +62,7 @@ def _rows(where: Location, sql: str) -> list[Row]:
 
 def _saga_store(where: Location) -> tuple[list[Row], set[str]]:
     """Every saga, and those that raised an alert; none where no store is there yet."""
-    if where.dialect == database.SQLITE and not where.path.exists():
+    if where.absent:
         return [], set()
     conn = open_reader(where)
     try:
@@ -93,9 +93,9 @@ def audit(
     # what each service holds, per order reference
     held = Counter(
         r["reference"]
-        for r in _rows(db("inventory"), "SELECT reference FROM reservations WHERE state = 'held'")
+        for r in rows(db("inventory"), "SELECT reference FROM reservations WHERE state = 'held'")
     )
-    charges = _rows(
+    charges = rows(
         db("payment"),
         "SELECT reference, amount_cents, currency, state, "
         "(SELECT COALESCE(SUM(amount_cents), 0) FROM refunds "
@@ -104,10 +104,10 @@ def audit(
     charged = Counter(r["reference"] for r in charges if r["refunded"] < r["amount_cents"])
     shipments = Counter(
         r["reference"]
-        for r in _rows(db("shipping"), "SELECT reference FROM shipments WHERE state = 'created'")
+        for r in rows(db("shipping"), "SELECT reference FROM shipments WHERE state = 'created'")
     )
     mails = Counter(
-        r["reference"] for r in _rows(db("notification"), "SELECT reference FROM outbox")
+        r["reference"] for r in rows(db("notification"), "SELECT reference FROM outbox")
     )
 
     for row in sagas:
@@ -146,10 +146,10 @@ def _say(counts: dict[str, int]) -> str:
 
 def _check_stock(inventory: Location, bad: Any) -> None:
     reserved: dict[str, int] = defaultdict(int)
-    for r in _rows(inventory, "SELECT items FROM reservations WHERE state = 'held'"):
+    for r in rows(inventory, "SELECT items FROM reservations WHERE state = 'held'"):
         for item in json.loads(r["items"]):
             reserved[item["sku"]] += item["quantity"]
-    for r in _rows(inventory, "SELECT sku, on_hand, available FROM stock"):
+    for r in rows(inventory, "SELECT sku, on_hand, available FROM stock"):
         if r["available"] + reserved[r["sku"]] != r["on_hand"]:
             bad(
                 Violation(
@@ -198,7 +198,7 @@ def _check_strays(settings: Settings, by_ref: dict[str, Row], saga_ids: set[str]
         "confirmation": ("notification", "SELECT reference FROM outbox"),
     }
     for what, (db, sql) in records.items():
-        counts = Counter(r["reference"] for r in _rows(settings.service_database(db), sql))
+        counts = Counter(r["reference"] for r in rows(settings.service_database(db), sql))
         for ref, n in counts.items():
             saga = by_ref.get(ref)
             if saga is None:
@@ -212,7 +212,7 @@ def _check_strays(settings: Settings, by_ref: dict[str, Row], saga_ids: set[str]
                     )
                 )
     for db in SERVICES:
-        for r in _rows(settings.service_database(db), "SELECT key FROM idempotency"):
+        for r in rows(settings.service_database(db), "SELECT key FROM idempotency"):
             saga_id = str(r["key"]).split(":", 1)[0]
             if saga_id not in saga_ids:
                 bad(Violation("strays", None, f"{db}: idempotency key {r['key']!r} of no saga"))

@@ -22,7 +22,7 @@ from celery.contrib.pytest import celery_worker  # noqa: F401
 
 from saga_core import broker, config
 from saga_core.config import Settings
-from saga_core.database import Location
+from saga_core.database import Location, unreachable
 from saga_core.errors import ConfigError
 from saga_tools import redis_server
 
@@ -114,14 +114,11 @@ POSTGRES_URL = os.environ.get(
 def postgres_url() -> str:
     """The PostgreSQL at SAGA_TEST_POSTGRES_URL; tests that need it are skipped (with the
     reason) where none answers, except under CI, where they fail."""
-    try:
-        import psycopg
-
-        psycopg.connect(POSTGRES_URL, connect_timeout=3).close()
-    except Exception as exc:
+    why_not = unreachable(POSTGRES_URL)
+    if why_not:
         if CI:
-            raise
-        pytest.skip(f"no PostgreSQL answers at {POSTGRES_URL} (SAGA_TEST_POSTGRES_URL): {exc}")
+            pytest.fail(why_not)
+        pytest.skip(f"{why_not} (SAGA_TEST_POSTGRES_URL)")
     return POSTGRES_URL
 
 

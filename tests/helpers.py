@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.order_saga import EXAMPLE_ORDER
-from saga_core import database
 from saga_core.config import Settings
 from saga_store import SagaState, SagaView, StepState
+from saga_tools import audit
 
 BASE_ORDER: dict[str, Any] = {
     **EXAMPLE_ORDER,
@@ -52,18 +52,8 @@ def service_records(system: Settings | Path, order_id: str) -> dict[str, Any]:
     settings = system if isinstance(system, Settings) else Settings(data_dir=system)
 
     def count(service: str, sql: str) -> int:
-        where = settings.service_database(service)
-        if where.dialect == database.SQLITE and not where.path.exists():
-            return 0
-        conn = database.connect(where, readonly=True)
-        try:
-            return int(conn.execute(sql, (order_id,)).fetchone()[0])
-        except Exception as exc:
-            if database.missing_table(exc):  # nothing ran there yet
-                return 0
-            raise
-        finally:
-            conn.close()
+        found = audit.rows(settings.service_database(service), sql, (order_id,))
+        return int(found[0][0]) if found else 0  # none: nothing ran there yet
 
     return {
         "reservations_held": count(

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from saga_core import database, migrations
+from saga_core.config import Settings
 from saga_core.database import Connection, Location
 from saga_core.errors import MalformedCommand
 from workers import ledger
@@ -65,7 +66,7 @@ class Service:
         directory ``place``."""
         if isinstance(place, Location):
             return place
-        return database.location(Path(place) / f"{self.name}.db")
+        return Settings(data_dir=Path(place)).service_database(self.name)
 
     def database(self, place: Location | Path) -> Connection:
         """This thread's connection to the service's own database, created on first use."""

@@ -4,8 +4,6 @@ of its own, dropped after. Skipped where no PostgreSQL answers (under CI it fail
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,31 +13,24 @@ from alembic import command
 
 from saga_store import schema
 
-URL = os.environ.get("SAGA_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-
 
 @pytest.fixture
-def postgres() -> Iterator[Any]:
+def postgres(postgres_url: str, pg_schema: str) -> Iterator[Any]:
     """A SQLAlchemy engine on a schema of the test's own."""
-    psycopg = pytest.importorskip("psycopg")
-    name = f"saga_test_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg.connect(URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"no PostgreSQL answers at {URL} (SAGA_TEST_POSTGRES_URL): {exc}")
-    admin.execute(f"CREATE SCHEMA {name}")
+    import psycopg
+
+    from saga_core import postgres
+
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {pg_schema}")
     engine = sqlalchemy.create_engine(
-        URL.replace("postgresql://", "postgresql+psycopg://", 1),
-        connect_args={"options": f"-c search_path={name}"},
+        postgres.sqlalchemy_url(postgres_url),
+        connect_args={"options": postgres.options(pg_schema)},
     )
     try:
         yield engine
     finally:
         engine.dispose()
-        admin.execute(f"DROP SCHEMA {name} CASCADE")
-        admin.close()
 
 
 def test_the_store_s_migrations_build_its_tables_on_postgresql(postgres: Any) -> None:
