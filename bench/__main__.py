@@ -141,36 +141,22 @@ def scaling(
     return {"runs": rows}
 
 
+def celery_worker(settings: Settings, module: str, name: str, queue: str, processes: int) -> Child:
+    """A plain Celery worker (prefork, ``processes`` pool children) of app ``module``."""
+    argv = [sys.executable, "-m", "celery", "-A", module, "worker", "-Q", queue]
+    argv += ["-P", "prefork", "-c", str(processes), "-l", "WARNING"]
+    argv += ["--without-mingle", "--without-gossip"]
+    env = {**settings.to_env(), "PYTHONUNBUFFERED": "1"}
+    return Child(f"{name} worker", argv, env, settings.data_dir / "logs" / f"{name}.log")
+
+
 def compare(settings: Settings, count: int, latency_count: int, load: float) -> dict[str, Any]:
     """Saturation throughput and latency at a fixed offered load, chains then sagas."""
     s = _fresh(settings, "compare")
     cluster = Cluster(s)
     quiet = Cluster(s.with_(heartbeat_interval=0.0))
-    env = {**s.to_env(), "PYTHONUNBUFFERED": "1"}
     chain_workers = [
-        Child(
-            f"chain worker {name}",
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "bench.chain",
-                "worker",
-                "-Q",
-                chain_queue(s, name),
-                "-P",
-                "prefork",
-                "-c",
-                "1",
-                "-l",
-                "WARNING",
-                "--without-mingle",
-                "--without-gossip",
-            ],
-            env,
-            s.data_dir / "logs" / f"chain-{name}.log",
-        )
+        celery_worker(s, "bench.chain", f"chain-{name}", chain_queue(s, name), 1)
         for name in SERVICES
     ]
     for worker in [*cluster.workers.values(), *chain_workers]:
@@ -219,6 +205,67 @@ def compare(settings: Settings, count: int, latency_count: int, load: float) -> 
         else None,
         "orchestrator_rss_mb": round(orchestrator_rss, 1),
     }
+
+
+def peers(settings: Settings, count: int, latency_count: int, rate: float) -> dict[str, Any]:
+    """The peers a user would pick instead, on the same four steps (the same services' step
+    runners and SQLite files), the same Redis and the same offered load as ``compare``:
+    celery-saga on one prefork worker of 4 processes, and DBOS on SQLite in process, one
+    workflow at a time and on 8 threads."""
+    from bench.peer_celery_saga import CelerySagaRunner
+    from bench.peer_celery_saga import queue as celery_saga_queue
+    from bench.peer_dbos import DbosRunner
+
+    s = _fresh(settings, "peers")
+    worker = celery_worker(s, "bench.peer_celery_saga", "celery-saga", celery_saga_queue(s), 4)
+    worker.start()
+    try:
+        runner = CelerySagaRunner(s)
+        runner.run("warm-p", 20)
+        celery_saga = {
+            "saturation": runner.run("sat-p", count).summary(),
+            "at_load": runner.run("lat-p", latency_count, rate).summary(),
+        }
+    finally:
+        stop_all([worker])
+    dbos = DbosRunner(s)
+    result = {
+        "celery_saga": celery_saga,
+        "dbos_sequential": {"saturation": dbos.run("seq", count).summary()},
+        "dbos_threaded": {
+            "saturation": dbos.run("thr", count, threads=8).summary(),
+            "at_load": dbos.run("thr-lat", latency_count, threads=8, rate=rate).summary(),
+        },
+    }
+    shutil.rmtree(s.data_dir, ignore_errors=True)
+    return result
+
+
+def ratios(results: dict[str, Any]) -> dict[str, Any]:
+    """The headline: this project against the bare chain and the peers, from one run."""
+    out: dict[str, Any] = {}
+    if "store" in results:
+        out["store_transitions_per_second"] = results["store"]["sqlite_one_per_transaction"]
+    compared = results.get("compare")
+    if compared is None:
+        return out
+    sagas = compared["saga"]["saturation"]["per_second"]
+    out["saga_to_chain_throughput"] = compared["ratio_throughput"]
+    out["saga_to_chain_p50_at_load"] = compared["ratio_p50_latency"]
+    found = results.get("peers")
+    if found:
+        best_dbos = max(
+            found["dbos_sequential"]["saturation"]["per_second"],
+            found["dbos_threaded"]["saturation"]["per_second"],
+        )
+        out["saga_to_celery_saga_throughput"] = round(
+            sagas / found["celery_saga"]["saturation"]["per_second"], 3
+        )
+        out["saga_to_best_dbos_throughput"] = round(sagas / best_dbos, 3)
+        out["saga_to_celery_saga_p50_at_load"] = round(
+            compared["saga"]["at_load"]["p50_ms"] / found["celery_saga"]["at_load"]["p50_ms"], 3
+        )
+    return out
 
 
 def recovery(settings: Settings, in_flight: int) -> dict[str, Any]:
@@ -396,8 +443,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--orchestrators", default="1,2,3", help="orchestrators in the scaling runs")
     p.add_argument("--scaling-count", type=int, default=600)
     p.add_argument("--store-sagas", type=int, default=2000, help="sagas in the store runs")
+    p.add_argument(
+        "--peers",
+        action="store_true",
+        help="also run celery-saga and DBOS on the same steps (pip install -e .[peers])",
+    )
     p.add_argument("--skip", default="", help="comma list of: compare,recovery,kill,growth,scaling")
     args = p.parse_args(argv)
+    if args.peers:
+        try:
+            import celery_saga  # noqa: F401
+            import dbos  # noqa: F401
+        except ImportError as exc:
+            p.error(f"--peers needs the peers installed (pip install -e .[peers]): {exc}")
     logging.basicConfig(level=logging.WARNING)
     skip = set(filter(None, args.skip.split(",")))
 
@@ -416,6 +474,10 @@ def main(argv: list[str] | None = None) -> int:
         if "compare" not in skip:
             results["compare"] = compare(settings, args.count, args.latency_count, args.load)
             print(json.dumps(results["compare"], indent=2), flush=True)
+            if args.peers:
+                rate = results["compare"]["offered_load_per_second"]
+                results["peers"] = peers(settings, args.count, args.latency_count, rate)
+                print(json.dumps(results["peers"], indent=2), flush=True)
         if "recovery" not in skip:
             results["recovery"] = recovery(settings, args.in_flight)
             print(json.dumps(results["recovery"], indent=2), flush=True)
@@ -444,6 +506,8 @@ def main(argv: list[str] | None = None) -> int:
         if owned is not None:
             owned.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
+    results = {"ratios": ratios(results), **results}
+    print("ratios:", json.dumps(results["ratios"], indent=2))
     Path(args.json).write_text(json.dumps(results, indent=2))
     print(f"written to {args.json}")
     return 0

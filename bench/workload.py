@@ -7,6 +7,7 @@ import json
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,8 +19,10 @@ import orchestrator
 from bench.chain import queue as chain_queue
 from orchestrator.order_saga import ORDER_SAGA
 from saga_core.config import ORCHESTRATOR_QUEUE, Settings
-from saga_core.messages import OUTCOME_TASK, Command, Phase
+from saga_core.messages import OUTCOME_TASK, Command, Outcome, Phase, Status
 from saga_store import open_reader, queries
+from workers import SERVICES
+from workers.task import StepRunner
 
 
 @dataclass
@@ -67,7 +70,31 @@ def order(tag: str, n: int) -> dict[str, Any]:
     }
 
 
-def _pace(t0: float, i: int, rate: float | None) -> None:
+#: The service of each of the order saga's steps, in order.
+STEP_SERVICES = [step.queue for step in ORDER_SAGA.steps]
+
+
+def step_commands(tag: str, n: int) -> list[Command]:
+    """The order saga's four step commands for order ``n``, as the orchestrator would send
+    them with every step succeeding: what the bare chain and the peers run, through the same
+    services' step runners, so that every side does the same work per step."""
+    stored, _ = ORDER_SAGA.prepare(order(tag, n))
+    outputs = {"create_shipment": {"tracking_number": "TRK-CHAIN"}}
+    return [
+        Command(
+            operation=step.action,
+            saga_id=f"{tag}-{n}",
+            step=step.name,
+            phase=Phase.ACTION,
+            attempt=1,
+            payload=step.payload(stored, outputs),
+            retry=step.retry,
+        )
+        for step in ORDER_SAGA.steps
+    ]
+
+
+def pace(t0: float, i: int, rate: float | None) -> None:
     if rate:
         delay = t0 + i / rate - time.monotonic()
         if delay > 0:
@@ -84,29 +111,19 @@ class ChainRunner:
         self.client = redis.Redis.from_url(settings.broker_url)
 
     def _signatures(self, tag: str, n: int) -> Any:
-        stored, _ = ORDER_SAGA.prepare(order(tag, n))
-        outputs = {"create_shipment": {"tracking_number": "TRK-CHAIN"}}
-        sigs = []
-        for step in ORDER_SAGA.steps:
-            command = Command(
-                operation=step.action,
-                saga_id=f"{tag}-{n}",
-                step=step.name,
-                phase=Phase.ACTION,
-                attempt=1,
-                payload=step.payload(stored, outputs),
-                retry=step.retry,
-            )
-            sigs.append(
+        commands = step_commands(tag, n)
+        return chain(
+            *(
                 self.app.signature(
-                    f"chain.{step.action}",
+                    f"chain.{command.operation}",
                     args=[command.to_wire()],
-                    kwargs={"last": step is ORDER_SAGA.steps[-1]},
+                    kwargs={"last": command is commands[-1]},
                     immutable=True,
-                    queue=chain_queue(self.settings, step.queue),
+                    queue=chain_queue(self.settings, service),
                 )
+                for service, command in zip(STEP_SERVICES, commands, strict=True)
             )
-        return chain(*sigs)
+        )
 
     def run(self, tag: str, count: int, rate: float | None = None) -> Run:
         started: dict[str, float] = {}
@@ -115,7 +132,7 @@ class ChainRunner:
         reader.start()
         t0 = time.monotonic()
         for n in range(count):
-            _pace(t0, n, rate)
+            pace(t0, n, rate)
             started[f"{tag}-{n}"] = time.monotonic()
             self._signatures(tag, n).apply_async()
         reader.join(timeout=600)
@@ -136,8 +153,36 @@ class ChainRunner:
             finished[outcome["saga_id"]] = time.monotonic()
 
 
-def _ts(iso: str) -> float:
+def epoch(iso: str) -> float:
+    """Seconds since the epoch of an ISO 8601 timestamp."""
     return datetime.fromisoformat(iso).timestamp()
+
+
+def submit_and_wait(
+    count: int,
+    rate: float | None,
+    submit: Callable[[int], str],
+    ended: Callable[[list[str]], list[tuple[str, str]]],
+    timeout: float = 600,
+) -> Run:
+    """Submit ``count`` workflows (``submit(n)`` returns an id), at ``rate`` per second or
+    at once, then wait for them to end: ``ended(ids)`` gives the ISO start and end times of
+    those that have, as the system itself recorded them."""
+    ids = []
+    t0 = time.monotonic()
+    wall0 = time.time()
+    for n in range(count):
+        pace(t0, n, rate)
+        ids.append(submit(n))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = ended(ids)
+        if len(rows) == count:
+            break
+        time.sleep(0.2)  # polling for the workflows' end
+    latencies = [epoch(finish) - epoch(start) for start, finish in rows]
+    last = max((epoch(finish) for _, finish in rows), default=wall0)
+    return Run(len(rows), last - wall0, latencies)
 
 
 class SagaRunner:
@@ -147,20 +192,30 @@ class SagaRunner:
     def __init__(self, settings: Settings):
         self.settings = settings
 
-    def run(self, tag: str, count: int, rate: float | None = None, timeout: float = 600) -> Run:
-        ids = []
-        t0 = time.monotonic()
-        wall0 = time.time()
-        for n in range(count):
-            _pace(t0, n, rate)
-            ids.append(orchestrator.submit(order(tag, n), settings=self.settings))
+    def run(self, tag: str, count: int, rate: float | None = None) -> Run:
         store = open_reader(self.settings.store())
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            rows = queries.ended_times(store, ids)
-            if len(rows) == count:
-                break
-            time.sleep(0.2)  # polling the store for the sagas' end
-        latencies = [_ts(updated) - _ts(created) for created, updated in rows]
-        last = max((_ts(updated) for _, updated in rows), default=wall0)
-        return Run(len(rows), last - wall0, latencies)
+        return submit_and_wait(
+            count,
+            rate,
+            lambda n: orchestrator.submit(order(tag, n), settings=self.settings),
+            lambda ids: queries.ended_times(store, ids),
+        )
+
+
+class Steps:
+    """The four services' step runners in one process, for the peers, which call a step as
+    a function: runs a command to its outcome's output, or raises where it did not
+    succeed."""
+
+    def __init__(self, settings: Settings):
+        self.runners = {
+            operation: StepRunner(settings, service)
+            for service in SERVICES.values()
+            for operation in service.operations
+        }
+
+    def run(self, command: Command) -> Any:
+        result = self.runners[command.operation].run(command, 0)
+        if not isinstance(result, Outcome) or result.status is not Status.SUCCEEDED:
+            raise RuntimeError(f"{command.key}: {result!r}")
+        return result.output

@@ -67,8 +67,10 @@ class Settings:
     log_level: str = "INFO"
     # "text" for people, "json" (one object per line) for log collectors.
     log_format: str = "text"
-    # Celery task events from the service workers, for Flower and `celery events`.
-    task_events: bool = True
+    # Celery task events from the service workers, for Flower and `celery events`: off by
+    # default, as they add two publishes to every step (the compose file, which runs
+    # Flower, turns them on).
+    task_events: bool = False
     # RabbitMQ only: quorum queues (replicated; what a RabbitMQ cluster wants) for every queue.
     quorum_queues: bool = False
     # Set by a process that starts this one and wants it gone with it (saga_tools.cluster):

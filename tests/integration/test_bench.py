@@ -1,4 +1,5 @@
-"""The benchmark keeps working: a smoke run of a few dozen sagas (no timing asserted)."""
+"""The benchmark keeps working: a smoke run of a few dozen sagas, the peers included (no
+timing asserted)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ def test_bench_smoke_run_writes_every_figure(
             "1,2",
             "--postgres-url",
             postgres_url,
+            "--peers",
             "--json",
             str(out),
         ],
@@ -65,6 +67,21 @@ def test_bench_smoke_run_writes_every_figure(
     store = figures["store"]
     assert store["sqlite_one_per_transaction"] > 0 and store["sqlite_batched"] > 0
     assert store["postgresql_one_per_transaction"] > 0 and store["postgresql_batched"] > 0
+    peers = figures["peers"]
+    assert peers["celery_saga"]["saturation"]["count"] == 30
+    assert peers["celery_saga"]["at_load"]["count"] == 20
+    assert peers["dbos_sequential"]["saturation"]["count"] == 30
+    assert peers["dbos_threaded"]["at_load"]["count"] == 20
+    # the headline comes first, from the same run's figures
+    assert next(iter(figures)) == "ratios"
+    ratios = figures["ratios"]
+    assert ratios["saga_to_chain_throughput"] == compare["ratio_throughput"]
+    sagas = compare["saga"]["saturation"]["per_second"]
+    assert ratios["saga_to_celery_saga_throughput"] == pytest.approx(
+        sagas / peers["celery_saga"]["saturation"]["per_second"], rel=0.01
+    )
+    assert ratios["saga_to_best_dbos_throughput"] > 0
+    assert ratios["store_transitions_per_second"] == store["sqlite_one_per_transaction"]
     runs = figures["scaling"]["runs"]
     assert [(r["database"], r["orchestrators"]) for r in runs] == [
         ("sqlite", 1),

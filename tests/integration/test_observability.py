@@ -42,29 +42,50 @@ def test_json_logs_carry_the_saga_step_and_attempt(make_system: Callable[..., Sy
     assert "4242" not in system.orchestrator.log_text() + system.workers["payment"].log_text()
 
 
-def test_service_workers_send_task_events(system: System) -> None:
+def events_during_a_saga(system: System) -> list[dict[str, Any]]:
+    """The Celery events the system's processes send while one saga runs to its end."""
     app = make_app(system.settings)
     seen: list[dict[str, Any]] = []
     ready = threading.Event()
+    receivers = []
 
     def capture() -> None:
         with app.connection_for_read() as connection:
             receiver = app.events.Receiver(connection, handlers={"*": seen.append})
+            receivers.append(receiver)
             ready.set()
             for _ in receiver.itercapture(limit=None, timeout=30, wakeup=False):
-                if any(e.get("type") == "task-succeeded" for e in seen) and received(seen):
+                if succeeded(seen) and received(seen):
                     return
-
-    def received(events: list[dict[str, Any]]) -> bool:
-        return any(
-            e.get("type") == "task-received" and e.get("name") == "charge_payment" for e in events
-        )
 
     listener = threading.Thread(target=capture, daemon=True)
     listener.start()
     assert ready.wait(10)
     saga_id = system.submit(make_order("E-1"))
     assert system.wait(saga_id).state is SagaState.COMPLETED
+    receivers[0].should_stop = True  # seen within a second (its poll's safety interval)
     listener.join(30)
+    assert not listener.is_alive()
+    return seen
+
+
+def received(events: list[dict[str, Any]]) -> bool:
+    return any(
+        e.get("type") == "task-received" and e.get("name") == "charge_payment" for e in events
+    )
+
+
+def succeeded(events: list[dict[str, Any]]) -> bool:
+    return any(e.get("type") == "task-succeeded" for e in events)
+
+
+def test_service_workers_send_task_events_when_asked(make_system: Callable[..., System]) -> None:
+    seen = events_during_a_saga(make_system(task_events=True))
     assert received(seen), [e.get("type") for e in seen][:20]
-    assert any(e.get("type") == "task-succeeded" for e in seen)
+    assert succeeded(seen)
+
+
+def test_no_task_events_by_default(system: System) -> None:
+    # two publishes less per step; Flower's compose service runs with them on
+    seen = events_during_a_saga(system)
+    assert not any(e.get("type", "").startswith("task-") for e in seen), seen[:5]
