@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 from typing import Any
+from urllib.parse import urlparse
 
 from celery import Celery
 from kombu import Exchange, Producer, Queue
 from kombu.utils.uuid import uuid
 
+from saga_core import redis_transport
 from saga_core.broker import is_amqp
 from saga_core.config import ORCHESTRATOR_QUEUE, Settings
 from saga_core.messages import HEARTBEAT_TASK, OUTCOME_TASK, SUBMIT_TASK
@@ -31,24 +33,26 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     if is_amqp(settings.broker_url):
         # A publish returns once RabbitMQ has taken the message (publisher confirms).
         transport: dict[str, Any] = {"confirm_publish": True}
-        queues: dict[str, Any] = (
+        extra: dict[str, Any] = (
             {"task_default_queue_type": "quorum", "task_create_missing_queue_type": "quorum"}
             if settings.quorum_queues
             else {}
         )
     else:
+        # (rediss:// and sentinel:// keep kombu's own transport)
+        redis_url = urlparse(settings.broker_url).scheme == "redis"
+        extra = {"broker_transport": redis_transport.NAME} if redis_url else {}
         transport = {
             "visibility_timeout": settings.visibility_timeout,
             "unacked_restore_interval": settings.unacked_restore_interval,
             # Scan for expired unacked messages on every interval, not every tenth.
             "unacked_restore_throttle": 1,
         }
-        queues = {}
     return dict(
         broker_url=settings.broker_url,
         broker_connection_retry_on_startup=True,
         broker_transport_options=transport,
-        **queues,
+        **extra,
         task_serializer="json",
         result_serializer="json",
         event_serializer="json",
