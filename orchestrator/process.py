@@ -22,18 +22,19 @@ import signal
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery
-from kombu import Connection, Consumer, Producer
+from kombu import Connection, Producer
 from kombu.exceptions import BatchPublishError, KombuError, OperationalError
-from kombu.message import Message
 
 from orchestrator.engine import Engine, Publisher
+from orchestrator.inbox import Delivery, Inbox, KombuInbox, RedisInbox
 from orchestrator.metrics import Metrics
 from orchestrator.order_saga import ORDER_SAGA
-from saga_core import ping, watchdog
+from saga_core import ping, redis_transport, watchdog
 from saga_core.broker import QueueDepth
 from saga_core.celery_app import direct, make_app, publish_task
 from saga_core.config import ORCHESTRATOR_QUEUE, Settings
@@ -59,6 +60,11 @@ DEFINITIONS = {ORDER_SAGA.name: ORDER_SAGA}
 #: The most outcomes applied in one store transaction. Larger batches gain little (the
 #: commit is then a small part of the cost) and hold the store's write lock for longer.
 BATCH_SIZE = 200
+
+#: Seconds after its last take before a reader's unacknowledged batch is anyone's to put
+#: back on the queue (Redis; RabbitMQ requeues it when the connection drops). Well above
+#: the longest gap between two takes (a sweep interval and a batch).
+READER_LEASE = 10.0
 
 #: The tasks this process serves.
 TASKS = (OUTCOME_TASK, SUBMIT_TASK, HEARTBEAT_TASK, PING_TASK)
@@ -128,11 +134,13 @@ class Orchestrator:
         self.queue = direct(settings.queue(ORCHESTRATOR_QUEUE), settings.quorum_queues)
         self.received = 0  # for the watchdog: messages taken so far
         self.busy = True  # for the watchdog: not waiting on the broker
-        self._messages: list[Message] = []
         self._stopping = threading.Event()
         self._next_sweep = 0.0
         self._producer: Producer | None = None
         self.name = f"orchestrator@{socket.gethostname()}"
+        #: This process's reader of the queue: kept across reconnections, so that what it
+        #: held when its connection broke is the first it takes again.
+        self.id = uuid.uuid4().hex
 
     def stop(self) -> None:
         self._stopping.set()
@@ -164,7 +172,6 @@ class Orchestrator:
             except DatabaseUnavailable as exc:  # at start-up: recovery needs the store
                 delay = self._back_off("store", exc, delay)
             finally:
-                self._messages.clear()  # unacknowledged: the broker delivers them again
                 with contextlib.suppress(Exception):
                     connection.release()
 
@@ -192,26 +199,16 @@ class Orchestrator:
             )
             closing.callback(engine.close)
             engine.recover()
-            closing.enter_context(
-                Consumer(
-                    connection.default_channel,
-                    queues=[self.queue],
-                    on_message=self._received,
-                    prefetch_count=self.batch_size,
-                    accept=["json"],
-                )
-            )
+            inbox = self.inbox(connection)
+            closing.callback(inbox.close)
             log.info("orchestrator ready on %s", self.queue.name)
             while not self._stopping.is_set():
-                self._fill(connection, wait=self.settings.sweep_interval)
-                # Taken out before handling: on RabbitMQ, waiting for publisher confirms
-                # delivers more messages meanwhile, and they belong to the next batch.
-                messages, self._messages = self._messages, []
-                batch = len(messages)
+                messages = self._take(inbox, wait=self.settings.sweep_interval)
                 if messages:
-                    self._handle(engine, messages)
-                if self.sweep_due(batch, time.monotonic()):
+                    self._handle(engine, inbox, messages)
+                if self.sweep_due(len(messages), time.monotonic()):
                     self._sweep(engine)
+                    inbox.rescue()
 
     def sweep_due(self, last_batch: int, now: float) -> bool:
         """Whether to sweep now: once per ``sweep_interval``, but not while the last batch
@@ -224,26 +221,24 @@ class Orchestrator:
         self._next_sweep = now + self.settings.sweep_interval
         return True
 
-    def _received(self, message: Message) -> None:
-        self._messages.append(message)
+    def inbox(self, connection: Connection) -> Inbox:
+        """The reader of this process's queue on ``connection``'s broker."""
+        if redis_transport.serves(self.settings.broker_url):
+            return RedisInbox(
+                self.settings.broker_url, self.queue.name, self.batch_size, READER_LEASE, self.id
+            )
+        return KombuInbox(connection, self.queue, self.batch_size)
 
-    def _fill(self, connection: Connection, wait: float) -> None:
-        """Wait up to ``wait`` seconds for a first message, then take whatever else has
-        already arrived, up to a batch."""
-        timeout = wait
+    def _take(self, inbox: Inbox, wait: float) -> Sequence[Delivery]:
         self.busy = False
         try:
-            while len(self._messages) < self.batch_size:
-                try:
-                    connection.drain_events(timeout=timeout)
-                except TimeoutError:
-                    return
-                self.received += 1
-                timeout = 0
+            messages = inbox.take(wait)
         finally:
             self.busy = True
+        self.received += len(messages)
+        return messages
 
-    def _handle(self, engine: Engine, messages: Sequence[Message]) -> None:
+    def _handle(self, engine: Engine, inbox: Inbox, messages: Sequence[Delivery]) -> None:
         """Apply a batch: outcomes together, heartbeats together, each submission on its
         own; then answer its pings (the batch before them is applied) and acknowledge.
 
@@ -296,8 +291,7 @@ class Orchestrator:
                 ping.answer(self._producer, request, self.name)
         # Acknowledged only now: the batch's transitions are committed and their commands
         # published.
-        for message in messages:
-            message.ack()
+        inbox.ack(messages)
 
     def _sweep(self, engine: Engine) -> None:
         try:

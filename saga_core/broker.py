@@ -116,10 +116,20 @@ def purge(url: str, queues: list[str]) -> None:
 
 
 def discard(url: str, queues: list[str]) -> None:
-    """Delete ``queues`` (and, on RabbitMQ, the exchanges Celery named after them): what a
-    test leaves behind on a shared broker."""
+    """Delete ``queues`` (and, on RabbitMQ, the exchanges Celery named after them; on
+    Redis, the lists of their readers, ``orchestrator.inbox``): what a test leaves behind on
+    a shared broker."""
     if not is_amqp(url):
         purge(url, queues)
+        client = redis.Redis.from_url(url)
+        try:
+            for queue in queues:
+                escaped = "".join(f"\\{c}" if c in "*?[]\\" else c for c in queue)
+                readers = list(client.scan_iter(match=f"{escaped}.reader*", count=1000))
+                if readers:
+                    client.delete(*readers)
+        finally:
+            client.close()
         return
     with Connection(url) as connection:
         for name in queues:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from functools import lru_cache
 from typing import Any
-from urllib.parse import urlparse
 
 from celery import Celery
 from kombu import Exchange, Producer, Queue
@@ -39,9 +38,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             else {}
         )
     else:
-        # (rediss:// and sentinel:// keep kombu's own transport)
-        redis_url = urlparse(settings.broker_url).scheme == "redis"
-        extra = {"broker_transport": redis_transport.NAME} if redis_url else {}
+        serves = redis_transport.serves(settings.broker_url)
+        extra = {"broker_transport": redis_transport.NAME} if serves else {}
         transport = {
             "visibility_timeout": settings.visibility_timeout,
             "unacked_restore_interval": settings.unacked_restore_interval,

@@ -13,11 +13,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cached_property
 from typing import Any
+from urllib.parse import urlparse
 
 from kombu.transport import redis
 
 #: What ``broker_transport`` names for a ``redis://`` broker URL.
 NAME = "saga_core.redis_transport:Transport"
+
+
+def serves(broker_url: str) -> bool:
+    """Whether ``broker_url`` is plain Redis, which this transport serves (``rediss://`` and
+    ``sentinel://`` keep kombu's own)."""
+    return urlparse(broker_url).scheme == "redis"
 
 
 class Channel(redis.Channel):

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kombu import Connection, Consumer
+from kombu import Connection
 from kombu.message import Message
 
 from orchestrator.process import Orchestrator
@@ -23,8 +23,8 @@ from tests.helpers import make_order
 
 
 class Bus:
-    """The orchestrator's queue on kombu's in-memory transport, and its consumer loop's
-    own way of taking a batch (``Orchestrator._fill``)."""
+    """The orchestrator's queue on kombu's in-memory transport, read as the orchestrator
+    reads it there (``orchestrator.inbox.KombuInbox``)."""
 
     def __init__(self, tmp_path: Path):
         self.h = Harness(tmp_path)
@@ -34,14 +34,7 @@ class Bus:
         self.app = make_app(self.settings)
         self.orchestrator = Orchestrator(self.settings)
         self.connection = Connection("memory://")
-        self.consumer = Consumer(
-            self.connection.default_channel,
-            queues=[self.orchestrator.queue],
-            on_message=self.orchestrator._received,
-            accept=["json"],
-            prefetch_count=200,
-        )
-        self.consumer.consume()
+        self.inbox = self.orchestrator.inbox(self.connection)
 
     def send(self, *bodies: Any, task: str = OUTCOME_TASK) -> None:
         for body in bodies:
@@ -49,12 +42,10 @@ class Bus:
             self.app.send_task(task, args=[wire], queue=self.orchestrator.queue)
 
     def take(self) -> list[Message]:
-        self.orchestrator._fill(self.connection, wait=0.5)
-        messages, self.orchestrator._messages = self.orchestrator._messages, []
-        return messages
+        return list(self.orchestrator._take(self.inbox, wait=0.5))  # type: ignore[arg-type]
 
     def handle(self, messages: Sequence[Message]) -> None:
-        self.orchestrator._handle(self.h.engine, messages)
+        self.orchestrator._handle(self.h.engine, self.inbox, messages)
 
     def redeliver(self, messages: Sequence[Message]) -> list[Message]:
         """What the broker does with unacknowledged messages when their consumer goes."""
@@ -63,7 +54,7 @@ class Bus:
         return self.take()
 
     def close(self) -> None:
-        self.consumer.cancel()
+        self.inbox.close()
         self.connection.release()
 
 

@@ -1,0 +1,208 @@
+"""The orchestrator's queue, read a batch at a time and acknowledged a batch at a time.
+
+Two readers take the same Celery messages. On RabbitMQ (and any broker but plain Redis)
+kombu's consumer does: with a prefetch of a batch, its per-message acknowledgements cost
+little. On Redis, kombu keeps every unacknowledged message in an index and a hash of its
+own, a MULTI/EXEC to record each one and another to forget it: over half of the
+orchestrator's CPU (profiled, docs/benchmarks.md). :class:`RedisInbox` keeps the same
+promise, that a message stays in Redis until its batch is handled, with one list per reader
+instead: a batch moves from the queue into the reader's list in one script call, and its
+acknowledgement deletes the list. A reader that dies leaves its list behind: it is moved
+back onto the queue by the reader itself when it reconnects, or by any reader once the dead
+one's lease (refreshed at every take) has run out.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import uuid
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import redis
+from kombu import Connection, Consumer, Queue
+from kombu.message import Message
+
+from saga_core.errors import MalformedMessage
+
+
+class Delivery(Protocol):
+    """One message taken from the queue: its Celery headers and its decoded body."""
+
+    headers: dict[str, Any]
+
+    def decode(self) -> Any: ...
+
+
+class Inbox(Protocol):
+    def take(self, wait: float) -> Sequence[Delivery]:
+        """Wait up to ``wait`` seconds for a first message, then take whatever else has
+        already arrived, up to a batch."""
+        ...
+
+    def ack(self, batch: Sequence[Delivery]) -> None:
+        """Remove ``batch`` from the broker for good: it has been handled."""
+        ...
+
+    def rescue(self) -> int:
+        """Put back on the queue what readers that died held; how many messages."""
+        ...
+
+    def close(self) -> None:
+        """Stop reading; what was taken and not acknowledged goes back to the queue."""
+        ...
+
+
+class KombuInbox:
+    """kombu's consumer, prefetching a batch; messages acknowledged one by one."""
+
+    def __init__(self, connection: Connection, queue: Queue, batch_size: int):
+        self.connection, self.batch_size = connection, batch_size
+        self._messages: list[Message] = []
+        self._consumer = Consumer(
+            connection.default_channel,
+            queues=[queue],
+            on_message=self._messages.append,
+            prefetch_count=batch_size,
+            accept=["json"],
+        )
+        self._consumer.consume()
+
+    def take(self, wait: float) -> list[Message]:
+        timeout = wait
+        while len(self._messages) < self.batch_size:
+            try:
+                self.connection.drain_events(timeout=timeout)
+            except TimeoutError:
+                break
+            timeout = 0
+        # Taken out before handling: on RabbitMQ, waiting for publisher confirms delivers
+        # more messages meanwhile, and they belong to the next batch.
+        batch, self._messages[:] = list(self._messages), []
+        return batch
+
+    def ack(self, batch: Sequence[Delivery]) -> None:
+        for message in batch:
+            message.ack()  # type: ignore[attr-defined]
+
+    def rescue(self) -> int:
+        return 0  # the broker requeues a dead consumer's messages itself
+
+    def close(self) -> None:
+        self._messages.clear()  # unacknowledged: the broker delivers them again
+        self._consumer.cancel()
+
+
+class RedisDelivery:
+    """A Celery message as kombu's Redis transport stores it (a JSON envelope, the body in
+    base64)."""
+
+    def __init__(self, raw: bytes):
+        try:
+            envelope = json.loads(raw)
+            self.headers: dict[str, Any] = envelope.get("headers") or {}
+            self._body = envelope["body"]
+            self._content_type = envelope.get("content-type")
+            self._base64 = envelope.get("properties", {}).get("body_encoding") == "base64"
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            self.headers, self._body, self._content_type, self._base64 = {}, None, None, False
+            self._error = f"not a message of kombu's: {exc}"
+        else:
+            self._error = ""
+
+    def decode(self) -> Any:
+        if self._error:
+            raise MalformedMessage(self._error)
+        if self._content_type != "application/json":  # JSON only, as kombu's accept=json
+            raise MalformedMessage(f"content type {self._content_type!r:.40} refused")
+        body = base64.b64decode(self._body) if self._base64 else self._body
+        return json.loads(body)
+
+
+#: Moves up to ARGV[1] messages from the queue (KEYS[1]) onto the reader's list (KEYS[2]),
+#: the oldest first, and renews the reader's lease (KEYS[3], ARGV[2] ms).
+_TAKE = """
+redis.call('SET', KEYS[3], '1', 'PX', ARGV[2])
+local taken = {}
+for i = 1, tonumber(ARGV[1]) do
+  local m = redis.call('RPOPLPUSH', KEYS[1], KEYS[2])
+  if not m then break end
+  taken[i] = m
+end
+return taken
+"""
+
+#: Puts a reader's list (KEYS[2]) back at the head of the queue (KEYS[1]), in its order.
+_GIVE_BACK = """
+local n = 0
+while true do
+  local m = redis.call('LPOP', KEYS[2])
+  if not m then break end
+  redis.call('RPUSH', KEYS[1], m)
+  n = n + 1
+end
+return n
+"""
+
+#: Gives back the list of every reader of the queue (KEYS[1]) in the set of readers
+#: (KEYS[2]) whose lease is gone; returns how many messages went back.
+_RESCUE = """
+local n = 0
+for _, list in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  if redis.call('EXISTS', list .. '.lease') == 0 then
+    while true do
+      local m = redis.call('LPOP', list)
+      if not m then break end
+      redis.call('RPUSH', KEYS[1], m)
+      n = n + 1
+    end
+    redis.call('SREM', KEYS[2], list)
+  end
+end
+return n
+"""
+
+
+class RedisInbox:
+    """The queue on Redis, read through a list of this reader's own (see the module's
+    docstring). ``lease`` seconds without a take and its list is anyone's to give back."""
+
+    def __init__(self, url: str, queue: str, batch_size: int, lease: float, name: str = ""):
+        self.queue, self.batch_size = queue, batch_size
+        self.lease_ms = int(lease * 1000)
+        self.client = redis.Redis.from_url(url)
+        self.readers = f"{queue}.readers"
+        self.taken = f"{queue}.reader.{name or uuid.uuid4().hex}"
+        self._take = self.client.register_script(_TAKE)
+        self._give_back = self.client.register_script(_GIVE_BACK)
+        self._rescue = self.client.register_script(_RESCUE)
+        # What this reader held when it lost its connection (or its process) goes first.
+        self._give_back(keys=[queue, self.taken])
+        self.client.sadd(self.readers, self.taken)
+
+    def take(self, wait: float) -> list[RedisDelivery]:
+        keys = [self.queue, self.taken, f"{self.taken}.lease"]
+        raw = self._take(keys=keys, args=[self.batch_size, self.lease_ms])
+        if not raw and wait > 0:
+            first = self.client.brpoplpush(self.queue, self.taken, timeout=wait)
+            if first is None:
+                return []
+            raw = [first, *self._take(keys=keys, args=[self.batch_size - 1, self.lease_ms])]
+        return [RedisDelivery(m) for m in raw]
+
+    def ack(self, batch: Sequence[Delivery]) -> None:
+        if batch:
+            self.client.delete(self.taken)
+
+    def rescue(self) -> int:
+        """Put the messages of readers whose lease ran out back on the queue; how many."""
+        return int(self._rescue(keys=[self.queue, self.readers]))
+
+    def close(self) -> None:
+        with contextlib.suppress(redis.RedisError):
+            self._give_back(keys=[self.queue, self.taken])
+            self.client.srem(self.readers, self.taken)
+            self.client.delete(f"{self.taken}.lease")
+        self.client.close()
