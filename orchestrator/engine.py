@@ -108,23 +108,23 @@ class Engine:
         the command goes out when the orchestrator finds the broker again (``sent`` false).
         """
         saga_input, key = self._prepare(definition, document)
-        saga_id, created = transitions.create_saga(
-            self.db,
-            uuid.uuid4().hex,
-            definition,
-            saga_input,
-            self._specs(definition),
-            self.clock(),
-            idempotency_key=key,
-            request_key=request_key,
-        )
-        if not created:
+        now = self.clock()
+        # stored and started in one transaction: one commit, and never seen pending
+        with transitions.batch(self.db, []) as unit:
+            saga_id, created = transitions.create_saga(
+                unit,
+                uuid.uuid4().hex,
+                definition,
+                saga_input,
+                self._specs(definition),
+                now,
+                idempotency_key=key,
+                request_key=request_key,
+            )
+            started = transitions.start_saga(unit, saga_id, now) if created else None
+        if started is None:
             return Submitted(saga_id, created=False, sent=True)
         log.info("saga %s started for %s", saga_id, key, extra={"saga_id": saga_id})
-        try:
-            started = transitions.start_saga(self.db, saga_id, self.clock())
-        except TransitionRefused:  # recovery started it first
-            return Submitted(saga_id, created=True, sent=True)
         return Submitted(saga_id, created=True, sent=self._send_later_if_down([started]))
 
     def submit_many(self, definition: str, documents: Sequence[Any]) -> list[Submitted]:

@@ -115,8 +115,10 @@ class RedisDelivery:
     def decode(self) -> Any:
         if self._error:
             raise MalformedMessage(self._error)
-        if self._content_type != "application/json":  # JSON only, as kombu's accept=json
-            raise MalformedMessage(f"content type {self._content_type!r:.40} refused")
+        if self._content_type != "application/json":  # JSON only; worded as kombu words it
+            raise MalformedMessage(
+                f"Refusing to deserialize untrusted content of type {self._content_type!r:.60}"
+            )
         body = base64.b64decode(self._body) if self._base64 else self._body
         return json.loads(body)
 

@@ -36,7 +36,7 @@ from orchestrator.metrics import Metrics
 from orchestrator.order_saga import ORDER_SAGA
 from saga_core import ping, redis_transport, watchdog
 from saga_core.broker import QueueDepth
-from saga_core.celery_app import direct, make_app, publish_task
+from saga_core.celery_app import direct, make_app, publish_task, send
 from saga_core.config import ORCHESTRATOR_QUEUE, Settings
 from saga_core.database import BUSY
 from saga_core.errors import BrokerUnavailable, DatabaseUnavailable, MalformedMessage
@@ -71,8 +71,8 @@ TASKS = (OUTCOME_TASK, SUBMIT_TASK, HEARTBEAT_TASK, PING_TASK)
 
 
 def celery_publisher(app: Celery, settings: Settings) -> Publisher:
-    """Commands sent with ``send_task``, one by one: for a process that sends a few (a
-    client submitting an order). A broker that does not take one raises
+    """Commands sent one by one through the app's pooled producers: for a process that
+    sends a few (a client submitting an order). A broker that does not take one raises
     ``BrokerUnavailable``, whatever the transport's own error."""
     with app.connection_for_write() as connection:  # not connected: only its error types
         down = (KombuError, OSError, *connection.connection_errors, *connection.channel_errors)
@@ -80,14 +80,8 @@ def celery_publisher(app: Celery, settings: Settings) -> Publisher:
     def publish(commands: Sequence[Command]) -> None:
         try:
             for c in commands:
-                # Empty reprs: see saga_core.celery_app.publish_task.
-                app.send_task(
-                    c.operation,
-                    args=[c.to_wire()],
-                    queue=direct(settings.queue(c.queue), settings.quorum_queues),
-                    argsrepr="",
-                    kwargsrepr="",
-                )
+                queue = direct(settings.queue(c.queue), settings.quorum_queues)
+                send(app, queue, c.operation, c.to_wire())
         except down as exc:
             raise BrokerUnavailable(f"the broker did not take a command: {exc}") from exc
 

@@ -102,3 +102,22 @@ def publish_task(
         **properties,
         **options,
     )
+
+
+def send(app: Celery, queue: Queue, task: str, argument: Any) -> None:
+    """Send a Celery message for ``task`` with its one ``argument`` straight to ``queue``,
+    through one of ``app``'s pooled producers: what ``send_task`` sends, without its routing,
+    signals and event set-up (a third of its cost, profiled). RabbitMQ drops what is sent to
+    a queue that was never declared, so there the queue is declared (once per connection)."""
+    declare = [queue] if is_amqp(app.conf.broker_url) else []
+    with app.producer_or_acquire() as producer:
+        publish_task(
+            app,
+            producer,
+            queue.name,
+            task,
+            argument,
+            declare=declare,
+            retry=True,
+            retry_policy=app.conf.task_publish_retry_policy,
+        )

@@ -20,8 +20,7 @@ from typing import Any
 
 from celery import Celery, Task
 
-from saga_core.broker import is_amqp
-from saga_core.celery_app import direct, publish_task
+from saga_core.celery_app import direct, send
 from saga_core.config import ORCHESTRATOR_QUEUE, Settings
 from saga_core.database import BUSY
 from saga_core.errors import (
@@ -209,14 +208,12 @@ def register(
         # shared=False: this app's own, so that building a second app (tests, tools) does
         # not collide in Celery's shared registry
         app.task(name=op.name, bind=True, acks_late=True, reject_on_worker_lost=True, shared=False)(
-            _make_task(runner, op.name, reply_to, is_amqp(settings.broker_url))
+            _make_task(runner, op.name, reply_to)
         )
     app.conf.task_routes = routes
 
 
-def _make_task(
-    runner: StepRunner, operation: str, reply_to: Any, declare: bool
-) -> Callable[..., Any]:
+def _make_task(runner: StepRunner, operation: str, reply_to: Any) -> Callable[..., Any]:
     def run(task: Task, *args: Any, **kwargs: Any) -> Any:
         try:
             if kwargs or len(args) != 1:
@@ -236,20 +233,7 @@ def _make_task(
                 max_retries=command.retry.max_retries,
                 exc=result.error,
             )
-        with task.app.producer_or_acquire() as producer:
-            # straight to the orchestrator's queue: Celery's send_task would route the
-            # task and set up its events and signals first (a quarter of a step's CPU)
-            publish_task(
-                task.app,
-                producer,
-                reply_to.name,
-                OUTCOME_TASK,
-                result.to_wire(),
-                # RabbitMQ drops what is sent to a queue not declared yet
-                declare=[reply_to] if declare else [],
-                retry=True,
-                retry_policy=task.app.conf.task_publish_retry_policy,
-            )
+        send(task.app, reply_to, OUTCOME_TASK, result.to_wire())
         return result.status.value  # what Celery logs and Flower shows
 
     run.__name__ = operation
