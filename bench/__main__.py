@@ -18,6 +18,7 @@ import shutil
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -150,94 +151,113 @@ def celery_worker(settings: Settings, module: str, name: str, queue: str, proces
     return Child(f"{name} worker", argv, env, settings.data_dir / "logs" / f"{name}.log")
 
 
-def compare(settings: Settings, count: int, latency_count: int, load: float) -> dict[str, Any]:
-    """Saturation throughput and latency at a fixed offered load, chains then sagas."""
+def compare(
+    settings: Settings,
+    count: int,
+    latency_count: int,
+    load: float,
+    rounds: int = 2,
+    peers: bool = False,
+) -> dict[str, Any]:
+    """Saturation throughput, then latency at a fixed offered load (``load`` times the
+    chain's saturation), of the bare chain, the sagas and, with ``peers``, celery-saga and
+    DBOS on SQLite, all on the same steps and the same Redis.
+
+    Every system is up for the whole run, and each saturation run is taken ``rounds``
+    times, one system after the other: the machine's speed drifts by a fifth from one minute
+    to the next here, and runs in turn put that drift on every side alike."""
     s = _fresh(settings, "compare")
     cluster = Cluster(s)
     quiet = Cluster(s.with_(heartbeat_interval=0.0))
-    chain_workers = [
+    others = [
         celery_worker(s, "bench.chain", f"chain-{name}", chain_queue(s, name), 1)
         for name in SERVICES
     ]
-    for worker in [*cluster.workers.values(), *chain_workers]:
-        worker.start()
+    sagas = SagaRunner(s)
+    systems: dict[str, Callable[..., Run]] = {
+        "chain": ChainRunner(build(s), s).run,
+        "saga": sagas.run,
+    }
+    if peers:
+        from bench.peer_celery_saga import CelerySagaRunner
+        from bench.peer_celery_saga import queue as celery_saga_queue
+        from bench.peer_dbos import DbosRunner
+
+        others.append(
+            celery_worker(s, "bench.peer_celery_saga", "celery-saga", celery_saga_queue(s), 4)
+        )
+        dbos = DbosRunner(s)
+        systems["celery_saga"] = CelerySagaRunner(s).run
+        systems["dbos_sequential"] = dbos.run
+        systems["dbos_threaded"] = functools.partial(dbos.run, threads=8)
+    for child in [*cluster.children, *others]:
+        child.start()
     try:
-        # no orchestrator yet: the chains' last replies come to its queue, for us to read
-        chains = ChainRunner(build(s), s)
-        chains.run("warm-c", 20)
-        chain_sat = chains.run("sat-c", count)
-        rate = max(1.0, chain_sat.per_second * load)
-        chain_lat = chains.run("lat-c", latency_count, rate)
-        cluster.orchestrator.start()
-        sagas = SagaRunner(s)
-        sagas.run("warm-s", 20)
-        saga_sat = sagas.run("sat-s", count)
-        saga_lat = sagas.run("lat-s", latency_count, rate)
+        for name, run in systems.items():
+            if not name.startswith("dbos"):  # a DBOS run warms up in its own process
+                run(f"warm-{name}", 20)
+        saturation: dict[str, list[Run]] = {name: [] for name in systems}
+        for n in range(rounds):
+            for name, run in systems.items():
+                saturation[name].append(run(f"sat{n}-{name}", count))
+        merged = {name: Run.merged(runs) for name, runs in saturation.items()}
+        rate = max(1.0, merged["chain"].per_second * load)
+        at_load = {
+            name: run(f"lat-{name}", latency_count, rate=rate)
+            for name, run in systems.items()
+            if name != "dbos_sequential"  # one at a time: it cannot be offered a load
+        }
         orchestrator_rss = rss_mb(cluster.orchestrator.pid)
         # What liveness costs: the same sagas with the workers' heartbeats off, then on
-        # again, then off again (runs in turn, so that drift in the machine's speed falls
-        # on both sides), each on freshly started workers.
-        runs: dict[bool, list[Run]] = {True: [saga_sat], False: []}
+        # again, then off again, each on freshly started workers.
+        by_heartbeats: dict[bool, list[Run]] = {True: list(saturation["saga"]), False: []}
         for heartbeats in (False, True, False):
             stop_all([*cluster.workers.values(), *quiet.workers.values()])
             for worker in (cluster if heartbeats else quiet).workers.values():
                 worker.start()
-            sagas.run(f"warm-{heartbeats:d}{len(runs[heartbeats])}", 20)
-            runs[heartbeats].append(sagas.run(f"sat-{heartbeats:d}{len(runs[heartbeats])}", count))
+            runs = by_heartbeats[heartbeats]
+            sagas.run(f"warm-{heartbeats:d}{len(runs)}", 20)
+            runs.append(sagas.run(f"sat-{heartbeats:d}{len(runs)}", count))
     finally:
-        stop_all([*cluster.children, *quiet.workers.values(), *chain_workers])
-    return {
+        stop_all([*cluster.children, *quiet.workers.values(), *others])
+    shutil.rmtree(s.data_dir, ignore_errors=True)
+
+    def figures(name: str) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "saturation": merged[name].summary(),
+            "saturation_per_second_by_round": [round(r.per_second, 1) for r in saturation[name]],
+        }
+        if name in at_load:
+            out["at_load"] = at_load[name].summary()
+        return out
+
+    chain_p50 = at_load["chain"].percentile(50)
+    result: dict[str, Any] = {
+        "rounds": rounds,
         "offered_load_per_second": round(rate, 1),
-        "chain": {"saturation": chain_sat.summary(), "at_load": chain_lat.summary()},
-        "saga": {"saturation": saga_sat.summary(), "at_load": saga_lat.summary()},
-        "ratio_throughput": round(saga_sat.per_second / chain_sat.per_second, 3),
-        "saga_saturation_per_second_with_heartbeats": [round(r.per_second, 1) for r in runs[True]],
+        "chain": figures("chain"),
+        "saga": figures("saga"),
+        "ratio_throughput": round(merged["saga"].per_second / merged["chain"].per_second, 3),
+        "ratio_p50_latency": round(at_load["saga"].percentile(50) / chain_p50, 3)
+        if chain_p50
+        else None,
+        "saga_saturation_per_second_with_heartbeats": [
+            round(r.per_second, 1) for r in by_heartbeats[True]
+        ],
         "saga_saturation_per_second_without_heartbeats": [
-            round(r.per_second, 1) for r in runs[False]
+            round(r.per_second, 1) for r in by_heartbeats[False]
         ],
         "ratio_throughput_with_to_without_heartbeats": round(
-            statistics.fmean(r.per_second for r in runs[True])
-            / statistics.fmean(r.per_second for r in runs[False]),
+            statistics.fmean(r.per_second for r in by_heartbeats[True])
+            / statistics.fmean(r.per_second for r in by_heartbeats[False]),
             3,
         ),
-        "ratio_p50_latency": round(saga_lat.percentile(50) / chain_lat.percentile(50), 3)
-        if chain_lat.percentile(50)
-        else None,
         "orchestrator_rss_mb": round(orchestrator_rss, 1),
     }
-
-
-def peers(settings: Settings, count: int, latency_count: int, rate: float) -> dict[str, Any]:
-    """The peers a user would pick instead, on the same four steps (the same services' step
-    runners and SQLite files), the same Redis and the same offered load as ``compare``:
-    celery-saga on one prefork worker of 4 processes, and DBOS on SQLite in process, one
-    workflow at a time and on 8 threads."""
-    from bench.peer_celery_saga import CelerySagaRunner
-    from bench.peer_celery_saga import queue as celery_saga_queue
-    from bench.peer_dbos import DbosRunner
-
-    s = _fresh(settings, "peers")
-    worker = celery_worker(s, "bench.peer_celery_saga", "celery-saga", celery_saga_queue(s), 4)
-    worker.start()
-    try:
-        runner = CelerySagaRunner(s)
-        runner.run("warm-p", 20)
-        celery_saga = {
-            "saturation": runner.run("sat-p", count).summary(),
-            "at_load": runner.run("lat-p", latency_count, rate).summary(),
+    if peers:
+        result["peers"] = {
+            name: figures(name) for name in ("celery_saga", "dbos_sequential", "dbos_threaded")
         }
-    finally:
-        stop_all([worker])
-    dbos = DbosRunner(s)
-    result = {
-        "celery_saga": celery_saga,
-        "dbos_sequential": {"saturation": dbos.run("seq", count).summary()},
-        "dbos_threaded": {
-            "saturation": dbos.run("thr", count, threads=8).summary(),
-            "at_load": dbos.run("thr-lat", latency_count, threads=8, rate=rate).summary(),
-        },
-    }
-    shutil.rmtree(s.data_dir, ignore_errors=True)
     return result
 
 
@@ -417,6 +437,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--count", type=int, default=600, help="chains and sagas at saturation")
     p.add_argument("--latency-count", type=int, default=300)
     p.add_argument(
+        "--rounds", type=int, default=2, help="saturation runs of each system, taken in turn"
+    )
+    p.add_argument(
         "--load",
         type=float,
         default=0.5,
@@ -472,12 +495,14 @@ def main(argv: list[str] | None = None) -> int:
         results["store"] = store_rates(data_dir, args.postgres_url, args.store_sagas)
         print(json.dumps(results["store"], indent=2), flush=True)
         if "compare" not in skip:
-            results["compare"] = compare(settings, args.count, args.latency_count, args.load)
-            print(json.dumps(results["compare"], indent=2), flush=True)
-            if args.peers:
-                rate = results["compare"]["offered_load_per_second"]
-                results["peers"] = peers(settings, args.count, args.latency_count, rate)
+            compared = compare(
+                settings, args.count, args.latency_count, args.load, args.rounds, args.peers
+            )
+            if "peers" in compared:
+                results["peers"] = compared.pop("peers")
                 print(json.dumps(results["peers"], indent=2), flush=True)
+            results["compare"] = compared
+            print(json.dumps(compared, indent=2), flush=True)
         if "recovery" not in skip:
             results["recovery"] = recovery(settings, args.in_flight)
             print(json.dumps(results["recovery"], indent=2), flush=True)

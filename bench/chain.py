@@ -2,8 +2,8 @@
 
 Each task runs a service operation through the same step runner as a saga's step (the
 ledger, the service's SQLite write), but sends no outcome: a chain moves on by Celery's
-own link. Only a chain's last step replies, on the orchestrator's queue, where the bench
-reads it to see the chain end.
+own link. Only a chain's last step replies, as a saga's step does, on a queue of the
+bench's (``done_queue``), where it reads it to see the chain end.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 from celery import Celery, Task
 
 from saga_core import config
-from saga_core.celery_app import direct, make_app
-from saga_core.config import ORCHESTRATOR_QUEUE, Settings
+from saga_core.celery_app import direct, make_app, send
+from saga_core.config import Settings
 from saga_core.messages import OUTCOME_TASK, Command
 from workers import SERVICES
 from workers.task import Retry, StepRunner
@@ -24,9 +24,13 @@ def queue(settings: Settings, service: str) -> str:
     return settings.queue(f"chain.{service}")
 
 
+def done_queue(settings: Settings) -> str:
+    return settings.queue("chain.done")
+
+
 def build(settings: Settings) -> Celery:
     app = make_app(settings, "chain")
-    reply_to = direct(settings.queue(ORCHESTRATOR_QUEUE))
+    reply_to = direct(done_queue(settings))
     for service in SERVICES.values():
         runner = StepRunner(settings, service)
         for operation in service.operations:
@@ -49,9 +53,7 @@ def _task(runner: StepRunner, operation: str, reply_to: Any) -> Any:
         if isinstance(result, Retry):
             raise task.retry(countdown=result.countdown, exc=result.error)
         if last and result is not None:
-            task.app.send_task(
-                OUTCOME_TASK, args=[result.to_wire()], queue=reply_to, argsrepr="", kwargsrepr=""
-            )
+            send(task.app, reply_to, OUTCOME_TASK, result.to_wire())
 
     run.__name__ = operation
     return run

@@ -16,10 +16,11 @@ import redis
 from celery import Celery, chain
 
 import orchestrator
+from bench.chain import done_queue
 from bench.chain import queue as chain_queue
 from orchestrator.order_saga import ORDER_SAGA
-from saga_core.config import ORCHESTRATOR_QUEUE, Settings
-from saga_core.messages import OUTCOME_TASK, Command, Outcome, Phase, Status
+from saga_core.config import Settings
+from saga_core.messages import Command, Outcome, Phase, Status
 from saga_store import open_reader, queries
 from workers import SERVICES
 from workers.task import StepRunner
@@ -40,6 +41,15 @@ class Run:
             return 0.0
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+    @classmethod
+    def merged(cls, runs: list[Run]) -> Run:
+        """Several runs of one kind as one: their counts over their times together."""
+        return cls(
+            sum(r.count for r in runs),
+            sum(r.seconds for r in runs),
+            [t for r in runs for t in r.latencies],
+        )
 
     def summary(self) -> dict[str, float]:
         return {
@@ -107,7 +117,7 @@ class ChainRunner:
 
     def __init__(self, app: Celery, settings: Settings):
         self.app, self.settings = app, settings
-        self.done_queue = settings.queue(ORCHESTRATOR_QUEUE)
+        self.done_queue = done_queue(settings)
         self.client = redis.Redis.from_url(settings.broker_url)
 
     def _signatures(self, tag: str, n: int) -> Any:
@@ -146,8 +156,6 @@ class ChainRunner:
             if item is None:
                 continue
             message = json.loads(item[1])
-            if message["headers"].get("task") != OUTCOME_TASK:
-                continue  # a saga worker's heartbeat: the chains share this queue
             body = base64.b64decode(message["body"])
             outcome = json.loads(body)[0][0]
             finished[outcome["saga_id"]] = time.monotonic()

@@ -48,6 +48,8 @@ def test_bench_smoke_run_writes_every_figure(
             "--postgres-url",
             postgres_url,
             "--peers",
+            "--rounds",
+            "2",
             "--json",
             str(out),
         ],
@@ -60,17 +62,19 @@ def test_bench_smoke_run_writes_every_figure(
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads(out.read_text())
     compare = figures["compare"]
-    assert compare["chain"]["saturation"]["count"] == 30
-    assert compare["saga"]["saturation"]["count"] == 30
+    # two rounds of each, taken in turn, counted together
+    assert compare["chain"]["saturation"]["count"] == 60
+    assert compare["saga"]["saturation"]["count"] == 60
+    assert len(compare["saga"]["saturation_per_second_by_round"]) == 2
     assert compare["saga"]["at_load"]["count"] == 20
     assert compare["ratio_throughput"] > 0 and compare["ratio_p50_latency"] > 0
     store = figures["store"]
     assert store["sqlite_one_per_transaction"] > 0 and store["sqlite_batched"] > 0
     assert store["postgresql_one_per_transaction"] > 0 and store["postgresql_batched"] > 0
     peers = figures["peers"]
-    assert peers["celery_saga"]["saturation"]["count"] == 30
+    assert peers["celery_saga"]["saturation"]["count"] == 60
     assert peers["celery_saga"]["at_load"]["count"] == 20
-    assert peers["dbos_sequential"]["saturation"]["count"] == 30
+    assert peers["dbos_sequential"]["saturation"]["count"] == 60
     assert peers["dbos_threaded"]["at_load"]["count"] == 20
     # the headline comes first, from the same run's figures
     assert next(iter(figures)) == "ratios"
