@@ -19,7 +19,8 @@ import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
+from operator import attrgetter
 from typing import Any
 
 from saga_core import database
@@ -88,10 +89,21 @@ class StepRecord:
         return getattr(self, name)
 
     def changes(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, name) for name in STEP_CHANGES)
+        return _step_changes(self)
+
+    def values(self) -> tuple[Any, ...]:
+        """Every column, in ``STEP_COLUMNS`` order."""
+        return _step_values(self)
+
+    def copy(self) -> StepRecord:
+        return StepRecord(*_step_values(self))
 
 
 STEP_COLUMNS = tuple(f.name for f in fields(StepRecord))
+# C-level readers of a record's fields: a transition reads and copies steps many times, and
+# generator expressions over the fields were a fifth of the store's time (profiled).
+_step_changes = attrgetter(*STEP_CHANGES)
+_step_values = attrgetter(*STEP_COLUMNS)
 
 
 @dataclass(slots=True)
@@ -115,7 +127,15 @@ class SagaRecord:
         return (self.definition, idempotency_key, self.error)
 
     def copy(self) -> SagaRecord:
-        return replace(self, steps=[replace(s) for s in self.steps])
+        return SagaRecord(
+            self.id,
+            self.state,
+            self.definition,
+            self.input,
+            self.error,
+            self.updated_at,
+            [s.copy() for s in self.steps],
+        )
 
 
 class Unit:
@@ -291,7 +311,7 @@ class Unit:
                 new_sagas.append(
                     (saga_id, saga.state, saga.input, created_at, saga.updated_at, *saga.extra(key))
                 )
-                new_steps.extend(tuple(getattr(s, c) for c in STEP_COLUMNS) for s in saga.steps)
+                new_steps.extend(s.values() for s in saga.steps)
                 continue
             saga_then, steps_then = self._as_read[saga_id]
             if saga.changes() != saga_then:
