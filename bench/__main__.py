@@ -158,10 +158,12 @@ def compare(
     load: float,
     rounds: int = 2,
     peers: bool = False,
+    solo: bool = False,
 ) -> dict[str, Any]:
     """Saturation throughput, then latency at a fixed offered load (``load`` times the
     chain's saturation), of the bare chain, the sagas and, with ``peers``, celery-saga and
-    DBOS on SQLite, all on the same steps and the same Redis.
+    DBOS on SQLite, all on the same steps and the same Redis; with ``solo``, the sagas also
+    on service workers of Celery's solo pool (a system of its own beside the default one).
 
     Every system is up for the whole run, and each saturation run is taken ``rounds``
     times, one system after the other: the machine's speed drifts by a fifth from one minute
@@ -178,6 +180,11 @@ def compare(
         "chain": ChainRunner(build(s), s).run,
         "saga": sagas.run,
     }
+    if solo:
+        solo_settings = _fresh(settings, "compare-solo")
+        solo_cluster = Cluster(solo_settings, pool="solo")
+        others.extend(solo_cluster.children)
+        systems["saga_solo_pool"] = SagaRunner(solo_settings).run
     if peers:
         from bench.peer_celery_saga import CelerySagaRunner
         from bench.peer_celery_saga import queue as celery_saga_queue
@@ -254,6 +261,9 @@ def compare(
         ),
         "orchestrator_rss_mb": round(orchestrator_rss, 1),
     }
+    if solo:
+        result["saga_solo_pool"] = figures("saga_solo_pool")
+        shutil.rmtree(solo_settings.data_dir, ignore_errors=True)
     if peers:
         result["peers"] = {
             name: figures(name) for name in ("celery_saga", "dbos_sequential", "dbos_threaded")
@@ -272,6 +282,11 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
     sagas = compared["saga"]["saturation"]["per_second"]
     out["saga_to_chain_throughput"] = compared["ratio_throughput"]
     out["saga_to_chain_p50_at_load"] = compared["ratio_p50_latency"]
+    solo = compared.get("saga_solo_pool")
+    if solo:
+        out["saga_solo_pool_to_saga_throughput"] = round(
+            solo["saturation"]["per_second"] / sagas, 3
+        )
     found = results.get("peers")
     if found:
         best_dbos = max(
@@ -471,6 +486,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also run celery-saga and DBOS on the same steps (pip install -e .[peers])",
     )
+    p.add_argument(
+        "--solo",
+        action="store_true",
+        help="also run the sagas on service workers of Celery's solo pool, for comparison",
+    )
     p.add_argument("--skip", default="", help="comma list of: compare,recovery,kill,growth,scaling")
     args = p.parse_args(argv)
     if args.peers:
@@ -496,7 +516,13 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(results["store"], indent=2), flush=True)
         if "compare" not in skip:
             compared = compare(
-                settings, args.count, args.latency_count, args.load, args.rounds, args.peers
+                settings,
+                args.count,
+                args.latency_count,
+                args.load,
+                args.rounds,
+                args.peers,
+                args.solo,
             )
             if "peers" in compared:
                 results["peers"] = compared.pop("peers")

@@ -95,8 +95,8 @@ def stop_all(children: Sequence[Child], timeout: float = 10.0) -> None:
 
 
 class Cluster:
-    """A system's processes: ``replicas`` workers per service and ``orchestrators``
-    orchestrators, all on the same broker and databases."""
+    """A system's processes: ``replicas`` workers per service (Celery pool ``pool``) and
+    ``orchestrators`` orchestrators, all on the same broker and databases."""
 
     def __init__(
         self,
@@ -106,6 +106,7 @@ class Cluster:
         orchestrator_args: Sequence[str] = (),
         orchestrators: int = 1,
         replicas: int = 1,
+        pool: str = "prefork",
     ):
         self.settings = settings
         env = {**settings.to_env(), "PYTHONUNBUFFERED": "1"}
@@ -118,7 +119,7 @@ class Cluster:
             s: [
                 Child(
                     numbered(f"worker {s}", n),
-                    saga_command("worker", s),
+                    saga_command("worker", s, "--pool", pool),
                     env,
                     logs / f"{numbered(s, n)}.log",
                 )
