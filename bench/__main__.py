@@ -81,13 +81,19 @@ def postgres_cpu_seconds() -> float:
     """CPU the PostgreSQL server on this machine has used: its postmaster's own and its
     ended children's (``cutime``, ``cstime``), and its live children's, so backends that
     come and go during a run are counted."""
+    return server_cpu_seconds(("postgres", "postmaster"))
+
+
+def server_cpu_seconds(names: tuple[str, ...]) -> float:
+    """CPU the servers on this machine named ``names`` (their processes' command name)
+    have used, their ended children's included."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            if (entry / "comm").read_text().strip() not in ("postgres", "postmaster"):
+            if (entry / "comm").read_text().strip() not in names:
                 continue
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
@@ -151,6 +157,24 @@ def celery_worker(settings: Settings, module: str, name: str, queue: str, proces
     return Child(f"{name} worker", argv, env, settings.data_dir / "logs" / f"{name}.log")
 
 
+def measured(processes: dict[str, list[Child]], run: Callable[..., Run], *args: Any) -> Run:
+    """``run(*args)``, with the CPU spent meanwhile by each kind of ``processes`` (their pool
+    children included), by the Redis server and by this process (the client: submitting,
+    and polling for the ends)."""
+
+    def now() -> dict[str, float]:
+        cpu = {kind: cpu_seconds([c.pid for c in group]) for kind, group in processes.items()}
+        cpu["redis"] = server_cpu_seconds(("redis-server",))
+        cpu["client"] = time.process_time()
+        return cpu
+
+    before = now()
+    result = run(*args)
+    after = now()
+    result.cpu.update({kind: after[kind] - before[kind] for kind in after})
+    return result
+
+
 def compare(
     settings: Settings,
     count: int,
@@ -171,10 +195,15 @@ def compare(
     s = _fresh(settings, "compare")
     cluster = Cluster(s)
     quiet = Cluster(s.with_(heartbeat_interval=0.0))
-    others = [
+    chain_workers = [
         celery_worker(s, "bench.chain", f"chain-{name}", chain_queue(s, name), 1)
         for name in SERVICES
     ]
+    others = list(chain_workers)
+    processes: dict[str, dict[str, list[Child]]] = {
+        "chain": {"workers": chain_workers},
+        "saga": {"workers": list(cluster.workers.values()), "orchestrator": [cluster.orchestrator]},
+    }
     sagas = SagaRunner(s)
     systems: dict[str, Callable[..., Run]] = {
         "chain": ChainRunner(build(s), s).run,
@@ -185,14 +214,20 @@ def compare(
         solo_cluster = Cluster(solo_settings, pool="solo")
         others.extend(solo_cluster.children)
         systems["saga_solo_pool"] = SagaRunner(solo_settings).run
+        processes["saga_solo_pool"] = {
+            "workers": list(solo_cluster.workers.values()),
+            "orchestrator": [solo_cluster.orchestrator],
+        }
     if peers:
         from bench.peer_celery_saga import CelerySagaRunner
         from bench.peer_celery_saga import queue as celery_saga_queue
         from bench.peer_dbos import DbosRunner
 
-        others.append(
-            celery_worker(s, "bench.peer_celery_saga", "celery-saga", celery_saga_queue(s), 4)
+        celery_saga_worker = celery_worker(
+            s, "bench.peer_celery_saga", "celery-saga", celery_saga_queue(s), 4
         )
+        others.append(celery_saga_worker)
+        processes["celery_saga"] = {"workers": [celery_saga_worker]}
         dbos = DbosRunner(s)
         systems["celery_saga"] = CelerySagaRunner(s).run
         systems["dbos_sequential"] = dbos.run
@@ -206,7 +241,9 @@ def compare(
         saturation: dict[str, list[Run]] = {name: [] for name in systems}
         for n in range(rounds):
             for name, run in systems.items():
-                saturation[name].append(run(f"sat{n}-{name}", count))
+                saturation[name].append(
+                    measured(processes.get(name, {}), run, f"sat{n}-{name}", count)
+                )
         merged = {name: Run.merged(runs) for name, runs in saturation.items()}
         rate = max(1.0, merged["chain"].per_second * load)
         at_load = {

@@ -43,7 +43,7 @@ class DbosRunner:
         if done.returncode:
             raise RuntimeError(f"the DBOS run failed: {done.stderr[-2000:]}")
         result = json.loads(done.stdout.splitlines()[-1])
-        return Run(count, result["seconds"], result["latencies"])
+        return Run(count, result["seconds"], result["latencies"], {"dbos": result["cpu_seconds"]})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             one(f"{args.tag}-warm", n)
         started: list[float] = []
         ended: list[float] = []
+        cpu0 = time.process_time()
         t0 = time.monotonic()
         if args.threads:
             with ThreadPoolExecutor(args.threads) as pool:
@@ -105,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                 started.append(time.monotonic())
                 ended.append(one(args.tag, n))
         result = {
+            "cpu_seconds": time.process_time() - cpu0,
             "seconds": max(ended) - t0,
             "latencies": [e - s for s, e in zip(started, ended, strict=True)],
         }

@@ -8,7 +8,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -31,6 +31,8 @@ class Run:
     count: int
     seconds: float  # first submit to last completion
     latencies: list[float]
+    #: CPU seconds spent meanwhile, by kind of process (where measured)
+    cpu: dict[str, float] = field(default_factory=dict)
 
     @property
     def per_second(self) -> float:
@@ -45,14 +47,21 @@ class Run:
     @classmethod
     def merged(cls, runs: list[Run]) -> Run:
         """Several runs of one kind as one: their counts over their times together."""
+        cpu: dict[str, float] = {}
+        for r in runs:
+            for kind, seconds in r.cpu.items():
+                cpu[kind] = cpu.get(kind, 0.0) + seconds
         return cls(
             sum(r.count for r in runs),
             sum(r.seconds for r in runs),
             [t for r in runs for t in r.latencies],
+            cpu,
         )
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> dict[str, Any]:
+        cpu = {k: round(v * 1000 / max(self.count, 1), 2) for k, v in self.cpu.items()}
         return {
+            **({"cpu_ms_each": {**cpu, "all": round(sum(cpu.values()), 2)}} if cpu else {}),
             "count": self.count,
             "per_second": round(self.per_second, 1),
             "p50_ms": round(self.percentile(50) * 1000, 1),

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 
 import pytest
 
-from saga_core import config
+from saga_core import config, logs
 from saga_core.errors import ConfigError
 from saga_core.retry import RetryPolicy
 
@@ -17,6 +18,7 @@ def test_defaults() -> None:
     assert s.broker_url == "redis://127.0.0.1:6379/0"
     assert s.data_dir == Path("./var")
     assert s.queue("payment") == "payment"
+    assert s.task_events is False  # two publishes less per step; the compose file turns them on
 
 
 def test_settings_round_trip_through_the_environment() -> None:
@@ -60,3 +62,23 @@ def test_jitter_stays_within_half_and_full_delay() -> None:
     delays = [policy.delay(3, rng) for _ in range(200)]
     assert all(4.0 <= d <= 8.0 for d in delays)
     assert len({round(d, 3) for d in delays}) > 100
+
+
+@pytest.mark.parametrize(("level", "shown"), [("INFO", False), ("DEBUG", True)])
+def test_celerys_line_per_task_shows_at_debug_only(
+    level: str, shown: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = logging.getLogger()
+    handlers, root_level = root.handlers[:], root.level
+    try:
+        logs.setup(level, "text")
+        logging.getLogger("celery.app.trace").info("Task charge_payment[1] succeeded")
+        logging.getLogger("celery.app.trace").error("Task charge_payment[2] raised")
+        logging.getLogger("saga.worker").info("charge_payment refused: declined")
+        err = capsys.readouterr().err
+    finally:
+        root.handlers[:], root.level = handlers, root_level
+        for name in logs.PER_TASK:
+            logging.getLogger(name).setLevel(logging.NOTSET)
+    assert ("charge_payment[1] succeeded" in err) is shown
+    assert "charge_payment[2] raised" in err and "refused: declined" in err
