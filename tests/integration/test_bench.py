@@ -66,6 +66,10 @@ def test_bench_smoke_run_writes_every_figure(
     assert compare["chain"]["saturation"]["count"] == 60
     assert compare["saga"]["saturation"]["count"] == 60
     assert len(compare["saga"]["saturation_per_second_by_round"]) == 2
+    # the CPU each kind of process spent per order, for the bound in docs/benchmarks.md
+    cpu = compare["saga"]["saturation"]["cpu_ms_each"]
+    assert cpu["workers"] > 0 and cpu["orchestrator"] > 0 and cpu["client"] > 0
+    assert cpu["all"] >= cpu["workers"] + cpu["orchestrator"]
     assert compare["saga"]["at_load"]["count"] == 20
     assert compare["ratio_throughput"] > 0 and compare["ratio_p50_latency"] > 0
     store = figures["store"]
@@ -76,6 +80,8 @@ def test_bench_smoke_run_writes_every_figure(
     assert peers["celery_saga"]["at_load"]["count"] == 20
     assert peers["dbos_sequential"]["saturation"]["count"] == 60
     assert peers["dbos_threaded"]["at_load"]["count"] == 20
+    assert peers["celery_saga"]["saturation"]["cpu_ms_each"]["workers"] > 0
+    assert peers["dbos_sequential"]["saturation"]["cpu_ms_each"]["dbos"] > 0
     # the headline comes first, from the same run's figures
     assert next(iter(figures)) == "ratios"
     ratios = figures["ratios"]
