@@ -124,9 +124,12 @@ class RedisDelivery:
 
 
 #: Moves up to ARGV[1] messages from the queue (KEYS[1]) onto the reader's list (KEYS[2]),
-#: the oldest first, and renews the reader's lease (KEYS[3], ARGV[2] ms).
+#: the oldest first, renews the reader's lease (KEYS[3], ARGV[2] ms) and keeps the reader in
+#: the set of readers (KEYS[4]), where a rescuer that found its lease gone may have taken it
+#: out.
 _TAKE = """
 redis.call('SET', KEYS[3], '1', 'PX', ARGV[2])
+redis.call('SADD', KEYS[4], KEYS[2])
 local taken = {}
 for i = 1, tonumber(ARGV[1]) do
   local m = redis.call('RPOPLPUSH', KEYS[1], KEYS[2])
@@ -180,12 +183,14 @@ class RedisInbox:
         self._take = self.client.register_script(_TAKE)
         self._give_back = self.client.register_script(_GIVE_BACK)
         self._rescue = self.client.register_script(_RESCUE)
-        # What this reader held when it lost its connection (or its process) goes first.
+        self._keys = [queue, self.taken, f"{self.taken}.lease", self.readers]
+        # What this reader held when it lost its connection goes first; the lease and the
+        # registration are taken with it (a take without a message renews both).
         self._give_back(keys=[queue, self.taken])
-        self.client.sadd(self.readers, self.taken)
+        self._take(keys=self._keys, args=[0, self.lease_ms])
 
     def take(self, wait: float) -> list[RedisDelivery]:
-        keys = [self.queue, self.taken, f"{self.taken}.lease"]
+        keys = self._keys
         raw = self._take(keys=keys, args=[self.batch_size, self.lease_ms])
         if not raw and wait > 0:
             first = self.client.brpoplpush(self.queue, self.taken, timeout=wait)

@@ -112,3 +112,21 @@ def test_what_is_not_a_json_celery_message_is_refused_by_name(
         assert error in refused.value.message
     inbox.ack([garbage, pickled])
     inbox.close()
+
+
+def test_a_slow_reader_that_was_rescued_is_rescued_again_when_it_dies(
+    settings: Settings, redis_only: None
+) -> None:
+    # A reader slower than its lease had its batch put back (handled twice: the duplicates
+    # are refused), then took again: it must still be found when it dies for good.
+    queue = send(settings, 1)
+    slow = RedisInbox(settings.broker_url, queue, batch_size=10, lease=0.3)
+    other = RedisInbox(settings.broker_url, queue, batch_size=10, lease=10)
+    assert numbers(slow.take(wait=1)) == [1]
+    wait_for(lambda: other.rescue() == 1, 10, "the slow reader's lease to run out")
+    other.ack(other.take(wait=1))
+    send(settings, 2)
+    assert numbers(slow.take(wait=1)) == [2]  # then it dies
+    wait_for(lambda: other.rescue() == 1, 10, "the dead reader's lease to run out")
+    assert numbers(other.take(wait=1)) == [2]
+    other.close()
