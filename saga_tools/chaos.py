@@ -54,6 +54,7 @@ class Options:
     database: str = ""
     orchestrators: int = 1
     replicas: int = 1  # worker processes per service
+    pool: str = "prefork"  # the workers' Celery pool
 
 
 @dataclass
@@ -165,7 +166,10 @@ class Campaign:
             failure_rates={"*": FailureRates(self.opts.transient_rate, self.opts.business_rate)},
         )
         self.cluster = Cluster(
-            self.settings, orchestrators=self.opts.orchestrators, replicas=self.opts.replicas
+            self.settings,
+            orchestrators=self.opts.orchestrators,
+            replicas=self.opts.replicas,
+            pool=self.opts.pool,
         )
         self.cluster.prepare(SKUS).start()
         self.killer = Killer(self.cluster, self.rng, {kind: 1 for kind in KINDS})

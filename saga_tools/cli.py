@@ -381,12 +381,13 @@ def cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:
         database=args.database,
         orchestrators=args.orchestrators,
         replicas=args.replicas,
+        pool=args.pool,
     )
     where = database.redact(opts.database) if opts.database else "SQLite"
     print(
         f"chaos: {opts.orders} orders at {opts.rate}/s, a kill every ~{opts.kill_every}s, "
-        f"seed {opts.seed}; {opts.orchestrators} orchestrator(s), {opts.replicas} worker(s) "
-        f"per service, on {where}",
+        f"seed {opts.seed}; {opts.orchestrators} orchestrator(s), {opts.replicas} {opts.pool} "
+        f"worker(s) per service, on {where}",
         flush=True,
     )
     result = chaos.run(settings, opts)
@@ -549,6 +550,12 @@ def parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--orchestrators", type=_positive, default=1, help="orchestrator processes")
     c.add_argument("--replicas", type=_positive, default=1, help="worker processes per service")
+    c.add_argument(
+        "--pool",
+        default="prefork",
+        choices=["prefork", "solo"],
+        help="the workers' Celery pool (solo: no pool child to kill; see docs/benchmarks.md)",
+    )
     c.add_argument("--json", action="store_true")
 
     d = sub.add_parser("demo", help="start everything, run a batch of orders, print outcomes")
