@@ -21,7 +21,14 @@ from saga_store.models import (
 )
 
 ACTIVE_STATES = tuple(s.value for s in SagaState if not s.terminal)
-_ACTIVE = f"state IN ({', '.join('?' * len(ACTIVE_STATES))})"
+# The states written into the SQL, not bound: a query uses a partial index only where its
+# WHERE clause names the index's own values, and bound ones are unknown when SQLite plans
+# (with parameters, finding the active sagas scanned the table: 254 ms at a million
+# finished sagas). The values are this module's constants, never input.
+_ACTIVE = f"state IN ({', '.join(repr(s) for s in ACTIVE_STATES)})"
+#: The sweeper's reads of active sagas (their plans are tested to use the partial index).
+ACTIVE_IDS = f"SELECT id FROM sagas WHERE {_ACTIVE}"
+STALE_PENDING = f"SELECT id FROM sagas WHERE {_ACTIVE} AND state = ? AND created_at < ?"
 
 
 def get_saga(conn: Connection, saga_id: str) -> SagaView:
@@ -68,22 +75,22 @@ def count_by_state(conn: Connection, active_only: bool = False) -> dict[str, int
     of the states not yet final (served by the partial index on state)."""
     if active_only:
         sql = f"SELECT state, COUNT(*) FROM sagas WHERE {_ACTIVE} GROUP BY state"
-        return dict(conn.execute(sql, ACTIVE_STATES).fetchall())
+        return dict(conn.execute(sql).fetchall())
     return dict(conn.execute("SELECT state, COUNT(*) FROM sagas GROUP BY state").fetchall())
 
 
 def active_saga_ids(conn: Connection) -> list[str]:
     """Sagas not yet in a terminal state (served by a partial index on state)."""
-    rows = conn.execute(f"SELECT id FROM sagas WHERE {_ACTIVE}", ACTIVE_STATES).fetchall()
+    rows = conn.execute(ACTIVE_IDS).fetchall()
     return [r["id"] for r in rows]
 
 
 def stale_pending(conn: Connection, created_before: str) -> list[str]:
-    """Sagas stored but never started (their submitter died in between)."""
-    rows = conn.execute(
-        "SELECT id FROM sagas WHERE state = ? AND created_at < ?",
-        (SagaState.PENDING.value, created_before),
-    ).fetchall()
+    """Sagas stored but never started (their submitter died in between). The sweeper asks
+    every second: the active states' term lets SQLite read the partial index of the few
+    active sagas, not every saga created before (a million finished ones, scanned, took the
+    system from 74 to 41 sagas/s)."""
+    rows = conn.execute(STALE_PENDING, (SagaState.PENDING.value, created_before)).fetchall()
     return [r["id"] for r in rows]
 
 
@@ -109,7 +116,7 @@ def ended_times(conn: Connection, saga_ids: list[str]) -> list[tuple[str, str]]:
     marks = ",".join("?" * len(saga_ids))
     rows = conn.execute(
         f"SELECT created_at, updated_at FROM sagas WHERE id IN ({marks}) AND NOT {_ACTIVE}",
-        (*saga_ids, *ACTIVE_STATES),
+        saga_ids,
     ).fetchall()
     return [(r["created_at"], r["updated_at"]) for r in rows]
 
