@@ -77,16 +77,16 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-def postgres_cpu_seconds() -> float:
-    """CPU the PostgreSQL server on this machine has used: its postmaster's own and its
-    ended children's (``cutime``, ``cstime``), and its live children's, so backends that
-    come and go during a run are counted."""
-    return server_cpu_seconds(("postgres", "postmaster"))
+#: The servers whose CPU a measured run counts, by their processes' command names.
+REDIS: dict[str, tuple[str, ...]] = {"redis": ("redis-server",)}
+POSTGRESQL: dict[str, tuple[str, ...]] = {"postgresql": ("postgres", "postmaster")}
 
 
 def server_cpu_seconds(names: tuple[str, ...]) -> float:
     """CPU the servers on this machine named ``names`` (their processes' command name)
-    have used, their ended children's included."""
+    have used: each server process's own, and its main process's ended children's
+    (``cutime``, ``cstime``), so that PostgreSQL's backends that come and go during a run
+    are counted."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
     for entry in Path("/proc").iterdir():
@@ -124,23 +124,19 @@ def scaling(
             try:
                 sagas = SagaRunner(s)
                 sagas.run("warm", min(20, count))
-                procs = {
-                    "orchestrators": [c.pid for c in cluster.orchestrators],
-                    "workers": [c.pid for c in cluster.workers.values()],
+                processes = {
+                    "orchestrators": list(cluster.orchestrators),
+                    "workers": list(cluster.workers.values()),
                 }
-                before = {k: cpu_seconds(v) for k, v in procs.items()}
-                pg_before = postgres_cpu_seconds()
-                run = sagas.run("sat", count)
-                spent = {k: cpu_seconds(v) - before[k] for k, v in procs.items()}
-                if url:
-                    spent["postgresql"] = postgres_cpu_seconds() - pg_before
+                servers = POSTGRESQL if url else {}
+                run = measured(processes, servers, sagas.run, "sat", count)
             finally:
                 stop_all(cluster.children)
         finally:
             if url:
                 postgres.drop_database(url)
         row = {"database": db, "orchestrators": n, "sagas_per_second": round(run.per_second, 1)}
-        for kind, seconds in spent.items():
+        for kind, seconds in run.cpu.items():
             row[f"{kind}_cpu_ms_per_saga"] = round(seconds * 1000 / max(run.count, 1), 2)
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -157,14 +153,19 @@ def celery_worker(settings: Settings, module: str, name: str, queue: str, proces
     return Child(f"{name} worker", argv, env, settings.data_dir / "logs" / f"{name}.log")
 
 
-def measured(processes: dict[str, list[Child]], run: Callable[..., Run], *args: Any) -> Run:
+def measured(
+    processes: dict[str, list[Child]],
+    servers: dict[str, tuple[str, ...]],
+    run: Callable[..., Run],
+    *args: Any,
+) -> Run:
     """``run(*args)``, with the CPU spent meanwhile by each kind of ``processes`` (their pool
-    children included), by the Redis server and by this process (the client: submitting,
-    and polling for the ends)."""
+    children included), by each of ``servers`` (``server_cpu_seconds``) and by this process
+    (the client: submitting, and polling for the ends)."""
 
     def now() -> dict[str, float]:
         cpu = {kind: cpu_seconds([c.pid for c in group]) for kind, group in processes.items()}
-        cpu["redis"] = server_cpu_seconds(("redis-server",))
+        cpu.update({kind: server_cpu_seconds(names) for kind, names in servers.items()})
         cpu["client"] = time.process_time()
         return cpu
 
@@ -242,7 +243,7 @@ def compare(
         for n in range(rounds):
             for name, run in systems.items():
                 saturation[name].append(
-                    measured(processes.get(name, {}), run, f"sat{n}-{name}", count)
+                    measured(processes.get(name, {}), REDIS, run, f"sat{n}-{name}", count)
                 )
         merged = {name: Run.merged(runs) for name, runs in saturation.items()}
         rate = max(1.0, merged["chain"].per_second * load)

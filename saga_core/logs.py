@@ -49,7 +49,7 @@ def setup(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    per_task = logging.WARNING if root.level > logging.DEBUG else logging.NOTSET
     for name in PER_TASK:
-        quiet = root.level > logging.DEBUG
-        logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.NOTSET)
+        logging.getLogger(name).setLevel(per_task)
     logging.captureWarnings(True)  # Python warnings (Celery's among them) as log records
