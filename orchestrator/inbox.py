@@ -102,7 +102,10 @@ class RedisDelivery:
     def __init__(self, raw: bytes):
         try:
             envelope = json.loads(raw)
-            self.headers: dict[str, Any] = envelope.get("headers") or {}
+            headers = envelope.get("headers") or {}
+            if not isinstance(headers, dict):  # read by the orchestrator before decoding
+                raise TypeError(f"headers are a {type(headers).__name__}, not an object")
+            self.headers: dict[str, Any] = headers
             self._body = envelope["body"]
             self._content_type = envelope.get("content-type")
             self._base64 = envelope.get("properties", {}).get("body_encoding") == "base64"

@@ -104,13 +104,20 @@ def test_what_is_not_a_json_celery_message_is_refused_by_name(
     client = redis.Redis.from_url(settings.broker_url)
     client.lpush(queue, b"\x80 not json")
     client.lpush(queue, b'{"body": "gASV", "content-type": "application/x-python-serialize"}')
+    client.lpush(queue, b'{"body": "", "headers": ["saga.outcome"]}')
     inbox = RedisInbox(settings.broker_url, queue, batch_size=10, lease=10)
-    garbage, pickled = inbox.take(wait=1)
-    for message, error in ((garbage, "not a message"), (pickled, "untrusted content")):
+    batch = inbox.take(wait=1)
+    garbage, pickled, odd_headers = batch
+    for message, error in (
+        (garbage, "not a message"),
+        (pickled, "untrusted content"),
+        (odd_headers, "headers are a list"),
+    ):
+        assert isinstance(message.headers, dict)  # what the orchestrator reads first
         with pytest.raises(MalformedMessage) as refused:
             message.decode()
         assert error in refused.value.message
-    inbox.ack([garbage, pickled])
+    inbox.ack(batch)
     inbox.close()
 
 
