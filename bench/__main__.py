@@ -1,9 +1,9 @@
 """``python -m bench``: the saga orchestrator against a bare Celery chain, in one run.
 
 Both sides run the same four service operations through the same step runner (their
-SQLite writes, no random failures), each on one prefork worker per service (``-c 1``), on
-the same Redis: the sagas on the ``saga worker`` processes, the chains on
-``bench.chain``'s, which send no outcome but the last.
+SQLite writes, no random failures), each on one worker per service of Celery's solo pool
+(``saga worker``'s default), on the same Redis: the sagas on the ``saga worker``
+processes, the chains on ``bench.chain``'s, which send no outcome but the last.
 """
 
 from __future__ import annotations
@@ -144,10 +144,15 @@ def scaling(
     return {"runs": rows}
 
 
-def celery_worker(settings: Settings, module: str, name: str, queue: str, processes: int) -> Child:
-    """A plain Celery worker (prefork, ``processes`` pool children) of app ``module``."""
+def celery_worker(
+    settings: Settings, module: str, name: str, queue: str, processes: int | None
+) -> Child:
+    """A plain Celery worker of app ``module``: prefork with ``processes`` pool children,
+    or on the solo pool (the step in the worker's own process) where ``processes`` is None,
+    as ``saga worker`` runs by default."""
     argv = [sys.executable, "-m", "celery", "-A", module, "worker", "-Q", queue]
-    argv += ["-P", "prefork", "-c", str(processes), "-l", "WARNING"]
+    argv += ["-P", "solo"] if processes is None else ["-P", "prefork", "-c", str(processes)]
+    argv += ["-l", "WARNING"]
     argv += ["--without-mingle", "--without-gossip"]
     env = {**settings.to_env(), "PYTHONUNBUFFERED": "1"}
     return Child(f"{name} worker", argv, env, settings.data_dir / "logs" / f"{name}.log")
@@ -183,12 +188,14 @@ def compare(
     load: float,
     rounds: int = 2,
     peers: bool = False,
-    solo: bool = False,
+    prefork: bool = False,
 ) -> dict[str, Any]:
     """Saturation throughput, then latency at a fixed offered load (``load`` times the
     chain's saturation), of the bare chain, the sagas and, with ``peers``, celery-saga and
-    DBOS on SQLite, all on the same steps and the same Redis; with ``solo``, the sagas also
-    on service workers of Celery's solo pool (a system of its own beside the default one).
+    DBOS on SQLite, all on the same steps and the same Redis; with ``prefork``, the sagas
+    also on prefork service workers (``saga worker --pool prefork``, a system of its own).
+    The chain runs on the pool the sagas' workers use by default (solo), so that their
+    ratio measures what the saga adds, not a pool's cost.
 
     Every system is up for the whole run, and each saturation run is taken ``rounds``
     times, one system after the other: the machine's speed drifts by a fifth from one minute
@@ -197,7 +204,7 @@ def compare(
     cluster = Cluster(s)
     quiet = Cluster(s.with_(heartbeat_interval=0.0))
     chain_workers = [
-        celery_worker(s, "bench.chain", f"chain-{name}", chain_queue(s, name), 1)
+        celery_worker(s, "bench.chain", f"chain-{name}", chain_queue(s, name), None)
         for name in SERVICES
     ]
     others = list(chain_workers)
@@ -210,14 +217,14 @@ def compare(
         "chain": ChainRunner(build(s), s).run,
         "saga": sagas.run,
     }
-    if solo:
-        solo_settings = _fresh(settings, "compare-solo")
-        solo_cluster = Cluster(solo_settings, pool="solo")
-        others.extend(solo_cluster.children)
-        systems["saga_solo_pool"] = SagaRunner(solo_settings).run
-        processes["saga_solo_pool"] = {
-            "workers": list(solo_cluster.workers.values()),
-            "orchestrator": [solo_cluster.orchestrator],
+    if prefork:
+        prefork_settings = _fresh(settings, "compare-prefork")
+        prefork_cluster = Cluster(prefork_settings, pool="prefork")
+        others.extend(prefork_cluster.children)
+        systems["saga_prefork_pool"] = SagaRunner(prefork_settings).run
+        processes["saga_prefork_pool"] = {
+            "workers": list(prefork_cluster.workers.values()),
+            "orchestrator": [prefork_cluster.orchestrator],
         }
     if peers:
         from bench.peer_celery_saga import CelerySagaRunner
@@ -299,9 +306,9 @@ def compare(
         ),
         "orchestrator_rss_mb": round(orchestrator_rss, 1),
     }
-    if solo:
-        result["saga_solo_pool"] = figures("saga_solo_pool")
-        shutil.rmtree(solo_settings.data_dir, ignore_errors=True)
+    if prefork:
+        result["saga_prefork_pool"] = figures("saga_prefork_pool")
+        shutil.rmtree(prefork_settings.data_dir, ignore_errors=True)
     if peers:
         result["peers"] = {
             name: figures(name) for name in ("celery_saga", "dbos_sequential", "dbos_threaded")
@@ -320,10 +327,10 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
     sagas = compared["saga"]["saturation"]["per_second"]
     out["saga_to_chain_throughput"] = compared["ratio_throughput"]
     out["saga_to_chain_p50_at_load"] = compared["ratio_p50_latency"]
-    solo = compared.get("saga_solo_pool")
-    if solo:
-        out["saga_solo_pool_to_saga_throughput"] = round(
-            solo["saturation"]["per_second"] / sagas, 3
+    prefork = compared.get("saga_prefork_pool")
+    if prefork:
+        out["saga_prefork_pool_to_saga_throughput"] = round(
+            prefork["saturation"]["per_second"] / sagas, 3
         )
     found = results.get("peers")
     if found:
@@ -525,9 +532,9 @@ def main(argv: list[str] | None = None) -> int:
         help="also run celery-saga and DBOS on the same steps (pip install -e .[peers])",
     )
     p.add_argument(
-        "--solo",
+        "--prefork",
         action="store_true",
-        help="also run the sagas on service workers of Celery's solo pool, for comparison",
+        help="also run the sagas on prefork service workers (saga worker --pool prefork)",
     )
     p.add_argument("--skip", default="", help="comma list of: compare,recovery,kill,growth,scaling")
     args = p.parse_args(argv)
@@ -560,7 +567,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.load,
                 args.rounds,
                 args.peers,
-                args.solo,
+                args.prefork,
             )
             if "peers" in compared:
                 results["peers"] = compared.pop("peers")

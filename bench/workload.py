@@ -161,7 +161,8 @@ class ChainRunner:
 
     def _read(self, count: int, finished: dict[str, float]) -> None:
         while len(finished) < count:
-            item = self.client.brpop([self.done_queue], timeout=5)
+            # below redis-py's default socket timeout (5 s), which would end a longer wait
+            item = self.client.brpop([self.done_queue], timeout=1)
             if item is None:
                 continue
             message = json.loads(item[1])

@@ -126,6 +126,9 @@ class RedisDelivery:
         return json.loads(body)
 
 
+#: Seconds a take blocks at most: below redis-py's default socket timeout (5 s).
+MAX_BLOCK = 2.0
+
 #: Moves up to ARGV[1] messages from the queue (KEYS[1]) onto the reader's list (KEYS[2]),
 #: the oldest first, renews the reader's lease (KEYS[3], ARGV[2] ms) and keeps the reader in
 #: the set of readers (KEYS[4]), where a rescuer that found its lease gone may have taken it
@@ -196,6 +199,8 @@ class RedisInbox:
         keys = self._keys
         raw = self._take(keys=keys, args=[self.batch_size, self.lease_ms])
         if not raw and wait > 0:
+            # a longer wait would end in a socket timeout error; the caller asks again
+            wait = min(wait, MAX_BLOCK)
             first = self.client.brpoplpush(self.queue, self.taken, timeout=wait)
             if first is None:
                 return []

@@ -1,13 +1,16 @@
 """Looking at processes from outside: a process's children, waiting for a condition with a
-deadline (never a fixed sleep), and leaving with the process that started this one."""
+deadline (never a fixed sleep), leaving with the process that started this one, and
+supervising a child that must be started again when it is killed."""
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -59,3 +62,79 @@ def exit_with_parent(parent_pid: int, interval: float = 0.5) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
     Periodic("saga-parent-watch", interval, tick).start()
+
+
+#: Signals a supervisor passes on to its child instead of acting on them itself.
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP)
+
+#: Seconds a child must have run for its next death to be restarted without a pause.
+STEADY = 30.0
+
+
+def supervise(argv: Sequence[str], env: Mapping[str, str], what: str) -> int:
+    """Run ``argv`` as a child and start it again each time a signal kills it (SIGKILL by
+    the kernel's out-of-memory killer or by hand, SIGSEGV in a C extension, a step that
+    kills its process); return its exit code once it ends by itself or when asked to stop.
+
+    What a prefork worker's main process does for its pool child, for a worker without one:
+    the supervisor does nothing per message, so a step costs no hand-over between
+    processes. The signals in :data:`FORWARDED` are passed on once (a terminal's Ctrl-C does
+    not reach the child twice, which Celery would take for a cold shutdown), and the child
+    dies with the supervisor (:func:`die_with_parent`). A child that keeps dying soon after
+    its start is started again after a growing pause (up to 30 s), not in a tight loop.
+    """
+    stopping: list[int] = []
+    child: subprocess.Popen[bytes] | None = None
+
+    def forward(signum: int, _frame: object) -> None:
+        stopping.append(signum)
+        if child is not None and child.poll() is None:
+            child.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in FORWARDED}
+    pause = 0.0
+    try:
+        while True:
+            started = time.monotonic()
+            # its own process group: a terminal's signals reach it through us only
+            child = subprocess.Popen(list(argv), env=dict(env), process_group=0)
+            if stopping:  # asked before the child existed to be told
+                child.send_signal(stopping[0])
+            code = child.wait()  # a forwarded signal does not interrupt it (PEP 475)
+            if code >= 0 or stopping:
+                return code if code >= 0 else 128 - code
+            ran = time.monotonic() - started
+            pause = 0.0 if ran >= STEADY else min(max(2 * pause, 0.5), 30.0)
+            log.warning(
+                "%s (pid %d) was killed by %s after %.1f s; starting it again in %.1f s",
+                what,
+                child.pid,
+                signal.Signals(-code).name,
+                ran,
+                pause,
+            )
+            if _sleep_unless(pause, stopping):
+                return 128 - code
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _sleep_unless(seconds: float, stopping: list[int]) -> bool:
+    """Pause ``seconds`` unless a stop is asked for meanwhile; True if it was."""
+    deadline = time.monotonic() + seconds
+    while not stopping and time.monotonic() < deadline:
+        time.sleep(min(0.1, seconds))
+    return bool(stopping)
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """SIGKILL this process the moment ``parent_pid``, its parent, dies (Linux
+    ``PR_SET_PDEATHSIG``): a SIGKILLed supervisor takes its child with it at once, as a
+    killed prefork worker takes its pool child, and nothing runs on unsupervised."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    if libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    if os.getppid() != parent_pid:  # it died before the call took effect
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -42,9 +42,11 @@ class Cluster(Protocol):
 
 
 class Killer:
-    """Kills one process at a time: a worker's main process, a worker's pool child or the
-    orchestrator, drawn with the given ``weights``. A pool child is replaced by its worker;
-    a killed main process is started again 0.5-3 s later by :meth:`restart_due`."""
+    """Kills one process at a time: a worker's main process, a worker's child (kind "pool
+    child": a prefork worker's pool child, or the Celery process under a solo worker's
+    supervisor) or the orchestrator, drawn with the given ``weights``. A child is replaced
+    by its worker; a killed main process is started again 0.5-3 s later by
+    :meth:`restart_due`."""
 
     def __init__(self, cluster: Cluster, rng: random.Random, weights: Mapping[str, float]):
         self.cluster, self.rng = cluster, rng

@@ -1,11 +1,13 @@
 """The chaos campaign: real processes, real SIGKILLs, then the audit.
 
-It starts one prefork worker per service and the orchestrator, submits orders at a steady
-rate with random step and compensation failures, and meanwhile SIGKILLs at random a
-worker's main process, a worker's pool child or the orchestrator, restarting each after a
-random delay. Optionally it runs on a Redis of its own and kills and restarts that once,
-losing every queued message. Then it waits for every saga to end and runs the audit.
-The same ``seed`` replays the same schedule of faults.
+It starts one worker per service and the orchestrator, submits orders at a steady rate
+with random step and compensation failures, and meanwhile SIGKILLs at random a worker's
+main process, a worker's child (a solo worker's supervised Celery process, which its
+supervisor starts again; a prefork worker's pool child, which its main process replaces)
+or the orchestrator, restarting each killed main process after a random delay. Optionally
+it runs on a Redis of its own and kills and restarts that once, losing every queued
+message. Then it waits for every saga to end and runs the audit. The same ``seed`` replays
+the same schedule of faults.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ class Options:
     database: str = ""
     orchestrators: int = 1
     replicas: int = 1  # worker processes per service
-    pool: str = "prefork"  # the workers' Celery pool
+    pool: str | None = None  # the workers' Celery pool; None: saga worker's default
 
 
 @dataclass

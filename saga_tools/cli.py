@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -101,20 +102,52 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+#: Pools that run a step in the worker's own process: a step that kills it (a poison message,
+#: an out-of-memory kill) takes the worker with it, so ``saga worker`` supervises it.
+IN_PROCESS_POOLS = ("solo", "threads")
+
+
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from saga_faults import middleware
     from workers import process
 
+    pool = args.pool or process.default_pool(settings.broker_url)
+    if pool == "solo" and args.concurrency != 1:
+        raise BadInput(
+            f"--concurrency {args.concurrency}: the solo pool runs one step at a time; "
+            "use --pool prefork or --pool threads for more"
+        )
+    if pool in IN_PROCESS_POOLS and not args.supervised:
+        argv = [*_worker_argv(args, pool), "--supervised"]
+        # the child dies with its supervisor (SAGA_PARENT_PID, then die_with_parent)
+        env = {**os.environ, "SAGA_PARENT_PID": str(os.getpid())}
+        return processes.supervise(argv, env, f"the {args.service} worker")
+    if args.supervised:
+        processes.die_with_parent(settings.parent_pid)
     services = list(SERVICES) if args.service == "all" else [args.service]
     process.run(
         settings,
         services,
-        pool=args.pool,
+        pool=pool,
         concurrency=args.concurrency,
         loglevel=settings.log_level,
         middleware=middleware.install(settings, "worker"),
     )
     return 0
+
+
+def _worker_argv(args: argparse.Namespace, pool: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "saga_tools.cli",
+        "worker",
+        args.service,
+        "--pool",
+        pool,
+        "--concurrency",
+        str(args.concurrency),
+    ]
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
@@ -364,6 +397,7 @@ def _positive(text: str) -> int:
 
 def cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:
     from saga_tools import chaos
+    from workers import process
 
     opts = chaos.Options(
         orders=args.orders,
@@ -381,7 +415,7 @@ def cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:
         database=args.database,
         orchestrators=args.orchestrators,
         replicas=args.replicas,
-        pool=args.pool,
+        pool=args.pool or process.default_pool(settings.broker_url),
     )
     where = database.redact(opts.database) if opts.database else "SQLite"
     print(
@@ -456,8 +490,16 @@ def parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("worker", help="run a service worker")
     w.add_argument("service", choices=[*SERVICES, "all"])
-    w.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
-    w.add_argument("--concurrency", type=int, default=1)
+    w.add_argument(
+        "--pool",
+        default=None,
+        choices=["solo", "prefork", "threads"],
+        help="Celery's pool; by default solo on Redis (each step in the worker's own "
+        "process, which `saga worker` starts again if a step kills it) and prefork on "
+        "RabbitMQ (each step in a pool child); see docs/benchmarks.md",
+    )
+    w.add_argument("--concurrency", type=_positive, default=1)
+    w.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
 
     s = sub.add_parser("submit", help="submit an order (a JSON file, or - for stdin)")
     s.add_argument("file")
@@ -552,9 +594,11 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--replicas", type=_positive, default=1, help="worker processes per service")
     c.add_argument(
         "--pool",
-        default="prefork",
-        choices=["prefork", "solo"],
-        help="the workers' Celery pool (solo: no pool child to kill; see docs/benchmarks.md)",
+        default=None,
+        choices=["solo", "prefork"],
+        help="the workers' Celery pool (as `saga worker --pool`, whose default it takes; "
+        "the kills of a pool child hit a solo worker's supervised process, a prefork "
+        "worker's pool child)",
     )
     c.add_argument("--json", action="store_true")
 

@@ -95,7 +95,8 @@ def stop_all(children: Sequence[Child], timeout: float = 10.0) -> None:
 
 
 class Cluster:
-    """A system's processes: ``replicas`` workers per service (Celery pool ``pool``) and
+    """A system's processes: ``replicas`` workers per service (Celery pool ``pool``, by
+    default ``saga worker``'s for the broker) and
     ``orchestrators`` orchestrators, all on the same broker and databases."""
 
     def __init__(
@@ -106,7 +107,7 @@ class Cluster:
         orchestrator_args: Sequence[str] = (),
         orchestrators: int = 1,
         replicas: int = 1,
-        pool: str = "prefork",
+        pool: str | None = None,
     ):
         self.settings = settings
         env = {**settings.to_env(), "PYTHONUNBUFFERED": "1"}
@@ -119,7 +120,7 @@ class Cluster:
             s: [
                 Child(
                     numbered(f"worker {s}", n),
-                    saga_command("worker", s, "--pool", pool),
+                    saga_command("worker", s, *(("--pool", pool) if pool else ())),
                     env,
                     logs / f"{numbered(s, n)}.log",
                 )

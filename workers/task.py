@@ -76,9 +76,11 @@ class StepRunner:
         (a second dispatch that reached a worker while the first still runs): that run
         answers, and if it dies unanswered the orchestrator sends the step again.
 
-        A redelivered message may follow a worker that died running it, so its runs are
-        counted in the ledger, and after ``max_deliveries`` deaths in a row it is given up
-        (a poison message must not loop for ever). A first delivery costs no such write.
+        A redelivered message, or a step sent again (dispatch 2 and later: the orchestrator
+        heard nothing of the last one, as when a worker dies running it and stops beating),
+        may follow a worker that died running it, so its runs are counted in the ledger,
+        and after ``max_deliveries`` deaths in a row it is given up (a poison message must
+        not loop for ever). A first delivery costs no such write.
         """
         with self.service.leases(self._database).hold(command.key) as taken:
             if not taken:
@@ -89,7 +91,7 @@ class StepRunner:
                     extra=context(command, tries),
                 )
                 return None
-            if not redelivered:
+            if not redelivered and command.attempt == 1:
                 return self._run(command, tries)
             return self._run_redelivered(command, tries)
 

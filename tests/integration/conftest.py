@@ -68,6 +68,7 @@ def make_system(settings: Settings) -> Iterator[Callable[..., System]]:
         orchestrator_args: tuple[str, ...] = (),
         orchestrators: int = 1,
         replicas: int = 1,
+        pool: str | None = None,
         **changes: Any,
     ) -> System:
         system = System(
@@ -75,6 +76,7 @@ def make_system(settings: Settings) -> Iterator[Callable[..., System]]:
             orchestrator_args=orchestrator_args,
             orchestrators=orchestrators,
             replicas=replicas,
+            pool=pool,
         ).start()
         started.append(system)
         return system

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import pytest
 
 from saga_core import broker
-from saga_core.processes import wait_for
+from saga_core.processes import children_of, wait_for
 from saga_store import SagaState, open_reader, queries
 from saga_store.models import Event
 from saga_tools.cluster import Child, saga_command
@@ -119,12 +119,14 @@ def test_steps_waiting_in_their_queue_are_not_late(make_system: Callable[..., Sy
 def test_a_paused_worker_keeps_its_step_from_running_twice_at_once(
     make_system: Callable[..., System],
 ) -> None:
-    system = make_system(step_timeout=DEFAULT_STEP_TIMEOUT)
+    # (prefork: its main process, which beats, can pause while its pool child runs the step)
+    system = make_system(step_timeout=DEFAULT_STEP_TIMEOUT, pool="prefork")
     # Given a slow charge under way in the payment worker, and a second payment worker
     saga_id = charge_under_way(system, "L-3", 15)
     env = {**system.settings.to_env(), "PYTHONUNBUFFERED": "1"}
     logs = system.data_dir / "logs"
-    second = Child("worker payment 2", saga_command("worker", "payment"), env, logs / "p2.log")
+    argv = saga_command("worker", "payment", "--pool", "prefork")
+    second = Child("worker payment 2", argv, env, logs / "p2.log")
     system.workers["payment-2"] = second  # stopped with the others
     second.start()
     wait_for(lambda: "ready" in second.log_text(), 60, "the second payment worker")
@@ -168,10 +170,13 @@ def test_the_health_check_is_answered_through_each_queue_and_not_by_a_frozen_wor
         assert answered.stdout.startswith(f"pong from {expected}"), answered.stdout
     # A worker that is alive but takes nothing from its queue fails the check
     payment = system.workers["payment"]
-    os.kill(payment.pid, signal.SIGSTOP)
+    frozen_pids = [payment.pid, *children_of(payment.pid)]  # its supervisor and itself
+    for pid in frozen_pids:
+        os.kill(pid, signal.SIGSTOP)
     try:
         frozen = saga_ping(system, "payment", 2)
     finally:
-        os.kill(payment.pid, signal.SIGCONT)
+        for pid in frozen_pids:
+            os.kill(pid, signal.SIGCONT)
     assert frozen.returncode == 1
     assert "no answer from queue" in frozen.stderr

@@ -58,6 +58,16 @@ def test_a_reader_that_waits_takes_the_first_message_to_arrive(
     inbox.close()
 
 
+def test_a_wait_longer_than_the_clients_socket_timeout_ends_empty(
+    settings: Settings, redis_only: None
+) -> None:
+    # (SAGA_SWEEP_INTERVAL=10, say: redis-py's socket timeout of 5 s ended the wait in an
+    # error that took the orchestrator down)
+    inbox = RedisInbox(settings.broker_url, settings.queue(ORCHESTRATOR_QUEUE), 5, lease=30)
+    assert inbox.take(wait=6) == []
+    inbox.close()
+
+
 def test_a_dead_readers_batch_goes_back_first_once_its_lease_ends(
     settings: Settings, redis_only: None
 ) -> None:

@@ -240,8 +240,11 @@ def test_compensation_before_its_action_blocks_the_action(system: System) -> Non
     assert service_records(system.data_dir, "A-12")["charges"] == 0
 
 
-def test_pool_child_sigkill_redelivers_to_the_same_worker(system: System) -> None:
-    # Given a reservation under way in the inventory worker's pool child
+def test_pool_child_sigkill_redelivers_to_the_same_worker(
+    make_system: Callable[..., System],
+) -> None:
+    system = make_system(pool="prefork")
+    # Given a reservation under way in a prefork inventory worker's pool child
     saga_id = system.submit(make_order("A-13"), faults={"reserve_inventory": {"delay_seconds": 1}})
     system.wait_step_running("reserve_inventory", saga_id, "reserve_inventory")
     worker = system.workers["inventory"]
@@ -252,6 +255,27 @@ def test_pool_child_sigkill_redelivers_to_the_same_worker(system: System) -> Non
     assert system.wait(saga_id).state is SagaState.COMPLETED
     assert worker.alive()
     assert service_records(system.data_dir, "A-13") == ONE_OF_EACH
+
+
+def test_a_worker_killed_mid_step_is_started_again_by_its_supervisor(
+    make_system: Callable[..., System],
+) -> None:
+    system = make_system(pool="solo")  # (the default on Redis)
+    # Given a reservation under way in the inventory worker: a solo-pool Celery process,
+    # run by `saga worker` as its supervisor
+    saga_id = system.submit(make_order("A-14"), faults={"reserve_inventory": {"delay_seconds": 1}})
+    system.wait_step_running("reserve_inventory", saga_id, "reserve_inventory")
+    worker = system.workers["inventory"]
+    [process] = children_of(worker.pid)
+    # When that process is SIGKILLed (an out-of-memory kill, say)
+    os.kill(process, signal.SIGKILL)
+    # Then the supervisor starts a new one, the step is sent again, and the saga completes
+    # with the reservation made once
+    assert system.wait(saga_id).state is SagaState.COMPLETED
+    assert worker.alive()
+    assert process not in children_of(worker.pid)
+    assert f"(pid {process}) was killed by SIGKILL" in worker.log_text()
+    assert service_records(system.data_dir, "A-14") == ONE_OF_EACH
 
 
 def test_random_failures_leave_every_order_consistent(make_system: Callable[..., System]) -> None:
