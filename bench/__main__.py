@@ -198,8 +198,9 @@ def compare(
     ratio measures what the saga adds, not a pool's cost.
 
     Every system is up for the whole run, and each saturation run is taken ``rounds``
-    times, one system after the other: the machine's speed drifts by a fifth from one minute
-    to the next here, and runs in turn put that drift on every side alike."""
+    times, one system after the other, as is each latency run, in ``rounds`` parts: the
+    machine's speed drifts by a fifth from one minute to the next here, and runs in turn
+    put that drift on every side alike."""
     s = _fresh(settings, "compare")
     cluster = Cluster(s)
     quiet = Cluster(s.with_(heartbeat_interval=0.0))
@@ -254,11 +255,15 @@ def compare(
                 )
         merged = {name: Run.merged(runs) for name, runs in saturation.items()}
         rate = max(1.0, merged["chain"].per_second * load)
-        at_load = {
-            name: run(f"lat-{name}", latency_count, rate=rate)
-            for name, run in systems.items()
-            if name != "dbos_sequential"  # one at a time: it cannot be offered a load
-        }
+        # in turns too, in parts: a slow minute would otherwise fall on one system's
+        # latency alone (DBOS sequential runs one at a time: it cannot be offered a load)
+        loaded = [name for name in systems if name != "dbos_sequential"]
+        by_part: dict[str, list[Run]] = {name: [] for name in loaded}
+        for n in range(rounds):
+            for name in loaded:
+                part = latency_count // rounds + (n < latency_count % rounds)
+                by_part[name].append(systems[name](f"lat{n}-{name}", part, rate=rate))
+        at_load = {name: Run.merged(parts) for name, parts in by_part.items()}
         orchestrator_rss = rss_mb(cluster.orchestrator.pid)
         # What liveness costs: the same sagas with the workers' heartbeats off, then on
         # again, then off again, each on freshly started workers.
