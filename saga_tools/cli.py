@@ -118,11 +118,15 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
             "use --pool prefork or --pool threads for more"
         )
     if pool in IN_PROCESS_POOLS and not args.supervised:
-        argv = [*_worker_argv(args, pool), "--supervised"]
+        from saga_tools.cluster import saga_command
+
+        argv = saga_command(
+            "worker", args.service, "--pool", pool, "--concurrency", str(args.concurrency)
+        )
         # the child dies with its supervisor (SAGA_PARENT_PID, then die_with_parent)
         env = {**os.environ, "SAGA_PARENT_PID": str(os.getpid())}
-        return processes.supervise(argv, env, f"the {args.service} worker")
-    if args.supervised:
+        return processes.supervise([*argv, "--supervised"], env, f"the {args.service} worker")
+    if args.supervised and settings.parent_pid:
         processes.die_with_parent(settings.parent_pid)
     services = list(SERVICES) if args.service == "all" else [args.service]
     process.run(
@@ -134,20 +138,6 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         middleware=middleware.install(settings, "worker"),
     )
     return 0
-
-
-def _worker_argv(args: argparse.Namespace, pool: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "saga_tools.cli",
-        "worker",
-        args.service,
-        "--pool",
-        pool,
-        "--concurrency",
-        str(args.concurrency),
-    ]
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:

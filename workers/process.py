@@ -89,7 +89,7 @@ def run(
     settings: Settings,
     services: Sequence[str],
     *,
-    pool: str = "prefork",
+    pool: str,
     concurrency: int = 1,
     loglevel: str = "INFO",
     middleware: Sequence[Middleware] = (),

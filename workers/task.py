@@ -93,9 +93,9 @@ class StepRunner:
                 return None
             if not redelivered and command.attempt == 1:
                 return self._run(command, tries)
-            return self._run_redelivered(command, tries)
+            return self._run_counted(command, tries)
 
-    def _run_redelivered(self, command: Command, tries: int) -> Outcome | Retry:
+    def _run_counted(self, command: Command, tries: int) -> Outcome | Retry:
         db = self.service.database(self._database)
         deaths = ledger.begin_delivery(db, command.key, command.operation)
         try:

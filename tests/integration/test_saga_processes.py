@@ -240,15 +240,25 @@ def test_compensation_before_its_action_blocks_the_action(system: System) -> Non
     assert service_records(system.data_dir, "A-12")["charges"] == 0
 
 
+def reservation_under_way(system: System, order_id: str) -> tuple[str, int]:
+    """A slow reservation for ``order_id`` running in the inventory worker: its saga, and
+    the PID of the worker's only child process (prefork: the pool child; solo: the Celery
+    process under `saga worker`)."""
+    saga_id = system.submit(
+        make_order(order_id), faults={"reserve_inventory": {"delay_seconds": 1}}
+    )
+    system.wait_step_running("reserve_inventory", saga_id, "reserve_inventory")
+    [child] = children_of(system.workers["inventory"].pid)
+    return saga_id, child
+
+
 def test_pool_child_sigkill_redelivers_to_the_same_worker(
     make_system: Callable[..., System],
 ) -> None:
     system = make_system(pool="prefork")
     # Given a reservation under way in a prefork inventory worker's pool child
-    saga_id = system.submit(make_order("A-13"), faults={"reserve_inventory": {"delay_seconds": 1}})
-    system.wait_step_running("reserve_inventory", saga_id, "reserve_inventory")
+    saga_id, child = reservation_under_way(system, "A-13")
     worker = system.workers["inventory"]
-    [child] = children_of(worker.pid)
     # When the child is SIGKILLed, the main process sees the worker lost and requeues
     os.kill(child, signal.SIGKILL)
     # Then the step runs again and the saga completes, the reservation made once
@@ -263,10 +273,8 @@ def test_a_worker_killed_mid_step_is_started_again_by_its_supervisor(
     system = make_system(pool="solo")  # (the default on Redis)
     # Given a reservation under way in the inventory worker: a solo-pool Celery process,
     # run by `saga worker` as its supervisor
-    saga_id = system.submit(make_order("A-14"), faults={"reserve_inventory": {"delay_seconds": 1}})
-    system.wait_step_running("reserve_inventory", saga_id, "reserve_inventory")
+    saga_id, process = reservation_under_way(system, "A-14")
     worker = system.workers["inventory"]
-    [process] = children_of(worker.pid)
     # When that process is SIGKILLed (an out-of-memory kill, say)
     os.kill(process, signal.SIGKILL)
     # Then the supervisor starts a new one, the step is sent again, and the saga completes
