@@ -325,7 +325,13 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
     """The headline: this project against the bare chain and the peers, from one run."""
     out: dict[str, Any] = {}
     if "store" in results:
-        out["store_transitions_per_second"] = results["store"]["sqlite_one_per_transaction"]
+        rates = results["store"]
+        out["store_transitions_per_second"] = rates["sqlite_one_per_transaction"]
+        out["store_batched_transitions_per_second"] = rates["sqlite_batched"]
+        # what SQLite itself does here today: the machine's speed, for reading the above
+        out["store_to_sqlite_floor"] = round(
+            rates["sqlite_one_per_transaction"] / rates["sqlite_floor"], 3
+        )
     compared = results.get("compare")
     if compared is None:
         return out
@@ -472,8 +478,11 @@ def growth(settings: Settings, fills: list[int], count: int) -> list[dict[str, A
 
 def store_rates(data_dir: Path, postgres_url: str, sagas: int) -> dict[str, Any]:
     """Store transitions per second on SQLite and on PostgreSQL: one per transaction (as a
-    client's submission), and as the orchestrator applies them (batches of 200)."""
+    client's submission), and as the orchestrator applies them (batches of 200); and the
+    same statements one per transaction with none of the store's Python (SQLite's floor
+    on this machine, today)."""
     rates: dict[str, Any] = {
+        "sqlite_floor": round(store.sqlite_floor_per_second(data_dir / "t0.db", sagas)),
         "sqlite_one_per_transaction": round(
             store.transitions_per_second(data_dir / "t1.db", sagas)
         ),

@@ -202,9 +202,10 @@ class RedisInbox:
             # a longer wait would end in a socket timeout error; the caller asks again
             wait = min(wait, MAX_BLOCK)
             first = self.client.brpoplpush(self.queue, self.taken, timeout=wait)
-            if first is None:
-                return []
-            raw = [first, *self._take(keys=keys, args=[self.batch_size - 1, self.lease_ms])]
+            # Handled alone, at once: what arrives meanwhile is the next take's batch, and
+            # a second call here would put a round trip between each outcome and its
+            # command whenever the queue runs dry.
+            raw = [] if first is None else [first]
         return [RedisDelivery(m) for m in raw]
 
     def ack(self, batch: Sequence[Delivery]) -> None:

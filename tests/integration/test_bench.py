@@ -92,6 +92,12 @@ def test_bench_smoke_run_writes_every_figure(
     )
     assert ratios["saga_to_best_dbos_throughput"] > 0
     assert ratios["store_transitions_per_second"] == store["sqlite_one_per_transaction"]
+    assert ratios["store_batched_transitions_per_second"] == store["sqlite_batched"]
+    # the store's statements with nothing of its Python between them: faster than the store
+    assert store["sqlite_floor"] > store["sqlite_one_per_transaction"]
+    assert ratios["store_to_sqlite_floor"] == pytest.approx(
+        store["sqlite_one_per_transaction"] / store["sqlite_floor"], abs=0.001
+    )
     runs = figures["scaling"]["runs"]
     assert [(r["database"], r["orchestrators"]) for r in runs] == [
         ("sqlite", 1),

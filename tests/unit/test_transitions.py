@@ -369,3 +369,30 @@ def test_the_sweepers_reads_of_active_sagas_use_the_partial_index(tmp_path: Path
         )
     ]
     assert all("USING INDEX sagas_by_state" in plan for plan in plans), plans
+
+
+# --- batches ----------------------------------------------------------------------------
+
+
+def test_a_transition_that_fails_halfway_in_a_batch_leaves_its_saga_as_it_was(
+    db: Connection,
+) -> None:
+    first, second = new_saga(db, "s1"), new_saga(db, "s2")
+    t.start_saga(db, first, NOW)
+    t.start_saga(db, second, NOW)
+    before = snapshot(db)
+    with t.batch(db, [first, second]) as unit:
+        t.complete_step(unit, first, "a", {"done": "a"}, NOW + 1)
+        with pytest.raises(RuntimeError), unit.attempt(second) as saga:
+            # a transition's changes, then an error before it returns
+            saga.state, saga.steps[0].state, saga.steps[0].output = "failed", "failed", "x"
+            unit.record((second, NOW + 1, "failed", None, None, None, None, None, None, "x"))
+            unit.count("sagas_failed")
+            raise RuntimeError("halfway")
+        # the unit goes on with the saga as it was read
+        t.complete_step(unit, second, "a", {"done": "a"}, NOW + 2)
+    assert states(db, first)[1]["b"] == states(db, second)[1]["b"] == "running"
+    assert snapshot(db) != before
+    events = [e.event for e in queries.history(db, second)]
+    assert events[-2:] == ["succeeded", "dispatched"] and "failed" not in events
+    assert queries.counters(db).get("sagas_failed", 0) == 0
