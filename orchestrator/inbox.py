@@ -7,7 +7,9 @@ own, a MULTI/EXEC to record each one and another to forget it: over half of the
 orchestrator's CPU (profiled, docs/benchmarks.md). :class:`RedisInbox` keeps the same
 promise, that a message stays in Redis until its batch is handled, with one list per reader
 instead: a batch moves from the queue into the reader's list in one script call, and its
-acknowledgement deletes the list. A reader that dies leaves its list behind: it is moved
+acknowledgement deletes the list, in the same script call as the next take (a batch
+costs two calls to Redis: that one and its commands' publish). A reader that dies leaves
+its list behind, handled or not: it is moved
 back onto the queue by the reader itself when it reconnects, or by any reader once the dead
 one's lease (refreshed at every take) has run out.
 """
@@ -43,7 +45,9 @@ class Inbox(Protocol):
         ...
 
     def ack(self, batch: Sequence[Delivery]) -> None:
-        """Remove ``batch`` from the broker for good: it has been handled."""
+        """Remove ``batch`` from the broker for good: it has been handled (on Redis at the
+        next take, or at close: a reader that dies in between has it delivered again, and
+        its outcomes are refused as duplicates)."""
         ...
 
     def rescue(self) -> int:
@@ -129,11 +133,12 @@ class RedisDelivery:
 #: Seconds a take blocks at most: below redis-py's default socket timeout (5 s).
 MAX_BLOCK = 2.0
 
-#: Moves up to ARGV[1] messages from the queue (KEYS[1]) onto the reader's list (KEYS[2]),
-#: the oldest first, renews the reader's lease (KEYS[3], ARGV[2] ms) and keeps the reader in
-#: the set of readers (KEYS[4]), where a rescuer that found its lease gone may have taken it
-#: out.
+#: Empties the reader's list (KEYS[2]) where ARGV[3] is 1 (its batch was handled), then
+#: moves up to ARGV[1] messages from the queue (KEYS[1]) onto it, the oldest first, renews
+#: the reader's lease (KEYS[3], ARGV[2] ms) and keeps the reader in the set of readers
+#: (KEYS[4]), where a rescuer that found its lease gone may have taken it out.
 _TAKE = """
+if ARGV[3] == '1' then redis.call('DEL', KEYS[2]) end
 redis.call('SET', KEYS[3], '1', 'PX', ARGV[2])
 redis.call('SADD', KEYS[4], KEYS[2])
 local taken = {}
@@ -190,14 +195,16 @@ class RedisInbox:
         self._give_back = self.client.register_script(_GIVE_BACK)
         self._rescue = self.client.register_script(_RESCUE)
         self._keys = [queue, self.taken, f"{self.taken}.lease", self.readers]
+        self._handled = False  # the list holds a batch acknowledged since the last take
         # What this reader held when it lost its connection goes first; the lease and the
         # registration are taken with it (a take without a message renews both).
         self._give_back(keys=[queue, self.taken])
-        self._take(keys=self._keys, args=[0, self.lease_ms])
+        self._take(keys=self._keys, args=[0, self.lease_ms, 0])
 
     def take(self, wait: float) -> list[RedisDelivery]:
         keys = self._keys
-        raw = self._take(keys=keys, args=[self.batch_size, self.lease_ms])
+        raw = self._take(keys=keys, args=[self.batch_size, self.lease_ms, int(self._handled)])
+        self._handled = False
         if not raw and wait > 0:
             # a longer wait would end in a socket timeout error; the caller asks again
             wait = min(wait, MAX_BLOCK)
@@ -210,7 +217,7 @@ class RedisInbox:
 
     def ack(self, batch: Sequence[Delivery]) -> None:
         if batch:
-            self.client.delete(self.taken)
+            self._handled = True  # deleted by the next take's call
 
     def rescue(self) -> int:
         """Put the messages of readers whose lease ran out back on the queue; how many."""
@@ -218,6 +225,8 @@ class RedisInbox:
 
     def close(self) -> None:
         with contextlib.suppress(redis.RedisError):
+            if self._handled:
+                self.client.delete(self.taken)
             self._give_back(keys=[self.queue, self.taken])
             self.client.srem(self.readers, self.taken)
             self.client.delete(f"{self.taken}.lease")

@@ -107,6 +107,22 @@ def test_closing_gives_back_what_was_not_acknowledged(settings: Settings, redis_
     after.close()
 
 
+def test_an_acknowledged_batch_never_comes_back(settings: Settings, redis_only: None) -> None:
+    queue = send(settings, 1, 2)
+    inbox = RedisInbox(settings.broker_url, queue, batch_size=10, lease=10)
+    inbox.ack(inbox.take(wait=1))
+    inbox.close()  # before any other take
+    after = RedisInbox(settings.broker_url, queue, batch_size=10, lease=10)
+    assert after.take(wait=0.2) == []
+    send(settings, 3)
+    first = after.take(wait=1)
+    after.ack(first)
+    assert numbers(first) == [3]
+    assert numbers(after.take(wait=0.2)) == []  # the take that deletes the handled batch
+    assert redis.Redis.from_url(settings.broker_url).llen(after.taken) == 0
+    after.close()
+
+
 def test_what_is_not_a_json_celery_message_is_refused_by_name(
     settings: Settings, redis_only: None
 ) -> None:
