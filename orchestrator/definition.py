@@ -3,7 +3,7 @@ its compensation task (or none), its retry policy and whether it is best-effort.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,3 +59,18 @@ class SagaDefinition:
             )
             for s in self.steps
         ]
+
+
+def step_services(definitions: Iterable[SagaDefinition]) -> dict[str, str]:
+    """Which service runs each step, by the step's name: the one whose key must sign the
+    step's outcomes (``saga_core.signing``). A name must mean one service in every
+    definition, or an outcome could not tell whose it is."""
+    services: dict[str, str] = {}
+    for definition in definitions:
+        for step in definition.steps:
+            if services.setdefault(step.name, step.queue) != step.queue:
+                raise ValueError(
+                    f"step {step.name!r} runs on {services[step.name]!r} in one definition "
+                    f"and on {step.queue!r} in {definition.name!r}: name them apart"
+                )
+    return services

@@ -337,7 +337,11 @@ class Engine:
     def handle_heartbeats(self, beats: Sequence[Heartbeat]) -> int:
         """Record workers' heartbeats (``saga_store.liveness``); returns how many steps in
         flight they were news of."""
-        return liveness.record_heartbeats(self.db, beats, self.clock())
+        news = liveness.record_heartbeats(self.db, beats, self.clock())
+        for m in self.middleware:
+            for beat in beats:
+                m.after_heartbeat(beat)
+        return news
 
     def recover(self) -> int:
         """Resume every saga not in a terminal state whose step in flight nothing has been

@@ -16,8 +16,9 @@ from prometheus_client.registry import Collector
 
 from saga_core.database import Location
 from saga_core.errors import SagaError
-from saga_core.messages import Outcome
+from saga_core.messages import Heartbeat, Outcome
 from saga_core.middleware import Middleware
+from saga_core.signing import REASONS
 from saga_store import open_reader, queries
 from saga_store.models import SagaState
 
@@ -74,6 +75,37 @@ class StoreCollector(Collector):
             yield family
 
 
+class WorkerRefusals(Collector):
+    """The messages service workers refused, by reason, as their latest heartbeats count
+    them (a worker counts from its start; a restarted one starts again from zero, which
+    Prometheus reads as a counter reset)."""
+
+    #: Workers remembered: heartbeats name their sender, and with signing off anyone can
+    #: send one, so the table is bounded (the oldest is forgotten first).
+    MOST = 1024
+
+    def __init__(self) -> None:
+        self.latest: dict[tuple[str, int], dict[str, int]] = {}
+
+    def record(self, beat: Heartbeat) -> None:
+        self.latest.pop((beat.worker, beat.pid), None)
+        self.latest[(beat.worker, beat.pid)] = {
+            r: n for r, n in beat.refused.items() if r in REASONS
+        }
+        while len(self.latest) > self.MOST:
+            del self.latest[next(iter(self.latest))]
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "saga_worker_messages_refused",
+            "Commands the service workers refused unread (unsigned, forged, expired, malformed)",
+            labels=["reason"],
+        )
+        for reason in REASONS:
+            family.add_metric([reason], sum(c.get(reason, 0) for c in list(self.latest.values())))
+        yield family
+
+
 class Metrics(Middleware):
     """What the orchestrator observes as outcomes come in: a middleware of its engine."""
 
@@ -87,6 +119,14 @@ class Metrics(Middleware):
             buckets=DURATION_BUCKETS,
             registry=self.registry,
         )
+        self.refusals = Counter(
+            "saga_messages_refused",
+            "Messages the orchestrator refused unread (unsigned, forged, expired, malformed)",
+            ["kind", "reason"],
+            registry=self.registry,
+        )
+        self.worker_refusals = WorkerRefusals()
+        self.registry.register(self.worker_refusals)
         self.retries = Counter(
             "saga_step_retries",
             "Retries inside the services (runs beyond the first) of answered dispatches",
@@ -100,6 +140,12 @@ class Metrics(Middleware):
             self.durations.labels(step, phase, outcome.status.value).observe(max(took, 0.0))
         if outcome.tries > 1:
             self.retries.labels(step, phase).inc(outcome.tries - 1)
+
+    def refused(self, kind: str, reason: str) -> None:
+        self.refusals.labels(kind, reason).inc()
+
+    def after_heartbeat(self, beat: Heartbeat) -> None:
+        self.worker_refusals.record(beat)
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
         start_http_server(port, host, registry=self.registry)

@@ -30,14 +30,15 @@ from celery import Celery
 from kombu import Connection, Producer
 from kombu.exceptions import BatchPublishError, KombuError, OperationalError
 
+from orchestrator.definition import step_services
 from orchestrator.engine import Engine, Publisher
 from orchestrator.inbox import Delivery, Inbox, KombuInbox, RedisInbox
 from orchestrator.metrics import Metrics
 from orchestrator.order_saga import ORDER_SAGA
-from saga_core import ping, redis_transport, watchdog
+from saga_core import ping, redis_transport, signing, watchdog
 from saga_core.broker import QueueDepth
 from saga_core.celery_app import direct, make_app, publish_task, send
-from saga_core.config import ORCHESTRATOR_QUEUE, Settings
+from saga_core.config import ORCHESTRATOR_QUEUE, SERVICES, Settings
 from saga_core.database import BUSY
 from saga_core.errors import BrokerUnavailable, DatabaseUnavailable, MalformedMessage
 from saga_core.messages import (
@@ -52,6 +53,7 @@ from saga_core.messages import (
 )
 from saga_core.middleware import Middleware
 from saga_core.periodic import Periodic
+from saga_core.signing import CLIENT, Keyring
 
 log = logging.getLogger("saga.orchestrator")
 
@@ -72,8 +74,10 @@ TASKS = (OUTCOME_TASK, SUBMIT_TASK, HEARTBEAT_TASK, PING_TASK)
 
 def celery_publisher(app: Celery, settings: Settings) -> Publisher:
     """Commands sent one by one through the app's pooled producers: for a process that
-    sends a few (a client submitting an order). A broker that does not take one raises
+    sends a few (a client submitting an order, an operator's retry). It acts for the
+    orchestrator, with its keys. A broker that does not take one raises
     ``BrokerUnavailable``, whatever the transport's own error."""
+    keyring = settings.keyring(SERVICES)
     with app.connection_for_write() as connection:  # not connected: only its error types
         down = (KombuError, OSError, *connection.connection_errors, *connection.channel_errors)
 
@@ -81,7 +85,7 @@ def celery_publisher(app: Celery, settings: Settings) -> Publisher:
         try:
             for c in commands:
                 queue = direct(settings.queue(c.queue), settings.quorum_queues)
-                send(app, queue, c.operation, c.to_wire())
+                send(app, queue, c.operation, keyring.sign(c.kind, c.to_wire(), (c.queue,)))
         except down as exc:
             raise BrokerUnavailable(f"the broker did not take a command: {exc}") from exc
 
@@ -92,8 +96,8 @@ class BatchPublisher:
     """Commands as Celery task messages through one long-lived producer, all of a call in
     one batch (on Redis, one pipeline: one round trip however many commands)."""
 
-    def __init__(self, app: Celery, settings: Settings, connection: Connection):
-        self.app, self.settings = app, settings
+    def __init__(self, app: Celery, settings: Settings, connection: Connection, keyring: Keyring):
+        self.app, self.settings, self.keyring = app, settings, keyring
         self.producer = Producer(connection.channel(), serializer="json")
         # Declared once, so that a command for a service whose worker has not started yet
         # waits in its queue (a broker with real exchanges would drop it otherwise).
@@ -108,8 +112,9 @@ class BatchPublisher:
         )
         with batch:
             for c in commands:
+                wire = self.keyring.sign(c.kind, c.to_wire(), (c.queue,))
                 publish_task(
-                    self.app, self.producer, self.settings.queue(c.queue), c.operation, c.to_wire()
+                    self.app, self.producer, self.settings.queue(c.queue), c.operation, wire
                 )
 
 
@@ -124,6 +129,9 @@ class Orchestrator:
     ):
         self.settings, self.batch_size = settings, batch_size
         self.middleware = tuple(middleware)
+        # It signs commands as every service, and checks what each service sends.
+        self.keyring = settings.keyring(SERVICES)
+        self.step_services = step_services(DEFINITIONS.values())
         self.app = make_app(settings, "orchestrator")
         self.queue = direct(settings.queue(ORCHESTRATOR_QUEUE), settings.quorum_queues)
         self.received = 0  # for the watchdog: messages taken so far
@@ -182,7 +190,7 @@ class Orchestrator:
         with contextlib.ExitStack() as closing:
             depth = QueueDepth(self.settings.broker_url, [])
             closing.callback(depth.close)
-            publisher = BatchPublisher(self.app, self.settings, connection)
+            publisher = BatchPublisher(self.app, self.settings, connection, self.keyring)
             self._producer = publisher.producer
             engine = Engine(
                 self.settings,
@@ -253,17 +261,28 @@ class Orchestrator:
                 if kwargs or len(args) != 1:
                     raise MalformedMessage(f"{task}: expected one argument")
                 if task == OUTCOME_TASK:
-                    outcomes.append(Outcome.from_wire(args[0]))
+                    outcomes.append(self._outcome(args[0]))
                 elif task == HEARTBEAT_TASK:
-                    beats.append(Heartbeat.from_wire(args[0]))
+                    beats.append(self._heartbeat(args[0]))
                 elif task == PING_TASK:
+                    # unsigned: a ping changes nothing, and answers only into a pong queue
                     pings.append(Ping.from_wire(args[0]))
                 else:
-                    submissions.append(args[0])
+                    signers = self.keyring.check("submission", args[0])
+                    signing.require(signers, CLIENT, "submission")
+                    document = args[0]
+                    if signers is not None:  # checked: an object with a signature
+                        document = {k: v for k, v in document.items() if k != "sig"}
+                    submissions.append(document)
+            except signing.Refused as exc:
+                log.warning("refusing a message: %s", exc.message)
+                self._refused(str(task), exc.reason)
             except MalformedMessage as exc:
                 log.error("refusing a malformed message: %s", exc.message)
-            except (KombuError, ValueError, TypeError, LookupError) as exc:
+                self._refused(str(task), "malformed")
+            except (KombuError, ValueError, TypeError, LookupError, AttributeError) as exc:
                 log.error("refusing a message that cannot be read (%s): %s", task, exc)
+                self._refused(str(task), "malformed")
         while True:
             try:
                 if outcomes:
@@ -286,6 +305,27 @@ class Orchestrator:
         # Acknowledged only now: the batch's transitions are committed and their commands
         # published.
         inbox.ack(messages)
+
+    def _outcome(self, body: Any) -> Outcome:
+        """The outcome in ``body``, signed by the service that runs its step."""
+        signers = self.keyring.check("outcome", body)
+        outcome = Outcome.from_wire(body)
+        signing.require(signers, self.step_services.get(outcome.step, "?"), "outcome")
+        return outcome
+
+    def _heartbeat(self, body: Any) -> Heartbeat:
+        """The heartbeat in ``body``, signed by every service it serves and that runs the
+        steps it holds: a worker vouches only for steps of its own services."""
+        signers = self.keyring.check("heartbeat", body)
+        beat = Heartbeat.from_wire(body)
+        for service in {*beat.services, *(self.step_services.get(h.step, "?") for h in beat.held)}:
+            signing.require(signers, service, "heartbeat")
+        return beat
+
+    def _refused(self, task: str, reason: str) -> None:
+        kind = task if task in TASKS else "unknown"  # a sender names the task: keep labels few
+        for m in self.middleware:
+            m.refused(kind, reason)
 
     def _sweep(self, engine: Engine) -> None:
         try:
@@ -312,6 +352,7 @@ def run(
         middleware.append(metrics)
         log.info("metrics on http://%s:%d/metrics", metrics_host, metrics_port)
     orchestrator = Orchestrator(settings, middleware=middleware)
+    signing.announce(orchestrator.keyring, "orchestrator")
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: orchestrator.stop())
     dog = watchdog.ConsumerWatchdog(

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from saga_core.database import Location, location
 from saga_core.errors import ConfigError
+from saga_core.signing import CLIENT, MIN_KEY_LENGTH, Keyring
 
 PREFIX = "SAGA_"
 SERVICES = ("inventory", "payment", "shipping", "notification")
 ORCHESTRATOR_QUEUE = "orchestrator"
+#: Who signs messages (saga_core.signing): each service, and clients submitting over the broker.
+IDENTITIES = (*SERVICES, CLIENT)
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,11 @@ class Settings:
     task_events: bool = False
     # RabbitMQ only: quorum queues (replicated; what a RabbitMQ cluster wants) for every queue.
     quorum_queues: bool = False
+    # Message signing keys by identity (saga_core.signing), the first of each signing; none:
+    # signing is off. From SAGA_KEYS_FILE, then SAGA_<IDENTITY>_KEY ("new,old" while rotating).
+    keys: Mapping[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
+    # Seconds a signed message stays acceptable after it was signed (and before: clock skew).
+    replay_window: float = 300.0
     # Set by a process that starts this one and wants it gone with it (saga_tools.cluster):
     # a server process exits once that one has.
     parent_pid: int = 0
@@ -106,6 +114,18 @@ class Settings:
     def failure_rates_for(self, step: str) -> FailureRates:
         return self.failure_rates.get(step) or self.failure_rates.get("*") or FailureRates()
 
+    def keyring(self, needs: Sequence[str] = ()) -> Keyring:
+        """The signing keys, for a process that signs or checks as each of ``needs``: with
+        signing on, a missing one is a ``ConfigError`` naming its variable."""
+        if self.keys:
+            missing = [f"{PREFIX}{name.upper()}_KEY" for name in needs if name not in self.keys]
+            if missing:
+                raise ConfigError(
+                    f"message signing is on (a key is set) but {', '.join(missing)} "
+                    "is not: this process signs or checks messages with it"
+                )
+        return Keyring(self.keys, self.replay_window)
+
     def to_env(self) -> dict[str, str]:
         """The environment that makes a child process load these same settings."""
         rates = {
@@ -136,6 +156,8 @@ class Settings:
             f"{PREFIX}LOG_FORMAT": self.log_format,
             f"{PREFIX}TASK_EVENTS": "1" if self.task_events else "0",
             f"{PREFIX}QUORUM_QUEUES": "1" if self.quorum_queues else "0",
+            f"{PREFIX}REPLAY_WINDOW": str(self.replay_window),
+            **{f"{PREFIX}{name.upper()}_KEY": ",".join(ks) for name, ks in self.keys.items()},
         }
 
 
@@ -224,8 +246,55 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         log_format=_choice(env, "LOG_FORMAT", defaults.log_format, ("text", "json")),
         task_events=_flag(env, "TASK_EVENTS", defaults.task_events),
         quorum_queues=_flag(env, "QUORUM_QUEUES", defaults.quorum_queues),
+        keys=read_keys(env),
+        replay_window=_number(env, "REPLAY_WINDOW", defaults.replay_window, 1),
         parent_pid=int(_number(env, "PARENT_PID", 0, 0)),
     )
+
+
+def read_keys(env: Mapping[str, str]) -> dict[str, tuple[str, ...]]:
+    """The signing keys: those of the JSON file ``SAGA_KEYS_FILE`` (``{"payment": "key"}``,
+    or a list of keys, newest first), overridden identity by identity by ``SAGA_<ID>_KEY``
+    (keys separated by commas)."""
+    keys: dict[str, tuple[str, ...]] = {}
+    path = env.get(PREFIX + "KEYS_FILE", "").strip()
+    if path:
+        name = PREFIX + "KEYS_FILE"
+        try:
+            data = json.loads(Path(path).read_text())
+        except OSError as exc:
+            raise ConfigError(f"{name}: cannot read {path}: {exc.strerror}") from None
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{name}: {path} is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f'{name}: {path} must hold an object like {{"payment": "key"}}')
+        for identity, value in data.items():
+            if identity not in IDENTITIES:
+                raise ConfigError(f"{name}: {identity!r} is not one of {', '.join(IDENTITIES)}")
+            listed = [value] if isinstance(value, str) else value
+            if not isinstance(listed, list) or not all(isinstance(k, str) for k in listed):
+                raise ConfigError(f"{name}: {identity!r} must be a key or a list of keys")
+            keys[identity] = _checked_keys(f"{name}[{identity!r}]", listed)
+    for identity in IDENTITIES:
+        raw = env.get(f"{PREFIX}{identity.upper()}_KEY", "").strip()
+        if raw:
+            keys[identity] = _checked_keys(
+                f"{PREFIX}{identity.upper()}_KEY", [k.strip() for k in raw.split(",")]
+            )
+    return keys
+
+
+def _checked_keys(name: str, keys: list[str]) -> tuple[str, ...]:
+    if not keys or len(keys) > 3:
+        raise ConfigError(f"{name}: one to three keys (the first signs), got {len(keys)}")
+    for key in keys:
+        if len(key) < MIN_KEY_LENGTH or any(c.isspace() or c == "," for c in key):
+            # the key itself is never part of an error: it would end up in logs
+            raise ConfigError(
+                f"{name}: a key must be at least {MIN_KEY_LENGTH} characters, with no spaces "
+                "or commas (`saga keys` makes a set)"
+            )
+    return tuple(keys)
 
 
 def _database_url(env: Mapping[str, str], name: str) -> str:

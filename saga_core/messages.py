@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -74,6 +74,12 @@ class Command:
     def key(self) -> str:
         """The idempotency key: one effect per saga and step, however often it is sent."""
         return f"{self.saga_id}:{self.step}"
+
+    @property
+    def kind(self) -> str:
+        """What its signature says it is (``saga_core.signing``): a command for one operation,
+        so that a command signed for one operation cannot be sent as another."""
+        return f"command:{self.operation}"
 
     def to_wire(self) -> dict[str, Any]:
         return {**_address(self), "payload": self.payload, "retry": self.retry.to_dict()}
@@ -157,17 +163,22 @@ class Held:
 #: waiting for a retry): more is a malformed heartbeat, not a busy worker.
 MAX_HELD = 1000
 
+#: The most reasons a heartbeat's refusal counts may name.
+MAX_REASONS = 16
+
 
 @dataclass(frozen=True)
 class Heartbeat:
     """Worker ``worker`` (process ``pid``, serving ``services``) is alive and holds ``held``;
-    the next heartbeat follows in ``interval`` seconds."""
+    the next heartbeat follows in ``interval`` seconds. ``refused`` counts, by reason, the
+    messages the worker has refused since it started (``saga_core.signing``)."""
 
     worker: str
     pid: int
     services: tuple[str, ...]
     interval: float
     held: tuple[Held, ...] = ()
+    refused: Mapping[str, int] = field(default_factory=dict)
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -177,6 +188,7 @@ class Heartbeat:
             "services": list(self.services),
             "interval": self.interval,
             "held": [{k: v for k, v in _address(h).items() if k != "v"} for h in self.held],
+            "refused": dict(self.refused),
         }
 
     @classmethod
@@ -194,6 +206,16 @@ class Heartbeat:
             raise MalformedMessage(f"heartbeat: held must be a list of at most {MAX_HELD}")
         if not all(isinstance(h, Mapping) for h in held):
             raise MalformedMessage("heartbeat: each held entry must be an object")
+        refused = b.get("refused", {})
+        if (
+            not isinstance(refused, Mapping)
+            or len(refused) > MAX_REASONS
+            or not all(
+                isinstance(r, str) and len(r) <= 40 and type(n) is int and n >= 0
+                for r, n in refused.items()
+            )
+        ):
+            raise MalformedMessage("heartbeat: refused must map reasons to counts")
         return cls(
             worker=b.text("worker"),
             pid=b.count("pid"),
@@ -201,6 +223,7 @@ class Heartbeat:
             interval=float(interval),
             # each entry is read like a command's address, so it is checked the same way
             held=tuple(Held(**_Body("heartbeat", {**h, "v": VERSION}).address()) for h in held),
+            refused=dict(refused),
         )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from saga_core.messages import Command, Outcome
+from saga_core.messages import Command, Heartbeat, Outcome
 
 
 class Middleware:
@@ -28,6 +28,12 @@ class Middleware:
     def after_effect(self, command: Command, fresh: bool) -> None:
         """The effect is committed (``fresh``: by this run) and the outcome not yet sent."""
 
+    # --- whichever process receives a message ------------------------------------------
+
+    def refused(self, kind: str, reason: str) -> None:
+        """A message of ``kind`` was refused unread for ``reason`` (``saga_core.signing``'s
+        reasons): logged, removed from its queue, never acted on."""
+
     # --- the engine, in the orchestrator ---------------------------------------------------
 
     def before_publish(self, commands: Sequence[Command]) -> None:
@@ -38,3 +44,6 @@ class Middleware:
 
     def after_outcome(self, outcome: Outcome, took: float | None) -> None:
         """``outcome`` changed its saga; ``took`` seconds since the dispatch it answers."""
+
+    def after_heartbeat(self, beat: Heartbeat) -> None:
+        """``beat`` (checked, and signed where signing is on) is recorded."""

@@ -25,7 +25,8 @@ from typing import Any
 
 import orchestrator
 from saga_core import broker
-from saga_core.config import FailureRates, Settings
+from saga_core.config import IDENTITIES, FailureRates, Settings
+from saga_core.signing import new_keys
 from saga_faults.killer import KINDS, Killer
 from saga_store import open_reader, queries
 from saga_tools import audit, redis_server
@@ -162,6 +163,8 @@ class Campaign:
             # to its queue when the visibility timeout passes, minutes later, and must not
             # be run by a later campaign's workers on the same Redis.
             queue_prefix=f"{self.base.queue_prefix}chaos.{uuid.uuid4().hex[:8]}.",
+            # Signed messages, with keys made for this run where none are configured.
+            keys=self.base.keys or new_keys(IDENTITIES),
             faults=True,
             step_timeout=self.opts.step_timeout,
             sweep_interval=0.5,

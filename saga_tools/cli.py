@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from saga_core import config, database, logs, processes
-from saga_core.config import ORCHESTRATOR_QUEUE, SERVICES, Settings
+from saga_core.config import IDENTITIES, ORCHESTRATOR_QUEUE, SERVICES, Settings
 from saga_core.errors import (
     BusinessError,
     ConfigError,
@@ -411,7 +411,8 @@ def cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:
     print(
         f"chaos: {opts.orders} orders at {opts.rate}/s, a kill every ~{opts.kill_every}s, "
         f"seed {opts.seed}; {opts.orchestrators} orchestrator(s), {opts.replicas} {opts.pool} "
-        f"worker(s) per service, on {where}",
+        f"worker(s) per service, on {where}; messages signed ("
+        + ("SAGA_KEYS_FILE's keys)" if settings.keys else "keys made for this run)"),
         flush=True,
     )
     result = chaos.run(settings, opts)
@@ -435,6 +436,36 @@ def cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:
             print(f"VIOLATION [{v.check}] {v.saga_id or ''} {v.message}")
         print(f"violations:         {len(result.violations)}")
     return 0 if result.ok else 1
+
+
+def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
+    """A new set of signing keys as a keys file: every identity's, or one new key added in
+    front of the configured ones (``--rotate``: it signs from now on, the old one is still
+    accepted)."""
+    from saga_core.signing import new_keys
+
+    fresh = new_keys(IDENTITIES)
+    if args.rotate:
+        if not settings.keys:
+            raise BadInput("--rotate adds to the configured keys, and none are (SAGA_KEYS_FILE)")
+        keys = {name: [fresh[name][0], *settings.keys.get(name, ())][:2] for name in IDENTITIES}
+    else:
+        keys = {name: list(ks) for name, ks in fresh.items()}
+    text = json.dumps(keys, indent=2) + "\n"
+    if args.out == "-":
+        sys.stdout.write(text)
+        return 0
+    try:
+        # created readable by its owner only: it holds every service's key
+        fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise BadInput(f"{args.out} exists: keys are not overwritten") from None
+    except OSError as exc:
+        raise BadInput(f"cannot write {args.out}: {exc.strerror}") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    print(f"keys for {', '.join(IDENTITIES)} written to {args.out}; SAGA_KEYS_FILE={args.out}")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -592,6 +623,14 @@ def parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--json", action="store_true")
 
+    k = sub.add_parser("keys", help="make message signing keys (docs/security.md)")
+    k.add_argument("out", help="the keys file to create (- for stdout)")
+    k.add_argument(
+        "--rotate",
+        action="store_true",
+        help="a new key first for each identity, the configured one kept second",
+    )
+
     d = sub.add_parser("demo", help="start everything, run a batch of orders, print outcomes")
     d.add_argument("--orders", type=int, default=24)
     d.add_argument("--transient-rate", type=float, default=0.1)
@@ -626,6 +665,7 @@ COMMANDS = {
     "faults": cmd_faults,
     "audit": cmd_audit,
     "chaos": cmd_chaos,
+    "keys": cmd_keys,
     "demo": cmd_demo,
 }
 

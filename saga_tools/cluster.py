@@ -94,6 +94,13 @@ def stop_all(children: Sequence[Child], timeout: float = 10.0) -> None:
         child.stop(timeout)
 
 
+def worker_env(settings: Settings, service: str) -> dict[str, str]:
+    """The environment of ``service``'s worker: with its own signing key and no other, as a
+    deployment would give it (a worker holding every key could speak for every service)."""
+    own = {service: settings.keys[service]} if service in settings.keys else {}
+    return {**settings.with_(keys=own).to_env(), "PYTHONUNBUFFERED": "1"}
+
+
 class Cluster:
     """A system's processes: ``replicas`` workers per service (Celery pool ``pool``, by
     default ``saga worker``'s for the broker) and
@@ -121,7 +128,7 @@ class Cluster:
                 Child(
                     numbered(f"worker {s}", n),
                     saga_command("worker", s, *(("--pool", pool) if pool else ())),
-                    env,
+                    worker_env(settings, s),
                     logs / f"{numbered(s, n)}.log",
                 )
                 for n in range(replicas)

@@ -17,7 +17,8 @@ from typing import Any, TextIO
 
 import orchestrator
 from saga_core import broker
-from saga_core.config import FailureRates, Settings
+from saga_core.config import IDENTITIES, FailureRates, Settings
+from saga_core.signing import new_keys
 from saga_faults.killer import Killer
 from saga_store import open_reader, queries
 from saga_tools import audit, redis_server
@@ -91,6 +92,7 @@ def run(
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
     url, owned = redis_server.ensure(settings.broker_url, settings.data_dir)
+    owned_keys = None if settings.keys else new_keys(IDENTITIES)
     print(f"broker: {url}" + (" (started for this demo)" if owned else ""))
     settings = settings.with_(
         broker_url=url,
@@ -98,6 +100,8 @@ def run(
         # Queues of this run only (see saga_tools.chaos): a killed worker's message that
         # comes back later must not reach the next demo's workers.
         queue_prefix=f"{settings.queue_prefix}demo.{uuid.uuid4().hex[:8]}.",
+        # Signed messages, with keys made for this run where none are configured.
+        keys=settings.keys or owned_keys or {},
         # The demo shows failures on purpose: fault injection on, in its own processes.
         faults=True,
         failure_rates={"*": FailureRates(transient=transient, business=business)},
@@ -110,6 +114,8 @@ def run(
         logs = data_dir / "logs"
         print(f"started {len(cluster.workers)} workers and the orchestrator; logs in {logs}")
         print(f"random failures per step: transient {transient:.0%}, business {business:.0%}")
+        where = "SAGA_KEYS_FILE's keys" if owned_keys is None else "keys made for this demo"
+        print(f"commands and outcomes signed: each worker holds its own service's key ({where})")
         killer = None
         if kill_every:
             killer = Killer(cluster, random.Random(seed), {"worker": 3, "orchestrator": 1})

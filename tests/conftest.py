@@ -21,9 +21,10 @@ import pytest
 from celery.contrib.pytest import celery_worker  # noqa: F401
 
 from saga_core import broker, config
-from saga_core.config import Settings
+from saga_core.config import IDENTITIES, Settings
 from saga_core.database import Location, unreachable
 from saga_core.errors import ConfigError
+from saga_core.signing import new_keys
 from saga_tools import redis_server
 
 # Its assertions explain themselves too (it is imported by the tests, after this).
@@ -99,6 +100,8 @@ def settings(broker_url: str, tmp_path: Path) -> Iterator[Settings]:
         stall_timeout=4.0,
         # The tests inject faults on purpose: in the processes they start, and only there.
         faults=True,
+        # Signed messages, as the demo runs them: keys of the test's own.
+        keys=new_keys(IDENTITIES),
     )
     yield s
     broker.discard(broker_url, s.all_queues())

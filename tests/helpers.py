@@ -33,6 +33,11 @@ ONE_OF_EACH = {
 }
 
 
+def signed(settings: Settings, kind: str, wire: dict[str, Any], signer: str) -> dict[str, Any]:
+    """``wire`` signed as ``signer`` with the system's keys (as it is where signing is off)."""
+    return settings.keyring().sign(kind, wire, [signer])
+
+
 def make_order(order_id: str = "ORD-1", **changes: Any) -> dict[str, Any]:
     order = copy.deepcopy(BASE_ORDER)
     order["order_id"] = order_id

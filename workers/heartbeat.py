@@ -29,6 +29,7 @@ from saga_core.celery_app import publish_task
 from saga_core.config import ORCHESTRATOR_QUEUE, Settings
 from saga_core.errors import MalformedMessage
 from saga_core.messages import HEARTBEAT_TASK, Command, Heartbeat, Held
+from saga_core.signing import Keyring, RefusalCount
 from workers import SERVICES
 
 log = logging.getLogger("saga.worker")
@@ -49,9 +50,18 @@ def held(operations: Collection[str]) -> Iterator[Held]:
 class Heart:
     """Sends this worker's heartbeats from a daemon thread until stopped."""
 
-    def __init__(self, app: Celery, settings: Settings, worker: str, services: Sequence[str]):
-        self.app, self.settings = app, settings
+    def __init__(
+        self,
+        app: Celery,
+        settings: Settings,
+        worker: str,
+        services: Sequence[str],
+        keyring: Keyring,
+        refusals: RefusalCount | None = None,
+    ):
+        self.app, self.settings, self.keyring = app, settings, keyring
         self.worker, self.services = worker, tuple(services)
+        self.refusals = refusals
         self.operations = {op for name in services for op in SERVICES[name].operations}
         self.queue = settings.queue(ORCHESTRATOR_QUEUE)
         self._connection: Connection | None = None
@@ -67,6 +77,7 @@ class Heart:
             services=self.services,
             interval=self.settings.heartbeat_interval,
             held=tuple(held(self.operations)),
+            refused=self.refusals.snapshot() if self.refusals else {},
         )
 
     def start(self) -> None:
@@ -96,7 +107,8 @@ class Heart:
                 self._producer,
                 self.queue,
                 HEARTBEAT_TASK,
-                self.beat().to_wire(),
+                # signed as each service it serves: it speaks for their steps alone
+                self.keyring.sign("heartbeat", self.beat().to_wire(), self.services),
                 # RabbitMQ drops a heartbeat nobody read in time; one is worth nothing later
                 expiration=max(60.0, 10 * self.settings.heartbeat_interval),
             )
@@ -118,8 +130,15 @@ class Heart:
                 connection.release()
 
 
-def install(app: Celery, settings: Settings, services: Sequence[str]) -> None:
-    """Send heartbeats for as long as the worker of ``app`` runs."""
+def install(
+    app: Celery,
+    settings: Settings,
+    services: Sequence[str],
+    keyring: Keyring,
+    refusals: RefusalCount | None = None,
+) -> None:
+    """Send heartbeats for as long as the worker of ``app`` runs, with the count of the
+    messages it refused."""
 
     class HeartbeatStep(bootsteps.StartStopStep):
         requires = {"celery.worker.components:Pool"}
@@ -129,7 +148,7 @@ def install(app: Celery, settings: Settings, services: Sequence[str]) -> None:
             self.heart: Heart | None = None
 
         def start(self, worker: Any) -> None:
-            self.heart = Heart(app, settings, worker.hostname, services)
+            self.heart = Heart(app, settings, worker.hostname, services, keyring, refusals)
             self.heart.start()
 
         def stop(self, worker: Any) -> None:

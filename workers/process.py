@@ -9,10 +9,11 @@ from typing import Any
 
 from celery import Celery, bootsteps, signals
 
-from saga_core import broker, watchdog
+from saga_core import broker, signing, watchdog
 from saga_core.celery_app import make_app
 from saga_core.config import Settings
 from saga_core.middleware import Middleware
+from saga_core.signing import RefusalCount
 from workers import SERVICES, health, heartbeat, task
 
 
@@ -22,13 +23,18 @@ def build(
     middleware: Sequence[Middleware] = (),
 ) -> Celery:
     """A Celery app with the tasks of ``services`` registered and routed to their queues,
-    each run with ``middleware`` around it."""
+    each run with ``middleware`` around it; commands checked and outcomes signed with the
+    services' keys, where signing is on."""
     app = make_app(settings, "workers")
+    keyring = settings.keyring(services)
+    # created before the pool forks, so that every pool process counts into it
+    refusals = RefusalCount()
+    middleware = (*middleware, refusals)
     for name in services:
-        task.register(app, settings, SERVICES[name], middleware)
+        task.register(app, settings, SERVICES[name], keyring, middleware)
     health.register(app)
     if settings.heartbeat_interval > 0:
-        heartbeat.install(app, settings, services)
+        heartbeat.install(app, settings, services, keyring, refusals)
     app.steps["worker"].add(WakeOnShutdown)
     return app
 
@@ -96,6 +102,7 @@ def run(
 ) -> None:
     """Run a worker in the foreground for ``services`` until it is stopped."""
     app = build(settings, services, middleware)
+    signing.announce(settings.keyring(services), f"worker for {', '.join(services)}")
     for service in services:  # a data dir that cannot be written fails here, not mid-saga
         SERVICES[service].prepare(settings.service_database(service))
     queues = [settings.queue(s) for s in services]

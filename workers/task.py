@@ -20,6 +20,7 @@ from typing import Any
 
 from celery import Celery, Task
 
+from saga_core import signing
 from saga_core.celery_app import direct, send
 from saga_core.config import ORCHESTRATOR_QUEUE, Settings
 from saga_core.database import BUSY
@@ -31,6 +32,7 @@ from saga_core.errors import (
 )
 from saga_core.messages import OUTCOME_TASK, Command, Outcome, Phase, Status
 from saga_core.middleware import Middleware
+from saga_core.signing import Keyring
 from workers import ledger
 from workers.service import Service
 
@@ -198,9 +200,14 @@ def context(command: Command, tries: int) -> dict[str, Any]:
 
 
 def register(
-    app: Celery, settings: Settings, service: Service, middleware: Sequence[Middleware] = ()
+    app: Celery,
+    settings: Settings,
+    service: Service,
+    keyring: Keyring,
+    middleware: Sequence[Middleware] = (),
 ) -> None:
-    """Register every operation of ``service`` as a task routed to the service's queue."""
+    """Register every operation of ``service`` as a task routed to the service's queue,
+    running only commands signed with the service's key (where signing is on)."""
     queue = settings.queue(service.name)
     runner = StepRunner(settings, service, middleware)
     reply_to = direct(settings.queue(ORCHESTRATOR_QUEUE), settings.quorum_queues)
@@ -210,20 +217,37 @@ def register(
         # shared=False: this app's own, so that building a second app (tests, tools) does
         # not collide in Celery's shared registry
         app.task(name=op.name, bind=True, acks_late=True, reject_on_worker_lost=True, shared=False)(
-            _make_task(runner, op.name, reply_to)
+            _make_task(runner, keyring, op.name, reply_to)
         )
     app.conf.task_routes = routes
 
 
-def _make_task(runner: StepRunner, operation: str, reply_to: Any) -> Callable[..., Any]:
+def _make_task(
+    runner: StepRunner, keyring: Keyring, operation: str, reply_to: Any
+) -> Callable[..., Any]:
+    service = runner.service.name
+    kind = f"command:{operation}"
+
+    def refuse(reason: str) -> None:
+        for m in runner.middleware:
+            m.refused(kind, reason)
+
     def run(task: Task, *args: Any, **kwargs: Any) -> Any:
+        # A refused message returns normally: acknowledged, so gone from the queue, and
+        # never run. Celery records what it returned; Flower shows it.
         try:
             if kwargs or len(args) != 1:
                 raise MalformedMessage("command: expected one argument, the command object")
+            signing.require(keyring.check(kind, args[0]), service, kind)
             command = Command.from_wire(operation, args[0])
             runner.check(command)
+        except signing.Refused as exc:
+            log.warning("%s: refusing a command: %s", operation, exc.message)
+            refuse(exc.reason)
+            return {"refused": exc.reason}
         except MalformedMessage as exc:
             log.error("%s: refusing a malformed command: %s", operation, exc.message)
+            refuse("malformed")
             return {"refused": exc.message}
         redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
         result = runner.run(command, int(task.request.retries), redelivered)
@@ -235,7 +259,9 @@ def _make_task(runner: StepRunner, operation: str, reply_to: Any) -> Callable[..
                 max_retries=command.retry.max_retries,
                 exc=result.error,
             )
-        send(task.app, reply_to, OUTCOME_TASK, result.to_wire())
+        send(
+            task.app, reply_to, OUTCOME_TASK, keyring.sign("outcome", result.to_wire(), (service,))
+        )
         return result.status.value  # what Celery logs and Flower shows
 
     run.__name__ = operation

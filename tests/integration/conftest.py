@@ -40,6 +40,10 @@ class System(Cluster):
     def wait(self, saga_id: str, timeout: float = 60) -> SagaView:
         return orchestrator.wait(saga_id, settings=self.settings, timeout=timeout)
 
+    def saga(self, saga_id: str) -> SagaView:
+        """The saga as it is now."""
+        return orchestrator.get_saga(saga_id, settings=self.settings)
+
     def wait_step_running(
         self, operation: str, saga_id: str, step: str, timeout: float = 30
     ) -> None:

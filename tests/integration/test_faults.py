@@ -22,7 +22,7 @@ from saga_core.retry import RetryPolicy
 from saga_store import SagaState
 from saga_tools import audit, redis_server
 from saga_tools.cluster import saga_command
-from tests.helpers import make_order, service_records
+from tests.helpers import make_order, service_records, signed
 from tests.integration.conftest import System
 
 pytestmark = pytest.mark.processes
@@ -70,6 +70,9 @@ def publish_raw(settings: Settings, queue: str, body: object, **options: object)
         )
 
 
+BAD: dict[str, object] = {"card": None}
+
+
 def test_bad_messages_are_rejected_and_the_workers_keep_serving(system: System) -> None:
     settings = system.settings
     app = make_app(settings)
@@ -91,18 +94,22 @@ def test_bad_messages_are_rejected_and_the_workers_keep_serving(system: System) 
     # the commands of an older contract, and of a newer one
     app.send_task("charge_payment", kwargs={"key": "k", "payload": {}}, queue=payment_queue)
     unreadable = Command("charge_payment", "s-9", "charge_payment", Phase.ACTION, 1, {}, FAST)
-    app.send_task("charge_payment", args=[{**unreadable.to_wire(), "v": 2}], queue=payment_queue)
+    # (signed as the system signs: what is checked here is the contract, not who sent it)
+    newer = signed(settings, unreadable.kind, {**unreadable.to_wire(), "v": 2}, "payment")
+    app.send_task("charge_payment", args=[newer], queue=payment_queue)
     # a command of the right shape whose payload the service cannot read
     app.send_task(
         "charge_payment",
-        args=[replace(unreadable, payload={"card": None}).to_wire()],
+        args=[
+            signed(settings, unreadable.kind, replace(unreadable, payload=BAD).to_wire(), "payment")
+        ],
         queue=payment_queue,
     )
-    app.send_task(
-        OUTCOME_TASK, args=[{"saga_id": "x", "phase": "sideways"}], queue=orchestrator_queue
-    )
+    sideways = signed(settings, "outcome", {"saga_id": "x", "phase": "sideways"}, "payment")
+    app.send_task(OUTCOME_TASK, args=[sideways], queue=orchestrator_queue)
     outcome = Outcome("s-9", "charge_payment", Phase.ACTION, 1, Status.SUCCEEDED, 1)
-    app.send_task(OUTCOME_TASK, args=[{**outcome.to_wire(), "v": 2}], queue=orchestrator_queue)
+    newer_outcome = signed(settings, "outcome", {**outcome.to_wire(), "v": 2}, "payment")
+    app.send_task(OUTCOME_TASK, args=[newer_outcome], queue=orchestrator_queue)
 
     # every bad message is logged where it landed
     payment, orch = system.workers["payment"], system.orchestrator

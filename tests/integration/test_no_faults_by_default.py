@@ -14,7 +14,7 @@ from saga_core.processes import wait_for
 from saga_core.retry import RetryPolicy
 from saga_faults.plans import FaultPlans
 from saga_store import SagaState
-from tests.helpers import ONE_OF_EACH, make_order, service_records
+from tests.helpers import ONE_OF_EACH, make_order, service_records, signed
 from tests.integration.conftest import System
 from tests.integration.test_cli import saga, stored_sagas, write
 from tests.integration.test_http_api import Api, serve_api
@@ -90,6 +90,8 @@ def test_fault_plans_and_fault_fields_mean_nothing_without_the_switch(
         RetryPolicy(),
     )
     wire = {**command.to_wire(), "fault_plan": {"charge_payment": {"crash_before_effect": True}}}
+    # signed: the system's own kind of command, which a fault plan inside still cannot arm
+    wire = signed(default_system.settings, command.kind, wire, "payment")
     app.send_task("charge_payment", args=[wire], queue=default_system.settings.queue("payment"))
     # When the order runs on a system started with default settings
     saga_id = default_system.submit(make_order("N-1"))

@@ -17,6 +17,7 @@ from saga_core.config import ORCHESTRATOR_QUEUE, FailureRates
 from saga_core.messages import OUTCOME_TASK, SUBMIT_TASK, Command, Outcome, Phase, Status
 from saga_core.processes import children_of, wait_for
 from saga_core.retry import RetryPolicy
+from saga_core.signing import CLIENT
 from saga_store import SagaState, StepState, open_store, queries
 from saga_tools import audit
 from tests.helpers import (
@@ -28,6 +29,7 @@ from tests.helpers import (
     available,
     make_order,
     service_records,
+    signed,
 )
 from tests.integration.conftest import System
 
@@ -174,9 +176,8 @@ def test_same_order_id_twice_starts_one_saga(system: System) -> None:
 
 def test_a_producer_can_submit_through_the_orchestrator_queue(system: System) -> None:
     app = make_app(system.settings)
-    app.send_task(
-        SUBMIT_TASK, args=[make_order("A-14")], queue=system.settings.queue(ORCHESTRATOR_QUEUE)
-    )
+    order = signed(system.settings, "submission", make_order("A-14"), CLIENT)
+    app.send_task(SUBMIT_TASK, args=[order], queue=system.settings.queue(ORCHESTRATOR_QUEUE))
     store = open_store(system.settings.store())
     row = wait_for(
         lambda: store.execute(
@@ -185,7 +186,9 @@ def test_a_producer_can_submit_through_the_orchestrator_queue(system: System) ->
         30,
         "the submitted saga to be stored",
     )
-    assert system.wait(row[0]).state is SagaState.COMPLETED
+    view = system.wait(row[0])
+    assert view.state is SagaState.COMPLETED
+    assert "sig" not in view.input  # the signature is the envelope's, not the order's
     assert service_records(system.data_dir, "A-14") == ONE_OF_EACH
 
 
@@ -196,9 +199,8 @@ def test_duplicate_outcome_over_the_broker_changes_nothing(system: System) -> No
     outcome = Outcome(
         saga_id, "charge_payment", Phase.ACTION, 1, Status.SUCCEEDED, 1, {"charge_id": "ch_x"}
     )
-    app.send_task(
-        OUTCOME_TASK, args=[outcome.to_wire()], queue=system.settings.queue(ORCHESTRATOR_QUEUE)
-    )
+    wire = signed(system.settings, "outcome", outcome.to_wire(), "payment")
+    app.send_task(OUTCOME_TASK, args=[wire], queue=system.settings.queue(ORCHESTRATOR_QUEUE))
     wait_for(
         lambda: system.counters().get("duplicate_outcomes", 0) >= 1,
         20,
@@ -222,7 +224,8 @@ def test_compensation_before_its_action_blocks_the_action(system: System) -> Non
         ("charge_payment", Phase.ACTION),
     ):
         command = Command(operation, "k", "charge_payment", phase, 1, payload, RetryPolicy())
-        app.send_task(operation, args=[command.to_wire()], queue=queue)
+        wire = signed(system.settings, command.kind, command.to_wire(), "payment")
+        app.send_task(operation, args=[wire], queue=queue)
 
     def action_refused() -> bool:
         conn = sqlite3.connect(system.data_dir / "payment.db")

@@ -15,7 +15,7 @@ from saga_core.messages import OUTCOME_TASK, Command, Outcome, Phase, Status
 from saga_core.retry import RetryPolicy
 from saga_faults.middleware import Faults
 from saga_faults.plans import FaultPlans
-from tests.helpers import service_records
+from tests.helpers import service_records, signed
 from workers import SERVICES as SERVICE_OBJECTS
 from workers import inventory, task
 
@@ -47,7 +47,7 @@ def outcomes(celery_app: Celery, settings: Settings) -> queue.Queue[Outcome]:
     outcomes to the test, read through the message contract."""
     received: queue.Queue[Outcome] = queue.Queue()
     for service in SERVICE_OBJECTS.values():
-        task.register(celery_app, settings, service, [Faults(settings)])
+        task.register(celery_app, settings, service, settings.keyring(), [Faults(settings)])
 
     def outcome(body: Any) -> None:
         received.put(Outcome.from_wire(body))
@@ -67,7 +67,8 @@ def send(
     retry: RetryPolicy = FAST,
 ) -> None:
     command = Command(name, saga_id, name, Phase.ACTION, 1, payload, retry)
-    app.send_task(name, args=[command.to_wire()], queue=settings.queue(queue_name))
+    wire = signed(settings, command.kind, command.to_wire(), queue_name)
+    app.send_task(name, args=[wire], queue=settings.queue(queue_name))
 
 
 def test_step_replies_on_the_orchestrator_queue(

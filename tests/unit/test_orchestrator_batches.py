@@ -6,7 +6,7 @@ leaves every message to be delivered again and loses nothing."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,18 @@ from kombu.message import Message
 
 from orchestrator.process import Orchestrator
 from saga_core.celery_app import make_app
-from saga_core.messages import OUTCOME_TASK, Command, Outcome
+from saga_core.config import IDENTITIES
+from saga_core.messages import (
+    HEARTBEAT_TASK,
+    OUTCOME_TASK,
+    Command,
+    Heartbeat,
+    Held,
+    Outcome,
+    Phase,
+)
+from saga_core.middleware import Middleware
+from saga_core.signing import Keyring, new_keys
 from saga_store import SagaState, StepState, queries
 from tests.harness import Harness
 from tests.helpers import make_order
@@ -26,13 +37,14 @@ class Bus:
     """The orchestrator's queue on kombu's in-memory transport, read as the orchestrator
     reads it there (``orchestrator.inbox.KombuInbox``)."""
 
-    def __init__(self, tmp_path: Path):
+    def __init__(self, tmp_path: Path, keys: Mapping[str, tuple[str, ...]] | None = None):
         self.h = Harness(tmp_path)
         self.settings = self.h.settings.with_(
-            broker_url="memory://", queue_prefix=f"t{uuid.uuid4().hex[:8]}."
+            broker_url="memory://", queue_prefix=f"t{uuid.uuid4().hex[:8]}.", keys=keys or {}
         )
         self.app = make_app(self.settings)
-        self.orchestrator = Orchestrator(self.settings)
+        self.refusals: list[tuple[str, str]] = []
+        self.orchestrator = Orchestrator(self.settings, middleware=[Refusals(self.refusals)])
         self.connection = Connection("memory://")
         self.inbox = self.orchestrator.inbox(self.connection)
 
@@ -56,6 +68,14 @@ class Bus:
     def close(self) -> None:
         self.inbox.close()
         self.connection.release()
+
+
+class Refusals(Middleware):
+    def __init__(self, seen: list[tuple[str, str]]):
+        self.seen = seen
+
+    def refused(self, kind: str, reason: str) -> None:
+        self.seen.append((kind, reason))
 
 
 @pytest.fixture
@@ -183,3 +203,37 @@ def test_a_submission_on_the_queue_starts_a_saga(bus: Bus) -> None:
     bus.handle(messages)
     assert all(m.acknowledged for m in messages)
     assert [c.operation for c in bus.h.commands] == ["reserve_inventory"]  # S-2 refused
+
+
+def test_with_signing_on_a_heartbeat_vouches_only_for_its_own_services_steps(
+    tmp_path: Path,
+) -> None:
+    keys = new_keys(IDENTITIES)
+    bus = Bus(tmp_path, keys)
+    try:
+        (saga_id,), _ = reserved(bus, "H")  # the reservation ran; its outcome is not in yet
+        keyring = Keyring(keys)
+        held = (Held(saga_id, "reserve_inventory", Phase.ACTION, 1),)
+
+        def beat(services: tuple[str, ...], signers: tuple[str, ...]) -> dict[str, Any]:
+            wire = Heartbeat("w@h", 7, services, 1.0, held).to_wire()
+            return keyring.sign("heartbeat", wire, signers)
+
+        # a payment worker claiming to hold an inventory step; one naming a service it
+        # did not sign for; an unsigned one
+        bus.send(beat(("payment",), ("payment",)), task=HEARTBEAT_TASK)
+        bus.send(beat(("inventory",), ("payment",)), task=HEARTBEAT_TASK)
+        bus.send(Heartbeat("w@h", 7, ("inventory",), 1.0, held).to_wire(), task=HEARTBEAT_TASK)
+        bus.handle(bus.take())
+        assert bus.refusals == [
+            (HEARTBEAT_TASK, "wrong_signer"),
+            (HEARTBEAT_TASK, "wrong_signer"),
+            (HEARTBEAT_TASK, "unsigned"),
+        ]
+        assert bus.h.saga(saga_id).step("reserve_inventory").held_by is None
+        # the inventory worker's own heartbeat is heard
+        bus.send(beat(("inventory",), ("inventory",)), task=HEARTBEAT_TASK)
+        bus.handle(bus.take())
+        assert bus.h.saga(saga_id).step("reserve_inventory").held_by == "w@h pid 7"
+    finally:
+        bus.close()

@@ -1,0 +1,159 @@
+"""Signed messages (``saga_core.signing``): what a receiver accepts, and what it refuses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from saga_core import config
+from saga_core.config import IDENTITIES
+from saga_core.errors import ConfigError
+from saga_core.messages import Outcome, Phase, Status
+from saga_core.signing import Keyring, RefusalCount, Refused, new_keys, require
+
+KEYS = new_keys(IDENTITIES)
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def outcome_wire() -> dict[str, Any]:
+    return Outcome("s1", "charge_payment", Phase.ACTION, 1, Status.SUCCEEDED, 1, {"c": 1}).to_wire()
+
+
+def refusal(keyring: Keyring, kind: str, body: Any) -> str:
+    with pytest.raises(Refused) as caught:
+        keyring.check(kind, body)
+    return caught.value.reason
+
+
+def test_a_signed_message_names_its_signer_after_a_trip_through_json() -> None:
+    keyring = Keyring(KEYS)
+    body = keyring.sign("outcome", outcome_wire(), ["payment"])
+    assert keyring.check("outcome", json.loads(json.dumps(body))) == {"payment"}
+
+
+def test_a_receiver_holding_only_its_own_key_checks_the_sender_it_shares_it_with() -> None:
+    orchestrator, payment = Keyring(KEYS), Keyring({"payment": KEYS["payment"]})
+    command = orchestrator.sign("command:charge_payment", {"v": 1, "x": 1}, ["payment"])
+    assert payment.check("command:charge_payment", command) == {"payment"}
+    other = orchestrator.sign("command:charge_payment", {"v": 1, "x": 1}, ["inventory"])
+    assert refusal(payment, "command:charge_payment", other) == "unknown_signer"
+
+
+def test_unsigned_changed_and_relabelled_messages_are_refused() -> None:
+    keyring = Keyring(KEYS)
+    body = keyring.sign("outcome", outcome_wire(), ["payment"])
+    assert refusal(keyring, "outcome", outcome_wire()) == "unsigned"
+    changed = {**body, "output": {"c": 2}}
+    assert refusal(keyring, "outcome", changed) == "bad_signature"
+    # a command's signature does not make it an outcome, nor one operation's another's
+    assert refusal(keyring, "heartbeat", body) == "bad_signature"
+    command = keyring.sign("command:refund_payment", {"v": 1}, ["payment"])
+    assert refusal(keyring, "command:charge_payment", command) == "bad_signature"
+    claimed = {**body, "sig": {**body["sig"], "by": {"inventory": body["sig"]["by"]["payment"]}}}
+    assert refusal(keyring, "outcome", claimed) == "bad_signature"
+    for sig in (
+        "x",
+        {"at": "now", "by": {}},
+        {"at": 1.0, "by": {}},
+        {"at": True, "by": {"a": "b"}},
+    ):
+        assert refusal(keyring, "outcome", {**body, "sig": sig}) == "malformed"
+
+
+def test_a_key_of_another_service_does_not_stand_in_for_the_right_one() -> None:
+    keyring = Keyring(KEYS)
+    body = keyring.sign("outcome", outcome_wire(), ["inventory"])
+    signers = keyring.check("outcome", body)
+    with pytest.raises(Refused) as caught:
+        require(signers, "payment", "outcome")
+    assert caught.value.reason == "wrong_signer"
+    require(None, "payment", "outcome")  # signing off: nothing to require
+
+
+def test_a_message_outside_the_replay_window_is_refused() -> None:
+    clock = Clock()
+    keyring = Keyring(KEYS, window=300, clock=clock)
+    body = keyring.sign("outcome", outcome_wire(), ["payment"])
+    clock.now += 299
+    assert keyring.check("outcome", body) == {"payment"}
+    clock.now += 2
+    assert refusal(keyring, "outcome", body) == "expired"
+    clock.now -= 700  # signed "in the future": a skewed or forged clock
+    assert refusal(keyring, "outcome", body) == "expired"
+
+
+def test_during_a_rotation_both_keys_are_accepted_and_the_first_signs() -> None:
+    old, new = KEYS["payment"][0], new_keys(["payment"])["payment"][0]
+    before, during = Keyring({"payment": (old,)}), Keyring({"payment": (new, old)})
+    after = Keyring({"payment": (new,)})
+    by_old = before.sign("outcome", outcome_wire(), ["payment"])
+    by_new = during.sign("outcome", outcome_wire(), ["payment"])
+    assert during.check("outcome", by_old) == during.check("outcome", by_new) == {"payment"}
+    assert after.check("outcome", by_new) == {"payment"}
+    assert refusal(after, "outcome", by_old) == "bad_signature"
+
+
+def test_without_keys_nothing_is_signed_or_checked() -> None:
+    keyring = Keyring({})
+    assert not keyring.on
+    assert keyring.sign("outcome", outcome_wire(), ["payment"]) == outcome_wire()
+    assert keyring.check("outcome", outcome_wire()) is None
+
+
+def test_refusals_are_counted_by_reason() -> None:
+    count = RefusalCount()
+    count.refused("command:charge_payment", "unsigned")
+    count.refused("command:charge_payment", "unsigned")
+    count.refused("command:charge_payment", "expired")
+    assert count.snapshot() == {"unsigned": 2, "expired": 1}
+
+
+def test_keys_come_from_a_file_and_the_environment_overrides_it(tmp_path: Path) -> None:
+    path = tmp_path / "keys.json"
+    path.write_text(json.dumps({"payment": ["p" * 32, "q" * 32], "inventory": "i" * 32}))
+    settings = config.load({"SAGA_KEYS_FILE": str(path), "SAGA_INVENTORY_KEY": "j" * 40})
+    assert settings.keys == {"payment": ("p" * 32, "q" * 32), "inventory": ("j" * 40,)}
+    # what a child process is given loads the same keys
+    assert config.load(settings.to_env()).keys == settings.keys
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({"SAGA_PAYMENT_KEY": "short"}, "SAGA_PAYMENT_KEY: a key must be at least 32"),
+        ({"SAGA_PAYMENT_KEY": "a" * 32 + " b"}, "no spaces"),
+        ({"SAGA_KEYS_FILE": "/nonexistent/keys.json"}, "cannot read /nonexistent/keys.json"),
+    ],
+)
+def test_a_bad_key_setting_is_refused_naming_it_and_not_showing_the_key(
+    env: dict[str, str], names: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        config.load(env)
+    assert names in caught.value.message
+    assert "a" * 32 not in caught.value.message
+
+
+def test_a_keys_file_naming_an_unknown_identity_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "keys.json"
+    path.write_text(json.dumps({"billing": "b" * 32}))
+    with pytest.raises(ConfigError, match="'billing' is not one of inventory, payment"):
+        config.load({"SAGA_KEYS_FILE": str(path)})
+
+
+def test_with_signing_on_a_process_without_its_key_does_not_start() -> None:
+    settings = config.load({"SAGA_PAYMENT_KEY": "p" * 32})
+    assert settings.keyring(["payment"]).on
+    with pytest.raises(ConfigError, match="SAGA_SHIPPING_KEY is not"):
+        settings.keyring(["payment", "shipping"])
+    assert not config.load({}).keyring(["payment"]).on
