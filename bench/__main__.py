@@ -28,9 +28,10 @@ from bench.chain import build
 from bench.chain import queue as chain_queue
 from bench.workload import ChainRunner, Run, SagaRunner, order
 from saga_core import broker, config, database
-from saga_core.config import SERVICES, Settings
+from saga_core.config import IDENTITIES, SERVICES, Settings
 from saga_core.database import Connection, Location
 from saga_core.processes import children_of, wait_for
+from saga_core.signing import new_keys
 from saga_store import SagaView, open_reader, queries
 from saga_tools import redis_server
 from saga_tools.cluster import Child, Cluster, stop_all
@@ -201,7 +202,8 @@ def compare(
     times, one system after the other, as is each latency run, in ``rounds`` parts: the
     machine's speed drifts by a fifth from one minute to the next here, and runs in turn
     put that drift on every side alike."""
-    s = _fresh(settings, "compare")
+    # default settings: messages unsigned where no keys are set (the signed system below)
+    s = _fresh(settings, "compare").with_(keys={})
     cluster = Cluster(s)
     quiet = Cluster(s.with_(heartbeat_interval=0.0))
     chain_workers = [
@@ -218,8 +220,18 @@ def compare(
         "chain": ChainRunner(build(s), s).run,
         "saga": sagas.run,
     }
+    # What signing costs: the same sagas on a system of their own that signs and checks
+    # every message (saga_core.signing), each worker holding its own service's key.
+    signed_settings = _fresh(settings, "compare-signed").with_(keys=new_keys(IDENTITIES))
+    signed_cluster = Cluster(signed_settings)
+    others.extend(signed_cluster.children)
+    systems["saga_signed"] = SagaRunner(signed_settings).run
+    processes["saga_signed"] = {
+        "workers": list(signed_cluster.workers.values()),
+        "orchestrator": [signed_cluster.orchestrator],
+    }
     if prefork:
-        prefork_settings = _fresh(settings, "compare-prefork")
+        prefork_settings = _fresh(settings, "compare-prefork").with_(keys={})
         prefork_cluster = Cluster(prefork_settings, pool="prefork")
         others.extend(prefork_cluster.children)
         systems["saga_prefork_pool"] = SagaRunner(prefork_settings).run
@@ -311,6 +323,8 @@ def compare(
         ),
         "orchestrator_rss_mb": round(orchestrator_rss, 1),
     }
+    result["saga_signed"] = figures("saga_signed")
+    shutil.rmtree(signed_settings.data_dir, ignore_errors=True)
     if prefork:
         result["saga_prefork_pool"] = figures("saga_prefork_pool")
         shutil.rmtree(prefork_settings.data_dir, ignore_errors=True)
@@ -338,6 +352,11 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
     sagas = compared["saga"]["saturation"]["per_second"]
     out["saga_to_chain_throughput"] = compared["ratio_throughput"]
     out["saga_to_chain_p50_at_load"] = compared["ratio_p50_latency"]
+    signed = compared["saga_signed"]
+    out["saga_signed_to_saga_throughput"] = round(signed["saturation"]["per_second"] / sagas, 3)
+    out["saga_signed_to_saga_p50_at_load"] = round(
+        signed["at_load"]["p50_ms"] / compared["saga"]["at_load"]["p50_ms"], 3
+    )
     prefork = compared.get("saga_prefork_pool")
     if prefork:
         out["saga_prefork_pool_to_saga_throughput"] = round(

@@ -72,6 +72,9 @@ def test_bench_smoke_run_writes_every_figure(
     assert cpu["all"] >= cpu["workers"] + cpu["orchestrator"]
     assert compare["saga"]["at_load"]["count"] == 20
     assert compare["ratio_throughput"] > 0 and compare["ratio_p50_latency"] > 0
+    # the same sagas with every message signed and checked, in the same run
+    assert compare["saga_signed"]["saturation"]["count"] == 60
+    assert compare["saga_signed"]["at_load"]["count"] == 20
     store = figures["store"]
     assert store["sqlite_one_per_transaction"] > 0 and store["sqlite_batched"] > 0
     assert store["postgresql_one_per_transaction"] > 0 and store["postgresql_batched"] > 0
@@ -91,6 +94,10 @@ def test_bench_smoke_run_writes_every_figure(
         sagas / peers["celery_saga"]["saturation"]["per_second"], rel=0.01
     )
     assert ratios["saga_to_best_dbos_throughput"] > 0
+    assert ratios["saga_signed_to_saga_throughput"] == pytest.approx(
+        compare["saga_signed"]["saturation"]["per_second"] / sagas, rel=0.01
+    )
+    assert ratios["saga_signed_to_saga_p50_at_load"] > 0
     assert ratios["store_transitions_per_second"] == store["sqlite_one_per_transaction"]
     assert ratios["store_batched_transitions_per_second"] == store["sqlite_batched"]
     # the store's statements with nothing of its Python between them: faster than the store
