@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,6 +22,20 @@ SERVICES = ("inventory", "payment", "shipping", "notification")
 ORCHESTRATOR_QUEUE = "orchestrator"
 #: Who signs messages (saga_core.signing): each service, and clients submitting over the broker.
 IDENTITIES = (*SERVICES, CLIENT)
+
+
+#: What an HTTP API token may be allowed to do (docs/security.md).
+API_SCOPES = ("orders:write", "sagas:read", "operator")
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    """A caller of the HTTP API: its name (recorded as the actor of what it does), the
+    SHA-256 of its token (the file holds no token a reader could use) and its scopes."""
+
+    name: str
+    sha256: str
+    scopes: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -81,6 +96,10 @@ class Settings:
     keys: Mapping[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
     # Seconds a signed message stays acceptable after it was signed (and before: clock skew).
     replay_window: float = 300.0
+    # The HTTP API's tokens, from SAGA_API_TOKENS_FILE (`saga token` adds one); none: the
+    # API serves on loopback only, to anyone there.
+    api_tokens_file: str = ""
+    api_tokens: Mapping[str, ApiToken] = field(default_factory=dict, repr=False)
     # Set by a process that starts this one and wants it gone with it (saga_tools.cluster):
     # a server process exits once that one has.
     parent_pid: int = 0
@@ -157,6 +176,7 @@ class Settings:
             f"{PREFIX}TASK_EVENTS": "1" if self.task_events else "0",
             f"{PREFIX}QUORUM_QUEUES": "1" if self.quorum_queues else "0",
             f"{PREFIX}REPLAY_WINDOW": str(self.replay_window),
+            f"{PREFIX}API_TOKENS_FILE": self.api_tokens_file,
             **{f"{PREFIX}{name.upper()}_KEY": ",".join(ks) for name, ks in self.keys.items()},
         }
 
@@ -219,6 +239,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
             f"{PREFIX}HEARTBEAT_INTERVAL ({heartbeat_interval:g}): one late heartbeat "
             "would otherwise make a live worker's step look lost"
         )
+    tokens_file = env.get(PREFIX + "API_TOKENS_FILE", "").strip()
     return Settings(
         broker_url=env.get(PREFIX + "BROKER_URL") or defaults.broker_url,
         data_dir=Path(env.get(PREFIX + "DATA_DIR") or defaults.data_dir),
@@ -247,6 +268,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         task_events=_flag(env, "TASK_EVENTS", defaults.task_events),
         quorum_queues=_flag(env, "QUORUM_QUEUES", defaults.quorum_queues),
         keys=read_keys(env),
+        api_tokens_file=tokens_file,
+        api_tokens=read_api_tokens(tokens_file) if tokens_file else {},
         replay_window=_number(env, "REPLAY_WINDOW", defaults.replay_window, 1),
         parent_pid=int(_number(env, "PARENT_PID", 0, 0)),
     )
@@ -282,6 +305,41 @@ def read_keys(env: Mapping[str, str]) -> dict[str, tuple[str, ...]]:
                 f"{PREFIX}{identity.upper()}_KEY", [k.strip() for k in raw.split(",")]
             )
     return keys
+
+
+#: What a token's name may be: it is recorded as an actor and shown in logs.
+TOKEN_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
+
+
+def read_api_tokens(path: str) -> dict[str, ApiToken]:
+    """The tokens of ``path``: ``{"name": {"sha256": "<hex>", "scopes": ["sagas:read"]}}``."""
+    name = PREFIX + "API_TOKENS_FILE"
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{name}: {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{name}: {path} must hold an object of tokens by name")
+    tokens = {}
+    for token_name, entry in data.items():
+        where = f"{name}: token {token_name!r:.70}"
+        if not TOKEN_NAME.fullmatch(token_name):
+            raise ConfigError(f"{where}: a name is 1 to 64 of A-Z a-z 0-9 _ . @ -")
+        if not isinstance(entry, dict) or set(entry) != {"sha256", "scopes"}:
+            raise ConfigError(f"{where}: must be an object with sha256 and scopes")
+        digest, scopes = entry["sha256"], entry["scopes"]
+        if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise ConfigError(f"{where}: sha256 must be 64 lowercase hex digits")
+        if (
+            not isinstance(scopes, list)
+            or not scopes
+            or not all(isinstance(s, str) and s in API_SCOPES for s in scopes)
+        ):
+            raise ConfigError(f"{where}: scopes must be a list of {', '.join(API_SCOPES)}")
+        tokens[token_name] = ApiToken(token_name, digest, frozenset(scopes))
+    return tokens
 
 
 def _checked_keys(name: str, keys: list[str]) -> tuple[str, ...]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import logging
 import os
 import sys
 import time
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from saga_core import config, database, logs, processes
-from saga_core.config import IDENTITIES, ORCHESTRATOR_QUEUE, SERVICES, Settings
+from saga_core.config import API_SCOPES, IDENTITIES, ORCHESTRATOR_QUEUE, SERVICES, Settings
 from saga_core.errors import (
     BusinessError,
     ConfigError,
@@ -23,6 +24,8 @@ from saga_core.errors import (
     TransitionRefused,
 )
 from saga_store.models import Actor
+
+log = logging.getLogger("saga.api")
 
 MAX_ORDER_BYTES = 1 << 20
 EXIT_BAD_INPUT = 2
@@ -91,7 +94,28 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from saga_tools.web.app import create_app
+    from saga_tools.web.auth import loopback
 
+    if not settings.api_tokens and not loopback(args.host):
+        raise ConfigError(
+            f"refusing to serve the API on {args.host} without tokens: anyone who reaches it "
+            "could place orders and read every saga. Set SAGA_API_TOKENS_FILE (`saga token`), "
+            "or serve on 127.0.0.1"
+        )
+    if settings.api_tokens:
+        log.info(
+            "API on %s:%d: %d token(s), each request needs one",
+            args.host,
+            args.port,
+            len(settings.api_tokens),
+        )
+    else:
+        log.warning(
+            "API on %s:%d WITHOUT tokens: anyone on this machine may place orders, read every "
+            "saga and act as an operator (SAGA_API_TOKENS_FILE; docs/security.md)",
+            args.host,
+            args.port,
+        )
     uvicorn.run(
         create_app(settings),
         host=args.host,
@@ -468,6 +492,42 @@ def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
+    """A new API token: its SHA-256 added to the tokens file under ``name`` with ``scopes``,
+    the token itself printed once (the file never holds it)."""
+    import hashlib
+    import secrets
+
+    from saga_core.config import TOKEN_NAME, read_api_tokens
+
+    if not TOKEN_NAME.fullmatch(args.name):
+        raise BadInput(f"token name {args.name!r:.70}: 1 to 64 of A-Z a-z 0-9 _ . @ -")
+    path = args.file or settings.api_tokens_file
+    if not path:
+        raise BadInput("say which tokens file to add to: --file, or SAGA_API_TOKENS_FILE")
+    existing = read_api_tokens(path) if os.path.exists(path) else {}
+    if args.name in existing:
+        raise BadInput(f"{path} has a token named {args.name!r} already")
+    token = "saga_" + secrets.token_urlsafe(32)
+    entries = {
+        name: {"sha256": t.sha256, "scopes": sorted(t.scopes)} for name, t in existing.items()
+    }
+    entries[args.name] = {
+        "sha256": hashlib.sha256(token.encode()).hexdigest(),
+        "scopes": sorted(set(args.scope)),
+    }
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(entries, indent=2) + "\n")
+    print(token)
+    print(
+        f"token {args.name!r} ({', '.join(sorted(set(args.scope)))}) added to {path}; "
+        "it is shown this once",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from saga_tools import demo
 
@@ -631,6 +691,17 @@ def parser() -> argparse.ArgumentParser:
         help="a new key first for each identity, the configured one kept second",
     )
 
+    tk = sub.add_parser("token", help="make an HTTP API token (docs/security.md)")
+    tk.add_argument("name", help="who holds it: recorded as the actor of what it does")
+    tk.add_argument(
+        "--scope",
+        action="append",
+        required=True,
+        choices=API_SCOPES,
+        help="what it may do (repeat for several)",
+    )
+    tk.add_argument("--file", help="the tokens file (default: SAGA_API_TOKENS_FILE)")
+
     d = sub.add_parser("demo", help="start everything, run a batch of orders, print outcomes")
     d.add_argument("--orders", type=int, default=24)
     d.add_argument("--transient-rate", type=float, default=0.1)
@@ -666,6 +737,7 @@ COMMANDS = {
     "audit": cmd_audit,
     "chaos": cmd_chaos,
     "keys": cmd_keys,
+    "token": cmd_token,
     "demo": cmd_demo,
 }
 

@@ -1,7 +1,8 @@
-"""The HTTP API (``saga api``): start sagas, read them, their history and the alerts.
+"""The HTTP API (``saga api``): start sagas, read them, their history and the alerts, and
+act on them as an operator (retry, resolve, cancel).
 
 Errors are ``application/problem+json`` (RFC 9457). A request body larger than
-``MAX_BODY_BYTES`` is refused before it is parsed.
+``MAX_BODY_BYTES`` is refused before it is parsed. Who may do what: ``auth``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import base64
 import binascii
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request
@@ -25,10 +27,12 @@ from saga_core.database import Connection
 from saga_core.errors import IdempotencyConflict, InvalidOrder, SagaError
 from saga_store import SagaState, queries
 from saga_tools.web import pages
+from saga_tools.web.auth import Caller, Tokens
 from saga_tools.web.problems import Problem, install_handlers
 
 MAX_BODY_BYTES = 1 << 20
 MAX_KEY_LENGTH = 200
+MAX_NOTE_LENGTH = 1000
 
 
 async def limited_body(request: Request) -> bytes:
@@ -47,6 +51,20 @@ async def limited_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
+def _needs(scope: str) -> Callable[..., Caller]:
+    def caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> Caller:
+        tokens: Tokens = request.app.state.tokens
+        return tokens.caller(authorization, scope)
+
+    return caller
+
+
+# The caller of a request, allowed the scope named (``auth``): 401 or 403 otherwise.
+Writer = Annotated[Caller, Depends(_needs("orders:write"))]
+Reader = Annotated[Caller, Depends(_needs("sagas:read"))]
+Operator = Annotated[Caller, Depends(_needs("operator"))]
+
+
 def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(
         title="Order saga orchestrator",
@@ -57,6 +75,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     engine = Engine(settings, DEFINITIONS, celery_publisher(make_app(settings, "api"), settings))
     install_handlers(app)
+    tokens = app.state.tokens = Tokens(settings.api_tokens)
 
     def store() -> Connection:
         return engine.db  # one connection per worker thread of the server
@@ -73,6 +92,7 @@ def create_app(settings: Settings) -> FastAPI:
         },
     )
     def post_order(
+        _: Writer,
         body: Annotated[bytes, Depends(limited_body)],
         idempotency_key: Annotated[str | None, Header(max_length=MAX_KEY_LENGTH)] = None,
     ) -> JSONResponse:
@@ -110,11 +130,12 @@ def create_app(settings: Settings) -> FastAPI:
         )
 
     @app.get("/sagas/{saga_id}", summary="One saga: its steps, history and alerts")
-    def get_saga(saga_id: str) -> dict[str, Any]:
+    def get_saga(_: Reader, saga_id: str) -> dict[str, Any]:
         return pages.saga_document(store(), saga_id)
 
     @app.get("/sagas", summary="Sagas, newest first, a page at a time")
     def list_sagas(
+        _: Reader,
         state: SagaState | None = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         cursor: str | None = None,
@@ -126,8 +147,35 @@ def create_app(settings: Settings) -> FastAPI:
         }
 
     @app.get("/alerts", summary="Compensations that gave up and wait for a person")
-    def list_alerts() -> dict[str, Any]:
+    def list_alerts(_: Reader) -> dict[str, Any]:
         return {"alerts": [a.__dict__ for a in queries.alerts(store())]}
+
+    @app.post("/sagas/{saga_id}/retry", summary="Send a failed saga's given-up compensations again")
+    def retry(caller: Operator, saga_id: str) -> dict[str, Any]:
+        return {"saga_id": saga_id, "state": engine.retry(saga_id, caller.actor).value}
+
+    @app.post("/sagas/{saga_id}/resolve", summary="Record that a failed saga was settled by hand")
+    def resolve(
+        caller: Operator,
+        saga_id: str,
+        body: Annotated[bytes, Depends(limited_body)],
+    ) -> dict[str, Any]:
+        """The body says how: ``{"note": "refunded by hand, ticket 123"}``."""
+        document = _parse(body)
+        note = document.get("note") if isinstance(document, dict) else None
+        if not isinstance(note, str) or not 0 < len(note.strip()) <= MAX_NOTE_LENGTH:
+            raise Problem(
+                400,
+                "Invalid request",
+                f"note: say how the saga was settled, in 1 to {MAX_NOTE_LENGTH} characters",
+                errors=[{"field": "note", "problem": "a non-empty string is required"}],
+            )
+        engine.resolve(saga_id, note.strip(), caller.actor)
+        return {"saga_id": saga_id, "state": engine.get(saga_id).state.value}
+
+    @app.post("/sagas/{saga_id}/cancel", summary="Stop a saga and undo what took effect")
+    def cancel(caller: Operator, saga_id: str) -> dict[str, Any]:
+        return {"saga_id": saga_id, "state": engine.cancel(saga_id, caller.actor).value}
 
     @app.get("/healthz", summary="Whether the broker and the store answer")
     def healthz() -> JSONResponse:
@@ -135,7 +183,7 @@ def create_app(settings: Settings) -> FastAPI:
         ok = all(checks.values())
         return JSONResponse({"ok": ok, **checks}, status_code=200 if ok else 503)
 
-    pages.install(app, store)
+    pages.install(app, store, tokens)
     return app
 
 

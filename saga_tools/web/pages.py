@@ -1,19 +1,21 @@
 """The read-only web view: sagas by state, and one saga's timeline. Server-rendered HTML
-that refreshes itself; no front-end build step."""
+that refreshes itself; no front-end build step. Where the API has tokens, a page asks for
+one (scope ``sagas:read``) on a form first (``saga_tools.web.auth``)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from html import escape
-from typing import Any
-from urllib.parse import urlencode
+from typing import Annotated, Any
+from urllib.parse import parse_qs, urlencode
 
-from fastapi import FastAPI
-from fastapi.responses import HTMLResponse
+from fastapi import Cookie, Depends, FastAPI, Header, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from saga_core.database import Row
 from saga_store import Connection, SagaState, queries
 from saga_tools import timeline
+from saga_tools.web.auth import COOKIE, Caller, LoginNeeded, Tokens
 
 REFRESH_SECONDS = 3
 
@@ -51,8 +53,46 @@ def _page(title: str, body: str) -> HTMLResponse:
     )
 
 
-def install(app: FastAPI, store: Callable[[], Connection]) -> None:
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+def _login_page(problem: str = "", status: int = 401) -> HTMLResponse:
+    note = f"<p class='alert'>{escape(problem)}</p>" if problem else ""
+    return HTMLResponse(
+        "<!doctype html><html><head><meta charset='utf-8'><title>Sagas: token</title>"
+        f"<style>{STYLE}</style></head><body><h1>Sagas</h1>{note}"
+        "<form method='post' action='/ui/login'><label>API token (scope sagas:read) "
+        "<input type='password' name='token' autocomplete='off' required></label> "
+        "<button>Show the sagas</button></form></body></html>",
+        status_code=status,
+    )
+
+
+def install(app: FastAPI, store: Callable[[], Connection], tokens: Tokens) -> None:
+    def reader(
+        saga_token: Annotated[str | None, Cookie(alias=COOKIE)] = None,
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> Caller:
+        return tokens.reader(saga_token, authorization)
+
+    @app.exception_handler(LoginNeeded)
+    async def login_needed(request: Request, exc: LoginNeeded) -> HTMLResponse:
+        return _login_page(exc.detail)
+
+    @app.get("/ui/login", response_class=HTMLResponse, include_in_schema=False)
+    def login_form() -> HTMLResponse:
+        return _login_page(status=200)
+
+    @app.post("/ui/login", include_in_schema=False)
+    async def login(request: Request) -> Response:
+        body = await request.body()
+        token = parse_qs(body[:4096].decode("utf-8", "replace")).get("token", [""])[0].strip()
+        tokens.reader(token, None)  # LoginNeeded, shown as the form again, where it may not
+        page = RedirectResponse("/", status_code=303)
+        # HttpOnly: no script reads it; Strict: no other site's page sends it
+        page.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/")
+        return page
+
+    readers_only = [Depends(reader)]
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False, dependencies=readers_only)
     def index(state: SagaState | None = None, limit: int = 100) -> HTMLResponse:
         conn = store()
         counts = queries.count_by_state(conn)
@@ -80,7 +120,12 @@ def install(app: FastAPI, store: Callable[[], Connection]) -> None:
         body.append("</table>")
         return _page("Sagas", "".join(body))
 
-    @app.get("/ui/sagas/{saga_id}", response_class=HTMLResponse, include_in_schema=False)
+    @app.get(
+        "/ui/sagas/{saga_id}",
+        response_class=HTMLResponse,
+        include_in_schema=False,
+        dependencies=readers_only,
+    )
     def saga_page(saga_id: str) -> HTMLResponse:
         view, events, alerts = timeline.load(store(), saga_id)
         order_id = view.input.get("order_id", "") if isinstance(view.input, dict) else ""

@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from saga_core.errors import SagaNotFound, TransientError
+from saga_core.errors import SagaNotFound, TransientError, TransitionRefused
 
 MEDIA_TYPE = "application/problem+json"
 
@@ -66,6 +66,10 @@ def install_handlers(app: FastAPI) -> None:
             "Idempotency-Key never starts a second saga)",
             headers={"Retry-After": str(RETRY_AFTER)},
         ).response(request)
+
+    @app.exception_handler(TransitionRefused)
+    async def refused(request: Request, exc: TransitionRefused) -> JSONResponse:
+        return Problem(409, "Not allowed now", exc.message).response(request)
 
     @app.exception_handler(SagaNotFound)
     async def not_found(request: Request, exc: SagaNotFound) -> JSONResponse:

@@ -74,10 +74,11 @@ class Api:
             return False
 
 
-def serve_api(system: System) -> Iterator[Api]:
-    """A ``saga api`` process beside ``system``, with its settings, until the test ends."""
+def serve_api(system: System, **env_changes: str) -> Iterator[Api]:
+    """A ``saga api`` process beside ``system``, with its settings (and ``env_changes``),
+    until the test ends."""
     port = free_port()
-    env = {**system.settings.to_env(), "PYTHONUNBUFFERED": "1"}
+    env = {**system.settings.to_env(), "PYTHONUNBUFFERED": "1", **env_changes}
     child = Child(
         "api",
         saga_command("api", "--port", str(port)),
