@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from saga_core.database import Location, location
 from saga_core.errors import ConfigError
@@ -283,14 +284,7 @@ def read_keys(env: Mapping[str, str]) -> dict[str, tuple[str, ...]]:
     path = env.get(PREFIX + "KEYS_FILE", "").strip()
     if path:
         name = PREFIX + "KEYS_FILE"
-        try:
-            data = json.loads(Path(path).read_text())
-        except OSError as exc:
-            raise ConfigError(f"{name}: cannot read {path}: {exc.strerror}") from None
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{name}: {path} is not valid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f'{name}: {path} must hold an object like {{"payment": "key"}}')
+        data = _json_object(name, path, 'an object like {"payment": "key"}')
         for identity, value in data.items():
             if identity not in IDENTITIES:
                 raise ConfigError(f"{name}: {identity!r} is not one of {', '.join(IDENTITIES)}")
@@ -314,14 +308,7 @@ TOKEN_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 def read_api_tokens(path: str) -> dict[str, ApiToken]:
     """The tokens of ``path``: ``{"name": {"sha256": "<hex>", "scopes": ["sagas:read"]}}``."""
     name = PREFIX + "API_TOKENS_FILE"
-    try:
-        data = json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise ConfigError(f"{name}: cannot read {path}: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{name}: {path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{name}: {path} must hold an object of tokens by name")
+    data = _json_object(name, path, "an object of tokens by name")
     tokens = {}
     for token_name, entry in data.items():
         where = f"{name}: token {token_name!r:.70}"
@@ -340,6 +327,19 @@ def read_api_tokens(path: str) -> dict[str, ApiToken]:
             raise ConfigError(f"{where}: scopes must be a list of {', '.join(API_SCOPES)}")
         tokens[token_name] = ApiToken(token_name, digest, frozenset(scopes))
     return tokens
+
+
+def _json_object(name: str, path: str, shape: str) -> dict[str, Any]:
+    """The JSON object in file ``path``, named by setting ``name`` in any error."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{name}: {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{name}: {path} must hold {shape}")
+    return data
 
 
 def _checked_keys(name: str, keys: list[str]) -> tuple[str, ...]:
