@@ -1,14 +1,28 @@
 """The broker from outside Celery: is it there, how many messages wait, emptying queues.
-Redis and RabbitMQ (an ``amqp://`` URL) both."""
+Redis and RabbitMQ (an ``amqp://`` URL) both.
+
+TLS: a ``rediss://`` or ``amqps://`` URL carries its options in its query, the one place
+they are set: ``ssl_ca_certs`` (the CA file that signed the broker's certificate),
+``ssl_certfile`` and ``ssl_keyfile`` (a client certificate, where the broker asks for one)
+and ``ssl_cert_reqs`` (``required``, the default; ``optional``; ``none``). redis-py reads
+them from the URL itself; Celery and kombu are given them by :func:`tls_options`.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from urllib.parse import urlparse
+import ssl
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlparse
 
 import redis
 from amqp.exceptions import NotFound
 from kombu import Connection
+
+from saga_core.errors import ConfigError
+
+TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
+CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
 
 
 def is_amqp(url: str) -> bool:
@@ -16,9 +30,43 @@ def is_amqp(url: str) -> bool:
     return urlparse(url).scheme in ("amqp", "amqps", "pyamqp")
 
 
+def without_tls_options(url: str) -> str:
+    """``url`` without the TLS options of its query (for kombu, which takes them apart)."""
+    parts = urlparse(url)
+    query = parse_qsl(parts.query)
+    kept = [(k, v) for k, v in query if k not in TLS_OPTIONS]
+    return url if kept == query else parts._replace(query=urlencode(kept)).geturl()
+
+
+def tls_options(url: str) -> dict[str, Any] | None:
+    """What Celery's ``broker_use_ssl`` (and kombu's ``ssl``) take for ``url``: None for a
+    broker without TLS; a ``ConfigError`` naming a bad option."""
+    parts = urlparse(url)
+    if parts.scheme not in ("rediss", "amqps"):
+        return None
+    given = {k: v for k, v in parse_qsl(parts.query) if k in TLS_OPTIONS}
+    reqs = given.pop("ssl_cert_reqs", "required")
+    if reqs not in CERT_REQS:
+        raise ConfigError(
+            f"the broker URL's ssl_cert_reqs must be one of {', '.join(CERT_REQS)}, got {reqs!r}"
+        )
+    if parts.scheme == "rediss":
+        return {"ssl_cert_reqs": CERT_REQS[reqs], **given}
+    # py-amqp's names for the same options
+    return {"cert_reqs": CERT_REQS[reqs], **{k.removeprefix("ssl_"): v for k, v in given.items()}}
+
+
+def amqp_connection(url: str, **options: Any) -> Connection:
+    """A kombu connection to the RabbitMQ at ``url``, over TLS where it says so."""
+    tls = tls_options(url)
+    if tls is not None:
+        options["ssl"] = tls
+    return Connection(without_tls_options(url), **options)
+
+
 def _amqp_reachable(url: str, timeout: float) -> bool:
     try:
-        with Connection(url, connect_timeout=timeout) as connection:
+        with amqp_connection(url, connect_timeout=timeout) as connection:
             connection.ensure_connection(max_retries=1, timeout=timeout)
         return True
     except Exception:  # any failure to connect means: not reachable
@@ -72,7 +120,7 @@ class QueueDepth:
                 return None
         try:
             if self.connection is None:
-                self.connection = Connection(self.url, connect_timeout=2)
+                self.connection = amqp_connection(self.url, connect_timeout=2)
             channel = self.connection.channel()
             try:
                 return int(channel.queue_declare(queue, passive=True).message_count)
@@ -96,7 +144,7 @@ class QueueDepth:
 def purge(url: str, queues: list[str]) -> None:
     """Empty ``queues`` (those that exist)."""
     if is_amqp(url):
-        with Connection(url) as connection:
+        with amqp_connection(url) as connection:
             for queue in queues:
                 channel = connection.channel()
                 try:
@@ -131,7 +179,7 @@ def discard(url: str, queues: list[str]) -> None:
         finally:
             client.close()
         return
-    with Connection(url) as connection:
+    with amqp_connection(url) as connection:
         for name in queues:
             channel = connection.channel()
             try:

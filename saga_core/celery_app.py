@@ -9,8 +9,7 @@ from celery import Celery
 from kombu import Exchange, Producer, Queue
 from kombu.utils.uuid import uuid
 
-from saga_core import redis_transport
-from saga_core.broker import is_amqp
+from saga_core import broker, redis_transport
 from saga_core.config import ORCHESTRATOR_QUEUE, Settings
 from saga_core.messages import HEARTBEAT_TASK, OUTCOME_TASK, SUBMIT_TASK
 
@@ -29,7 +28,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     removed from the broker only after its task finished, and a killed worker's message
     goes back to the queue instead of being lost. JSON is the only accepted content type.
     """
-    if is_amqp(settings.broker_url):
+    if broker.is_amqp(settings.broker_url):
         # A publish returns once RabbitMQ has taken the message (publisher confirms).
         transport: dict[str, Any] = {"confirm_publish": True}
         extra: dict[str, Any] = (
@@ -46,8 +45,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             # Scan for expired unacked messages on every interval, not every tenth.
             "unacked_restore_throttle": 1,
         }
+    tls = broker.tls_options(settings.broker_url)
+    if tls is not None:
+        extra["broker_use_ssl"] = tls
     return dict(
-        broker_url=settings.broker_url,
+        broker_url=broker.without_tls_options(settings.broker_url),
         broker_connection_retry_on_startup=True,
         broker_transport_options=transport,
         **extra,
@@ -109,7 +111,7 @@ def send(app: Celery, queue: Queue, task: str, argument: Any) -> None:
     through one of ``app``'s pooled producers: what ``send_task`` sends, without its routing,
     signals and event set-up (a third of its cost, profiled). RabbitMQ drops what is sent to
     a queue that was never declared, so there the queue is declared (once per connection)."""
-    declare = [queue] if is_amqp(app.conf.broker_url) else []
+    declare = [queue] if broker.is_amqp(app.conf.broker_url) else []
     with app.producer_or_acquire() as producer:
         publish_task(
             app,

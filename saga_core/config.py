@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from saga_core.broker import tls_options
 from saga_core.database import Location, location
 from saga_core.errors import ConfigError
 from saga_core.signing import CLIENT, MIN_KEY_LENGTH, Keyring
@@ -241,8 +242,13 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
             "would otherwise make a live worker's step look lost"
         )
     tokens_file = env.get(PREFIX + "API_TOKENS_FILE", "").strip()
+    broker_url = env.get(PREFIX + "BROKER_URL") or defaults.broker_url
+    try:
+        tls_options(broker_url)
+    except ConfigError as exc:
+        raise ConfigError(f"{PREFIX}BROKER_URL: {exc.message}") from None
     return Settings(
-        broker_url=env.get(PREFIX + "BROKER_URL") or defaults.broker_url,
+        broker_url=broker_url,
         data_dir=Path(env.get(PREFIX + "DATA_DIR") or defaults.data_dir),
         database_url=_database_url(env, "DATABASE_URL"),
         service_database_urls={

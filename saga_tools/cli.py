@@ -13,6 +13,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import amqp.exceptions
+import redis.exceptions
+
 from saga_core import config, database, logs, processes
 from saga_core.config import API_SCOPES, IDENTITIES, ORCHESTRATOR_QUEUE, SERVICES, Settings
 from saga_core.errors import (
@@ -29,6 +32,14 @@ log = logging.getLogger("saga.api")
 
 MAX_ORDER_BYTES = 1 << 20
 EXIT_BAD_INPUT = 2
+
+
+#: A broker that answers but refuses who we are or what we ask: Redis's ACL, RabbitMQ's users.
+BROKER_REFUSED = (
+    redis.exceptions.AuthenticationError,
+    redis.exceptions.NoPermissionError,
+    amqp.exceptions.AccessRefused,
+)
 
 
 class BadInput(Exception):
@@ -758,6 +769,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except (SagaError, TimeoutError) as exc:
         print(f"saga: {exc}", file=sys.stderr)
+        return 1
+    except BROKER_REFUSED as exc:
+        print(
+            f"saga: the broker refused this process ({exc}): check the user and password in "
+            "SAGA_BROKER_URL, and what the broker allows that user",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         return 130

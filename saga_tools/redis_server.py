@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -45,8 +46,9 @@ class OwnedRedis:
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
 
-    def start(self, port: int | None = None) -> str:
-        """Start the server (on ``port``, or a free one); returns its URL."""
+    def start(self, port: int | None = None, args: Sequence[str] = ()) -> str:
+        """Start the server (on ``port``, or a free one, with more configuration ``args``,
+        such as ACL users); returns its URL."""
         binary = _server_binary()
         if binary is None:
             raise ConfigError(
@@ -70,6 +72,7 @@ class OwnedRedis:
                 "no",
                 "--loglevel",
                 "warning",
+                *args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
