@@ -16,7 +16,7 @@ COPY saga_faults ./saga_faults
 COPY orchestrator ./orchestrator
 COPY saga_tools ./saga_tools
 RUN pip install --no-cache-dir --no-deps . && rm -rf build *.egg-info \
-    && useradd --create-home saga && mkdir /data && chown saga /data
+    && useradd --create-home saga && mkdir /data /secrets && chown saga /data /secrets
 USER saga
 ENV SAGA_DATA_DIR=/data
 CMD ["saga", "--help"]

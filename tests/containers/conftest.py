@@ -43,7 +43,8 @@ from pytest_celery import (
 from pytest_celery.api.container import CeleryTestContainer
 from pytest_docker_tools import container, network
 
-from saga_core.config import SERVICES, Settings
+from saga_core.config import IDENTITIES, SERVICES, Settings
+from saga_core.signing import new_keys
 from tests.helpers import STOCK
 from workers import inventory
 
@@ -240,20 +241,23 @@ def system(
     broker = celery_broker_cluster[0].container
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    common = Settings(queue_prefix=f"c{uuid.uuid4().hex[:8]}-", faults=True)
+    # signed messages, each worker holding only its own service's key
+    common = Settings(
+        queue_prefix=f"c{uuid.uuid4().hex[:8]}-", faults=True, keys=new_keys(IDENTITIES)
+    )
     host = common.with_(broker_url=_host_url(broker), data_dir=data_dir)
     inside = common.with_(broker_url=broker.url, data_dir=Path("/data"))
     db = inventory.service.database(data_dir)  # the service's own connection: kept open
     for sku, quantity in STOCK.items():
         inventory.set_stock(db, sku, quantity)
 
-    def start(command: list[str]) -> Container:
+    def start(command: list[str], settings: Settings = inside) -> Container:
         return docker_client.containers.run(
             IMAGE,
             command,
             detach=True,
             network=saga_network.name,
-            environment={**inside.to_env(), "PYTHONUNBUFFERED": "1"},
+            environment={**settings.to_env(), "PYTHONUNBUFFERED": "1"},
             volumes={str(data_dir): {"bind": "/data", "mode": "rw"}},
             # the host's user: what the processes write is the test's to read and remove
             user=f"{os.getuid()}:{os.getgid()}",
@@ -263,7 +267,8 @@ def system(
     started: list[Container] = []
     try:
         for service in SERVICES:
-            started.append(start(["saga", "worker", service]))
+            own = inside.with_(keys={service: inside.keys[service]})
+            started.append(start(["saga", "worker", service], own))
         started.append(start(["saga", "orchestrator"]))
         workers = {
             service: CeleryTestWorker(SagaWorker(raw), celery_setup_app)

@@ -6,12 +6,14 @@ ledger)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import signal
 import subprocess
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -65,7 +67,7 @@ class Stack:
             "SAGA_METRICS_PORT": str(self.ports["metrics"]),
             "SAGA_FLOWER_PORT": str(self.ports["flower"]),
             "SAGA_RABBITMQ_UI_PORT": str(self.ports["rabbitmq_ui"]),
-            "SAGA_BROKER_URL": "redis://redis:6379/0",
+            "SAGA_BROKER_URL": "redis://saga:saga@redis:6379/0",
             "SAGA_DATABASE_URL": database_url,
         }
 
@@ -100,12 +102,19 @@ class Stack:
         }
         return "healthy" if words == {"healthy"} else str(sorted(words - {"healthy"})[0])
 
-    def http(self, port: str, path: str, body: Any = None) -> Any:
+    @functools.cached_property
+    def token(self) -> str:
+        """The API token the stack made on its first start, read as its header says."""
+        cat = ("run", "--rm", "--entrypoint", "cat", "secrets", "/secrets/admin-token")
+        return self.compose(*cat).stdout.strip()
+
+    def http(self, port: str, path: str, body: Any = None, token: bool = True) -> Any:
         data = None if body is None else json.dumps(body).encode()
+        headers = {"content-type": "application/json"}
+        if port == "api" and token:
+            headers["authorization"] = f"Bearer {self.token}"
         request = urllib.request.Request(
-            f"http://127.0.0.1:{self.ports[port]}{path}",
-            data=data,
-            headers={"content-type": "application/json"},
+            f"http://127.0.0.1:{self.ports[port]}{path}", data=data, headers=headers
         )
         with urllib.request.urlopen(request, timeout=10) as response:
             raw = response.read().decode()
@@ -162,6 +171,15 @@ def test_the_compose_stack_runs_orders_through_a_worker_crash(stack: Stack) -> N
         "every service to be healthy: " + ", ".join(f"{s} {stack.health(s)}" for s in long_running),
     )
     assert stack.container("stock").attrs["State"]["ExitCode"] == 0
+    # Who may do what: the API wants the stack's token, Redis its user, messages are signed
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        stack.http("api", "/orders", make_order("SMOKE-0"), token=False)
+    assert refused.value.code == 401
+    anonymous = stack.compose("exec", "-T", "redis", "redis-cli", "lpush", "orchestrator", "x")
+    assert "NOPERM" in anonymous.stdout + anonymous.stderr
+    started = stack.compose("logs", "--no-color", "orchestrator", "payment").stdout
+    assert "orchestrator: messages signed and checked" in started
+    assert "worker for payment: messages signed and checked" in started
     # An order through the API completes (the shop was stocked by the one-shot service)
     first = stack.http("api", "/orders", make_order("SMOKE-1"))["saga_id"]
     wait_for(lambda: stack.saga_state(first) == "completed", 60, "the first order")
