@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import orchestrator
-from bench import store
+from bench import signing, store
 from bench.chain import build
 from bench.chain import queue as chain_queue
 from bench.workload import ChainRunner, Run, SagaRunner, order
@@ -346,6 +346,8 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
         out["store_to_sqlite_floor"] = round(
             rates["sqlite_one_per_transaction"] / rates["sqlite_floor"], 3
         )
+    if "signing" in results:
+        out["signing_ms_per_saga"] = results["signing"]["ms_per_saga"]
     compared = results.get("compare")
     if compared is None:
         return out
@@ -354,6 +356,10 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
     out["saga_to_chain_p50_at_load"] = compared["ratio_p50_latency"]
     signed = compared["saga_signed"]
     out["saga_signed_to_saga_throughput"] = round(signed["saturation"]["per_second"] / sagas, 3)
+    if "signing" in results:
+        # the same, from what signing alone costs: its CPU beside all a saga takes
+        all_cpu = compared["saga"]["saturation"]["cpu_ms_each"]["all"]
+        out["signing_share_of_saga_cpu"] = round(results["signing"]["ms_per_saga"] / all_cpu, 4)
     out["saga_signed_to_saga_p50_at_load"] = round(
         signed["at_load"]["p50_ms"] / compared["saga"]["at_load"]["p50_ms"], 3
     )
@@ -592,6 +598,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results["store"] = store_rates(data_dir, args.postgres_url, args.store_sagas)
         print(json.dumps(results["store"], indent=2), flush=True)
+        results["signing"] = signing.cost()
+        print(json.dumps(results["signing"], indent=2), flush=True)
         if "compare" not in skip:
             compared = compare(
                 settings,

@@ -98,6 +98,13 @@ def test_bench_smoke_run_writes_every_figure(
         compare["saga_signed"]["saturation"]["per_second"] / sagas, rel=0.01
     )
     assert ratios["saga_signed_to_saga_p50_at_load"] > 0
+    # and what signing alone costs a saga, beside all the CPU a saga takes
+    signing = figures["signing"]
+    assert 0 < signing["command_check_us"] < 1000 and 0 < signing["outcome_sign_us"] < 1000
+    assert ratios["signing_ms_per_saga"] == signing["ms_per_saga"] > 0
+    assert ratios["signing_share_of_saga_cpu"] == pytest.approx(
+        signing["ms_per_saga"] / cpu["all"], abs=0.0001
+    )
     assert ratios["store_transitions_per_second"] == store["sqlite_one_per_transaction"]
     assert ratios["store_batched_transitions_per_second"] == store["sqlite_batched"]
     # the store's statements with nothing of its Python between them: faster than the store

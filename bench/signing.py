@@ -1,0 +1,54 @@
+"""What signing costs each message, alone: a command and an outcome of the order saga as
+they cross the broker, signed and checked (``saga_core.signing``), many times over. A
+steadier figure than the side-by-side runs, whose machine drifts by more than signing
+costs."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from bench.workload import order
+from saga_core.config import IDENTITIES
+from saga_core.messages import Command, Phase, Status
+from saga_core.retry import RetryPolicy
+from saga_core.signing import Keyring, new_keys
+
+#: Messages signed and checked for a saga that completes: a command and an outcome per step.
+MESSAGES_PER_SAGA = 8
+
+
+def cost(rounds: int = 20_000) -> dict[str, Any]:
+    """Microseconds to sign and to check a command and an outcome, and the CPU that makes
+    per completed saga."""
+    keyring = Keyring(new_keys(IDENTITIES))
+    command = Command(
+        "charge_payment",
+        "0" * 32,
+        "charge_payment",
+        Phase.ACTION,
+        1,
+        {**order("bench", 1), "amount_cents": 1999},
+        RetryPolicy(),
+    )
+    outcome = command.answer(Status.SUCCEEDED, 1, {"charge_id": "ch_" + "0" * 24})
+    figures: dict[str, Any] = {}
+    for name, kind, wire in (
+        ("command", command.kind, command.to_wire()),
+        ("outcome", "outcome", outcome.to_wire()),
+    ):
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            signed = keyring.sign(kind, wire, ["payment"])
+        t1 = time.perf_counter()
+        received = json.loads(json.dumps(signed))  # as it arrives: through JSON
+        for _ in range(rounds):
+            keyring.check(kind, received)
+        t2 = time.perf_counter()
+        figures[f"{name}_sign_us"] = round((t1 - t0) / rounds * 1e6, 1)
+        figures[f"{name}_check_us"] = round((t2 - t1) / rounds * 1e6, 1)
+        figures[f"{name}_bytes"] = len(json.dumps(wire))
+    each = sum(v for k, v in figures.items() if k.endswith("_us")) / 2
+    figures["ms_per_saga"] = round(each * MESSAGES_PER_SAGA / 1000, 3)
+    return figures
