@@ -81,10 +81,6 @@ class Settings:
     sweep_interval: float = 1.0
     # A worker whose queues hold messages while it receives none for this long restarts.
     stall_timeout: float = 20.0
-    # The CPU priority (nice) a service worker lowers itself to: on a machine it shares with
-    # the orchestrator, every saga passes through the orchestrator nine times, and a step
-    # should not hold it up (docs/benchmarks.md). 0 leaves it as started.
-    worker_nice: int = 10
     # Fault injection (saga_faults), a test and demo tool: off unless switched on.
     faults: bool = False
     failure_rates: Mapping[str, FailureRates] = field(default_factory=dict)
@@ -175,7 +171,6 @@ class Settings:
             f"{PREFIX}MAX_DELIVERIES": str(self.max_deliveries),
             f"{PREFIX}SWEEP_INTERVAL": str(self.sweep_interval),
             f"{PREFIX}STALL_TIMEOUT": str(self.stall_timeout),
-            f"{PREFIX}WORKER_NICE": str(self.worker_nice),
             f"{PREFIX}FAULTS": "1" if self.faults else "0",
             f"{PREFIX}FAILURE_RATES": json.dumps(rates),
             f"{PREFIX}LOG_LEVEL": self.log_level,
@@ -199,17 +194,6 @@ def _number(env: Mapping[str, str], name: str, default: float, minimum: float) -
     if value < minimum:
         raise ConfigError(f"{PREFIX}{name} must be at least {minimum}, got {raw!r}")
     return value
-
-
-def _whole(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    raw = env.get(PREFIX + name)
-    if raw is None or raw == "":
-        return default
-    if not raw.strip().isdigit() or not low <= int(raw) <= high:
-        raise ConfigError(
-            f"{PREFIX}{name} must be a whole number from {low} to {high}, got {raw!r}"
-        )
-    return int(raw)
 
 
 def parse_failure_rates(raw: str) -> dict[str, FailureRates]:
@@ -284,7 +268,6 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         max_deliveries=int(_number(env, "MAX_DELIVERIES", defaults.max_deliveries, 1)),
         sweep_interval=_number(env, "SWEEP_INTERVAL", defaults.sweep_interval, 0.05),
         stall_timeout=_number(env, "STALL_TIMEOUT", defaults.stall_timeout, 1),
-        worker_nice=_whole(env, "WORKER_NICE", defaults.worker_nice, 0, 19),
         faults=faults,
         failure_rates=failure_rates,
         log_level=(env.get(PREFIX + "LOG_LEVEL") or defaults.log_level).upper(),

@@ -78,14 +78,6 @@ class WakeOnShutdown(bootsteps.StartStopStep):
             self.pipe = None
 
 
-def lower_priority(nice: int) -> None:
-    """Lower this process's CPU priority to ``nice``; its pool processes inherit it. Never
-    raised: that takes privileges, and whoever started it lower meant it."""
-    current = os.nice(0)
-    if nice > current:
-        os.nice(nice - current)
-
-
 def default_pool(broker_url: str) -> str:
     """The Celery pool a worker runs on unless told otherwise.
 
@@ -108,9 +100,7 @@ def run(
     loglevel: str = "INFO",
     middleware: Sequence[Middleware] = (),
 ) -> None:
-    """Run a worker in the foreground for ``services`` until it is stopped, at CPU priority
-    ``settings.worker_nice`` (or lower, where it was started lower)."""
-    lower_priority(settings.worker_nice)
+    """Run a worker in the foreground for ``services`` until it is stopped."""
     app = build(settings, services, middleware)
     signing.announce(settings.keyring(services), f"worker for {', '.join(services)}")
     for service in services:  # a data dir that cannot be written fails here, not mid-saga

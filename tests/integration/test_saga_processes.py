@@ -340,19 +340,3 @@ def test_quorum_queues(make_system: Callable[..., System], rabbitmq_only: None) 
     declined = system.submit(make_order("Q-2", card_number="4000000000000002"))
     assert system.wait(ok).state is SagaState.COMPLETED
     assert system.wait(declined).state is SagaState.COMPENSATED
-
-
-def nice_of(pid: int) -> int:
-    """A process's CPU priority, from /proc (the 19th field of its stat line)."""
-    with open(f"/proc/{pid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[16])
-
-
-@pytest.mark.any_broker
-def test_service_workers_yield_the_cpu_to_the_orchestrator(system: System) -> None:
-    system.wait_ready()
-    # the process that runs a worker's steps: the worker's own, or its supervised child
-    for child in system.workers.values():
-        pids = [child.pid, *children_of(child.pid)]
-        assert 10 in {nice_of(pid) for pid in pids}, child.name
-    assert nice_of(system.orchestrator.pid) == nice_of(os.getpid())

@@ -82,11 +82,3 @@ def test_celerys_line_per_task_shows_at_debug_only(
             logging.getLogger(name).setLevel(logging.NOTSET)
     assert ("charge_payment[1] succeeded" in err) is shown
     assert "charge_payment[2] raised" in err and "refused: declined" in err
-
-
-def test_a_workers_cpu_priority_is_a_nice_level_from_0_to_19() -> None:
-    assert config.load({}).worker_nice == 10
-    assert config.load({"SAGA_WORKER_NICE": "0"}).worker_nice == 0
-    for bad in ("20", "-5", "low"):
-        with pytest.raises(ConfigError, match="SAGA_WORKER_NICE must be a whole number from 0"):
-            config.load({"SAGA_WORKER_NICE": bad})
