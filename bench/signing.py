@@ -11,7 +11,7 @@ from typing import Any
 
 from bench.workload import order
 from saga_core.config import IDENTITIES
-from saga_core.messages import Command, Phase, Status
+from saga_core.messages import OUTCOME_KIND, Command, Phase, Status
 from saga_core.retry import RetryPolicy
 from saga_core.signing import Keyring, new_keys
 
@@ -36,7 +36,7 @@ def cost(rounds: int = 20_000) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     for name, kind, wire in (
         ("command", command.kind, command.to_wire()),
-        ("outcome", "outcome", outcome.to_wire()),
+        ("outcome", OUTCOME_KIND, outcome.to_wire()),
     ):
         t0 = time.perf_counter()
         for _ in range(rounds):

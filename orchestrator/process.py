@@ -42,9 +42,12 @@ from saga_core.config import ORCHESTRATOR_QUEUE, SERVICES, Settings
 from saga_core.database import BUSY
 from saga_core.errors import BrokerUnavailable, DatabaseUnavailable, MalformedMessage
 from saga_core.messages import (
+    HEARTBEAT_KIND,
     HEARTBEAT_TASK,
+    OUTCOME_KIND,
     OUTCOME_TASK,
     PING_TASK,
+    SUBMISSION_KIND,
     SUBMIT_TASK,
     Command,
     Heartbeat,
@@ -268,8 +271,8 @@ class Orchestrator:
                     # unsigned: a ping changes nothing, and answers only into a pong queue
                     pings.append(Ping.from_wire(args[0]))
                 else:
-                    signers = self.keyring.check("submission", args[0])
-                    signing.require(signers, CLIENT, "submission")
+                    signers = self.keyring.check(SUBMISSION_KIND, args[0])
+                    signing.require(signers, CLIENT, SUBMISSION_KIND)
                     document = args[0]
                     if signers is not None:  # checked: an object with a signature
                         document = {k: v for k, v in document.items() if k != "sig"}
@@ -308,18 +311,18 @@ class Orchestrator:
 
     def _outcome(self, body: Any) -> Outcome:
         """The outcome in ``body``, signed by the service that runs its step."""
-        signers = self.keyring.check("outcome", body)
+        signers = self.keyring.check(OUTCOME_KIND, body)
         outcome = Outcome.from_wire(body)
-        signing.require(signers, self.step_services.get(outcome.step, "?"), "outcome")
+        signing.require(signers, self.step_services.get(outcome.step, "?"), OUTCOME_KIND)
         return outcome
 
     def _heartbeat(self, body: Any) -> Heartbeat:
         """The heartbeat in ``body``, signed by every service it serves and that runs the
         steps it holds: a worker vouches only for steps of its own services."""
-        signers = self.keyring.check("heartbeat", body)
+        signers = self.keyring.check(HEARTBEAT_KIND, body)
         beat = Heartbeat.from_wire(body)
         for service in {*beat.services, *(self.step_services.get(h.step, "?") for h in beat.held)}:
-            signing.require(signers, service, "heartbeat")
+            signing.require(signers, service, HEARTBEAT_KIND)
         return beat
 
     def _refused(self, task: str, reason: str) -> None:

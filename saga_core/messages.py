@@ -41,6 +41,18 @@ PING_TASK = "saga.ping"
 
 MAX_ID_LENGTH = 200
 
+#: What a signature names a message as (``saga_core.signing``), so that one kind of message
+#: signed cannot pass for another: a command's kind names its operation (``command_kind``).
+OUTCOME_KIND = "outcome"
+HEARTBEAT_KIND = "heartbeat"
+SUBMISSION_KIND = "submission"
+
+
+def command_kind(operation: str) -> str:
+    """The kind of a command for ``operation``: one signed for an operation cannot be sent
+    as another."""
+    return f"command:{operation}"
+
 
 class Phase(StrEnum):
     """Which half of a step a command or an outcome is about."""
@@ -77,9 +89,8 @@ class Command:
 
     @property
     def kind(self) -> str:
-        """What its signature says it is (``saga_core.signing``): a command for one operation,
-        so that a command signed for one operation cannot be sent as another."""
-        return f"command:{self.operation}"
+        """What its signature says it is (``command_kind``)."""
+        return command_kind(self.operation)
 
     def to_wire(self) -> dict[str, Any]:
         return {**_address(self), "payload": self.payload, "retry": self.retry.to_dict()}

@@ -101,7 +101,7 @@ def run(
         # comes back later must not reach the next demo's workers.
         queue_prefix=f"{settings.queue_prefix}demo.{uuid.uuid4().hex[:8]}.",
         # Signed messages, with keys made for this run where none are configured.
-        keys=settings.keys or owned_keys or {},
+        keys=owned_keys or settings.keys,
         # The demo shows failures on purpose: fault injection on, in its own processes.
         faults=True,
         failure_rates={"*": FailureRates(transient=transient, business=business)},

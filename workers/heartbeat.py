@@ -28,7 +28,7 @@ from kombu import Connection, Producer
 from saga_core.celery_app import publish_task
 from saga_core.config import ORCHESTRATOR_QUEUE, Settings
 from saga_core.errors import MalformedMessage
-from saga_core.messages import HEARTBEAT_TASK, Command, Heartbeat, Held
+from saga_core.messages import HEARTBEAT_KIND, HEARTBEAT_TASK, Command, Heartbeat, Held
 from saga_core.signing import Keyring, RefusalCount
 from workers import SERVICES
 
@@ -108,7 +108,7 @@ class Heart:
                 self.queue,
                 HEARTBEAT_TASK,
                 # signed as each service it serves: it speaks for their steps alone
-                self.keyring.sign("heartbeat", self.beat().to_wire(), self.services),
+                self.keyring.sign(HEARTBEAT_KIND, self.beat().to_wire(), self.services),
                 # RabbitMQ drops a heartbeat nobody read in time; one is worth nothing later
                 expiration=max(60.0, 10 * self.settings.heartbeat_interval),
             )

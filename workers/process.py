@@ -27,6 +27,7 @@ def build(
     services' keys, where signing is on."""
     app = make_app(settings, "workers")
     keyring = settings.keyring(services)
+    signing.announce(keyring, f"worker for {', '.join(services)}")
     # created before the pool forks, so that every pool process counts into it
     refusals = RefusalCount()
     middleware = (*middleware, refusals)
@@ -102,7 +103,6 @@ def run(
 ) -> None:
     """Run a worker in the foreground for ``services`` until it is stopped."""
     app = build(settings, services, middleware)
-    signing.announce(settings.keyring(services), f"worker for {', '.join(services)}")
     for service in services:  # a data dir that cannot be written fails here, not mid-saga
         SERVICES[service].prepare(settings.service_database(service))
     queues = [settings.queue(s) for s in services]

@@ -30,7 +30,15 @@ from saga_core.errors import (
     MalformedCommand,
     MalformedMessage,
 )
-from saga_core.messages import OUTCOME_TASK, Command, Outcome, Phase, Status
+from saga_core.messages import (
+    OUTCOME_KIND,
+    OUTCOME_TASK,
+    Command,
+    Outcome,
+    Phase,
+    Status,
+    command_kind,
+)
 from saga_core.middleware import Middleware
 from saga_core.signing import Keyring
 from workers import ledger
@@ -226,7 +234,7 @@ def _make_task(
     runner: StepRunner, keyring: Keyring, operation: str, reply_to: Any
 ) -> Callable[..., Any]:
     service = runner.service.name
-    kind = f"command:{operation}"
+    kind = command_kind(operation)
 
     def refuse(reason: str) -> None:
         for m in runner.middleware:
@@ -260,7 +268,10 @@ def _make_task(
                 exc=result.error,
             )
         send(
-            task.app, reply_to, OUTCOME_TASK, keyring.sign("outcome", result.to_wire(), (service,))
+            task.app,
+            reply_to,
+            OUTCOME_TASK,
+            keyring.sign(OUTCOME_KIND, result.to_wire(), (service,)),
         )
         return result.status.value  # what Celery logs and Flower shows
 
