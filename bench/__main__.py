@@ -190,6 +190,7 @@ def compare(
     rounds: int = 2,
     peers: bool = False,
     prefork: bool = False,
+    latency_parts: int = 6,
 ) -> dict[str, Any]:
     """Saturation throughput, then latency at a fixed offered load (``load`` times the
     chain's saturation), of the bare chain, the sagas and, with ``peers``, celery-saga and
@@ -199,9 +200,10 @@ def compare(
     ratio measures what the saga adds, not a pool's cost.
 
     Every system is up for the whole run, and each saturation run is taken ``rounds``
-    times, one system after the other, as is each latency run, in ``rounds`` parts: the
-    machine's speed drifts by a fifth from one minute to the next here, and runs in turn
-    put that drift on every side alike."""
+    times, one system after the other, as is each latency run, in ``latency_parts`` parts:
+    the machine's speed drifts by a fifth from one minute to the next here, and runs in
+    turn put that drift on every side alike (in parts of a second or two: a slow spell
+    lasts seconds, and weighs more on the system with more hops per order)."""
     # default settings: messages unsigned where no keys are set (the signed system below)
     s = _fresh(settings, "compare").with_(keys={})
     cluster = Cluster(s)
@@ -271,9 +273,9 @@ def compare(
         # latency alone (DBOS sequential runs one at a time: it cannot be offered a load)
         loaded = [name for name in systems if name != "dbos_sequential"]
         by_part: dict[str, list[Run]] = {name: [] for name in loaded}
-        for n in range(rounds):
+        for n in range(latency_parts):
             for name in loaded:
-                part = latency_count // rounds + (n < latency_count % rounds)
+                part = latency_count // latency_parts + (n < latency_count % latency_parts)
                 by_part[name].append(systems[name](f"lat{n}-{name}", part, rate=rate))
         at_load = {name: Run.merged(parts) for name, parts in by_part.items()}
         orchestrator_rss = rss_mb(cluster.orchestrator.pid)
@@ -303,6 +305,7 @@ def compare(
     chain_p50 = at_load["chain"].percentile(50)
     result: dict[str, Any] = {
         "rounds": rounds,
+        "latency_parts": latency_parts,
         "offered_load_per_second": round(rate, 1),
         "chain": figures("chain"),
         "saga": figures("saga"),
@@ -534,7 +537,10 @@ def store_rates(data_dir: Path, postgres_url: str, sagas: int) -> dict[str, Any]
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--count", type=int, default=600, help="chains and sagas at saturation")
-    p.add_argument("--latency-count", type=int, default=300)
+    p.add_argument("--latency-count", type=int, default=600)
+    p.add_argument(
+        "--latency-parts", type=int, default=6, help="latency runs of each system, taken in turn"
+    )
     p.add_argument(
         "--rounds", type=int, default=2, help="saturation runs of each system, taken in turn"
     )
@@ -609,6 +615,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.rounds,
                 args.peers,
                 args.prefork,
+                args.latency_parts,
             )
             if "peers" in compared:
                 results["peers"] = compared.pop("peers")

@@ -18,7 +18,7 @@ from celery import Celery
 from celery_saga import Saga, set_default_backend
 from celery_saga.backends import RedisSagaBackend
 
-from bench.workload import Run, Steps, step_commands, submit_and_wait
+from bench.workload import Run, Steps, epoch, step_commands, submit_and_wait
 from saga_core import config
 from saga_core.celery_app import celery_config
 from saga_core.config import Settings
@@ -71,10 +71,10 @@ class CelerySagaRunner:
             keys.append(RedisSagaBackend.PREFIX + saga_id)
             return saga_id
 
-        def ended(ids: list[str]) -> list[tuple[str, str]]:
+        def ended(ids: list[str]) -> list[tuple[float, float]]:
             records = map(_load, self.client.mget([RedisSagaBackend.PREFIX + i for i in ids]))
             return [
-                (r["created_at"], r["updated_at"])
+                (epoch(r["created_at"]), epoch(r["updated_at"]))
                 for r in records
                 if r and r["status"] == "completed"
             ]

@@ -180,12 +180,12 @@ def submit_and_wait(
     count: int,
     rate: float | None,
     submit: Callable[[int], str],
-    ended: Callable[[list[str]], list[tuple[str, str]]],
+    ended: Callable[[list[str]], list[tuple[float, float]]],
     timeout: float = 600,
 ) -> Run:
     """Submit ``count`` workflows (``submit(n)`` returns an id), at ``rate`` per second or
-    at once, then wait for them to end: ``ended(ids)`` gives the ISO start and end times of
-    those that have, as the system itself recorded them."""
+    at once, then wait for them to end: ``ended(ids)`` gives the start and end times
+    (seconds since the epoch) of those that have, as the system itself recorded them."""
     ids = []
     t0 = time.monotonic()
     wall0 = time.time()
@@ -198,14 +198,14 @@ def submit_and_wait(
         if len(rows) == count:
             break
         time.sleep(0.2)  # polling for the workflows' end
-    latencies = [epoch(finish) - epoch(start) for start, finish in rows]
-    last = max((epoch(finish) for _, finish in rows), default=wall0)
+    latencies = [finish - start for start, finish in rows]
+    last = max((finish for _, finish in rows), default=wall0)
     return Run(len(rows), last - wall0, latencies)
 
 
 class SagaRunner:
     """Sagas through the orchestrator; each one's time from submit to its terminal state
-    is read from the store (``created_at`` to ``updated_at``)."""
+    is read from the store's history (``queries.ended_spans``)."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -216,7 +216,7 @@ class SagaRunner:
             count,
             rate,
             lambda n: orchestrator.submit(order(tag, n), settings=self.settings),
-            lambda ids: queries.ended_times(store, ids),
+            lambda ids: queries.ended_spans(store, ids),
         )
 
 

@@ -7,8 +7,9 @@ own, a MULTI/EXEC to record each one and another to forget it: over half of the
 orchestrator's CPU (profiled, docs/benchmarks.md). :class:`RedisInbox` keeps the same
 promise, that a message stays in Redis until its batch is handled, with one list per reader
 instead: a batch moves from the queue into the reader's list in one script call, and its
-acknowledgement deletes the list, in the same script call as the next take (a batch
-costs two calls to Redis: that one and its commands' publish). A reader that dies leaves
+acknowledgement deletes the list, in the same script call as the next take. The batch's
+commands go out in that call too, pushed before the acknowledgement (:class:`Outbox`): a
+batch costs one call to Redis. A reader that dies leaves
 its list behind, handled or not: it is moved
 back onto the queue by the reader itself when it reconnects, or by any reader once the dead
 one's lease (refreshed at every take) has run out.
@@ -48,6 +49,10 @@ class Inbox(Protocol):
         """Remove ``batch`` from the broker for good: it has been handled (on Redis at the
         next take, or at close: a reader that dies in between has it delivered again, and
         its outcomes are refused as duplicates)."""
+        ...
+
+    def flush(self) -> None:
+        """Send now the commands that would go out with the next take (on Redis)."""
         ...
 
     def rescue(self) -> int:
@@ -91,6 +96,9 @@ class KombuInbox:
         for message in batch:
             message.ack()  # type: ignore[attr-defined]
 
+    def flush(self) -> None:
+        pass  # commands are published as they are sent
+
     def rescue(self) -> int:
         return 0  # the broker requeues a dead consumer's messages itself
 
@@ -133,11 +141,14 @@ class RedisDelivery:
 #: Seconds a take blocks at most: below redis-py's default socket timeout (5 s).
 MAX_BLOCK = 2.0
 
-#: Empties the reader's list (KEYS[2]) where ARGV[3] is 1 (its batch was handled), then
+#: Pushes the ARGV[4] messages of the outbox (ARGV[4 + i] onto the list KEYS[4 + i]), then
+#: empties the reader's list (KEYS[2]) where ARGV[3] is 1 (its batch was handled), then
 #: moves up to ARGV[1] messages from the queue (KEYS[1]) onto it, the oldest first, renews
 #: the reader's lease (KEYS[3], ARGV[2] ms) and keeps the reader in the set of readers
-#: (KEYS[4]), where a rescuer that found its lease gone may have taken it out.
+#: (KEYS[4]), where a rescuer that found its lease gone may have taken it out. A push that
+#: fails ends the script before the acknowledgement.
 _TAKE = """
+for i = 1, tonumber(ARGV[4]) do redis.call('LPUSH', KEYS[4 + i], ARGV[4 + i]) end
 if ARGV[3] == '1' then redis.call('DEL', KEYS[2]) end
 redis.call('SET', KEYS[3], '1', 'PX', ARGV[2])
 redis.call('SADD', KEYS[4], KEYS[2])
@@ -181,12 +192,40 @@ return n
 """
 
 
+class Outbox:
+    """Messages for Redis lists (kombu's stored form, ``redis_transport.stored_message``),
+    held until the reader's next call to Redis pushes them, before it acknowledges the
+    batch that sent them. Pushing them later than a publish would changes nothing a crash
+    can show: a crash after a batch's commit and before its commands are out leaves steps
+    that no worker takes, and the sweeper finds them lost, either way."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[str, str]] = []
+
+    def add(self, queue: str, message: str) -> None:
+        self.pending.append((queue, message))
+
+    def drain(self) -> list[tuple[str, str]]:
+        pending, self.pending = self.pending, []
+        return pending
+
+
 class RedisInbox:
     """The queue on Redis, read through a list of this reader's own (see the module's
-    docstring). ``lease`` seconds without a take and its list is anyone's to give back."""
+    docstring). ``lease`` seconds without a take and its list is anyone's to give back.
+    What ``outbox`` holds goes out with the next take, or at :meth:`flush`."""
 
-    def __init__(self, url: str, queue: str, batch_size: int, lease: float, name: str = ""):
+    def __init__(
+        self,
+        url: str,
+        queue: str,
+        batch_size: int,
+        lease: float,
+        name: str = "",
+        outbox: Outbox | None = None,
+    ):
         self.queue, self.batch_size = queue, batch_size
+        self.outbox = outbox if outbox is not None else Outbox()
         self.lease_ms = int(lease * 1000)
         self.client = redis.Redis.from_url(url)
         self.readers = f"{queue}.readers"
@@ -199,11 +238,36 @@ class RedisInbox:
         # What this reader held when it lost its connection goes first; the lease and the
         # registration are taken with it (a take without a message renews both).
         self._give_back(keys=[queue, self.taken])
-        self._take(keys=self._keys, args=[0, self.lease_ms, 0])
+        self._call_take(0, handled=False)
+
+    def _call_take(self, batch_size: int, handled: bool) -> list[Any]:
+        """The take script: the outbox pushed, the handled batch acknowledged, a batch
+        taken."""
+        pushes = self.outbox.drain()
+        return list(
+            self._take(
+                keys=[*self._keys, *(q for q, _ in pushes)],
+                args=[
+                    batch_size,
+                    self.lease_ms,
+                    int(handled),
+                    len(pushes),
+                    *(m for _, m in pushes),
+                ],
+            )
+        )
+
+    def flush(self) -> None:
+        """Push what the outbox holds now (a reply that must follow them waits for it)."""
+        pushes = self.outbox.drain()
+        if pushes:
+            with self.client.pipeline(transaction=False) as pipe:
+                for queue, message in pushes:
+                    pipe.lpush(queue, message)
+                pipe.execute()
 
     def take(self, wait: float) -> list[RedisDelivery]:
-        keys = self._keys
-        raw = self._take(keys=keys, args=[self.batch_size, self.lease_ms, int(self._handled)])
+        raw = self._call_take(self.batch_size, self._handled)
         self._handled = False
         if not raw and wait > 0:
             # a longer wait would end in a socket timeout error; the caller asks again
@@ -225,6 +289,7 @@ class RedisInbox:
 
     def close(self) -> None:
         with contextlib.suppress(redis.RedisError):
+            self.flush()  # before the acknowledgement of the batch that sent them
             if self._handled:
                 self.client.delete(self.taken)
             self._give_back(keys=[self.queue, self.taken])

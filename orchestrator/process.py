@@ -32,12 +32,12 @@ from kombu.exceptions import BatchPublishError, KombuError, OperationalError
 
 from orchestrator.definition import step_services
 from orchestrator.engine import Engine, Publisher
-from orchestrator.inbox import Delivery, Inbox, KombuInbox, RedisInbox
+from orchestrator.inbox import Delivery, Inbox, KombuInbox, Outbox, RedisInbox
 from orchestrator.metrics import Metrics
 from orchestrator.order_saga import ORDER_SAGA
 from saga_core import ping, redis_transport, signing, watchdog
 from saga_core.broker import QueueDepth
-from saga_core.celery_app import direct, make_app, publish_task, send
+from saga_core.celery_app import direct, make_app, publish_task, send, task_message
 from saga_core.config import ORCHESTRATOR_QUEUE, SERVICES, Settings
 from saga_core.database import BUSY
 from saga_core.errors import BrokerUnavailable, DatabaseUnavailable, MalformedMessage
@@ -97,10 +97,18 @@ def celery_publisher(app: Celery, settings: Settings) -> Publisher:
 
 class BatchPublisher:
     """Commands as Celery task messages through one long-lived producer, all of a call in
-    one batch (on Redis, one pipeline: one round trip however many commands)."""
+    one batch; or, given an ``outbox`` (Redis), into it, to go out with the inbox's next
+    call to Redis."""
 
-    def __init__(self, app: Celery, settings: Settings, connection: Connection, keyring: Keyring):
-        self.app, self.settings, self.keyring = app, settings, keyring
+    def __init__(
+        self,
+        app: Celery,
+        settings: Settings,
+        connection: Connection,
+        keyring: Keyring,
+        outbox: Outbox | None = None,
+    ):
+        self.app, self.settings, self.keyring, self.outbox = app, settings, keyring, outbox
         self.producer = Producer(connection.channel(), serializer="json")
         # Declared once, so that a command for a service whose worker has not started yet
         # waits in its queue (a broker with real exchanges would drop it otherwise).
@@ -108,6 +116,13 @@ class BatchPublisher:
             direct(name, settings.quorum_queues)(self.producer.channel).declare()
 
     def __call__(self, commands: Sequence[Command]) -> None:
+        if self.outbox is not None:
+            for c in commands:
+                wire = self.keyring.sign(c.kind, c.to_wire(), (c.queue,))
+                queue = self.settings.queue(c.queue)
+                message = task_message(self.app, c.operation, wire)
+                self.outbox.add(queue, redis_transport.stored_message(queue, *message))
+            return
         batch = (
             self.producer.batch(max_size=BATCH_SIZE)
             if self.producer.supports_batch_publish
@@ -193,7 +208,9 @@ class Orchestrator:
         with contextlib.ExitStack() as closing:
             depth = QueueDepth(self.settings.broker_url, [])
             closing.callback(depth.close)
-            publisher = BatchPublisher(self.app, self.settings, connection, self.keyring)
+            on_redis = redis_transport.serves(self.settings.broker_url)
+            outbox = Outbox() if on_redis else None
+            publisher = BatchPublisher(self.app, self.settings, connection, self.keyring, outbox)
             self._producer = publisher.producer
             engine = Engine(
                 self.settings,
@@ -204,7 +221,7 @@ class Orchestrator:
             )
             closing.callback(engine.close)
             engine.recover()
-            inbox = self.inbox(connection)
+            inbox = self.inbox(connection, outbox)
             closing.callback(inbox.close)
             log.info("orchestrator ready on %s", self.queue.name)
             while not self._stopping.is_set():
@@ -226,11 +243,17 @@ class Orchestrator:
         self._next_sweep = now + self.settings.sweep_interval
         return True
 
-    def inbox(self, connection: Connection) -> Inbox:
-        """The reader of this process's queue on ``connection``'s broker."""
+    def inbox(self, connection: Connection, outbox: Outbox | None = None) -> Inbox:
+        """The reader of this process's queue on ``connection``'s broker (on Redis, sending
+        what ``outbox`` holds with its takes)."""
         if redis_transport.serves(self.settings.broker_url):
             return RedisInbox(
-                self.settings.broker_url, self.queue.name, self.batch_size, READER_LEASE, self.id
+                self.settings.broker_url,
+                self.queue.name,
+                self.batch_size,
+                READER_LEASE,
+                self.id,
+                outbox,
             )
         return KombuInbox(connection, self.queue, self.batch_size)
 
@@ -302,6 +325,8 @@ class Orchestrator:
                 log.warning("store busy (%s); applying the batch again", exc)
                 if self._stopping.wait(0.5):
                     return
+        if pings:
+            inbox.flush()  # a pong says the batches before it are applied and sent
         if self._producer is not None:
             for request in pings:
                 ping.answer(self._producer, request, self.name)

@@ -84,17 +84,25 @@ def direct(queue: str, quorum: bool = False) -> Queue:
     return Queue(queue, Exchange(""), routing_key=queue, queue_arguments=arguments)
 
 
+def task_message(
+    app: Celery, task: str, argument: Any
+) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    """The headers, properties and body of a Celery message for ``task`` with its one
+    ``argument``. Empty reprs: Celery would otherwise render the argument into the headers
+    (a fifth of a publish's cost, profiled) and copy order data into logs."""
+    headers, properties, body, _ = app.amqp.as_task_v2(
+        uuid(), task, args=[argument], argsrepr="", kwargsrepr=""
+    )
+    return headers, properties, body
+
+
 def publish_task(
     app: Celery, producer: Producer, queue: str, task: str, argument: Any, **options: Any
 ) -> None:
     """Send a Celery message for ``task`` with its one ``argument`` straight to ``queue``
     through ``producer``: for processes that publish on a connection of their own rather
-    than through Celery's producer pool. Empty reprs: Celery would otherwise render the
-    argument into the headers (a fifth of a publish's cost, profiled) and copy order data
-    into logs."""
-    headers, properties, body, _ = app.amqp.as_task_v2(
-        uuid(), task, args=[argument], argsrepr="", kwargsrepr=""
-    )
+    than through Celery's producer pool."""
+    headers, properties, body = task_message(app, task, argument)
     producer.publish(
         body,
         exchange="",
@@ -110,8 +118,19 @@ def send(app: Celery, queue: Queue, task: str, argument: Any) -> None:
     """Send a Celery message for ``task`` with its one ``argument`` straight to ``queue``,
     through one of ``app``'s pooled producers: what ``send_task`` sends, without its routing,
     signals and event set-up (a third of its cost, profiled). RabbitMQ drops what is sent to
-    a queue that was never declared, so there the queue is declared (once per connection)."""
-    declare = [queue] if broker.is_amqp(app.conf.broker_url) else []
+    a queue that was never declared, so there the queue is declared (once per connection).
+
+    On plain Redis it is one LPUSH of the message as kombu stores it, on this process's
+    client (``redis_transport.push``): kombu's publish costs as much again as the round
+    trip, on every step's outcome. Where that push fails, kombu's publish sends it, retrying
+    by the app's policy; a push that took effect and lost its answer then arrives twice,
+    and the orchestrator refuses the second as a duplicate."""
+    url = app.conf.broker_url
+    if redis_transport.serves(url):
+        message = redis_transport.stored_message(queue.name, *task_message(app, task, argument))
+        if redis_transport.push(url, queue.name, message):
+            return
+    declare = [queue] if broker.is_amqp(url) else []
     with app.producer_or_acquire() as producer:
         publish_task(
             app,

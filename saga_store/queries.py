@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from saga_core.database import Connection, Row
+from saga_core.database import Connection, Row, marks
 from saga_core.errors import SagaNotFound
 from saga_store.models import (
     DISPATCH_EVENTS,
@@ -111,14 +111,19 @@ def answers(conn: Connection) -> bool:
     return True
 
 
-def ended_times(conn: Connection, saga_ids: list[str]) -> list[tuple[str, str]]:
-    """``(created_at, updated_at)`` of those of ``saga_ids`` that have ended."""
-    marks = ",".join("?" * len(saga_ids))
+def ended_spans(conn: Connection, saga_ids: list[str]) -> list[tuple[float, float]]:
+    """When each of those of ``saga_ids`` that have ended was created and when it ended,
+    in seconds since the epoch: from the history, which keeps microseconds where
+    ``created_at`` and ``updated_at`` keep milliseconds (a saga takes a few of them)."""
+    ends = (Event.COMPLETED, Event.COMPENSATED, Event.FAILED)
     rows = conn.execute(
-        f"SELECT created_at, updated_at FROM sagas WHERE id IN ({marks}) AND NOT {_ACTIVE}",
-        saga_ids,
+        "SELECT MIN(e.at) AS started,"
+        f" MAX(CASE WHEN e.event IN ({marks(ends)}) THEN e.at END) AS ended"
+        " FROM sagas s JOIN saga_events e ON e.saga_id = s.id"
+        f" WHERE s.id IN ({marks(saga_ids)}) AND NOT s.{_ACTIVE} GROUP BY s.id",
+        [*ends, *saga_ids],
     ).fetchall()
-    return [(r["created_at"], r["updated_at"]) for r in rows]
+    return [(r["started"], r["ended"]) for r in rows if r["ended"] is not None]
 
 
 def armed_after(conn: Connection, at: float) -> int:

@@ -1,18 +1,25 @@
 """The orchestrator's Redis reader (``orchestrator.inbox.RedisInbox``) on the real Redis,
 with messages Celery sent: batches in order, nothing lost when a reader dies holding one,
-nothing left behind once acknowledged."""
+nothing left behind once acknowledged; its outbox's commands out before the
+acknowledgement, in the form kombu stores and Celery's workers read."""
 
 from __future__ import annotations
 
+import json
+from unittest.mock import ANY
+
 import pytest
 import redis
+from kombu import Producer
 
 from orchestrator.inbox import RedisInbox
-from saga_core.celery_app import direct, make_app
+from saga_core import celery_app, redis_transport
+from saga_core.celery_app import direct, make_app, publish_task, task_message
 from saga_core.config import ORCHESTRATOR_QUEUE, Settings
 from saga_core.errors import MalformedMessage
 from saga_core.messages import OUTCOME_TASK
 from saga_core.processes import wait_for
+from saga_core.redis_transport import stored_message
 
 
 def send(settings: Settings, *numbers: int) -> str:
@@ -163,3 +170,97 @@ def test_a_slow_reader_that_was_rescued_is_rescued_again_when_it_dies(
     wait_for(lambda: other.rescue() == 1, 10, "the dead reader's lease to run out")
     assert numbers(other.take(wait=1)) == [2]
     other.close()
+
+
+def stored(settings: Settings, queue: str, n: int) -> str:
+    """A command for ``queue`` as the orchestrator puts it in its outbox."""
+    app = make_app(settings)
+    return stored_message(queue, *task_message(app, "payment.charge", {"n": n}))
+
+
+def handled_with_a_command(settings: Settings) -> tuple[RedisInbox, str]:
+    """A reader that handled a batch, its command in the outbox; and the command's queue."""
+    service_queue = settings.queue("payment")
+    inbox = RedisInbox(settings.broker_url, send(settings, 1), batch_size=10, lease=10)
+    batch = inbox.take(wait=1)
+    inbox.outbox.add(service_queue, stored(settings, service_queue, 7))
+    inbox.ack(batch)
+    return inbox, service_queue
+
+
+def test_the_outbox_goes_out_with_the_next_take_and_celery_reads_it(
+    settings: Settings, redis_only: None
+) -> None:
+    inbox, service_queue = handled_with_a_command(settings)
+    client = redis.Redis.from_url(settings.broker_url)
+    assert client.llen(service_queue) == 0  # held until the next call to Redis
+    assert inbox.take(wait=0.1) == []
+    assert client.llen(inbox.taken) == 0  # acknowledged in that call, after the push
+    # what a worker's consumer (kombu's, as Celery runs it) reads from the service's queue
+    with make_app(settings).connection_for_write() as connection:
+        message = connection.SimpleQueue(service_queue, no_ack=True).get(timeout=2)
+        assert message.headers["task"] == "payment.charge"
+        assert message.decode() == [[{"n": 7}], {}, ANY]
+        assert message.delivery_info["routing_key"] == service_queue
+    inbox.close()
+
+
+def test_a_stored_message_is_what_kombu_itself_stores(settings: Settings, redis_only: None) -> None:
+    queue = settings.queue("payment")
+    app = make_app(settings)
+    with app.connection_for_write() as connection:
+        publish_task(app, Producer(connection.channel()), queue, "payment.charge", {"n": 7})
+    client = redis.Redis.from_url(settings.broker_url)
+    kombus, ours = json.loads(client.rpop(queue)), json.loads(stored(settings, queue, 7))
+    assert kombus.keys() == ours.keys()
+    assert kombus["properties"].keys() == ours["properties"].keys()
+    assert kombus["headers"].keys() == ours["headers"].keys()
+    for same in ("content-type", "content-encoding", "body"):
+        assert kombus[same] == ours[same]
+    for same in ("delivery_info", "delivery_mode", "priority", "body_encoding"):
+        assert kombus["properties"][same] == ours["properties"][same]
+
+
+def test_a_push_that_fails_leaves_the_batch_unacknowledged(
+    settings: Settings, redis_only: None
+) -> None:
+    queue = send(settings, 1)
+    broken = settings.queue("payment")
+    client = redis.Redis.from_url(settings.broker_url)
+    client.set(broken, "not a list")  # LPUSH onto it fails
+    inbox = RedisInbox(settings.broker_url, queue, batch_size=10, lease=10, name="one")
+    batch = inbox.take(wait=1)
+    inbox.outbox.add(broken, stored(settings, broken, 7))
+    inbox.ack(batch)
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        inbox.take(wait=0.1)
+    assert client.llen(inbox.taken) == 1  # still held: not acknowledged
+    again = RedisInbox(settings.broker_url, queue, batch_size=10, lease=10, name="one")
+    assert numbers(again.take(wait=1)) == [1]  # comes again when the reader reconnects
+    again.close()
+    client.delete(broken)
+
+
+def test_closing_sends_the_outbox_before_it_acknowledges(
+    settings: Settings, redis_only: None
+) -> None:
+    inbox, service_queue = handled_with_a_command(settings)
+    inbox.close()
+    client = redis.Redis.from_url(settings.broker_url)
+    assert client.llen(service_queue) == 1 and client.llen(inbox.taken) == 0
+
+
+def test_an_outcome_goes_out_as_one_push_or_else_through_kombu(
+    settings: Settings, redis_only: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue = settings.queue(ORCHESTRATOR_QUEUE)
+    app = make_app(settings)
+    celery_app.send(app, direct(queue), OUTCOME_TASK, {"n": 1})
+    monkeypatch.setattr(redis_transport, "push", lambda *args: False)  # Redis did not answer
+    celery_app.send(app, direct(queue), OUTCOME_TASK, {"n": 2})
+    inbox = RedisInbox(settings.broker_url, queue, batch_size=10, lease=10)
+    batch = inbox.take(wait=1)
+    assert numbers(batch) == [1, 2]
+    assert [m.headers["task"] for m in batch] == [OUTCOME_TASK] * 2
+    inbox.ack(batch)
+    inbox.close()
