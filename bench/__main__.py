@@ -97,10 +97,11 @@ def server_cpu_seconds(names: tuple[str, ...]) -> float:
             if (entry / "comm").read_text().strip() not in names:
                 continue
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            main = int(fields[1]) == 1 or b"-D" in (entry / "cmdline").read_bytes()
         except OSError:
-            continue
+            continue  # gone meanwhile (a backend that ended)
         total += (int(fields[11]) + int(fields[12])) / tick
-        if int(fields[1]) == 1 or (entry / "cmdline").read_bytes().count(b"-D"):
+        if main:
             total += (int(fields[13]) + int(fields[14])) / tick  # the postmaster
     return total
 
