@@ -31,6 +31,8 @@ def test_bench_smoke_run_writes_every_figure(
             "30",
             "--latency-count",
             "20",
+            "--latency-parts",
+            "2",
             "--in-flight",
             "20",
             "--kills",
@@ -70,7 +72,8 @@ def test_bench_smoke_run_writes_every_figure(
     cpu = compare["saga"]["saturation"]["cpu_ms_each"]
     assert cpu["workers"] > 0 and cpu["orchestrator"] > 0 and cpu["client"] > 0
     assert cpu["all"] >= cpu["workers"] + cpu["orchestrator"]
-    assert compare["saga"]["at_load"]["count"] == 20
+    assert compare["saga"]["at_load"]["count"] == 20  # in two parts of ten, in turn
+    assert compare["latency_parts"] == 2
     assert compare["ratio_throughput"] > 0 and compare["ratio_p50_latency"] > 0
     # the same sagas with every message signed and checked, in the same run
     assert compare["saga_signed"]["saturation"]["count"] == 60
