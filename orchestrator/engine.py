@@ -50,9 +50,11 @@ class Submitted(NamedTuple):
 class Publisher(Protocol):
     """Sends commands, all of them or (raising) not all: a command lost on the way is
     found lost by the sweeper and sent again. A publisher for clients raises
-    ``BrokerUnavailable`` where the broker is down."""
+    ``BrokerUnavailable`` where the broker is down. ``sent`` runs once the commands are
+    out: at once, or, where they go out with the orchestrator's next call to the broker
+    (``orchestrator.inbox.Outbox``), after that call."""
 
-    def __call__(self, commands: Sequence[Command]) -> None: ...
+    def __call__(self, commands: Sequence[Command], sent: Callable[[], None]) -> None: ...
 
 
 class Engine:
@@ -424,9 +426,12 @@ class Engine:
             return
         for m in self.middleware:
             m.before_publish(commands)
-        self.publish(commands)
-        for m in self.middleware:
-            m.after_publish(commands)
+
+        def sent() -> None:
+            for m in self.middleware:
+                m.after_publish(commands)
+
+        self.publish(commands, sent)
 
     def _command(self, result: Transition, d: Dispatch) -> Command:
         """The command that carries out ``d``, one of the dispatches of ``result``."""

@@ -21,7 +21,7 @@ import base64
 import contextlib
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import redis
@@ -201,13 +201,19 @@ class Outbox:
 
     def __init__(self) -> None:
         self.pending: list[tuple[str, str]] = []
+        self.callbacks: list[Callable[[], None]] = []
 
     def add(self, queue: str, message: str) -> None:
         self.pending.append((queue, message))
 
-    def drain(self) -> list[tuple[str, str]]:
-        pending, self.pending = self.pending, []
-        return pending
+    def when_sent(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once what the outbox holds now is pushed (never, if it is not)."""
+        self.callbacks.append(callback)
+
+    def drain(self) -> tuple[list[tuple[str, str]], list[Callable[[], None]]]:
+        pending, callbacks = self.pending, self.callbacks
+        self.pending, self.callbacks = [], []
+        return pending, callbacks
 
 
 class RedisInbox:
@@ -243,28 +249,25 @@ class RedisInbox:
     def _call_take(self, batch_size: int, handled: bool) -> list[Any]:
         """The take script: the outbox pushed, the handled batch acknowledged, a batch
         taken."""
-        pushes = self.outbox.drain()
-        return list(
-            self._take(
-                keys=[*self._keys, *(q for q, _ in pushes)],
-                args=[
-                    batch_size,
-                    self.lease_ms,
-                    int(handled),
-                    len(pushes),
-                    *(m for _, m in pushes),
-                ],
-            )
+        pushes, sent = self.outbox.drain()
+        taken = self._take(
+            keys=[*self._keys, *(q for q, _ in pushes)],
+            args=[batch_size, self.lease_ms, int(handled), len(pushes), *(m for _, m in pushes)],
         )
+        for callback in sent:
+            callback()
+        return list(taken)
 
     def flush(self) -> None:
         """Push what the outbox holds now (a reply that must follow them waits for it)."""
-        pushes = self.outbox.drain()
+        pushes, sent = self.outbox.drain()
         if pushes:
             with self.client.pipeline(transaction=False) as pipe:
                 for queue, message in pushes:
                     pipe.lpush(queue, message)
                 pipe.execute()
+        for callback in sent:
+            callback()
 
     def take(self, wait: float) -> list[RedisDelivery]:
         raw = self._call_take(self.batch_size, self._handled)

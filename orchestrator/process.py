@@ -23,7 +23,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from celery import Celery
@@ -84,13 +84,14 @@ def celery_publisher(app: Celery, settings: Settings) -> Publisher:
     with app.connection_for_write() as connection:  # not connected: only its error types
         down = (KombuError, OSError, *connection.connection_errors, *connection.channel_errors)
 
-    def publish(commands: Sequence[Command]) -> None:
+    def publish(commands: Sequence[Command], sent: Callable[[], None]) -> None:
         try:
             for c in commands:
                 queue = direct(settings.queue(c.queue), settings.quorum_queues)
                 send(app, queue, c.operation, keyring.sign(c.kind, c.to_wire(), (c.queue,)))
         except down as exc:
             raise BrokerUnavailable(f"the broker did not take a command: {exc}") from exc
+        sent()
 
     return publish
 
@@ -115,13 +116,14 @@ class BatchPublisher:
         for name in settings.all_queues():
             direct(name, settings.quorum_queues)(self.producer.channel).declare()
 
-    def __call__(self, commands: Sequence[Command]) -> None:
+    def __call__(self, commands: Sequence[Command], sent: Callable[[], None]) -> None:
         if self.outbox is not None:
             for c in commands:
                 wire = self.keyring.sign(c.kind, c.to_wire(), (c.queue,))
                 queue = self.settings.queue(c.queue)
                 message = task_message(self.app, c.operation, wire)
                 self.outbox.add(queue, redis_transport.stored_message(queue, *message))
+            self.outbox.when_sent(sent)
             return
         batch = (
             self.producer.batch(max_size=BATCH_SIZE)
@@ -134,6 +136,7 @@ class BatchPublisher:
                 publish_task(
                     self.app, self.producer, self.settings.queue(c.queue), c.operation, wire
                 )
+        sent()
 
 
 class Orchestrator:

@@ -40,7 +40,8 @@ class Middleware:
         """The transitions that decided ``commands`` are committed; nothing is sent yet."""
 
     def after_publish(self, commands: Sequence[Command]) -> None:
-        """``commands`` are sent; the messages that led to them are not yet acknowledged."""
+        """``commands`` are sent (on Redis, by the orchestrator's call that also
+        acknowledges the messages that led to them; elsewhere, before that)."""
 
     def after_outcome(self, outcome: Outcome, took: float | None) -> None:
         """``outcome`` changed its saga; ``took`` seconds since the dispatch it answers."""

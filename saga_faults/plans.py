@@ -17,8 +17,8 @@ A plan maps an operation (``charge_payment``, ``refund_payment``…) to what goe
 
 and ``"orchestrator": {"crash_at": "POINT:OPERATION"}`` kills the orchestrator once for the
 order, at ``before_dispatch`` (the transition that sends OPERATION is stored, the command not
-yet published) or ``after_dispatch`` (published, the outcome that led to it not yet
-acknowledged).
+yet published) or ``after_dispatch`` (published; on RabbitMQ the outcome that led to it not
+yet acknowledged, while on Redis the call that pushes the command acknowledges it too).
 """
 
 from __future__ import annotations

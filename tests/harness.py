@@ -6,7 +6,7 @@ to the engine. Retries run at once, without their backoff."""
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +54,10 @@ class Harness:
         )
         return self.engine
 
-    def publish(self, commands: Sequence[Command]) -> None:
+    def publish(self, commands: Sequence[Command], sent: Callable[[], None]) -> None:
         for c in commands:
             self.commands.append(Command.from_wire(c.operation, c.to_wire()))
+        sent()
 
     def execute_next(self) -> Outcome:
         command = self.commands.popleft()

@@ -178,12 +178,15 @@ def stored(settings: Settings, queue: str, n: int) -> str:
     return stored_message(queue, *task_message(app, "payment.charge", {"n": n}))
 
 
-def handled_with_a_command(settings: Settings) -> tuple[RedisInbox, str]:
-    """A reader that handled a batch, its command in the outbox; and the command's queue."""
+def handled_with_a_command(settings: Settings, seen: list[int]) -> tuple[RedisInbox, str]:
+    """A reader that handled a batch, its command in the outbox (once out, the length of
+    the command's queue is added to ``seen``); and the command's queue."""
     service_queue = settings.queue("payment")
     inbox = RedisInbox(settings.broker_url, send(settings, 1), batch_size=10, lease=10)
     batch = inbox.take(wait=1)
     inbox.outbox.add(service_queue, stored(settings, service_queue, 7))
+    client = redis.Redis.from_url(settings.broker_url)
+    inbox.outbox.when_sent(lambda: seen.append(client.llen(service_queue)))
     inbox.ack(batch)
     return inbox, service_queue
 
@@ -191,10 +194,12 @@ def handled_with_a_command(settings: Settings) -> tuple[RedisInbox, str]:
 def test_the_outbox_goes_out_with_the_next_take_and_celery_reads_it(
     settings: Settings, redis_only: None
 ) -> None:
-    inbox, service_queue = handled_with_a_command(settings)
+    seen: list[int] = []
+    inbox, service_queue = handled_with_a_command(settings, seen)
     client = redis.Redis.from_url(settings.broker_url)
-    assert client.llen(service_queue) == 0  # held until the next call to Redis
+    assert client.llen(service_queue) == 0 and seen == []  # held until the next call
     assert inbox.take(wait=0.1) == []
+    assert seen == [1]  # told once it was out (the orchestrator's after_publish hooks)
     assert client.llen(inbox.taken) == 0  # acknowledged in that call, after the push
     # what a worker's consumer (kombu's, as Celery runs it) reads from the service's queue
     with make_app(settings).connection_for_write() as connection:
@@ -231,10 +236,12 @@ def test_a_push_that_fails_leaves_the_batch_unacknowledged(
     inbox = RedisInbox(settings.broker_url, queue, batch_size=10, lease=10, name="one")
     batch = inbox.take(wait=1)
     inbox.outbox.add(broken, stored(settings, broken, 7))
+    sent: list[bool] = []
+    inbox.outbox.when_sent(lambda: sent.append(True))
     inbox.ack(batch)
     with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
         inbox.take(wait=0.1)
-    assert client.llen(inbox.taken) == 1  # still held: not acknowledged
+    assert client.llen(inbox.taken) == 1 and not sent  # still held: not acknowledged
     again = RedisInbox(settings.broker_url, queue, batch_size=10, lease=10, name="one")
     assert numbers(again.take(wait=1)) == [1]  # comes again when the reader reconnects
     again.close()
@@ -244,10 +251,12 @@ def test_a_push_that_fails_leaves_the_batch_unacknowledged(
 def test_closing_sends_the_outbox_before_it_acknowledges(
     settings: Settings, redis_only: None
 ) -> None:
-    inbox, service_queue = handled_with_a_command(settings)
+    seen: list[int] = []
+    inbox, service_queue = handled_with_a_command(settings, seen)
     inbox.close()
     client = redis.Redis.from_url(settings.broker_url)
     assert client.llen(service_queue) == 1 and client.llen(inbox.taken) == 0
+    assert seen == [1]
 
 
 def test_an_outcome_goes_out_as_one_push_or_else_through_kombu(

@@ -6,7 +6,7 @@ leaves every message to be delivered again and loses nothing."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +95,7 @@ def test_a_batch_is_acknowledged_after_its_commit_and_publish(bus: Bus) -> None:
     sagas, outcomes = reserved(bus, "A", "B")
     bus.send(*outcomes)
     published: list[list[Command]] = []
-    bus.h.engine.publish = lambda commands: published.append(list(commands))
+    bus.h.engine.publish = lambda commands, sent: published.append(list(commands))
     messages = bus.take()
     assert len(messages) == 2 and not any(m.acknowledged for m in messages)
 
@@ -137,7 +137,7 @@ def test_a_publish_that_fails_leaves_the_batch_to_come_again(bus: Bus) -> None:
     (saga_id,), (outcome,) = reserved(bus, "A")
     bus.send(outcome)
 
-    def broker_down(commands: Sequence[Command]) -> None:
+    def broker_down(commands: Sequence[Command], sent: Callable[[], None]) -> None:
         raise ConnectionError("broker went away")
 
     bus.h.engine.publish = broker_down
