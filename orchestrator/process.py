@@ -37,7 +37,7 @@ from orchestrator.metrics import Metrics
 from orchestrator.order_saga import ORDER_SAGA
 from saga_core import ping, redis_transport, signing, watchdog
 from saga_core.broker import QueueDepth
-from saga_core.celery_app import direct, make_app, publish_task, send, task_message
+from saga_core.celery_app import direct, make_app, publish_task, send, stored_task
 from saga_core.config import ORCHESTRATOR_QUEUE, SERVICES, Settings
 from saga_core.database import BUSY
 from saga_core.errors import BrokerUnavailable, DatabaseUnavailable, MalformedMessage
@@ -121,8 +121,7 @@ class BatchPublisher:
             for c in commands:
                 wire = self.keyring.sign(c.kind, c.to_wire(), (c.queue,))
                 queue = self.settings.queue(c.queue)
-                message = task_message(self.app, c.operation, wire)
-                self.outbox.add(queue, redis_transport.stored_message(queue, *message))
+                self.outbox.add(queue, stored_task(self.app, queue, c.operation, wire))
             self.outbox.when_sent(sent)
             return
         batch = (

@@ -96,6 +96,12 @@ def task_message(
     return headers, properties, body
 
 
+def stored_task(app: Celery, queue: str, task: str, argument: Any) -> str:
+    """A Celery message for ``task`` with its one ``argument``, as kombu's Redis transport
+    stores it on the list of ``queue`` (``redis_transport.stored_message``)."""
+    return redis_transport.stored_message(queue, *task_message(app, task, argument))
+
+
 def publish_task(
     app: Celery, producer: Producer, queue: str, task: str, argument: Any, **options: Any
 ) -> None:
@@ -127,10 +133,10 @@ def send(app: Celery, queue: Queue, task: str, argument: Any) -> None:
     which every receiver already takes in its stride (an outcome applied twice is refused
     as a duplicate, a command runs once by its idempotency key)."""
     url = app.conf.broker_url
-    if redis_transport.serves(url):
-        message = redis_transport.stored_message(queue.name, *task_message(app, task, argument))
-        if redis_transport.push(url, queue.name, message):
-            return
+    if redis_transport.serves(url) and redis_transport.push(
+        url, queue.name, stored_task(app, queue.name, task, argument)
+    ):
+        return
     declare = [queue] if broker.is_amqp(url) else []
     with app.producer_or_acquire() as producer:
         publish_task(

@@ -14,12 +14,11 @@ from kombu import Producer
 
 from orchestrator.inbox import RedisInbox
 from saga_core import celery_app, redis_transport
-from saga_core.celery_app import direct, make_app, publish_task, task_message
+from saga_core.celery_app import direct, make_app, publish_task, stored_task
 from saga_core.config import ORCHESTRATOR_QUEUE, Settings
 from saga_core.errors import MalformedMessage
 from saga_core.messages import OUTCOME_TASK
 from saga_core.processes import wait_for
-from saga_core.redis_transport import stored_message
 
 
 def send(settings: Settings, *numbers: int) -> str:
@@ -175,7 +174,7 @@ def test_a_slow_reader_that_was_rescued_is_rescued_again_when_it_dies(
 def stored(settings: Settings, queue: str, n: int) -> str:
     """A command for ``queue`` as the orchestrator puts it in its outbox."""
     app = make_app(settings)
-    return stored_message(queue, *task_message(app, "payment.charge", {"n": n}))
+    return stored_task(app, queue, "payment.charge", {"n": n})
 
 
 def handled_with_a_command(settings: Settings, seen: list[int]) -> tuple[RedisInbox, str]:
