@@ -52,6 +52,9 @@ def _fresh(settings: Settings, name: str, database_url: str = "") -> Settings:
         data_dir=data_dir,
         queue_prefix=f"{settings.queue_prefix}{name}.",
         database_url=database_url,
+        # unsigned, as the peers run and as every figure before signing by default was
+        # taken, unless keys are given (the signed system: what signing costs)
+        insecure=not settings.keys,
     )
     Cluster(s).prepare({"WIDGET": 10_000_000})
     return s
@@ -205,8 +208,8 @@ def compare(
     the machine's speed drifts by a fifth from one minute to the next here, and runs in
     turn put that drift on every side alike (in parts of a second or two: a slow spell
     lasts seconds, and weighs more on the system with more hops per order)."""
-    # default settings: messages unsigned where no keys are set (the signed system below)
-    s = _fresh(settings, "compare").with_(keys={})
+    # unsigned, as the peers are: the signed system below shows what signing costs
+    s = _fresh(settings, "compare").with_(keys={}, insecure=True)
     cluster = Cluster(s)
     quiet = Cluster(s.with_(heartbeat_interval=0.0))
     chain_workers = [
@@ -234,7 +237,7 @@ def compare(
         "orchestrator": [signed_cluster.orchestrator],
     }
     if prefork:
-        prefork_settings = _fresh(settings, "compare-prefork").with_(keys={})
+        prefork_settings = _fresh(settings, "compare-prefork").with_(keys={}, insecure=True)
         prefork_cluster = Cluster(prefork_settings, pool="prefork")
         others.extend(prefork_cluster.children)
         systems["saga_prefork_pool"] = SagaRunner(prefork_settings).run

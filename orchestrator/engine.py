@@ -129,16 +129,25 @@ class Engine:
         log.info("saga %s started for %s", saga_id, key, extra={"saga_id": saga_id})
         return Submitted(saga_id, created=True, sent=self._send_later_if_down([started]))
 
-    def submit_many(self, definition: str, documents: Sequence[Any]) -> list[Submitted]:
+    def submit_many(
+        self,
+        definition: str,
+        documents: Sequence[Any],
+        invalid: Callable[[int, InvalidOrder], None] | None = None,
+    ) -> list[Submitted]:
         """Store and start a batch of submissions in one store transaction, then send their
         first commands together (the orchestrator's path; ``submit`` is a client's). An
-        invalid document is logged and left out; the others go on."""
+        invalid document is left out, and told to ``invalid`` with its index (or logged);
+        the others go on."""
         prepared = []
-        for document in documents:
+        for i, document in enumerate(documents):
             try:
                 prepared.append(self._prepare(definition, document))
             except InvalidOrder as exc:
-                log.error("refused a submitted order: %s", exc)
+                if invalid is None:
+                    log.error("refused a submitted order: %s", exc)
+                else:
+                    invalid(i, exc)
         specs = self._specs(definition)
         submitted: list[Submitted] = []
         started: list[tuple[str, Transition]] = []

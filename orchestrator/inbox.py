@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -28,13 +27,16 @@ import redis
 from kombu import Connection, Consumer, Queue
 from kombu.message import Message
 
+from saga_core import wire
 from saga_core.errors import MalformedMessage
 
 
 class Delivery(Protocol):
-    """One message taken from the queue: its Celery headers and its decoded body."""
+    """One message taken from the queue: its Celery headers, its bytes as they came (for
+    the dead letters) and its decoded body."""
 
     headers: dict[str, Any]
+    body: bytes
 
     def decode(self) -> Any: ...
 
@@ -109,21 +111,32 @@ class KombuInbox:
 
 class RedisDelivery:
     """A Celery message as kombu's Redis transport stores it (a JSON envelope, the body in
-    base64)."""
+    base64), read within ``saga_core.wire``'s bounds."""
 
     def __init__(self, raw: bytes):
+        self.body = raw
+        self.headers: dict[str, Any] = {}
+        self._body: Any = None
+        self._content_type: Any = None
+        self._base64 = False
         try:
-            envelope = json.loads(raw)
+            envelope = wire.loads(raw)
+            if not isinstance(envelope, dict):
+                raise MalformedMessage(f"a {type(envelope).__name__}, not an object")
             headers = envelope.get("headers") or {}
             if not isinstance(headers, dict):  # read by the orchestrator before decoding
-                raise TypeError(f"headers are a {type(headers).__name__}, not an object")
-            self.headers: dict[str, Any] = headers
+                raise MalformedMessage(f"headers are a {type(headers).__name__}, not an object")
+            properties = envelope.get("properties") or {}
+            if not isinstance(properties, dict):
+                raise MalformedMessage("properties are not an object")
+            self.headers = headers
             self._body = envelope["body"]
             self._content_type = envelope.get("content-type")
-            self._base64 = envelope.get("properties", {}).get("body_encoding") == "base64"
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            self.headers, self._body, self._content_type, self._base64 = {}, None, None, False
-            self._error = f"not a message of kombu's: {exc}"
+            self._base64 = properties.get("body_encoding") == "base64"
+        except MalformedMessage as exc:
+            self._error = f"not a message of kombu's: {exc.message}"
+        except KeyError:
+            self._error = "not a message of kombu's: no body"
         else:
             self._error = ""
 
@@ -134,8 +147,13 @@ class RedisDelivery:
             raise MalformedMessage(
                 f"Refusing to deserialize untrusted content of type {self._content_type!r:.60}"
             )
-        body = base64.b64decode(self._body) if self._base64 else self._body
-        return json.loads(body)
+        if not isinstance(self._body, str):
+            raise MalformedMessage("a body that is not text")
+        try:
+            body = base64.b64decode(self._body, validate=True) if self._base64 else self._body
+        except ValueError:
+            raise MalformedMessage("a body that is not base64") from None
+        return wire.loads(body)
 
 
 #: Seconds a take blocks at most: below redis-py's default socket timeout (5 s).

@@ -17,6 +17,7 @@ store or the broker connection with.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import signal
 import socket
@@ -35,12 +36,18 @@ from orchestrator.engine import Engine, Publisher
 from orchestrator.inbox import Delivery, Inbox, KombuInbox, Outbox, RedisInbox
 from orchestrator.metrics import Metrics
 from orchestrator.order_saga import ORDER_SAGA
-from saga_core import ping, redis_transport, signing, watchdog
+from saga_core import dead_letters, ping, redis_transport, signing, watchdog
 from saga_core.broker import QueueDepth
 from saga_core.celery_app import direct, make_app, publish_task, send, stored_task
 from saga_core.config import ORCHESTRATOR_QUEUE, SERVICES, Settings
 from saga_core.database import BUSY
-from saga_core.errors import BrokerUnavailable, DatabaseUnavailable, MalformedMessage
+from saga_core.dead_letters import DeadLetters
+from saga_core.errors import (
+    BrokerUnavailable,
+    DatabaseUnavailable,
+    InvalidOrder,
+    MalformedMessage,
+)
 from saga_core.messages import (
     HEARTBEAT_KIND,
     HEARTBEAT_TASK,
@@ -154,6 +161,9 @@ class Orchestrator:
         self.step_services = step_services(DEFINITIONS.values())
         self.app = make_app(settings, "orchestrator")
         self.queue = direct(settings.queue(ORCHESTRATOR_QUEUE), settings.quorum_queues)
+        self.dead_letters = DeadLetters(settings.broker_url, settings.queue(dead_letters.QUEUE))
+        #: What a batch's apply raises that is the broker's going away: never isolated.
+        self._transient: tuple[type[BaseException], ...] = (KombuError, OSError)
         self.received = 0  # for the watchdog: messages taken so far
         self.busy = True  # for the watchdog: not waiting on the broker
         self._stopping = threading.Event()
@@ -205,6 +215,12 @@ class Orchestrator:
 
     def _serve(self, connection: Connection) -> None:
         connection.ensure_connection(max_retries=1)
+        self._transient = (
+            KombuError,
+            OSError,
+            *connection.connection_errors,
+            *connection.channel_errors,
+        )
         # Each connection to the broker serves with a store connection and a queue-depth
         # client of its own, closed with it (a reconnect would otherwise leak them).
         with contextlib.ExitStack() as closing:
@@ -269,16 +285,17 @@ class Orchestrator:
         return messages
 
     def _handle(self, engine: Engine, inbox: Inbox, messages: Sequence[Delivery]) -> None:
-        """Apply a batch: outcomes together, heartbeats together, each submission on its
-        own; then answer its pings (the batch before them is applied) and acknowledge.
+        """Apply a batch: outcomes together, heartbeats together, submissions together;
+        then answer its pings (the batch before them is applied) and acknowledge.
 
-        A store busy beyond its timeout leaves the batch unacknowledged for the broker to
-        deliver again, rather than dropping outcomes (each would leave its step to be found
-        lost).
+        A message that cannot be read, or whose signature does not hold, is dead-lettered
+        and the rest go on. A store busy beyond its timeout leaves the batch
+        unacknowledged for the broker to deliver again, rather than dropping outcomes
+        (each would leave its step to be found lost).
         """
-        outcomes: list[Outcome] = []
-        beats: list[Heartbeat] = []
-        submissions: list[Any] = []
+        outcomes: list[tuple[Delivery, Outcome]] = []
+        beats: list[tuple[Delivery, Heartbeat]] = []
+        submissions: list[tuple[Delivery, Any]] = []
         pings: list[Ping] = []
         for message in messages:
             task = message.headers.get("task")
@@ -286,47 +303,32 @@ class Orchestrator:
                 if task not in TASKS:
                     raise MalformedMessage(f"unknown task {task!r:.60}")
                 args, kwargs, _ = message.decode()
-                if kwargs or len(args) != 1:
+                if kwargs or not isinstance(args, list) or len(args) != 1:
                     raise MalformedMessage(f"{task}: expected one argument")
                 if task == OUTCOME_TASK:
-                    outcomes.append(self._outcome(args[0]))
+                    outcomes.append((message, self._outcome(args[0])))
                 elif task == HEARTBEAT_TASK:
-                    beats.append(self._heartbeat(args[0]))
+                    beats.append((message, self._heartbeat(args[0])))
                 elif task == PING_TASK:
                     # unsigned: a ping changes nothing, and answers only into a pong queue
                     pings.append(Ping.from_wire(args[0]))
                 else:
-                    signers = self.keyring.check(SUBMISSION_KIND, args[0])
-                    signing.require(signers, CLIENT, SUBMISSION_KIND)
-                    document = args[0]
-                    if signers is not None:  # checked: an object with a signature
-                        document = {k: v for k, v in document.items() if k != "sig"}
-                    submissions.append(document)
+                    submissions.append((message, self._submission(args[0])))
             except signing.Refused as exc:
-                log.warning("refusing a message: %s", exc.message)
-                self._refused(str(task), exc.reason)
+                self._dead_letter(message, task, exc.reason, exc.message)
             except MalformedMessage as exc:
-                log.error("refusing a malformed message: %s", exc.message)
-                self._refused(str(task), "malformed")
+                self._dead_letter(message, task, "malformed", exc.message)
             except (KombuError, ValueError, TypeError, LookupError, AttributeError) as exc:
-                log.error("refusing a message that cannot be read (%s): %s", task, exc)
-                self._refused(str(task), "malformed")
-        while True:
-            try:
-                if outcomes:
-                    engine.handle_outcomes(outcomes)
-                    outcomes = []  # applied: a store error below must not apply them twice
-                if beats:
-                    engine.handle_heartbeats(beats)
-                    beats = []
-                if submissions:
-                    engine.submit_many(ORDER_SAGA.name, submissions)
-                    submissions = []
-                break
-            except BUSY as exc:
-                log.warning("store busy (%s); applying the batch again", exc)
-                if self._stopping.wait(0.5):
-                    return
+                self._dead_letter(message, task, "malformed", f"cannot be read: {exc}")
+        try:
+            if outcomes:
+                self._apply(outcomes, lambda pairs: engine.handle_outcomes(_items(pairs)))
+            if beats:
+                self._apply(beats, lambda pairs: engine.handle_heartbeats(_items(pairs)))
+            if submissions:
+                self._apply(submissions, self._submitter(engine))
+        except _Stopping:
+            return  # unacknowledged: what was not applied comes again
         if pings:
             inbox.flush()  # a pong says the batches before it are applied and sent
         if self._producer is not None:
@@ -335,6 +337,67 @@ class Orchestrator:
         # Acknowledged only now: the batch's transitions are committed and their commands
         # published.
         inbox.ack(messages)
+
+    def _apply(
+        self,
+        items: Sequence[tuple[Delivery, Any]],
+        apply: Callable[[Sequence[tuple[Delivery, Any]]], object],
+    ) -> None:
+        """``apply`` the (message, item) pairs of a batch together; where that fails for a
+        reason that is not the store's or the broker's being away, each pair alone, and
+        dead-letter a message that fails alone: one never costs the others, nor loops."""
+        fatal: tuple[type[BaseException], ...] = (_Stopping, *self._transient)
+        try:
+            self._until_applied(lambda: apply(items))
+            return
+        except fatal:
+            raise
+        except Exception:
+            log.exception("a batch cannot be applied; applying its messages one by one")
+        for message, item in items:
+            try:
+                self._until_applied(functools.partial(apply, [(message, item)]))
+            except fatal:
+                raise
+            except Exception as exc:
+                log.exception("a message cannot be applied")
+                reason = f"cannot be applied: {type(exc).__name__}: {str(exc)[:120]}"
+                self._dead_letter(message, message.headers.get("task"), "malformed", reason)
+
+    def _until_applied(self, apply: Callable[[], object]) -> None:
+        """Run ``apply`` until the store is not busy (or this process is stopping)."""
+        while True:
+            try:
+                apply()
+                return
+            except BUSY as exc:
+                log.warning("store busy (%s); applying the batch again", exc)
+                if self._stopping.wait(0.5):
+                    raise _Stopping() from exc
+
+    def _submitter(self, engine: Engine) -> Callable[[Sequence[tuple[Delivery, Any]]], object]:
+        """Submissions stored and started; an invalid one dead-lettered, the others go on."""
+
+        def submit(pairs: Sequence[tuple[Delivery, Any]]) -> None:
+            def invalid(i: int, exc: InvalidOrder) -> None:
+                self._dead_letter(pairs[i][0], SUBMIT_TASK, "malformed", exc.message)
+
+            engine.submit_many(ORDER_SAGA.name, _items(pairs), invalid)
+
+        return submit
+
+    def _dead_letter(self, message: Delivery, task: Any, reason: str, why: str) -> None:
+        """Refuse ``message``: logged, counted and kept with the dead letters."""
+        self.dead_letters.put(self.queue.name, f"{str(task)[:60]}: {why}", message.body)
+        self._refused(str(task), reason)
+
+    def _submission(self, body: Any) -> Any:
+        """The order in ``body``, signed by a client."""
+        signers = self.keyring.check(SUBMISSION_KIND, body)
+        signing.require(signers, CLIENT, SUBMISSION_KIND)
+        if signers is not None:  # checked: an object with a signature
+            return {k: v for k, v in body.items() if k != "sig"}
+        return body
 
     def _outcome(self, body: Any) -> Outcome:
         """The outcome in ``body``, signed by the service that runs its step."""
@@ -364,6 +427,14 @@ class Orchestrator:
             log.warning(
                 "sweep failed (%s); trying again in %.1fs", exc, engine.settings.sweep_interval
             )
+
+
+class _Stopping(Exception):
+    """Asked to stop while the store was busy: the batch is left unacknowledged."""
+
+
+def _items(pairs: Sequence[tuple[Delivery, Any]]) -> list[Any]:
+    return [item for _, item in pairs]
 
 
 def run(

@@ -9,13 +9,14 @@ from celery import Celery
 from kombu import Exchange, Producer, Queue
 from kombu.utils.uuid import uuid
 
-from saga_core import broker, redis_transport
+from saga_core import broker, dead_letters, redis_transport, wire
 from saga_core.config import ORCHESTRATOR_QUEUE, Settings
 from saga_core.messages import HEARTBEAT_TASK, OUTCOME_TASK, SUBMIT_TASK
 
 
 def make_app(settings: Settings, name: str = "saga") -> Celery:
     """A Celery app configured by :func:`celery_config`."""
+    wire.install()  # every task body this process reads, read within bounds
     app = Celery(name, set_as_current=False)
     app.conf.update(celery_config(settings))
     return app
@@ -44,6 +45,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "unacked_restore_interval": settings.unacked_restore_interval,
             # Scan for expired unacked messages on every interval, not every tenth.
             "unacked_restore_throttle": 1,
+            # where the transport puts a message it cannot read (saga_core.redis_transport)
+            "dead_letters": settings.queue(dead_letters.QUEUE),
         }
     tls = broker.tls_options(settings.broker_url)
     if tls is not None:

@@ -6,18 +6,23 @@ for configuration: build a :class:`Settings` with :func:`load` and pass it down.
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
+import math
 import os
 import re
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from saga_core.broker import tls_options
 from saga_core.database import Location, location
 from saga_core.errors import ConfigError
-from saga_core.signing import CLIENT, MIN_KEY_LENGTH, Keyring
+from saga_core.signing import CLIENT, MIN_KEY_LENGTH, Keyring, new_keys
 
 PREFIX = "SAGA_"
 SERVICES = ("inventory", "payment", "shipping", "notification")
@@ -25,6 +30,8 @@ ORCHESTRATOR_QUEUE = "orchestrator"
 #: Who signs messages (saga_core.signing): each service, and clients submitting over the broker.
 IDENTITIES = (*SERVICES, CLIENT)
 
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 #: What an HTTP API token may be allowed to do (docs/security.md).
 API_SCOPES = ("orders:write", "sagas:read", "operator")
@@ -98,6 +105,9 @@ class Settings:
     keys: Mapping[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
     # Seconds a signed message stays acceptable after it was signed (and before: clock skew).
     replay_window: float = 300.0
+    # No keys configured: unsigned messages, believed from anyone on the broker. Off by
+    # default: without keys, a system on one machine makes its own (keys_file_in_data_dir).
+    insecure: bool = False
     # The HTTP API's tokens, from SAGA_API_TOKENS_FILE (`saga token` adds one); none: the
     # API serves on loopback only, to anyone there.
     api_tokens_file: str = ""
@@ -137,15 +147,39 @@ class Settings:
 
     def keyring(self, needs: Sequence[str] = ()) -> Keyring:
         """The signing keys, for a process that signs or checks as each of ``needs``: with
-        signing on, a missing one is a ``ConfigError`` naming its variable."""
-        if self.keys:
-            missing = [f"{PREFIX}{name.upper()}_KEY" for name in needs if name not in self.keys]
+        signing on, a missing one is a ``ConfigError`` naming its variable.
+
+        Where none are configured, a system on one machine (its store in the data
+        directory, its broker on loopback) signs with the keys of the data directory's
+        keys file, made by the first process that needs it; elsewhere a process without
+        keys is refused with a ``ConfigError`` saying how to make them, unless
+        ``SAGA_INSECURE=1`` turns signing off."""
+        keys = self.keys
+        if not keys and not self.insecure:
+            if not self.on_one_machine():
+                raise ConfigError(
+                    "no message signing keys: this system's processes do not share a data "
+                    "directory (its store is PostgreSQL, or its broker is not on loopback), "
+                    "so they cannot make keys of their own. Make a set with `saga keys "
+                    f"keys.json` and give every process {PREFIX}KEYS_FILE=keys.json (see "
+                    f"docs/security.md), or set {PREFIX}INSECURE=1 to run without signing"
+                )
+            keys = keys_of_data_dir(self.path(KEYS_FILE))
+        if keys:
+            missing = [f"{PREFIX}{name.upper()}_KEY" for name in needs if name not in keys]
             if missing:
                 raise ConfigError(
                     f"message signing is on (a key is set) but {', '.join(missing)} "
                     "is not: this process signs or checks messages with it"
                 )
-        return Keyring(self.keys, self.replay_window)
+        return Keyring(keys, self.replay_window)
+
+    def on_one_machine(self) -> bool:
+        """Whether every process of this system shares its data directory: the store and
+        the services' databases are SQLite files there, and the broker is on loopback."""
+        return (
+            not self.database_url and not self.service_database_urls and loopback(self.broker_url)
+        )
 
     def to_env(self) -> dict[str, str]:
         """The environment that makes a child process load these same settings."""
@@ -178,6 +212,7 @@ class Settings:
             f"{PREFIX}TASK_EVENTS": "1" if self.task_events else "0",
             f"{PREFIX}QUORUM_QUEUES": "1" if self.quorum_queues else "0",
             f"{PREFIX}REPLAY_WINDOW": str(self.replay_window),
+            f"{PREFIX}INSECURE": "1" if self.insecure else "0",
             f"{PREFIX}API_TOKENS_FILE": self.api_tokens_file,
             **{f"{PREFIX}{name.upper()}_KEY": ",".join(ks) for name, ks in self.keys.items()},
         }
@@ -190,7 +225,9 @@ def _number(env: Mapping[str, str], name: str, default: float, minimum: float) -
     try:
         value = float(raw)
     except ValueError:
-        raise ConfigError(f"{PREFIX}{name} must be a number, got {raw!r}") from None
+        raise ConfigError(f"{PREFIX}{name} must be a number, got {raw!r:.40}") from None
+    if not math.isfinite(value):  # inf would turn a bound off; nan compares false to all
+        raise ConfigError(f"{PREFIX}{name} must be a finite number, got {raw!r:.40}")
     if value < minimum:
         raise ConfigError(f"{PREFIX}{name} must be at least {minimum}, got {raw!r}")
     return value
@@ -220,8 +257,10 @@ def parse_failure_rates(raw: str) -> dict[str, FailureRates]:
     return rates
 
 
-def load(env: Mapping[str, str] | None = None) -> Settings:
-    """Read the settings from ``env`` (the process environment by default)."""
+def load(env: Mapping[str, str] | None = None, tokens_may_be_missing: bool = False) -> Settings:
+    """Read the settings from ``env`` (the process environment by default). A tokens file
+    that does not exist is an error, unless ``tokens_may_be_missing`` (``saga token``
+    creates it)."""
     env = os.environ if env is None else env
     defaults = Settings()
     faults = _flag(env, "FAULTS", defaults.faults)
@@ -270,14 +309,19 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         stall_timeout=_number(env, "STALL_TIMEOUT", defaults.stall_timeout, 1),
         faults=faults,
         failure_rates=failure_rates,
-        log_level=(env.get(PREFIX + "LOG_LEVEL") or defaults.log_level).upper(),
+        log_level=_choice(env, "LOG_LEVEL", defaults.log_level, LOG_LEVELS, upper=True),
         log_format=_choice(env, "LOG_FORMAT", defaults.log_format, ("text", "json")),
         task_events=_flag(env, "TASK_EVENTS", defaults.task_events),
         quorum_queues=_flag(env, "QUORUM_QUEUES", defaults.quorum_queues),
         keys=read_keys(env),
         api_tokens_file=tokens_file,
-        api_tokens=read_api_tokens(tokens_file) if tokens_file else {},
+        api_tokens=(
+            read_api_tokens(tokens_file)
+            if tokens_file and not (tokens_may_be_missing and not Path(tokens_file).exists())
+            else {}
+        ),
         replay_window=_number(env, "REPLAY_WINDOW", defaults.replay_window, 1),
+        insecure=_flag(env, "INSECURE", defaults.insecure),
         parent_pid=int(_number(env, "PARENT_PID", 0, 0)),
     )
 
@@ -286,18 +330,8 @@ def read_keys(env: Mapping[str, str]) -> dict[str, tuple[str, ...]]:
     """The signing keys: those of the JSON file ``SAGA_KEYS_FILE`` (``{"payment": "key"}``,
     or a list of keys, newest first), overridden identity by identity by ``SAGA_<ID>_KEY``
     (keys separated by commas)."""
-    keys: dict[str, tuple[str, ...]] = {}
     path = env.get(PREFIX + "KEYS_FILE", "").strip()
-    if path:
-        name = PREFIX + "KEYS_FILE"
-        data = _json_object(name, path, 'an object like {"payment": "key"}')
-        for identity, value in data.items():
-            if identity not in IDENTITIES:
-                raise ConfigError(f"{name}: {identity!r} is not one of {', '.join(IDENTITIES)}")
-            listed = [value] if isinstance(value, str) else value
-            if not isinstance(listed, list) or not all(isinstance(k, str) for k in listed):
-                raise ConfigError(f"{name}: {identity!r} must be a key or a list of keys")
-            keys[identity] = _checked_keys(f"{name}[{identity!r}]", listed)
+    keys = _keys_file(PREFIX + "KEYS_FILE", path) if path else {}
     for identity in IDENTITIES:
         raw = env.get(f"{PREFIX}{identity.upper()}_KEY", "").strip()
         if raw:
@@ -305,6 +339,59 @@ def read_keys(env: Mapping[str, str]) -> dict[str, tuple[str, ...]]:
                 f"{PREFIX}{identity.upper()}_KEY", [k.strip() for k in raw.split(",")]
             )
     return keys
+
+
+def _keys_file(name: str, path: str) -> dict[str, tuple[str, ...]]:
+    keys: dict[str, tuple[str, ...]] = {}
+    data = _json_object(name, path, 'an object like {"payment": "key"}')
+    for identity, value in data.items():
+        if identity not in IDENTITIES:
+            raise ConfigError(f"{name}: {identity!r} is not one of {', '.join(IDENTITIES)}")
+        listed = [value] if isinstance(value, str) else value
+        if not isinstance(listed, list) or not all(isinstance(k, str) for k in listed):
+            raise ConfigError(f"{name}: {identity!r} must be a key or a list of keys")
+        keys[identity] = _checked_keys(f"{name}[{identity!r}]", listed)
+    return keys
+
+
+#: The keys file a system on one machine makes in its data directory (``Settings.keyring``).
+KEYS_FILE = "keys.json"
+
+
+def keys_of_data_dir(path: Path) -> dict[str, tuple[str, ...]]:
+    """The keys of the data directory's keys file, made (readable by its owner only) if
+    there is none yet. Written whole under another name, then linked into place: a process
+    that starts at the same moment reads either no file or the whole of one, and the first
+    link wins."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps({k: list(v) for k, v in new_keys(IDENTITIES).items()}, indent=2)
+        draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            with contextlib.suppress(FileExistsError):  # another process made it first
+                os.link(draft, path)
+        finally:
+            draft.unlink()
+    return _keys_file(f"the data directory's keys file ({path})", str(path))
+
+
+def loopback(url: str) -> bool:
+    """Whether the broker at ``url`` is on this machine's loopback (or a Unix socket)."""
+    parsed = urlparse(url)
+    if parsed.scheme in ("unix", "memory", "redis+socket"):
+        return True
+    host = parsed.hostname or "localhost"
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 #: What a token's name may be: it is recorded as an actor and shown in logs.
@@ -375,8 +462,15 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     return _choice(env, name, "1" if default else "0", ("1", "0")) == "1"
 
 
-def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
-    raw = (env.get(PREFIX + name) or default).lower()
+def _choice(
+    env: Mapping[str, str],
+    name: str,
+    default: str,
+    allowed: tuple[str, ...],
+    upper: bool = False,
+) -> str:
+    given = (env.get(PREFIX + name) or default).strip()
+    raw = given.upper() if upper else given.lower()
     if raw not in allowed:
-        raise ConfigError(f"{PREFIX}{name} must be one of {', '.join(allowed)}, got {raw!r}")
+        raise ConfigError(f"{PREFIX}{name} must be one of {', '.join(allowed)}, got {given!r:.40}")
     return raw

@@ -30,6 +30,7 @@ from typing import Any
 
 from saga_core.errors import MalformedMessage
 from saga_core.retry import RetryPolicy
+from saga_core.wire import finite
 
 #: The version of the contract this code speaks.
 VERSION = 1
@@ -40,6 +41,13 @@ HEARTBEAT_TASK = "saga.heartbeat"
 PING_TASK = "saga.ping"
 
 MAX_ID_LENGTH = 200
+
+#: The largest count a message may carry (attempts, tries, a process id): what every store
+#: column holds, far beyond any real one.
+MAX_COUNT = 2**31 - 1
+
+#: The longest heartbeat interval a worker may announce, in seconds.
+MAX_INTERVAL = 3600.0
 
 #: What a signature names a message as (``saga_core.signing``), so that one kind of message
 #: signed cannot pass for another: a command's kind names its operation (``command_kind``).
@@ -144,7 +152,7 @@ class Outcome:
         """The outcome in ``body``; raises :class:`MalformedMessage` naming what is wrong."""
         b = _Body("outcome", body)
         status = b.get("status")
-        if status not in Status._value2member_map_:
+        if not isinstance(status, str) or status not in Status._value2member_map_:
             raise MalformedMessage(
                 f"outcome: status must be one of {', '.join(Status)}, got {status!r:.40}"
             )
@@ -211,8 +219,10 @@ class Heartbeat:
             isinstance(s, str) and 0 < len(s) <= MAX_ID_LENGTH for s in services
         ):
             raise MalformedMessage("heartbeat: services must be a list of names")
-        if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
-            raise MalformedMessage("heartbeat: interval must be a positive number of seconds")
+        if not finite(interval) or not 0 < interval <= MAX_INTERVAL:
+            raise MalformedMessage(
+                f"heartbeat: interval must be a number of seconds above 0, at most {MAX_INTERVAL:g}"
+            )
         if not isinstance(held, list) or len(held) > MAX_HELD:
             raise MalformedMessage(f"heartbeat: held must be a list of at most {MAX_HELD}")
         if not all(isinstance(h, Mapping) for h in held):
@@ -222,7 +232,7 @@ class Heartbeat:
             not isinstance(refused, Mapping)
             or len(refused) > MAX_REASONS
             or not all(
-                isinstance(r, str) and len(r) <= 40 and type(n) is int and n >= 0
+                isinstance(r, str) and len(r) <= 40 and type(n) is int and 0 <= n <= MAX_COUNT
                 for r, n in refused.items()
             )
         ):
@@ -261,7 +271,7 @@ class Ping:
         reply_to, deadline = b.get("reply_to"), b.get("deadline")
         if not isinstance(reply_to, str) or not PONG_QUEUE.fullmatch(reply_to):
             raise MalformedMessage("ping: reply_to must name a queue saga.pong.<32 hex digits>")
-        if isinstance(deadline, bool) or not isinstance(deadline, int | float):
+        if not finite(deadline):
             raise MalformedMessage("ping: deadline must be a Unix time")
         return cls(reply_to, float(deadline))
 
@@ -332,8 +342,10 @@ class _Body:
 
     def count(self, name: str) -> int:
         value = self.body.get(name)
-        if type(value) is not int or value < 1:
-            raise MalformedMessage(f"{self.kind}: {name} must be a whole number from 1")
+        if type(value) is not int or not 1 <= value <= MAX_COUNT:
+            raise MalformedMessage(
+                f"{self.kind}: {name} must be a whole number from 1 to {MAX_COUNT}"
+            )
         return value
 
     def phase(self) -> Phase:

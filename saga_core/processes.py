@@ -71,10 +71,18 @@ FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP)
 STEADY = 30.0
 
 
+#: The exit status of a child that cannot run as configured (the CLI's bad input): starting
+#: it again would fail the same way.
+EXIT_CONFIGURATION = 2
+
+
 def supervise(argv: Sequence[str], env: Mapping[str, str], what: str) -> int:
-    """Run ``argv`` as a child and start it again each time a signal kills it (SIGKILL by
-    the kernel's out-of-memory killer or by hand, SIGSEGV in a C extension, a step that
-    kills its process); return its exit code once it ends by itself or when asked to stop.
+    """Run ``argv`` as a child and start it again each time it ends without being asked
+    to: killed by a signal (SIGKILL by the kernel's out-of-memory killer or by hand,
+    SIGSEGV in a C extension, a step that kills its process) or exiting by itself, status
+    0 included (Celery ends a worker that way on an error it calls unrecoverable). Return
+    its exit code once it ends after a stop was asked for, or with status
+    :data:`EXIT_CONFIGURATION` (it cannot run as configured).
 
     What a prefork worker's main process does for its pool child, for a worker without one:
     the supervisor does nothing per message, so a step costs no hand-over between
@@ -101,20 +109,26 @@ def supervise(argv: Sequence[str], env: Mapping[str, str], what: str) -> int:
             if stopping:  # asked before the child existed to be told
                 child.send_signal(stopping[0])
             code = child.wait()  # a forwarded signal does not interrupt it (PEP 475)
-            if code >= 0 or stopping:
-                return code if code >= 0 else 128 - code
+            status = code if code >= 0 else 128 - code
+            if stopping or code == EXIT_CONFIGURATION:
+                return status
             ran = time.monotonic() - started
             pause = 0.0 if ran >= STEADY else min(max(2 * pause, 0.5), 30.0)
+            how = (
+                f"was killed by {signal.Signals(-code).name}"
+                if code < 0
+                else f"exited by itself (status {code})"
+            )
             log.warning(
-                "%s (pid %d) was killed by %s after %.1f s; starting it again in %.1f s",
+                "%s (pid %d) %s after %.1f s; starting it again in %.1f s",
                 what,
                 child.pid,
-                signal.Signals(-code).name,
+                how,
                 ran,
                 pause,
             )
             if _sleep_unless(pause, stopping):
-                return 128 - code
+                return status
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

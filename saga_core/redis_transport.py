@@ -16,21 +16,53 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cached_property
+from queue import Empty
 from typing import Any
 from urllib.parse import urlparse
 
 import redis as redis_py
 from kombu.transport import redis
+from kombu.utils.encoding import bytes_to_str
+
+from saga_core import dead_letters, wire
+from saga_core.errors import MalformedMessage
+
+log = logging.getLogger("saga.broker")
 
 #: Seconds a ``push`` waits for Redis before kombu's publish, with its retries, takes over.
 PUSH_TIMEOUT = 5.0
 
 #: What ``broker_transport`` names for a ``redis://`` broker URL.
 NAME = "saga_core.redis_transport:Transport"
+
+
+def envelope(item: bytes | str) -> dict[str, Any]:
+    """A message as kombu stores it on a Redis list, read within ``saga_core.wire``'s bounds
+    and checked for what kombu reads of it before any task does; raises
+    :class:`MalformedMessage` naming what is wrong."""
+    message = wire.loads(item)
+    if not isinstance(message, dict):
+        raise MalformedMessage(f"not a message: a {type(message).__name__}, not an object")
+    properties, body = message.get("properties"), message.get("body")
+    if not isinstance(properties, dict) or not isinstance(properties.get("delivery_tag"), str):
+        raise MalformedMessage("not a message: properties without a delivery_tag")
+    if not isinstance(properties.get("delivery_info", {}), dict):
+        raise MalformedMessage("not a message: delivery_info is not an object")
+    if not isinstance(message.get("headers") or {}, dict):
+        raise MalformedMessage("not a message: headers are not an object")
+    if not isinstance(body, str):
+        raise MalformedMessage("not a message: no body")
+    if properties.get("body_encoding") == "base64":
+        try:
+            base64.b64decode(body, validate=True)
+        except ValueError:
+            raise MalformedMessage("not a message: its body is not base64") from None
+    return message
 
 
 def serves(broker_url: str) -> bool:
@@ -86,9 +118,65 @@ def push(url: str, queue: str, message: str) -> bool:
 
 
 class Channel(redis.Channel):
+    """kombu's channel, reading every message it takes within ``saga_core.wire``'s bounds:
+    one it cannot read goes to the dead letters (``transport_options["dead_letters"]``, a
+    list's name) instead of ending the worker's event loop, as kombu's own read does."""
+
     @cached_property
     def _commands(self) -> Any:
         return self._create_client()
+
+    def _brpop_read(self, **options: Any) -> bool:
+        # kombu's own, but for how the message is read
+        try:
+            try:
+                dest_item = self.client.parse_response(self.client.connection, "BRPOP", **options)
+            except self.connection_errors:
+                self.client.connection.disconnect()
+                raise
+            if not dest_item:
+                raise Empty()
+            dest, item = dest_item
+            dest = bytes_to_str(dest).rsplit(self.sep, 1)[0]
+            self._queue_cycle.rotate(dest)
+            message = self._envelope(dest, item)
+            if message is not None:
+                self.connection._deliver(message, dest)
+            return True
+        finally:
+            self._in_poll = None  # type: ignore[assignment]
+            flush = getattr(self, "_flush_brpop_reauth", None)  # kombu 5.6 and later
+            if flush is not None:
+                flush()
+
+    def _get(self, queue: Any, timeout: Any = None) -> Any:
+        with self.conn_or_acquire() as client:
+            for pri in self.priority_steps:
+                item = client.rpop(self._q_for_pri(queue, pri))
+                if item:
+                    self._maybe_update_queues_expire(client, queue)
+                    message = self._envelope(queue, item)
+                    if message is None:
+                        break
+                    return message
+            self._maybe_update_queues_expire(client, queue)
+            raise Empty()
+
+    def _envelope(self, queue: str, item: bytes) -> dict[str, Any] | None:
+        """The message stored as ``item``, or None where it is dead-lettered."""
+        try:
+            return envelope(item)
+        except MalformedMessage as exc:
+            name = self.connection.client.transport_options.get("dead_letters")
+            dead_letters.warn(queue, exc.message, len(item))
+            dead_letters.refused(queue, "malformed")
+            if name:
+                entry = dead_letters.letter(queue, exc.message, item).to_json()
+                try:
+                    dead_letters.push(self._commands, name, entry)
+                except (redis_py.RedisError, OSError) as push_error:
+                    log.error("a dead letter was not kept (%s)", push_error)
+            return None
 
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:

@@ -6,6 +6,10 @@ import random
 from dataclasses import asdict, dataclass
 from typing import Any
 
+#: The most retries, and the longest backoff in seconds, a policy may ask for: a message
+#: cannot make a worker hold a step for longer than this between tries.
+MAX_BOUND = 3600
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -40,8 +44,13 @@ class RetryPolicy:
             raise TypeError("must be an object")
         policy = cls(**data)  # an unknown field is a TypeError that names it
         numbers = (policy.max_retries, policy.backoff_base, policy.backoff_max)
-        if any(isinstance(n, bool) or not isinstance(n, int | float) or n < 0 for n in numbers):
-            raise ValueError("max_retries, backoff_base and backoff_max must be numbers >= 0")
+        if any(
+            isinstance(n, bool) or not isinstance(n, int | float) or not 0 <= n <= MAX_BOUND
+            for n in numbers
+        ):
+            raise ValueError(
+                f"max_retries, backoff_base and backoff_max must be numbers from 0 to {MAX_BOUND}"
+            )
         if type(policy.max_retries) is not int or not isinstance(policy.jitter, bool):
             raise ValueError("max_retries must be a whole number and jitter true or false")
         return policy

@@ -18,8 +18,10 @@ orchestrator's sweeper treats it as lost: it sends the step again, freshly signe
 Rotation: an identity may have several keys. The first signs; any of them is accepted.
 Add the new key second everywhere, then move it first, then drop the old one.
 
-No key configured means signing is off: nothing is signed and nothing is checked, and
-processes say so at start. It is on as soon as one key is set (``saga_core.config``).
+Signing is on by default: where no key is configured, a system on one machine signs with
+keys its first process makes in the data directory, and a process that cannot share them
+refuses to start (``saga_core.config.Settings.keyring``). Only ``SAGA_INSECURE=1`` turns
+it off: nothing is signed and nothing is checked, and processes say so at every start.
 """
 
 from __future__ import annotations
@@ -91,9 +93,11 @@ class Keyring:
         by = {name: _mac(self._keys[name][0], data) for name in signers}
         return {**body, "sig": {"at": at, "by": by}}
 
-    def check(self, kind: str, body: Any) -> frozenset[str] | None:
+    def check(self, kind: str, body: Any, any_age: bool = False) -> frozenset[str] | None:
         """The identities whose keys signed ``body`` as a message of ``kind``, or None where
-        signing is off; raises :class:`Refused` when the signature does not hold."""
+        signing is off; raises :class:`Refused` when the signature does not hold (or is
+        older than the replay window, unless ``any_age``: a message checked on receipt and
+        still held)."""
         if not self._keys:
             return None
         sig = body.get("sig") if isinstance(body, Mapping) else None
@@ -109,7 +113,7 @@ class Keyring:
         ):
             raise Refused("malformed", f"{kind}: sig must be {{at: a time, by: {{name: mac}}}}")
         age = self.clock() - at
-        if not -self.window <= age <= self.window:
+        if not any_age and not -self.window <= age <= self.window:
             raise Refused(
                 "expired",
                 f"{kind}: signed {age:.0f}s {'ago' if age > 0 else 'ahead'}, "
@@ -140,8 +144,9 @@ def announce(keyring: Keyring, process: str) -> None:
         log.info("%s: messages signed and checked (replay window %gs)", process, keyring.window)
     else:
         log.warning(
-            "%s: message signing is OFF: anyone who can reach the broker can forge commands "
-            "and outcomes. Set SAGA_KEYS_FILE (see docs/security.md)",
+            "%s: message signing is OFF (SAGA_INSECURE=1): anyone who can reach the broker "
+            "can forge commands and outcomes. Unset it, and set SAGA_KEYS_FILE where the "
+            "processes do not share a data directory (see docs/security.md)",
             process,
         )
 

@@ -413,6 +413,32 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_dead_letters(args: argparse.Namespace, settings: Settings) -> int:
+    """The messages the system refused unread (``saga_core.dead_letters``), newest first;
+    ``--purge`` empties the place."""
+    from saga_core.dead_letters import QUEUE, DeadLetters
+
+    dead = DeadLetters(settings.broker_url, settings.queue(QUEUE))
+    try:
+        if args.purge:
+            print(f"{dead.purge()} dead letter(s) purged")
+            return 0
+        letters = dead.list(args.limit)
+    finally:
+        dead.close()
+    if args.json:
+        print(json.dumps([d.to_dict() for d in letters], indent=2))
+        return 0
+    for d in letters:
+        at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.at))
+        print(f"{at}  {d.queue:<24} {d.size:>8} B  {d.by:<24} {d.reason}")
+    print(
+        f"{len(letters)} dead letter(s)"
+        + (f" (the newest {args.limit})" if len(letters) >= args.limit else "")
+    )
+    return 0
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -658,6 +684,13 @@ def parser() -> argparse.ArgumentParser:
     )
     au.add_argument("--json", action="store_true")
 
+    dl = sub.add_parser(
+        "dead-letters", help="list the messages refused unread (--purge empties the list)"
+    )
+    dl.add_argument("--limit", type=_positive, default=100)
+    dl.add_argument("--purge", action="store_true", help="remove every dead letter")
+    dl.add_argument("--json", action="store_true")
+
     c = sub.add_parser("chaos", help="a kill-anything campaign, then the audit")
     c.add_argument("--orders", type=int, default=1000)
     c.add_argument("--rate", type=float, default=25.0, help="orders per second")
@@ -746,6 +779,7 @@ COMMANDS = {
     "stock": cmd_stock,
     "faults": cmd_faults,
     "audit": cmd_audit,
+    "dead-letters": cmd_dead_letters,
     "chaos": cmd_chaos,
     "keys": cmd_keys,
     "token": cmd_token,
@@ -756,7 +790,8 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        settings = config.load()
+        # `saga token` makes the tokens file that SAGA_API_TOKENS_FILE may name already
+        settings = config.load(tokens_may_be_missing=args.command == "token")
         _setup_logging(settings, args.command)
         if settings.parent_pid and args.command in SERVER_COMMANDS:
             processes.exit_with_parent(settings.parent_pid)

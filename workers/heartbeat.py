@@ -18,31 +18,48 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from celery import Celery, bootsteps
 from celery.worker import state
 from kombu import Connection, Producer
 
+from saga_core import signing
 from saga_core.celery_app import publish_task
 from saga_core.config import ORCHESTRATOR_QUEUE, Settings
 from saga_core.errors import MalformedMessage
-from saga_core.messages import HEARTBEAT_KIND, HEARTBEAT_TASK, Command, Heartbeat, Held
+from saga_core.messages import (
+    HEARTBEAT_KIND,
+    HEARTBEAT_TASK,
+    Command,
+    Heartbeat,
+    Held,
+    command_kind,
+)
 from saga_core.signing import Keyring, RefusalCount
 from workers import SERVICES
 
 log = logging.getLogger("saga.worker")
 
 
-def held(operations: Collection[str]) -> Iterator[Held]:
-    """The dispatches this worker holds that run one of ``operations``."""
+def held(operations: Mapping[str, str], keyring: Keyring) -> Iterator[Held]:
+    """The dispatches this worker holds that run one of ``operations`` (by the service
+    that runs each), and whose signature holds: a heartbeat vouches for no command the
+    worker will refuse when it runs it. A running one was checked when it started, and may
+    run past the replay window; one still waiting must be fresh."""
+    running = {r.id for r in list(state.active_requests)}
     for request in list(state.requests.values()):
-        if request.name not in operations or len(request.args) != 1:
+        service = operations.get(request.name)
+        if service is None or len(request.args) != 1:
             continue
+        kind = command_kind(request.name)
         try:
+            signing.require(
+                keyring.check(kind, request.args[0], any_age=request.id in running), service, kind
+            )
             command = Command.from_wire(request.name, request.args[0])
-        except MalformedMessage:
+        except (MalformedMessage, signing.Refused):
             continue  # refused when it runs; nothing of a saga's to report
         yield Held(command.saga_id, command.step, command.phase, command.attempt)
 
@@ -62,7 +79,7 @@ class Heart:
         self.app, self.settings, self.keyring = app, settings, keyring
         self.worker, self.services = worker, tuple(services)
         self.refusals = refusals
-        self.operations = {op for name in services for op in SERVICES[name].operations}
+        self.operations = {op: name for name in services for op in SERVICES[name].operations}
         self.queue = settings.queue(ORCHESTRATOR_QUEUE)
         self._connection: Connection | None = None
         self._producer: Producer | None = None
@@ -76,7 +93,7 @@ class Heart:
             pid=os.getpid(),
             services=self.services,
             interval=self.settings.heartbeat_interval,
-            held=tuple(held(self.operations)),
+            held=tuple(held(self.operations, self.keyring)),
             refused=self.refusals.snapshot() if self.refusals else {},
         )
 

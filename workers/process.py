@@ -9,7 +9,7 @@ from typing import Any
 
 from celery import Celery, bootsteps, signals
 
-from saga_core import broker, signing, watchdog
+from saga_core import broker, dead_letters, signing, watchdog
 from saga_core.celery_app import make_app
 from saga_core.config import Settings
 from saga_core.middleware import Middleware
@@ -31,6 +31,10 @@ def build(
     # created before the pool forks, so that every pool process counts into it
     refusals = RefusalCount()
     middleware = (*middleware, refusals)
+    # What the worker cannot read is dead-lettered (workers.consumer), counted with the rest.
+    app.conf.worker_consumer = "workers.consumer:Consumer"
+    app.conf.saga_dead_letters = settings.queue(dead_letters.QUEUE)
+    dead_letters.listen(refusals.refused)
     for name in services:
         task.register(app, settings, SERVICES[name], keyring, middleware)
     health.register(app)

@@ -12,6 +12,7 @@ and tests drive it directly.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -20,10 +21,11 @@ from typing import Any
 
 from celery import Celery, Task
 
-from saga_core import signing
+from saga_core import dead_letters, signing
 from saga_core.celery_app import direct, send
 from saga_core.config import ORCHESTRATOR_QUEUE, Settings
 from saga_core.database import BUSY
+from saga_core.dead_letters import DeadLetters
 from saga_core.errors import (
     BusinessError,
     DatabaseUnavailable,
@@ -218,6 +220,7 @@ def register(
     running only commands signed with the service's key (where signing is on)."""
     queue = settings.queue(service.name)
     runner = StepRunner(settings, service, middleware)
+    dead = DeadLetters(settings.broker_url, settings.queue(dead_letters.QUEUE))
     reply_to = direct(settings.queue(ORCHESTRATOR_QUEUE), settings.quorum_queues)
     routes = dict(app.conf.task_routes or {})
     for op in service.operations.values():
@@ -225,18 +228,20 @@ def register(
         # shared=False: this app's own, so that building a second app (tests, tools) does
         # not collide in Celery's shared registry
         app.task(name=op.name, bind=True, acks_late=True, reject_on_worker_lost=True, shared=False)(
-            _make_task(runner, keyring, op.name, reply_to)
+            _make_task(runner, keyring, op.name, reply_to, dead)
         )
     app.conf.task_routes = routes
 
 
 def _make_task(
-    runner: StepRunner, keyring: Keyring, operation: str, reply_to: Any
+    runner: StepRunner, keyring: Keyring, operation: str, reply_to: Any, dead: DeadLetters
 ) -> Callable[..., Any]:
     service = runner.service.name
     kind = command_kind(operation)
 
-    def refuse(reason: str) -> None:
+    def refuse(task: Task, reason: str, why: str) -> None:
+        queue = str((task.request.delivery_info or {}).get("routing_key") or service)
+        dead.put(queue, f"{operation}: {why}", json.dumps([task.request.args, task.request.kwargs]))
         for m in runner.middleware:
             m.refused(kind, reason)
 
@@ -250,12 +255,10 @@ def _make_task(
             command = Command.from_wire(operation, args[0])
             runner.check(command)
         except signing.Refused as exc:
-            log.warning("%s: refusing a command: %s", operation, exc.message)
-            refuse(exc.reason)
+            refuse(task, exc.reason, exc.message)
             return {"refused": exc.reason}
         except MalformedMessage as exc:
-            log.error("%s: refusing a malformed command: %s", operation, exc.message)
-            refuse("malformed")
+            refuse(task, "malformed", exc.message)
             return {"refused": exc.message}
         redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
         result = runner.run(command, int(task.request.retries), redelivered)

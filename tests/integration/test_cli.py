@@ -248,3 +248,42 @@ def test_demo_kills_processes_and_still_ends_clean(settings: Settings) -> None:
     assert "12 of 12 sagas ended" in out and "processes killed and restarted" in out
     assert "/12 ended" in out  # the live status line
     assert out.rstrip().endswith("audit: clean")
+
+
+@pytest.mark.any_broker
+def test_token_creates_the_file_that_the_environment_names(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # Given SAGA_API_TOKENS_FILE exported, as the README shows, and no such file yet
+    path = tmp_path / "tokens.json"
+    env = settings.with_(api_tokens_file=str(path))
+    # When the first token is made
+    made = saga(env, "token", "ops", "--scope", "operator")
+    # Then the file is created with it, readable by its owner only
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.startswith("saga_")
+    assert set(json.loads(path.read_text())) == {"ops"}
+    assert path.stat().st_mode & 0o777 == 0o600
+    # and a server command still refuses a tokens file that is not there
+    path.unlink()
+    refused = saga(env, "audit")
+    assert refused.returncode == 2
+    assert "SAGA_API_TOKENS_FILE" in refused.stderr
+
+
+@pytest.mark.any_broker
+def test_dead_letters_are_listed_and_purged(settings: Settings) -> None:
+    from saga_core.dead_letters import QUEUE, DeadLetters
+
+    DeadLetters(settings.broker_url, settings.queue(QUEUE)).put("payment", "not JSON", b"{x")
+    listed = saga(settings, "dead-letters")
+    assert listed.returncode == 0, listed.stderr
+    assert "payment" in listed.stdout and "not JSON" in listed.stdout
+    assert "1 dead letter(s)" in listed.stdout
+    as_json = json.loads(saga(settings, "dead-letters", "--json").stdout)
+    assert [(d["queue"], d["reason"], d["head"]) for d in as_json] == [
+        ("payment", "not JSON", "{x")
+    ]
+    purged = saga(settings, "dead-letters", "--purge")
+    assert "1 dead letter(s) purged" in purged.stdout
+    assert "0 dead letter(s)" in saga(settings, "dead-letters").stdout

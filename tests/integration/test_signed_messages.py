@@ -155,7 +155,10 @@ def test_forged_commands_take_no_effect_in_a_service(watched: tuple[System, int]
         "the payment worker to refuse the eight forged commands",
     )
     log = system.workers["payment"].log_text()
-    assert "WARNING" in log and "refusing a command: command:refund_payment: not signed" in log
+    assert (
+        "WARNING" in log
+        and "refund_payment: command:refund_payment: not signed; dead-lettered" in log
+    )
     assert "signed as 'shipping', a key not held" in log
     # and the service's data is as it was: no refund, no charge for the order nobody placed
     assert service_records(system.data_dir, "F-2") == before == ONE_OF_EACH

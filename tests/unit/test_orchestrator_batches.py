@@ -40,7 +40,10 @@ class Bus:
     def __init__(self, tmp_path: Path, keys: Mapping[str, tuple[str, ...]] | None = None):
         self.h = Harness(tmp_path)
         self.settings = self.h.settings.with_(
-            broker_url="memory://", queue_prefix=f"t{uuid.uuid4().hex[:8]}.", keys=keys or {}
+            broker_url="memory://",
+            queue_prefix=f"t{uuid.uuid4().hex[:8]}.",
+            keys=keys or {},
+            insecure=not keys,
         )
         self.app = make_app(self.settings)
         self.refusals: list[tuple[str, str]] = []

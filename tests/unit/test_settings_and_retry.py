@@ -82,3 +82,44 @@ def test_celerys_line_per_task_shows_at_debug_only(
             logging.getLogger(name).setLevel(logging.NOTSET)
     assert ("charge_payment[1] succeeded" in err) is shown
     assert "charge_payment[2] raised" in err and "refused: declined" in err
+
+
+def test_a_supervised_child_that_exits_by_itself_is_started_again(tmp_path: Path) -> None:
+    import sys
+
+    from saga_core import processes
+
+    # Given a child that exits by itself, with status 0 then 1, and on its third start
+    # ends as a child that cannot run as configured does
+    runs = tmp_path / "runs"
+    script = (
+        "import pathlib, sys\n"
+        f"p = pathlib.Path({str(runs)!r})\n"
+        "n = len(p.read_text()) if p.exists() else 0\n"
+        "p.write_text('x' * (n + 1))\n"
+        "sys.exit([0, 1, 2][n])\n"
+    )
+    # When it is supervised
+    code = processes.supervise([sys.executable, "-c", script], {}, "the test child")
+    # Then it was started again after each exit but the last, whose status is returned
+    assert runs.read_text() == "xxx"
+    assert code == processes.EXIT_CONFIGURATION
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "problem"),
+    [
+        ("REPLAY_WINDOW", "inf", "SAGA_REPLAY_WINDOW must be a finite number, got 'inf'"),
+        ("REPLAY_WINDOW", "nan", "SAGA_REPLAY_WINDOW must be a finite number, got 'nan'"),
+        ("MAX_DISPATCHES", "inf", "SAGA_MAX_DISPATCHES must be a finite number"),
+        ("STEP_TIMEOUT", "-inf", "SAGA_STEP_TIMEOUT must be a finite number"),
+        ("LOG_LEVEL", "BOGUS", "SAGA_LOG_LEVEL must be one of DEBUG, INFO, WARNING"),
+    ],
+)
+def test_a_setting_out_of_its_words_is_refused_naming_it(name: str, raw: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        config.load({f"SAGA_{name}": raw})
+
+
+def test_log_level_is_read_in_any_case() -> None:
+    assert config.load({"SAGA_LOG_LEVEL": "debug"}).log_level == "DEBUG"

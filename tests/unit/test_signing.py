@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -156,4 +157,76 @@ def test_with_signing_on_a_process_without_its_key_does_not_start() -> None:
     assert settings.keyring(["payment"]).on
     with pytest.raises(ConfigError, match="SAGA_SHIPPING_KEY is not"):
         settings.keyring(["payment", "shipping"])
-    assert not config.load({}).keyring(["payment"]).on
+    assert not config.load({"SAGA_INSECURE": "1"}).keyring(["payment"]).on
+
+
+def test_without_keys_one_machine_signs_with_the_keys_of_its_data_dir(tmp_path: Path) -> None:
+    # Given no keys configured, a store in the data directory and a broker on loopback
+    env = {"SAGA_DATA_DIR": str(tmp_path / "data")}
+    first = config.load(env).keyring(["payment"])
+    # Then the first process makes the keys file, readable by its owner only, and every
+    # process of the data directory signs with the same keys
+    path = tmp_path / "data" / config.KEYS_FILE
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert set(json.loads(path.read_text())) == set(IDENTITIES)
+    second = config.load(env).keyring(IDENTITIES)
+    body = first.sign("outcome", {"a": 1}, ["payment"])
+    assert second.check("outcome", body) == {"payment"}
+    assert [p.name for p in path.parent.iterdir()] == [config.KEYS_FILE]  # no draft left
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"SAGA_DATABASE_URL": "postgresql://db.example/saga"},
+        {"SAGA_BROKER_URL": "redis://broker.example:6379/0"},
+        {"SAGA_BROKER_URL": "amqp://guest:guest@10.0.0.7//"},
+    ],
+    ids=["postgresql", "remote redis", "remote rabbitmq"],
+)
+def test_without_keys_a_system_beyond_one_machine_does_not_start(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**env, "SAGA_DATA_DIR": str(tmp_path)}
+    with pytest.raises(ConfigError, match="no message signing keys.*SAGA_INSECURE=1"):
+        config.load(env).keyring(["payment"])
+    assert not (tmp_path / config.KEYS_FILE).exists()
+    assert not config.load({**env, "SAGA_INSECURE": "1"}).keyring(["payment"]).on
+
+
+def test_a_heartbeat_vouches_only_for_commands_whose_signature_holds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from types import SimpleNamespace
+
+    from celery.worker import state
+
+    from saga_core.messages import Command, Phase
+    from saga_core.retry import RetryPolicy
+    from workers.heartbeat import held
+
+    keys = new_keys(["payment", "inventory"])
+    now = Keyring(keys)
+    an_hour_ago = Keyring(keys, clock=lambda: time.time() - 3600)
+
+    def request(n: int, keyring: Keyring | None, signer: str = "payment") -> SimpleNamespace:
+        c = Command(
+            "charge_payment", f"s-{n}", "charge_payment", Phase.ACTION, 1, {}, RetryPolicy()
+        )
+        body = c.to_wire() if keyring is None else keyring.sign(c.kind, c.to_wire(), [signer])
+        return SimpleNamespace(id=str(n), name=c.operation, args=[body])
+
+    # Given a worker holding a signed command, an unsigned one (waiting for its ETA), one
+    # signed by another service, and two signed an hour ago: one running, one waiting
+    requests = [
+        request(1, now),
+        request(2, None),
+        request(3, now, "inventory"),
+        request(4, an_hour_ago),
+        request(5, an_hour_ago),
+    ]
+    monkeypatch.setattr(state, "requests", {r.id: r for r in requests})
+    monkeypatch.setattr(state, "active_requests", [requests[3]])
+    # Then its heartbeat names the signed one, and the old one that started when it was fresh
+    vouched = held({"charge_payment": "payment"}, now)
+    assert [h.saga_id for h in vouched] == ["s-1", "s-4"]

@@ -211,7 +211,7 @@ def test_a_heartbeat_crosses_the_wire_unchanged() -> None:
         ({**BEAT.to_wire(), "v": 2}, "unknown version"),
         ({**BEAT.to_wire(), "worker": ""}, "worker must be a non-empty string"),
         ({**BEAT.to_wire(), "services": "payment"}, "services must be a list"),
-        ({**BEAT.to_wire(), "interval": 0}, "interval must be a positive number"),
+        ({**BEAT.to_wire(), "interval": 0}, "interval must be a number of seconds above 0"),
         ({**BEAT.to_wire(), "held": [1]}, "each held entry must be an object"),
         ({**BEAT.to_wire(), "held": [{"saga_id": "s", "step": "x"}]}, "phase must be"),
         ({**BEAT.to_wire(), "held": [{}] * 1001}, "held must be a list of at most"),

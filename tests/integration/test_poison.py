@@ -1,0 +1,106 @@
+"""Poison on every queue of a running system: each kind of message a reader must refuse
+(not JSON, nested deep, oversized, numbers out of range, NaN, text that is not Unicode,
+wrong types, unknown tasks, and on Redis envelopes kombu cannot read) is dead-lettered
+where it lands, and nothing stops: the same processes run on, good orders complete, and
+the audit is clean."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from saga_core import broker
+from saga_core.config import ORCHESTRATOR_QUEUE, SERVICES
+from saga_core.dead_letters import QUEUE, DeadLetters
+from saga_core.processes import wait_for
+from saga_store import SagaState
+from saga_tools import audit
+from tests import poison
+from tests.helpers import make_order
+from tests.integration.conftest import System
+from workers import SERVICES as SERVICE_DEFINITIONS
+
+pytestmark = pytest.mark.processes
+
+
+def tree(pid: int) -> set[int]:
+    """``pid`` and every process below it (a supervised worker, a prefork pool)."""
+    found, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        found.add(p)
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            children = (task / "children").read_text().split() if task.exists() else []
+            todo.extend(int(c) for c in children)
+    return found
+
+
+def processes(system: System) -> set[int]:
+    return {p for child in system.children for p in tree(child.pid)}
+
+
+def targets(system: System) -> dict[str, str]:
+    """Every queue the system reads, with a task it serves."""
+    queues = {system.settings.queue(ORCHESTRATOR_QUEUE): "saga.outcome"}
+    for service in SERVICES:
+        operation = next(iter(SERVICE_DEFINITIONS[service].operations))
+        queues[system.settings.queue(service)] = operation
+    return queues
+
+
+@pytest.mark.parametrize("signed", [True, False], ids=["keys", "no_keys"])
+def test_poison_on_every_queue_stops_nothing(
+    make_system: Callable[..., System], signed: bool
+) -> None:
+    changes = {} if signed else {"keys": {}}
+    system = make_system(**changes)
+    system.wait_ready()
+    url = system.settings.broker_url
+    before = processes(system)
+    dead = DeadLetters(url, system.settings.queue(QUEUE))
+    dead.purge()
+
+    # Given an order under way
+    first = system.submit(make_order("P-1"))
+    # When every kind of poison lands on every queue the system reads
+    sent = poison.spread(url, targets(system), redis_only=not broker.is_amqp(url))()
+    # and another order comes after it
+    second = system.submit(make_order("P-2"))
+
+    # Then both orders complete
+    assert system.wait(first).state is SagaState.COMPLETED, system.logs()
+    assert system.wait(second).state is SagaState.COMPLETED, system.logs()
+    # every poisoned message is kept as a dead letter, with why
+    wait_for(lambda: len(dead.list(1000)) >= sent, 30, f"{sent} dead letters")
+    letters = dead.list(1000)
+    assert len(letters) == sent, [(d.queue, d.reason) for d in letters]
+    assert {d.queue for d in letters} == set(targets(system))
+    assert all(d.reason for d in letters)
+    # the processes that were running are the ones running now, none restarted
+    assert processes(system) == before, system.logs()
+    assert all(child.alive() for child in system.children)
+    # nothing in the logs gives a body away, and the audit is clean
+    assert "x" * 1000 not in system.logs()
+    assert audit.audit(system.settings).ok
+
+
+def test_dead_letters_are_listed_and_purged(settings: object, tmp_path: Path) -> None:
+    from saga_core.config import Settings
+
+    assert isinstance(settings, Settings)
+    dead = DeadLetters(settings.broker_url, settings.queue(QUEUE))
+    dead.put("payment", "not JSON", b"\xff" * 10)
+    dead.put("orchestrator", "too deep", b"[" * 100)
+    listed = dead.list()
+    assert [(d.queue, d.reason, d.size) for d in listed] == [
+        ("orchestrator", "too deep", 100),
+        ("payment", "not JSON", 10),
+    ]
+    assert listed[0].by.endswith(f":{os.getpid()}")
+    # listing leaves them in place; purging empties the place
+    assert len(dead.list()) == 2
+    assert dead.purge() == 2
+    assert dead.list() == []
