@@ -188,7 +188,7 @@ def test_without_keys_a_system_beyond_one_machine_does_not_start(
     env: dict[str, str], tmp_path: Path
 ) -> None:
     env = {**env, "SAGA_DATA_DIR": str(tmp_path)}
-    with pytest.raises(ConfigError, match="no message signing keys.*SAGA_INSECURE=1"):
+    with pytest.raises(ConfigError, match=r"no message signing keys.*SAGA_INSECURE=1"):
         config.load(env).keyring(["payment"])
     assert not (tmp_path / config.KEYS_FILE).exists()
     assert not config.load({**env, "SAGA_INSECURE": "1"}).keyring(["payment"]).on
