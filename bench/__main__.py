@@ -30,7 +30,7 @@ from bench.workload import ChainRunner, Run, SagaRunner, order
 from saga_core import broker, config, database
 from saga_core.config import IDENTITIES, SERVICES, Settings
 from saga_core.database import Connection, Location
-from saga_core.processes import children_of, wait_for
+from saga_core.processes import descendants, wait_for
 from saga_core.signing import new_keys
 from saga_store import SagaView, open_reader, queries
 from saga_tools import redis_server
@@ -65,20 +65,13 @@ def cpu_seconds(pids: list[int]) -> float:
     tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
     for pid in pids:
-        for p in [pid, *_children(pid)]:
+        for p in [pid, *descendants(pid)]:
             try:
                 fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
             total += (int(fields[11]) + int(fields[12])) / tick
     return total
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        return children_of(pid)
-    except OSError:
-        return []
 
 
 #: The servers whose CPU a measured run counts, by their processes' command names.

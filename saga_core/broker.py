@@ -11,6 +11,7 @@ them from the URL itself; Celery and kombu are given them by :func:`tls_options`
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import ssl
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlparse
@@ -54,6 +55,24 @@ def tls_options(url: str) -> dict[str, Any] | None:
         return {"ssl_cert_reqs": CERT_REQS[reqs], **given}
     # py-amqp's names for the same options
     return {"cert_reqs": CERT_REQS[reqs], **{k.removeprefix("ssl_"): v for k, v in given.items()}}
+
+
+def loopback_host(host: str) -> bool:
+    """Whether ``host`` (a name or an address) is one only this machine reaches."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def on_loopback(url: str) -> bool:
+    """Whether the broker at ``url`` is on this machine's loopback (or a Unix socket)."""
+    parsed = urlparse(url)
+    if parsed.scheme in ("unix", "memory", "redis+socket"):
+        return True
+    return loopback_host(parsed.hostname or "localhost")
 
 
 def amqp_connection(url: str, **options: Any) -> Connection:

@@ -10,12 +10,16 @@ processor (``workers/card_processor.py``) charges tokens; its test cards:
 | 4000000000009995   | tok_insufficientFunds    | declined: insufficient funds (business) |
 | 4000000000000119   | tok_processingError      | processing error (transient, every try) |
 
-Any other number that passes the Luhn check is charged.
+Any other number that passes the Luhn check is charged, under a random token: drawn anew
+for each order, it tells nothing of the number, in the store, in a command or in the
+payment service's database (an unkeyed hash of the number would: the issuer's first six
+digits and the last four leave few enough numbers to try them all).
 """
 
 from __future__ import annotations
 
-import hashlib
+import re
+import secrets
 
 TEST_CARDS = {
     "4242424242424242": "tok_visa",
@@ -38,5 +42,12 @@ def luhn_ok(number: str) -> bool:
 
 def tokenize(number: str) -> dict[str, str]:
     """A token and the last four digits for a card number (digits only, already checked)."""
-    token = TEST_CARDS.get(number) or "tok_" + hashlib.sha256(number.encode()).hexdigest()[:24]
-    return {"token": token, "last4": number[-4:]}
+    return {"token": TEST_CARDS.get(number) or new_token(), "last4": number[-4:]}
+
+
+def new_token() -> str:
+    return "tok_" + secrets.token_hex(16)
+
+
+#: A token made before tokens were random: the first 24 hex digits of the number's SHA-256.
+HASHED_TOKEN = re.compile(r"tok_[0-9a-f]{24}")

@@ -7,7 +7,6 @@ for configuration: build a :class:`Settings` with :func:`load` and pass it down.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import math
 import os
@@ -17,9 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
-from saga_core.broker import tls_options
+from saga_core.broker import on_loopback, tls_options
 from saga_core.database import Location, location
 from saga_core.errors import ConfigError
 from saga_core.signing import CLIENT, MIN_KEY_LENGTH, Keyring, new_keys
@@ -178,7 +176,9 @@ class Settings:
         """Whether every process of this system shares its data directory: the store and
         the services' databases are SQLite files there, and the broker is on loopback."""
         return (
-            not self.database_url and not self.service_database_urls and loopback(self.broker_url)
+            not self.database_url
+            and not self.service_database_urls
+            and on_loopback(self.broker_url)
         )
 
     def to_env(self) -> dict[str, str]:
@@ -378,20 +378,6 @@ def keys_of_data_dir(path: Path) -> dict[str, tuple[str, ...]]:
         finally:
             draft.unlink()
     return _keys_file(f"the data directory's keys file ({path})", str(path))
-
-
-def loopback(url: str) -> bool:
-    """Whether the broker at ``url`` is on this machine's loopback (or a Unix socket)."""
-    parsed = urlparse(url)
-    if parsed.scheme in ("unix", "memory", "redis+socket"):
-        return True
-    host = parsed.hostname or "localhost"
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 #: What a token's name may be: it is recorded as an actor and shown in logs.

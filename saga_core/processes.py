@@ -32,6 +32,35 @@ def children_of(pid: int) -> list[int]:
     return children
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux), nearest first: a supervised worker's Celery
+    process, and a prefork worker's pool under it."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        try:
+            children = children_of(todo.pop(0))
+        except OSError:  # it ended meanwhile
+            continue
+        found += children
+        todo += children
+    return found
+
+
+def leaves(pid: int) -> list[int]:
+    """The processes at the bottom of ``pid``'s tree, where a step runs: a solo worker's
+    Celery process, a prefork worker's pool children."""
+    below = descendants(pid)
+    return [p for p in below if not _has_children(p)]
+
+
+def _has_children(pid: int) -> bool:
+    try:
+        return bool(children_of(pid))
+    except OSError:
+        return False
+
+
 def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
     """Poll ``condition`` until it returns something truthy; TimeoutError naming ``what``."""
     deadline = time.monotonic() + timeout

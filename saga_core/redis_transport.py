@@ -78,7 +78,13 @@ def stored_message(
     list of ``queue``, sent to it straight (the default exchange, priority 0): what a
     process that pushes messages with its own commands (a script call, say) writes, in
     place of kombu's publish. tests/integration/test_redis_inbox.py holds it to kombu's."""
-    payload = json.dumps(body).encode()
+    return stored_bytes(queue, headers, properties, json.dumps(body).encode())
+
+
+def stored_bytes(
+    queue: str, headers: dict[str, Any], properties: dict[str, Any], payload: bytes
+) -> str:
+    """:func:`stored_message` for a body given as the bytes it is sent as (JSON or not)."""
     return json.dumps(
         {
             "body": base64.b64encode(payload).decode(),

@@ -11,7 +11,7 @@ import signal
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-from saga_core.processes import children_of
+from saga_core.processes import leaves
 
 log = logging.getLogger("saga.killer")
 
@@ -42,10 +42,10 @@ class Cluster(Protocol):
 
 
 class Killer:
-    """Kills one process at a time: a worker's main process, a worker's child (kind "pool
-    child": a prefork worker's pool child, or the Celery process under a solo worker's
-    supervisor) or the orchestrator, drawn with the given ``weights``. A child is replaced
-    by its worker; a killed main process is started again 0.5-3 s later by
+    """Kills one process at a time: a worker's main process (its supervisor), the process
+    that runs its steps (kind "pool child": a prefork worker's pool child, or a solo
+    worker's Celery process) or the orchestrator, drawn with the given ``weights``. A child
+    is replaced by its worker; a killed main process is started again 0.5-3 s later by
     :meth:`restart_due`."""
 
     def __init__(self, cluster: Cluster, rng: random.Random, weights: Mapping[str, float]):
@@ -70,7 +70,7 @@ class Killer:
         else:
             kind = "worker" if kind == "orchestrator" else kind
             target = self.rng.choice(workers)
-        pool = children_of(target.pid) if kind == "pool child" else []
+        pool = leaves(target.pid) if kind == "pool child" else []
         if pool:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.rng.choice(pool), signal.SIGKILL)

@@ -361,7 +361,8 @@ def create_saga(
                 "SELECT saga_id, fingerprint FROM request_keys WHERE key = ?", (key,)
             ).fetchone()
             if bound is not None:
-                if bound["fingerprint"] != fingerprint:
+                # an empty one was cleared by a migration (0006): it matches any request
+                if bound["fingerprint"] and bound["fingerprint"] != fingerprint:
                     raise IdempotencyConflict(key, bound["saga_id"])
                 return bound["saga_id"], False
         existing = None if idempotency_key is None else unit.saga_with_key(idempotency_key)

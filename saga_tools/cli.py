@@ -137,11 +137,6 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-#: Pools that run a step in the worker's own process: a step that kills it (a poison message,
-#: an out-of-memory kill) takes the worker with it, so ``saga worker`` supervises it.
-IN_PROCESS_POOLS = ("solo", "threads")
-
-
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from saga_faults import middleware
     from workers import process
@@ -152,7 +147,10 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
             f"--concurrency {args.concurrency}: the solo pool runs one step at a time; "
             "use --pool prefork or --pool threads for more"
         )
-    if pool in IN_PROCESS_POOLS and not args.supervised:
+    # Supervised whatever its pool: a step that kills the process (solo, threads), or a
+    # worker that ends by itself (Celery does on an error it calls unrecoverable), is
+    # started again; a prefork worker's main process replaces its pool children itself.
+    if not args.supervised:
         from saga_tools.cluster import saga_command
 
         argv = saga_command(
@@ -722,8 +720,8 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         choices=["solo", "prefork"],
         help="the workers' Celery pool (as `saga worker --pool`, whose default it takes; "
-        "the kills of a pool child hit a solo worker's supervised process, a prefork "
-        "worker's pool child)",
+        "the kills of a pool child hit the process that runs the steps: a solo worker's "
+        "Celery process, a prefork worker's pool child)",
     )
     c.add_argument("--json", action="store_true")
 

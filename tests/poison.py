@@ -3,7 +3,6 @@ each kind of input a reader must refuse without stopping (docs/security.md)."""
 
 from __future__ import annotations
 
-import base64
 import json
 import uuid
 from collections.abc import Callable
@@ -11,7 +10,7 @@ from typing import Any
 
 import redis
 
-from saga_core import broker
+from saga_core import broker, redis_transport
 from saga_core.messages import VERSION
 
 #: A well-formed address of a dispatch: what the out-of-range and bad-text kinds bend.
@@ -77,20 +76,7 @@ def put(url: str, queue: str, task: str, body: bytes) -> None:
                 content_encoding="utf-8",
             )
         return
-    stored = {
-        "body": base64.b64encode(body).decode(),
-        "content-encoding": "utf-8",
-        "content-type": "application/json",
-        "headers": headers,
-        "properties": {
-            "delivery_mode": 2,
-            "delivery_info": {"exchange": "", "routing_key": queue},
-            "priority": 0,
-            "body_encoding": "base64",
-            "delivery_tag": str(uuid.uuid4()),
-        },
-    }
-    put_raw(url, queue, json.dumps(stored).encode())
+    put_raw(url, queue, redis_transport.stored_bytes(queue, headers, {}, body).encode())
 
 
 def put_raw(url: str, queue: str, raw: bytes) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -17,38 +16,26 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse
 
+from orchestrator import order_saga
 from orchestrator.engine import Engine
 from orchestrator.order_saga import EXAMPLE_ORDER, ORDER_SAGA
 from orchestrator.process import DEFINITIONS, celery_publisher
-from saga_core import broker
+from saga_core import broker, wire
 from saga_core.celery_app import make_app
 from saga_core.config import Settings
 from saga_core.database import Connection
-from saga_core.errors import IdempotencyConflict, InvalidOrder, SagaError
+from saga_core.errors import IdempotencyConflict, InvalidOrder, MalformedMessage, SagaError
 from saga_store import SagaState, queries
-from saga_tools.web import pages
+from saga_tools.web import guarded, pages
 from saga_tools.web.auth import Caller, Tokens
+from saga_tools.web.bodies import limited_body, parse
 from saga_tools.web.problems import Problem, install_handlers
 
-MAX_BODY_BYTES = 1 << 20
 MAX_KEY_LENGTH = 200
 MAX_NOTE_LENGTH = 1000
 
-
-async def limited_body(request: Request) -> bytes:
-    """The request's body, refused (413) as soon as it is larger than ``MAX_BODY_BYTES``:
-    by its declared length before anything is read, else while it streams in."""
-    too_large = Problem(413, "Body too large", f"the body must be at most {MAX_BODY_BYTES} bytes")
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
-        raise too_large
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
+#: The longest cursor a client may send back: this API's own are about 100 characters.
+MAX_CURSOR_LENGTH = 400
 
 
 def _needs(scope: str) -> Callable[..., Caller]:
@@ -66,16 +53,25 @@ Operator = Annotated[Caller, Depends(_needs("operator"))]
 
 
 def create_app(settings: Settings) -> FastAPI:
+    tokens = Tokens(settings.api_tokens)
     app = FastAPI(
         title="Order saga orchestrator",
         version="1",
         description="Start order sagas and follow them: each order's saga reserves stock, "
         "charges the card, creates the shipment and sends the confirmation, and is undone "
         "step by step where one fails.",
+        # with tokens, the documentation is served under one (below), not to anyone
+        docs_url=None if tokens.on else "/docs",
+        redoc_url=None if tokens.on else "/redoc",
+        openapi_url=None if tokens.on else "/openapi.json",
     )
     engine = Engine(settings, DEFINITIONS, celery_publisher(make_app(settings, "api"), settings))
     install_handlers(app)
-    tokens = app.state.tokens = Tokens(settings.api_tokens)
+    app.state.tokens = tokens
+    if tokens.on:
+        guarded.documentation(app, tokens)
+    else:
+        guarded.same_machine_only(app)
 
     def store() -> Connection:
         return engine.db  # one connection per worker thread of the server
@@ -98,10 +94,10 @@ def create_app(settings: Settings) -> FastAPI:
     ) -> JSONResponse:
         """Validates the order, stores its saga and starts it. A retry with the same
         ``Idempotency-Key`` (or the same ``order_id``) returns the first saga."""
-        document = _parse(body)
+        document = parse(body)
         request_key = None
         if idempotency_key is not None:
-            request_key = (idempotency_key, hashlib.sha256(body).hexdigest())
+            request_key = (idempotency_key, order_saga.fingerprint(document))
         try:
             submitted = engine.submit(ORDER_SAGA.name, document, request_key)
         except InvalidOrder as exc:
@@ -161,7 +157,7 @@ def create_app(settings: Settings) -> FastAPI:
         body: Annotated[bytes, Depends(limited_body)],
     ) -> dict[str, Any]:
         """The body says how: ``{"note": "refunded by hand, ticket 123"}``."""
-        document = _parse(body)
+        document = parse(body)
         note = document.get("note") if isinstance(document, dict) else None
         if not isinstance(note, str) or not 0 < len(note.strip()) <= MAX_NOTE_LENGTH:
             raise Problem(
@@ -187,17 +183,6 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-def _parse(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except UnicodeDecodeError:
-        raise Problem(400, "Unreadable body", "the body is not UTF-8 text") from None
-    except json.JSONDecodeError as exc:
-        raise Problem(
-            400, "Unreadable body", f"not valid JSON: {exc.msg} at line {exc.lineno}"
-        ) from None
-
-
 def _encode_cursor(after: tuple[str, str]) -> str:
     return base64.urlsafe_b64encode(json.dumps(after).encode()).decode()
 
@@ -206,9 +191,13 @@ def _decode_cursor(cursor: str | None) -> tuple[str, str] | None:
     if cursor is None:
         return None
     try:
-        created_at, saga_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        return str(created_at), str(saga_id)
-    except (binascii.Error, ValueError, TypeError):
+        if len(cursor) > MAX_CURSOR_LENGTH:
+            raise ValueError("too long")
+        created_at, saga_id = wire.loads(base64.urlsafe_b64decode(cursor.encode("ascii")))
+        if not isinstance(created_at, str) or not isinstance(saga_id, str):
+            raise TypeError("not two strings")
+        return created_at, saga_id
+    except (binascii.Error, ValueError, TypeError, MalformedMessage):
         raise Problem(
             400,
             "Bad cursor",

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from saga_core.broker import loopback_host
 from saga_core.config import ApiToken
 from saga_tools.web.problems import Problem
 
@@ -115,11 +115,5 @@ class Tokens:
         return Caller(found.name)
 
 
-def loopback(host: str) -> bool:
-    """Whether ``host`` is an address only this machine reaches."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+#: Whether a host is one only this machine reaches.
+loopback = loopback_host

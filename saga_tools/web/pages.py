@@ -16,6 +16,7 @@ from saga_core.database import Row
 from saga_store import Connection, SagaState, queries
 from saga_tools import timeline
 from saga_tools.web.auth import COOKIE, Caller, LoginNeeded, Tokens
+from saga_tools.web.bodies import MAX_FORM_BYTES, limited
 
 REFRESH_SECONDS = 3
 
@@ -81,9 +82,8 @@ def install(app: FastAPI, store: Callable[[], Connection], tokens: Tokens) -> No
         return _login_page(status=200)
 
     @app.post("/ui/login", include_in_schema=False)
-    async def login(request: Request) -> Response:
-        body = await request.body()
-        token = parse_qs(body[:4096].decode("utf-8", "replace")).get("token", [""])[0].strip()
+    async def login(body: Annotated[bytes, Depends(limited(MAX_FORM_BYTES))]) -> Response:
+        token = parse_qs(body.decode("utf-8", "replace")).get("token", [""])[0].strip()
         tokens.reader(token, None)  # LoginNeeded, shown as the form again, where it may not
         page = RedirectResponse("/", status_code=303)
         # HttpOnly: no script reads it; Strict: no other site's page sends it

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 from typing import Any
@@ -19,6 +20,16 @@ MEDIA_TYPE = "application/problem+json"
 RETRY_AFTER = 1
 
 log = logging.getLogger("saga.api")
+
+
+class ProblemResponse(JSONResponse):
+    """problem+json in ASCII: a detail that echoes what a client sent (a field's name, the
+    path) may hold text UTF-8 cannot encode (a lone surrogate), which ASCII escapes."""
+
+    media_type = MEDIA_TYPE
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
 class Problem(Exception):
@@ -44,9 +55,7 @@ class Problem(Exception):
         }
         if self.errors:
             body["errors"] = self.errors
-        return JSONResponse(
-            body, status_code=self.status, media_type=MEDIA_TYPE, headers=self.headers
-        )
+        return ProblemResponse(body, status_code=self.status, headers=self.headers)
 
 
 def install_handlers(app: FastAPI) -> None:
@@ -86,6 +95,14 @@ def install_handlers(app: FastAPI) -> None:
         ]
         detail = "; ".join(f"{e['field']}: {e['problem']}" for e in errors)
         return Problem(400, "Invalid request", detail, errors).response(request)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # a bug of ours: the traceback in the log, and problem+json to the caller all the same
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return Problem(500, "Internal error", "the request failed; see the API's log").response(
+            request
+        )
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:

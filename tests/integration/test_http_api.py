@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from saga_core.config import Settings
 from saga_core.processes import wait_for
 from saga_store import SagaState
 from saga_tools import redis_server
@@ -74,21 +75,24 @@ class Api:
             return False
 
 
-def serve_api(system: System, **env_changes: str) -> Iterator[Api]:
-    """A ``saga api`` process beside ``system``, with its settings (and ``env_changes``),
-    until the test ends."""
+def serve_api(
+    target: System | Settings, client: type[Api] | None = None, **env_changes: str
+) -> Iterator[Api]:
+    """A ``saga api`` process beside ``target`` (a system, or the settings of one), with
+    its settings (and ``env_changes``), until the test ends."""
+    settings = target if isinstance(target, Settings) else target.settings
     port = free_port()
-    env = {**system.settings.to_env(), "PYTHONUNBUFFERED": "1", **env_changes}
+    env = {**settings.to_env(), "PYTHONUNBUFFERED": "1", **env_changes}
     child = Child(
         "api",
         saga_command("api", "--port", str(port)),
         env,
-        system.data_dir / "logs" / "api.log",
+        settings.data_dir / "logs" / "api.log",
     ).start()
-    client = Api(port, child)
+    api = (client or Api)(port, child)
     try:
-        wait_for(client.ready, 30, "the API to answer")
-        yield client
+        wait_for(api.ready, 30, "the API to answer")
+        yield api
     finally:
         child.stop()
         print(child.log_text()[-3000:])

@@ -135,9 +135,12 @@ def test_a_paused_worker_keeps_its_step_from_running_twice_at_once(
     second.start()
     wait_for(lambda: "ready" in second.log_text(), 60, "the second payment worker")
     first = system.workers["payment"]
-    # When the first worker's main process pauses (its pool child runs on): its heartbeats
-    # stop, and the orchestrator sends the charge again, to the second worker
-    first.kill(signal.SIGSTOP)
+    # When the first worker's main process (and its supervisor) pauses, its pool child
+    # running on: its heartbeats stop, and the orchestrator sends the charge again, to the
+    # second worker
+    frozen = [first.pid, *children_of(first.pid)]
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
     try:
         wait_for(lambda: redispatches(system, saga_id), 20, "the charge to be sent again")
         wait_for(
@@ -148,7 +151,8 @@ def test_a_paused_worker_keeps_its_step_from_running_twice_at_once(
         # Then the first run answers for the step, and the charge is made once
         view = system.wait(saga_id, timeout=60)
     finally:
-        first.kill(signal.SIGCONT)
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
     assert view.state is SagaState.COMPLETED
     assert service_records(system.data_dir, "L-3") == ONE_OF_EACH
 

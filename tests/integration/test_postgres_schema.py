@@ -64,3 +64,22 @@ def test_the_store_s_migrations_build_its_tables_on_postgresql(postgres: Any) ->
     ):
         with pytest.raises(sqlalchemy.exc.DBAPIError, match=problem), postgres.begin() as conn:
             conn.exec_driver_sql(statement)
+
+
+def test_hashed_card_tokens_are_rewritten_on_postgresql(postgres: Any) -> None:
+    import json
+
+    hashed = "tok_" + "0123456789abcdef01234567"
+    with postgres.begin() as conn:
+        command.upgrade(schema.alembic_config(conn), "0005")
+        conn.exec_driver_sql(
+            "INSERT INTO sagas (id, state, input, created_at, updated_at, definition) "
+            "VALUES ('s1', 'completed', %(input)s, 'then', 'then', 'order')",
+            {"input": json.dumps({"card": {"token": hashed, "last4": "4242"}})},
+        )
+    with postgres.begin() as conn:
+        command.upgrade(schema.alembic_config(conn), "head")
+    with postgres.begin() as conn:
+        stored = conn.exec_driver_sql("SELECT CAST(input AS TEXT) FROM sagas").scalar()
+    token = json.loads(stored)["card"]["token"]
+    assert token != hashed and len(token) == len("tok_") + 32

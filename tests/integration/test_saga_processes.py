@@ -15,7 +15,7 @@ from saga_core import broker
 from saga_core.celery_app import make_app
 from saga_core.config import ORCHESTRATOR_QUEUE, FailureRates
 from saga_core.messages import OUTCOME_TASK, SUBMIT_TASK, Command, Outcome, Phase, Status
-from saga_core.processes import children_of, wait_for
+from saga_core.processes import children_of, leaves, wait_for
 from saga_core.retry import RetryPolicy
 from saga_core.signing import CLIENT
 from saga_store import SagaState, StepState, open_store, queries
@@ -245,13 +245,13 @@ def test_compensation_before_its_action_blocks_the_action(system: System) -> Non
 
 def reservation_under_way(system: System, order_id: str) -> tuple[str, int]:
     """A slow reservation for ``order_id`` running in the inventory worker: its saga, and
-    the PID of the worker's only child process (prefork: the pool child; solo: the Celery
+    the PID of the process that runs it (prefork: the pool child; solo: the Celery
     process under `saga worker`)."""
     saga_id = system.submit(
         make_order(order_id), faults={"reserve_inventory": {"delay_seconds": 1}}
     )
     system.wait_step_running("reserve_inventory", saga_id, "reserve_inventory")
-    [child] = children_of(system.workers["inventory"].pid)
+    [child] = leaves(system.workers["inventory"].pid)
     return saga_id, child
 
 

@@ -146,3 +146,50 @@ def test_a_service_database_from_before_alembic_is_kept_and_shaped_as_a_new_one(
     assert migrations.revision(kept) == service_migrations.HEADS[name]
     assert kept.execute("SELECT key FROM idempotency").fetchall()[0][0] == "s1:a"
     assert shape(kept) == shape(service.database(tmp_path / "new"))
+
+
+def test_card_tokens_hashed_from_the_number_are_rewritten(tmp_path: Path) -> None:
+    import hashlib
+    import json
+
+    from workers import payment
+
+    number = "4000056655665556"
+    hashed = "tok_" + hashlib.sha256(number.encode()).hexdigest()[:24]
+    # Given a store and a payment database an earlier release left, with the token it made
+    # as a hash of the card number, a test card's token, and a request fingerprinted from a
+    # body that held the number
+    old = make_store(str(tmp_path / "sagas.db"), 4)
+    for saga_id, token in (("s1", hashed), ("s2", "tok_visa")):
+        document = {"order_id": saga_id, "card": {"token": token, "last4": "5556"}}
+        old.execute(
+            "INSERT INTO sagas (id, state, input, created_at, updated_at, definition) "
+            "VALUES (?, 'completed', ?, 'then', 'then', 'order')",
+            (saga_id, json.dumps(document)),
+        )
+    old.execute("INSERT INTO request_keys VALUES ('k1', 'sha-of-a-body', 's1', 'then')")
+    old.commit()
+    old.close()
+    (tmp_path / "services").mkdir()
+    db = make_service_db(str(tmp_path / "services" / "payment.db"), "payment")
+    db.execute(
+        "INSERT INTO charges (id, reference, card_token, card_last4, amount_cents, currency, "
+        "state) VALUES ('ch_1', 's1', ?, '5556', 100, 'EUR', 'charged')",
+        (hashed,),
+    )
+    db.commit()
+    db.close()
+    # When this release opens them
+    store = open_store(tmp_path / "sagas.db")
+    charges = payment.service.database(tmp_path / "services")
+    # Then no token is the number's hash any more: each is random, test cards' kept
+    token = queries.get_saga(store, "s1").input["card"]["token"]
+    charged = charges.execute("SELECT card_token FROM charges").fetchone()[0]
+    for rewritten in (token, charged):
+        assert rewritten != hashed and len(rewritten) == len("tok_") + 32
+    assert queries.get_saga(store, "s2").input["card"]["token"] == "tok_visa"
+    # and the old fingerprint is cleared: the key's saga answers any request with the key
+    saga_id, created = t.create_saga(
+        store, "s9", "order", {}, SPECS, 1.0, idempotency_key="x", request_key=("k1", "any")
+    )
+    assert (saga_id, created) == ("s1", False)

@@ -240,3 +240,53 @@ def test_with_signing_on_a_heartbeat_vouches_only_for_its_own_services_steps(
         assert bus.h.saga(saga_id).step("reserve_inventory").held_by == "w@h pid 7"
     finally:
         bus.close()
+
+
+def test_a_message_that_cannot_be_applied_is_dead_lettered_and_costs_no_other(
+    bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from saga_core.dead_letters import QUEUE, DeadLetters
+    from saga_store import transitions
+
+    sagas, outcomes = reserved(bus, "A", "B", "C")
+    bus.send(*outcomes)
+    # Given a store that fails on one saga's transition for a reason of its own (a bug, a
+    # value it cannot hold): neither busy nor away
+    complete_step = transitions.complete_step
+
+    def fails_for_b(db: Any, saga_id: str, *args: Any, **kwargs: Any) -> Any:
+        if saga_id == sagas[1]:
+            raise OverflowError("Python int too large to convert to SQLite INTEGER")
+        return complete_step(db, saga_id, *args, **kwargs)
+
+    monkeypatch.setattr(transitions, "complete_step", fails_for_b)
+    messages = bus.take()
+    # When the batch is handled
+    bus.handle(messages)
+    # Then the others are applied, the one that fails alone is dead-lettered, and every
+    # message is acknowledged: nothing loops
+    assert all(m.acknowledged for m in messages)
+    states = [bus.h.saga(s).step("charge_payment").state for s in sagas]
+    assert states == [StepState.RUNNING, StepState.PENDING, StepState.RUNNING]
+    [letter] = DeadLetters("memory://", bus.settings.queue(QUEUE)).list()
+    assert "OverflowError" in letter.reason and letter.queue == bus.orchestrator.queue.name
+    assert ("saga.outcome", "malformed") in bus.refusals
+
+
+def test_poison_on_the_queue_is_dead_lettered_and_the_rest_applied(bus: Bus) -> None:
+    from saga_core.dead_letters import QUEUE, DeadLetters
+
+    (saga_id,), (outcome,) = reserved(bus, "A")
+    deep: Any = []
+    for _ in range(200):
+        deep = [deep]
+    bus.send(deep, {**outcome.to_wire(), "attempt": 2**40})
+    bus.send(outcome)
+    messages = bus.take()
+    bus.handle(messages)
+    assert all(m.acknowledged for m in messages)
+    assert bus.h.saga(saga_id).step("reserve_inventory").state is StepState.COMPLETED
+    reasons = sorted(d.reason for d in DeadLetters("memory://", bus.settings.queue(QUEUE)).list())
+    assert len(reasons) == 2
+    assert any("nested deeper than 32" in r for r in reasons)
+    assert any("attempt must be a whole number from 1 to 2147483647" in r for r in reasons)

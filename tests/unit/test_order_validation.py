@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -116,3 +117,23 @@ def test_priced_items_that_add_up_are_accepted() -> None:
     ]
     stored, _ = prepare(make_order(items=items, amount_cents=1250))
     assert stored["items"] == items and stored["amount_cents"] == 1250
+
+
+def test_a_card_token_is_no_function_of_the_number() -> None:
+    # The same number, accepted twice (by one deployment or two), gets two tokens
+    number = "4000056655665556"
+    first, _ = prepare(make_order(card_number=number))
+    second, _ = prepare(make_order(card_number=number))
+    assert first["card"]["token"] != second["card"]["token"]
+    assert number not in json.dumps([first, second])
+    assert first["card"]["last4"] == "5556"
+
+
+def test_a_request_fingerprint_holds_no_more_of_the_card_than_its_last_four() -> None:
+    from orchestrator.order_saga import fingerprint
+
+    a = fingerprint(make_order(card_number="4000056655665556"))
+    # another number with the same last four: the same request for its key's purposes
+    assert fingerprint(make_order(card_number="4000 1234 5665 5556")) == a
+    assert fingerprint(make_order(card_number="4242424242424242")) != a
+    assert fingerprint(make_order("ORD-2", card_number="4000056655665556")) != a
