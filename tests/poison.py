@@ -21,18 +21,19 @@ def _task_body(argument: Any) -> bytes:
     return json.dumps([[argument], {}, {}]).encode()
 
 
-def bodies(task: str) -> dict[str, tuple[str, bytes]]:
-    """Each kind of poison for a queue that serves ``task``: its task name and body (the
-    Celery message's, ``[args, kwargs, embed]``)."""
+def bodies(task: str) -> dict[str, tuple[str, bytes, dict[str, Any]]]:
+    """Each kind of poison for a queue that serves ``task``: its task name, body (the
+    Celery message's, ``[args, kwargs, embed]``) and headers of its own."""
     deep = b"[" * 5000 + b"]" * 5000
     outcome = {**ADDRESS, "attempt": 1, "status": "succeeded", "tries": 1, "output": None}
-    return {
+    kinds = {
         "not_json": (task, b"this is not JSON {"),
         "not_utf8": (task, b'[["\xff\xfe"], {}, {}]'),
         "deeply_nested": (task, deep),
         "deeply_nested_argument": (task, b"[[" + deep + b"], {}, {}]"),
         "oversized": (task, _task_body("x" * (2 << 20))),
         "out_of_range": (task, _task_body({**outcome, "attempt": 2**64, "pid": 2**64})),
+        "count_out_of_range": (task, _task_body({**outcome, "attempt": 2**40})),
         "huge_integer": (task, b"[[" + b"9" * 5000 + b"], {}, {}]"),
         "nan": (task, b'[[{"v": 1, "interval": NaN, "attempt": Infinity}], {}, {}]'),
         "overflowing_float": (task, b'[[{"v": 1, "interval": 1e999}], {}, {}]'),
@@ -40,6 +41,13 @@ def bodies(task: str) -> dict[str, tuple[str, bytes]]:
         "wrong_types": (task, json.dumps([{"a": 1}, [], "x"]).encode()),
         "not_an_object": (task, _task_body([1, 2, 3])),
         "unknown_task": ("no.such.task", _task_body({})),
+    }
+    held = _task_body({**outcome, "attempt": 0})
+    return {
+        **{name: (t, body, {}) for name, (t, body) in kinds.items()},
+        # what would hold a worker's memory, or end the process that runs a step
+        "far_eta": (task, held, {"eta": "2999-01-01T00:00:00+00:00"}),
+        "time_limit": (task, held, {"timelimit": [0.01, 0.01]}),
     }
 
 
@@ -62,9 +70,9 @@ def envelopes() -> dict[str, bytes]:
     }
 
 
-def put(url: str, queue: str, task: str, body: bytes) -> None:
+def put(url: str, queue: str, task: str, body: bytes, extra: dict[str, Any] | None = None) -> None:
     """Put a Celery-shaped message for ``task`` with this raw ``body`` on ``queue``."""
-    headers = {"task": task, "id": str(uuid.uuid4()), "lang": "py", "retries": 0}
+    headers = {"task": task, "id": str(uuid.uuid4()), "lang": "py", "retries": 0, **(extra or {})}
     if broker.is_amqp(url):
         with broker.amqp_connection(url) as connection:
             connection.Producer().publish(
@@ -95,8 +103,8 @@ def spread(url: str, queues: dict[str, str], redis_only: bool) -> Callable[[], i
     def go() -> int:
         n = 0
         for queue, task in queues.items():
-            for name, body in bodies(task).values():
-                put(url, queue, name, body)
+            for name, body, extra in bodies(task).values():
+                put(url, queue, name, body, extra)
                 n += 1
             if redis_only:
                 for raw in envelopes().values():

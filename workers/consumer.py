@@ -10,6 +10,7 @@ sees the message, so that nothing the pool would choke on reaches it.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from celery.worker.consumer import Consumer as CeleryConsumer
@@ -18,14 +19,17 @@ from kombu.message import Message
 from saga_core import dead_letters, wire
 from saga_core.dead_letters import DeadLetters
 from saga_core.errors import MalformedMessage
+from saga_core.retry import MAX_BOUND
 
 
 class Consumer(CeleryConsumer):
-    """Set as ``worker_consumer``; the dead letters' queue is ``app.conf.saga_dead_letters``."""
+    """Set as ``worker_consumer``; the dead letters' broker and queue are
+    ``app.conf.saga_dead_letters``."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.dead_letters = DeadLetters(self.app.conf.broker_url, self.app.conf.saga_dead_letters)
+        url, queue = self.app.conf.saga_dead_letters
+        self.dead_letters = DeadLetters(url, queue)
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
         handle = super().create_task_handler(*args, **kwargs)
@@ -59,6 +63,33 @@ class Consumer(CeleryConsumer):
         self.refuse(message, f"an invalid task message: {str(exc)[:120]}")
 
 
+#: The furthest ahead a message may ask to run: a retry's longest backoff, and a minute for
+#: clocks that differ. A message that asks for later would be held in memory until then.
+MAX_ETA_AHEAD = MAX_BOUND + 60
+
+
+def _check_timing(headers: dict[str, Any]) -> None:
+    """Refuse what a message's headers ask of the worker's time: an ETA further than a
+    retry's backoff can reach, or a time limit (none of this system's tasks has one, and
+    a short one would end the process that runs a step)."""
+    eta = headers.get("eta")
+    if eta is not None:
+        try:
+            when = datetime.fromisoformat(str(eta)[:40])
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=UTC)
+            ahead = (when - datetime.now(UTC)).total_seconds()
+        except (ValueError, OverflowError):
+            raise MalformedMessage("an eta that is not a time") from None
+        if ahead > MAX_ETA_AHEAD:
+            raise MalformedMessage(f"an eta {ahead:.0f}s ahead (at most {MAX_ETA_AHEAD}s)")
+    limits = headers.get("timelimit")
+    if limits is not None and (
+        not isinstance(limits, list | tuple) or any(v is not None for v in limits)
+    ):
+        raise MalformedMessage("a time limit: no task here has one")
+
+
 def _check(message: Message, tasks: Any) -> None:
     """Refuse a message whose task is unknown or whose body is not ``[args, kwargs, embed]``
     within bounds, before Celery reads it (it reads the body again, in the pool)."""
@@ -70,6 +101,7 @@ def _check(message: Message, tasks: Any) -> None:
         raise MalformedMessage(f"unknown task {name!r:.60}")
     if not isinstance(headers.get("id"), str):
         raise MalformedMessage("a task message without an id")
+    _check_timing(headers)
     if message.content_type != "application/json":
         raise MalformedMessage(f"content type {message.content_type!r:.60}, not JSON")
     body = wire.loads(message.body or b"")
