@@ -29,7 +29,6 @@ from urllib.parse import urlparse
 
 import redis
 from kombu import Connection, Queue
-from kombu.exceptions import KombuError
 
 from saga_core import broker
 
@@ -140,9 +139,10 @@ class DeadLetters:
     def __init__(self, url: str, name: str):
         self.url, self.name = url, name
         # Redis is written to directly; RabbitMQ (and kombu's in-memory transport, for
-        # tests) through kombu
-        self.amqp = urlparse(url).scheme not in ("redis", "rediss", "unix")
+        # tests) through kombu, on a connection kept for the next one
+        self.through_kombu = urlparse(url).scheme not in ("redis", "rediss", "unix")
         self._client: redis.Redis | None = None
+        self._kept: Connection | None = None
 
     def put(self, queue: str, reason: str, raw: bytes | str) -> None:
         """Move a refused message of ``queue`` here, and log why (the caller counts it). A
@@ -152,26 +152,26 @@ class DeadLetters:
         warn(queue, reason, entry.size)
         try:
             self._push(entry.to_json())
-        except (redis.RedisError, OSError, KombuError) as exc:
+        except Exception as exc:  # the broker's errors, whichever transport raised them
             log.error("a dead letter was not kept (%s): the broker did not take it", exc)
+            self.close()
 
     def _push(self, entry: str) -> None:
-        if not self.amqp:
+        if not self.through_kombu:
             push(self._redis(), self.name, entry)
             return
-        with self._connection() as connection:
-            queue = amqp_queue(self.name)
-            producer = connection.Producer(serializer="json")
-            producer.publish(
-                entry,
-                exchange="",
-                routing_key=self.name,
-                declare=[queue],
-                content_type="application/json",
-                content_encoding="utf-8",
-                retry=True,
-                retry_policy={"max_retries": 2},
-            )
+        if self._kept is None:
+            self._kept = self._connection()
+        self._kept.Producer(serializer="json").publish(
+            entry,
+            exchange="",
+            routing_key=self.name,
+            declare=[amqp_queue(self.name)],
+            content_type="application/json",
+            content_encoding="utf-8",
+            retry=True,
+            retry_policy={"max_retries": 2},
+        )
 
     def _connection(self) -> Connection:
         if broker.is_amqp(self.url):
@@ -185,7 +185,7 @@ class DeadLetters:
 
     def list(self, limit: int = 100) -> list[DeadLetter]:
         """The newest ``limit`` entries, newest first, left in place."""
-        if not self.amqp:
+        if not self.through_kombu:
             return [DeadLetter.from_json(e) for e in self._redis().lrange(self.name, 0, limit - 1)]
         found: list[DeadLetter] = []
         with self._connection() as connection:
@@ -203,7 +203,7 @@ class DeadLetters:
 
     def purge(self) -> int:
         """Empty the place; how many entries there were."""
-        if not self.amqp:
+        if not self.through_kombu:
             client = self._redis()
             with client.pipeline() as pipe:
                 pipe.llen(self.name)
@@ -216,10 +216,12 @@ class DeadLetters:
             return int(channel.queue_purge(self.name) or 0)
 
     def close(self) -> None:
-        if self._client is not None:
-            with contextlib.suppress(Exception):
-                self._client.close()
-            self._client = None
+        client, kept, self._client, self._kept = self._client, self._kept, None, None
+        with contextlib.suppress(Exception):
+            if client is not None:
+                client.close()
+            if kept is not None:
+                kept.release()
 
 
 def push(client: Any, name: str, entry: str) -> None:
