@@ -26,6 +26,14 @@ def bodies(task: str) -> dict[str, tuple[str, bytes, dict[str, Any]]]:
     Celery message's, ``[args, kwargs, embed]``) and headers of its own."""
     deep = b"[" * 5000 + b"]" * 5000
     outcome = {**ADDRESS, "attempt": 1, "status": "succeeded", "tries": 1, "output": None}
+    beat = {
+        "v": VERSION,
+        "worker": "w@h",
+        "pid": 1,
+        "services": ["payment"],
+        "interval": 1.0,
+        "held": [],
+    }
     kinds = {
         "not_json": (task, b"this is not JSON {"),
         "not_utf8": (task, b'[["\xff\xfe"], {}, {}]'),
@@ -41,6 +49,13 @@ def bodies(task: str) -> dict[str, tuple[str, bytes, dict[str, Any]]]:
         "wrong_types": (task, json.dumps([{"a": 1}, [], "x"]).encode()),
         "not_an_object": (task, _task_body([1, 2, 3])),
         "unknown_task": ("no.such.task", _task_body({})),
+        # a heartbeat as the orchestrator reads one, its numbers out of range
+        "heartbeat_pid_out_of_range": (task, _task_body({**beat, "pid": 2**40})),
+        "heartbeat_interval_out_of_range": (task, _task_body({**beat, "interval": 1e9})),
+        "heartbeat_held_out_of_range": (
+            task,
+            _task_body({**beat, "held": [{**ADDRESS, "attempt": 2**40}]}),
+        ),
     }
     held = _task_body({**outcome, "attempt": 0})
     return {
@@ -96,17 +111,18 @@ def put_raw(url: str, queue: str, raw: bytes) -> None:
         client.close()
 
 
-def spread(url: str, queues: dict[str, str], redis_only: bool) -> Callable[[], int]:
-    """A function putting every kind of poison on each of ``queues`` (queue → the task it
-    serves); it returns how many messages it put."""
+def spread(url: str, targets: list[tuple[str, str]], redis_only: bool) -> Callable[[], int]:
+    """A function putting every kind of poison on each queue of ``targets`` (a queue and a
+    task it serves; a queue may come with several); it returns how many messages it put."""
 
     def go() -> int:
         n = 0
-        for queue, task in queues.items():
+        for queue, task in targets:
             for name, body, extra in bodies(task).values():
                 put(url, queue, name, body, extra)
                 n += 1
-            if redis_only:
+        if redis_only:
+            for queue in dict(targets):
                 for raw in envelopes().values():
                     put_raw(url, queue, raw)
                     n += 1

@@ -15,6 +15,7 @@ import pytest
 from saga_core import broker
 from saga_core.config import ORCHESTRATOR_QUEUE, SERVICES
 from saga_core.dead_letters import QUEUE, DeadLetters
+from saga_core.messages import HEARTBEAT_TASK, OUTCOME_TASK, SUBMIT_TASK
 from saga_core.processes import wait_for
 from saga_store import SagaState
 from saga_tools import audit
@@ -42,13 +43,15 @@ def processes(system: System) -> set[int]:
     return {p for child in system.children for p in tree(child.pid)}
 
 
-def targets(system: System) -> dict[str, str]:
-    """Every queue the system reads, with a task it serves."""
-    queues = {system.settings.queue(ORCHESTRATOR_QUEUE): "saga.outcome"}
+def targets(system: System) -> list[tuple[str, str]]:
+    """Every queue the system reads, with the tasks it serves: the orchestrator's outcomes,
+    heartbeats and submissions, and an operation of each service."""
+    orchestrator = system.settings.queue(ORCHESTRATOR_QUEUE)
+    found = [(orchestrator, task) for task in (OUTCOME_TASK, HEARTBEAT_TASK, SUBMIT_TASK)]
     for service in SERVICES:
         operation = next(iter(SERVICE_DEFINITIONS[service].operations))
-        queues[system.settings.queue(service)] = operation
-    return queues
+        found.append((system.settings.queue(service), operation))
+    return found
 
 
 @pytest.mark.parametrize("signed", [True, False], ids=["keys", "no_keys"])
@@ -77,7 +80,7 @@ def test_poison_on_every_queue_stops_nothing(
     wait_for(lambda: len(dead.list(1000)) >= sent, 30, f"{sent} dead letters")
     letters = dead.list(1000)
     assert len(letters) == sent, [(d.queue, d.reason) for d in letters]
-    assert {d.queue for d in letters} == set(targets(system))
+    assert {d.queue for d in letters} == {queue for queue, _ in targets(system)}
     assert all(d.reason for d in letters)
     # the processes that were running are the ones running now, none restarted
     assert processes(system) == before, system.logs()
