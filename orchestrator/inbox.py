@@ -159,22 +159,28 @@ class RedisDelivery:
 #: Seconds a take blocks at most: below redis-py's default socket timeout (5 s).
 MAX_BLOCK = 2.0
 
-#: Pushes the ARGV[4] messages of the outbox (ARGV[4 + i] onto the list KEYS[4 + i]), then
+#: Bytes a take gathers at most before it stops (the message that crosses the line
+#: included): poison of a megabyte, or more, a batch of it would hold in memory at once.
+TAKE_BUDGET = 4 << 20
+
+#: Pushes the ARGV[4] messages of the outbox (ARGV[5 + i] onto the list KEYS[4 + i]), then
 #: empties the reader's list (KEYS[2]) where ARGV[3] is 1 (its batch was handled), then
-#: moves up to ARGV[1] messages from the queue (KEYS[1]) onto it, the oldest first, renews
-#: the reader's lease (KEYS[3], ARGV[2] ms) and keeps the reader in the set of readers
-#: (KEYS[4]), where a rescuer that found its lease gone may have taken it out. A push that
-#: fails ends the script before the acknowledgement.
+#: moves up to ARGV[1] messages from the queue (KEYS[1]) onto it, the oldest first, until
+#: they come to ARGV[5] bytes, renews the reader's lease (KEYS[3], ARGV[2] ms) and keeps the
+#: reader in the set of readers (KEYS[4]), where a rescuer that found its lease gone may
+#: have taken it out. A push that fails ends the script before the acknowledgement.
 _TAKE = """
-for i = 1, tonumber(ARGV[4]) do redis.call('LPUSH', KEYS[4 + i], ARGV[4 + i]) end
+for i = 1, tonumber(ARGV[4]) do redis.call('LPUSH', KEYS[4 + i], ARGV[5 + i]) end
 if ARGV[3] == '1' then redis.call('DEL', KEYS[2]) end
 redis.call('SET', KEYS[3], '1', 'PX', ARGV[2])
 redis.call('SADD', KEYS[4], KEYS[2])
-local taken = {}
+local taken, bytes, budget = {}, 0, tonumber(ARGV[5])
 for i = 1, tonumber(ARGV[1]) do
+  if bytes >= budget then break end
   local m = redis.call('RPOPLPUSH', KEYS[1], KEYS[2])
   if not m then break end
   taken[i] = m
+  bytes = bytes + string.len(m)
 end
 return taken
 """
@@ -270,7 +276,14 @@ class RedisInbox:
         pushes, sent = self.outbox.drain()
         taken = self._take(
             keys=[*self._keys, *(q for q, _ in pushes)],
-            args=[batch_size, self.lease_ms, int(handled), len(pushes), *(m for _, m in pushes)],
+            args=[
+                batch_size,
+                self.lease_ms,
+                int(handled),
+                len(pushes),
+                TAKE_BUDGET,
+                *(m for _, m in pushes),
+            ],
         )
         for callback in sent:
             callback()

@@ -21,6 +21,7 @@ import uuid
 
 from celery import Celery
 from kombu import Consumer, Exchange, Producer, Queue
+from kombu.exceptions import KombuError
 from kombu.message import Message
 
 from saga_core.celery_app import publish_task
@@ -50,7 +51,8 @@ def ask(app: Celery, queue: str, timeout: float) -> Pong:
 
     def received(message: Message) -> None:
         message.ack()
-        with contextlib.suppress(MalformedMessage):  # not an answer: wait for one
+        # not an answer (or not one that can be read): wait for one
+        with contextlib.suppress(MalformedMessage, KombuError):
             pongs.append(Pong.from_wire(message.decode()))
 
     with app.connection_for_write() as connection:

@@ -272,3 +272,20 @@ def test_an_outcome_goes_out_as_one_push_or_else_through_kombu(
     assert [m.headers["task"] for m in batch] == [OUTCOME_TASK] * 2
     inbox.ack(batch)
     inbox.close()
+
+
+def test_a_take_gathers_a_bounded_number_of_bytes(settings: Settings, redis_only: None) -> None:
+    from orchestrator.inbox import TAKE_BUDGET
+
+    # Given messages of 3 MiB each on the queue, as any client of Redis can push them
+    queue = settings.queue(ORCHESTRATOR_QUEUE)
+    client = redis.Redis.from_url(settings.broker_url)
+    big = b"x" * (3 << 20)
+    client.lpush(queue, big, big, big)
+    inbox = RedisInbox(settings.broker_url, queue, batch_size=200, lease=10)
+    # Then a take stops once it holds the budget: the message that crosses it included
+    first = inbox.take(wait=1)
+    assert len(first) == 2 and sum(len(m.body) for m in first) < TAKE_BUDGET + len(big)
+    inbox.ack(first)
+    assert len(inbox.take(wait=1)) == 1
+    inbox.close()
