@@ -8,7 +8,7 @@ retries are observed here, as outcomes come in.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -106,12 +106,34 @@ class WorkerRefusals(Collector):
         yield family
 
 
+class DeadLetterCollector(Collector):
+    """How many refused messages the dead letters keep (``saga dead-letters``), read from
+    the broker at scrape time: a number to alert on when it grows."""
+
+    def __init__(self, depth: Callable[[], int | None]):
+        self.depth = depth
+
+    def collect(self) -> Iterator[Metric]:
+        kept = self.depth()
+        if kept is not None:  # the broker away: no figure rather than a wrong one
+            yield GaugeMetricFamily(
+                "saga_dead_letters", "Refused messages kept as dead letters", value=kept
+            )
+
+
 class Metrics(Middleware):
     """What the orchestrator observes as outcomes come in: a middleware of its engine."""
 
-    def __init__(self, store: Location, registry: CollectorRegistry | None = None):
+    def __init__(
+        self,
+        store: Location,
+        registry: CollectorRegistry | None = None,
+        dead_letters: Callable[[], int | None] | None = None,
+    ):
         self.registry = registry or CollectorRegistry()
         self.registry.register(StoreCollector(store))
+        if dead_letters is not None:
+            self.registry.register(DeadLetterCollector(dead_letters))
         self.durations = Histogram(
             "saga_step_duration_seconds",
             "From a step's (or compensation's) dispatch to its outcome",

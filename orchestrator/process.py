@@ -448,7 +448,8 @@ def run(
     into the engine (the metrics are one)."""
     middleware = list(middleware)
     if metrics_port is not None:
-        metrics = Metrics(settings.store())
+        kept = QueueDepth(settings.broker_url, [settings.queue(dead_letters.QUEUE)])
+        metrics = Metrics(settings.store(), dead_letters=kept)
         metrics.serve(metrics_port, metrics_host)
         middleware.append(metrics)
         log.info("metrics on http://%s:%d/metrics", metrics_host, metrics_port)

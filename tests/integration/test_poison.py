@@ -19,9 +19,11 @@ from saga_core.messages import HEARTBEAT_TASK, OUTCOME_TASK, SUBMIT_TASK
 from saga_core.processes import wait_for
 from saga_store import SagaState
 from saga_tools import audit
+from saga_tools.redis_server import free_port
 from tests import poison
 from tests.helpers import make_order
 from tests.integration.conftest import System
+from tests.integration.test_metrics import scrape
 from workers import SERVICES as SERVICE_DEFINITIONS
 
 pytestmark = pytest.mark.processes
@@ -59,7 +61,8 @@ def test_poison_on_every_queue_stops_nothing(
     make_system: Callable[..., System], signed: bool
 ) -> None:
     changes = {} if signed else {"keys": {}}
-    system = make_system(**changes)
+    port = free_port()
+    system = make_system(orchestrator_args=("--metrics-port", str(port)), **changes)
     system.wait_ready()
     url = system.settings.broker_url
     before = processes(system)
@@ -82,6 +85,23 @@ def test_poison_on_every_queue_stops_nothing(
     assert len(letters) == sent, [(d.queue, d.reason) for d in letters]
     assert {d.queue for d in letters} == {queue for queue, _ in targets(system)}
     assert all(d.reason for d in letters)
+    # and counted: the dead letters kept, and the refusals of the orchestrator and of the
+    # workers (theirs come with their heartbeats)
+    orchestrators = sum(1 for d in letters if d.queue == system.settings.queue(ORCHESTRATOR_QUEUE))
+
+    def counted() -> bool:
+        m = scrape(port)
+        refused = sum(v for (name, _), v in m.items() if name == "saga_messages_refused_total")
+        by_workers = sum(
+            v for (name, _), v in m.items() if name == "saga_worker_messages_refused_total"
+        )
+        return (
+            m.get(("saga_dead_letters", frozenset()), 0) == sent
+            and refused == orchestrators
+            and by_workers == sent - orchestrators
+        )
+
+    wait_for(counted, 30, "the refusals to be counted")
     # the processes that were running are the ones running now, none restarted
     assert processes(system) == before, system.logs()
     assert all(child.alive() for child in system.children)
