@@ -41,7 +41,6 @@ from saga_core.broker import QueueDepth
 from saga_core.celery_app import direct, make_app, publish_task, send, stored_task
 from saga_core.config import ORCHESTRATOR_QUEUE, SERVICES, Settings
 from saga_core.database import BUSY
-from saga_core.dead_letters import DeadLetters
 from saga_core.errors import (
     BrokerUnavailable,
     DatabaseUnavailable,
@@ -161,7 +160,7 @@ class Orchestrator:
         self.step_services = step_services(DEFINITIONS.values())
         self.app = make_app(settings, "orchestrator")
         self.queue = direct(settings.queue(ORCHESTRATOR_QUEUE), settings.quorum_queues)
-        self.dead_letters = DeadLetters(settings.broker_url, settings.queue(dead_letters.QUEUE))
+        self.dead_letters = dead_letters.for_system(settings)
         #: What a batch's apply raises that is the broker's going away: never isolated.
         self._transient: tuple[type[BaseException], ...] = (KombuError, OSError)
         self.received = 0  # for the watchdog: messages taken so far

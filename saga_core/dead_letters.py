@@ -31,6 +31,7 @@ import redis
 from kombu import Connection, Queue
 
 from saga_core import broker
+from saga_core.config import Settings
 
 log = logging.getLogger("saga.dead_letters")
 
@@ -124,20 +125,26 @@ def warn(queue: str, reason: str, size: int) -> None:
     log.warning("refusing a message on %s (%d bytes): %s; dead-lettered", queue, size, reason)
 
 
-def amqp_queue(name: str) -> Queue:
-    """The dead-letter queue on RabbitMQ: it keeps the newest :data:`MAX_KEPT`."""
-    return Queue(
-        name,
-        routing_key=name,
-        queue_arguments={"x-max-length": MAX_KEPT, "x-overflow": "drop-head"},
-    )
+def amqp_queue(name: str, quorum: bool = False) -> Queue:
+    """The dead-letter queue on RabbitMQ: it keeps the newest :data:`MAX_KEPT`; a quorum
+    queue (replicated) where the system's queues are."""
+    arguments: dict[str, Any] = {"x-max-length": MAX_KEPT, "x-overflow": "drop-head"}
+    if quorum:
+        arguments["x-queue-type"] = "quorum"
+    return Queue(name, routing_key=name, queue_arguments=arguments)
+
+
+def for_system(settings: Settings) -> DeadLetters:
+    """The dead letters of the system ``settings`` describe."""
+    return DeadLetters(settings.broker_url, settings.queue(QUEUE), settings.quorum_queues)
 
 
 class DeadLetters:
-    """The dead-letter queue ``name`` on the broker at ``url``."""
+    """The dead-letter queue ``name`` on the broker at ``url`` (on RabbitMQ a quorum queue,
+    where ``quorum``)."""
 
-    def __init__(self, url: str, name: str):
-        self.url, self.name = url, name
+    def __init__(self, url: str, name: str, quorum: bool = False):
+        self.url, self.name, self.quorum = url, name, quorum
         # Redis is written to directly; RabbitMQ (and kombu's in-memory transport, for
         # tests) through kombu, on a connection kept for the next one
         self.through_kombu = urlparse(url).scheme not in ("redis", "rediss", "unix")
@@ -166,7 +173,7 @@ class DeadLetters:
             entry,
             exchange="",
             routing_key=self.name,
-            declare=[amqp_queue(self.name)],
+            declare=[amqp_queue(self.name, self.quorum)],
             content_type="application/json",
             content_encoding="utf-8",
             retry=True,
@@ -190,7 +197,7 @@ class DeadLetters:
         found: list[DeadLetter] = []
         with self._connection() as connection:
             channel = connection.channel()
-            amqp_queue(self.name)(channel).declare()
+            amqp_queue(self.name, self.quorum)(channel).declare()
             # taken unacknowledged, then given back when the channel closes
             while True:
                 message = channel.basic_get(self.name, no_ack=False)
@@ -212,7 +219,7 @@ class DeadLetters:
             return int(count)
         with self._connection() as connection:
             channel = connection.channel()
-            amqp_queue(self.name)(channel).declare()
+            amqp_queue(self.name, self.quorum)(channel).declare()
             return int(channel.queue_purge(self.name) or 0)
 
     def close(self) -> None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orchestrator
-from saga_core import broker
+from saga_core import broker, dead_letters
 from saga_core.config import IDENTITIES, FailureRates, Settings
 from saga_core.signing import new_keys
 from saga_faults.killer import KINDS, Killer
@@ -182,7 +182,8 @@ class Campaign:
     def stop(self) -> None:
         if self.cluster is not None:
             self.cluster.stop()
-            broker.discard(self.settings.broker_url, self.settings.all_queues())
+            leftovers = [*self.settings.all_queues(), self.settings.queue(dead_letters.QUEUE)]
+            broker.discard(self.settings.broker_url, leftovers)
         if self.redis is not None:
             self.redis.stop()
         if self.database:

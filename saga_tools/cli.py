@@ -414,9 +414,9 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_dead_letters(args: argparse.Namespace, settings: Settings) -> int:
     """The messages the system refused unread (``saga_core.dead_letters``), newest first;
     ``--purge`` empties the place."""
-    from saga_core.dead_letters import QUEUE, DeadLetters
+    from saga_core import dead_letters
 
-    dead = DeadLetters(settings.broker_url, settings.queue(QUEUE))
+    dead = dead_letters.for_system(settings)
     try:
         if args.purge:
             print(f"{dead.purge()} dead letter(s) purged")

@@ -20,7 +20,7 @@ import pytest
 # no Docker engine, so take Celery's own in-process worker fixture back.
 from celery.contrib.pytest import celery_worker  # noqa: F401
 
-from saga_core import broker, config
+from saga_core import broker, config, dead_letters
 from saga_core.config import IDENTITIES, Settings
 from saga_core.database import Location, unreachable
 from saga_core.errors import ConfigError
@@ -104,7 +104,7 @@ def settings(broker_url: str, tmp_path: Path) -> Iterator[Settings]:
         keys=new_keys(IDENTITIES),
     )
     yield s
-    broker.discard(broker_url, s.all_queues())
+    broker.discard(broker_url, [*s.all_queues(), s.queue(dead_letters.QUEUE)])
 
 
 #: The PostgreSQL the store's and the services' tests also run on (.ci/run starts it).

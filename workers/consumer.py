@@ -28,8 +28,7 @@ class Consumer(CeleryConsumer):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        url, queue = self.app.conf.saga_dead_letters
-        self.dead_letters = DeadLetters(url, queue)
+        self.dead_letters = DeadLetters(*self.app.conf.saga_dead_letters)
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
         handle = super().create_task_handler(*args, **kwargs)

@@ -33,7 +33,8 @@ def build(
     middleware = (*middleware, refusals)
     # What the worker cannot read is dead-lettered (workers.consumer), counted with the rest.
     app.conf.worker_consumer = "workers.consumer:Consumer"
-    app.conf.saga_dead_letters = (settings.broker_url, settings.queue(dead_letters.QUEUE))
+    dead = dead_letters.for_system(settings)
+    app.conf.saga_dead_letters = (dead.url, dead.name, dead.quorum)
     dead_letters.listen(refusals.refused)
     for name in services:
         task.register(app, settings, SERVICES[name], keyring, middleware)

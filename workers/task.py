@@ -220,7 +220,7 @@ def register(
     running only commands signed with the service's key (where signing is on)."""
     queue = settings.queue(service.name)
     runner = StepRunner(settings, service, middleware)
-    dead = DeadLetters(settings.broker_url, settings.queue(dead_letters.QUEUE))
+    dead = dead_letters.for_system(settings)
     reply_to = direct(settings.queue(ORCHESTRATOR_QUEUE), settings.quorum_queues)
     routes = dict(app.conf.task_routes or {})
     for op in service.operations.values():

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from saga_core import broker
-from saga_core.config import ORCHESTRATOR_QUEUE, SERVICES
+from saga_core.config import ORCHESTRATOR_QUEUE, SERVICES, Settings
 from saga_core.dead_letters import QUEUE, DeadLetters
 from saga_core.messages import HEARTBEAT_TASK, OUTCOME_TASK, SUBMIT_TASK
 from saga_core.processes import wait_for
@@ -110,10 +110,7 @@ def test_poison_on_every_queue_stops_nothing(
     assert audit.audit(system.settings).ok
 
 
-def test_dead_letters_are_listed_and_purged(settings: object, tmp_path: Path) -> None:
-    from saga_core.config import Settings
-
-    assert isinstance(settings, Settings)
+def test_dead_letters_are_listed_and_purged(settings: Settings) -> None:
     dead = DeadLetters(settings.broker_url, settings.queue(QUEUE))
     dead.put("payment", "not JSON", b"\xff" * 10)
     dead.put("orchestrator", "too deep", b"[" * 100)
@@ -127,3 +124,22 @@ def test_dead_letters_are_listed_and_purged(settings: object, tmp_path: Path) ->
     assert len(dead.list()) == 2
     assert dead.purge() == 2
     assert dead.list() == []
+
+
+def test_on_quorum_queues_the_dead_letters_are_a_quorum_queue(
+    settings: Settings, rabbitmq_only: None
+) -> None:
+    import amqp.exceptions
+
+    from saga_core import broker, dead_letters
+
+    dead = dead_letters.for_system(settings.with_(quorum_queues=True))
+    dead.put("payment", "not JSON", b"{x")
+    assert [d.reason for d in dead.list()] == ["not JSON"]
+    # the broker holds it as a quorum queue: declaring it classic is refused
+    with broker.amqp_connection(settings.broker_url) as connection:
+        channel = connection.channel()
+        with pytest.raises(amqp.exceptions.PreconditionFailed, match="x-queue-type"):
+            dead_letters.amqp_queue(dead.name)(channel).declare()
+    dead.close()
+    broker.discard(settings.broker_url, [dead.name])
