@@ -9,10 +9,12 @@ The public Python API::
 """
 
 from orchestrator.api import get_saga, run, submit, wait
-from saga_core.errors import InvalidOrder, SagaError, SagaNotFound
+from orchestrator.order_saga import InvalidOrder
+from saga_core.errors import InvalidInput, SagaError, SagaNotFound
 from saga_store.models import SagaState, SagaView, StepState, StepView
 
 __all__ = [
+    "InvalidInput",
     "InvalidOrder",
     "SagaError",
     "SagaNotFound",

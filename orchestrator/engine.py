@@ -20,7 +20,7 @@ from orchestrator.definition import SagaDefinition
 from orchestrator.liveness import QueueDepth, QueueWatch
 from saga_core.config import Settings
 from saga_core.database import Connection
-from saga_core.errors import BrokerUnavailable, InvalidOrder, SagaNotFound, TransitionRefused
+from saga_core.errors import BrokerUnavailable, InvalidInput, SagaNotFound, TransitionRefused
 from saga_core.messages import Command, Heartbeat, Outcome, Phase, Status
 from saga_core.middleware import Middleware
 from saga_store import liveness, open_store, queries, transitions
@@ -105,7 +105,7 @@ class Engine:
 
         A document whose idempotency key was seen before (or a ``request_key``, see
         ``transitions.create_saga``) returns the first saga with ``created`` false. Invalid
-        input raises ``InvalidOrder`` before anything is stored. A broker that does not
+        input raises ``InvalidInput`` before anything is stored. A broker that does not
         take the first command costs nothing but time: the saga is stored and started, and
         the command goes out when the orchestrator finds the broker again (``sent`` false).
         """
@@ -133,7 +133,7 @@ class Engine:
         self,
         definition: str,
         documents: Sequence[Any],
-        invalid: Callable[[int, InvalidOrder], None] | None = None,
+        invalid: Callable[[int, InvalidInput], None] | None = None,
     ) -> list[Submitted]:
         """Store and start a batch of submissions in one store transaction, then send their
         first commands together (the orchestrator's path; ``submit`` is a client's). An
@@ -143,7 +143,7 @@ class Engine:
         for i, document in enumerate(documents):
             try:
                 prepared.append(self._prepare(definition, document))
-            except InvalidOrder as exc:
+            except InvalidInput as exc:
                 if invalid is None:
                     log.error("refused a submitted order: %s", exc)
                 else:
@@ -169,7 +169,7 @@ class Engine:
         return submitted
 
     def _prepare(self, definition: str, document: Any) -> tuple[Any, str]:
-        """``document`` validated (``InvalidOrder``): the saga's input, and the key the
+        """``document`` validated (``InvalidInput``): the saga's input, and the key the
         store knows it by (the definition's name and the document's own key)."""
         saga_input, key = self.definitions[definition].prepare(document)
         return saga_input, f"{definition}:{key}"

@@ -14,8 +14,15 @@ from typing import Any
 
 from orchestrator.definition import SagaDefinition, StepDefinition
 from saga_core.cards import luhn_ok, tokenize
-from saga_core.errors import InvalidOrder
+from saga_core.errors import InvalidInput
 from saga_core.retry import RetryPolicy
+
+
+class InvalidOrder(InvalidInput):
+    """An order that cannot be accepted; ``field`` names the offending field."""
+
+    what = "order"
+
 
 NAME = "order"
 MAX_ITEMS = 100

@@ -44,7 +44,7 @@ from saga_core.database import BUSY
 from saga_core.errors import (
     BrokerUnavailable,
     DatabaseUnavailable,
-    InvalidOrder,
+    InvalidInput,
     MalformedMessage,
 )
 from saga_core.messages import (
@@ -378,7 +378,7 @@ class Orchestrator:
         """Submissions stored and started; an invalid one dead-lettered, the others go on."""
 
         def submit(pairs: Sequence[tuple[Delivery, Any]]) -> None:
-            def invalid(i: int, exc: InvalidOrder) -> None:
+            def invalid(i: int, exc: InvalidInput) -> None:
                 self._dead_letter(pairs[i][0], SUBMIT_TASK, "malformed", exc.message)
 
             engine.submit_many(ORDER_SAGA.name, _items(pairs), invalid)

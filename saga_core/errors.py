@@ -41,11 +41,14 @@ class BrokerUnavailable(TransientError):
     """The broker did not take a message: it is down or unreachable."""
 
 
-class InvalidOrder(BusinessError):
-    """An order that cannot be accepted; ``field`` names the offending field."""
+class InvalidInput(BusinessError):
+    """A saga's input that cannot be accepted; ``field`` names the offending field. A
+    saga's definition may name what its input is (``what``: an order, a booking)."""
+
+    what = "input"
 
     def __init__(self, field: str, problem: str):
-        super().__init__(f"invalid order: {field}: {problem}")
+        super().__init__(f"invalid {self.what}: {field}: {problem}")
         self.field = field
         self.problem = problem
 

@@ -21,7 +21,7 @@ from saga_core.config import API_SCOPES, IDENTITIES, ORCHESTRATOR_QUEUE, SERVICE
 from saga_core.errors import (
     BusinessError,
     ConfigError,
-    InvalidOrder,
+    InvalidInput,
     SagaError,
     SagaNotFound,
     TransitionRefused,
@@ -794,7 +794,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if settings.parent_pid and args.command in SERVER_COMMANDS:
             processes.exit_with_parent(settings.parent_pid)
         return COMMANDS[args.command](args, settings)
-    except (BadInput, InvalidOrder, SagaNotFound, BusinessError, TransitionRefused) as exc:
+    except (BadInput, InvalidInput, SagaNotFound, BusinessError, TransitionRefused) as exc:
         print(f"saga: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except ConfigError as exc:

@@ -24,7 +24,7 @@ from saga_core import broker, wire
 from saga_core.celery_app import make_app
 from saga_core.config import Settings
 from saga_core.database import Connection
-from saga_core.errors import IdempotencyConflict, InvalidOrder, MalformedMessage, SagaError
+from saga_core.errors import IdempotencyConflict, InvalidInput, MalformedMessage, SagaError
 from saga_store import SagaState, queries
 from saga_tools.web import guarded, pages
 from saga_tools.web.auth import Caller, Tokens
@@ -100,7 +100,7 @@ def create_app(settings: Settings) -> FastAPI:
             request_key = (idempotency_key, order_saga.fingerprint(document))
         try:
             submitted = engine.submit(ORDER_SAGA.name, document, request_key)
-        except InvalidOrder as exc:
+        except InvalidInput as exc:
             raise Problem(
                 422,
                 "Invalid order",

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from orchestrator.order_saga import InvalidOrder
 from saga_core.config import Settings
-from saga_core.errors import InvalidOrder
 from saga_core.messages import Heartbeat, Held, Phase, Status
 from saga_store import SagaState, StepState, queries
 from tests.harness import Harness

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchestrator.order_saga import prepare
+from orchestrator.order_saga import InvalidOrder, prepare
 from saga_core import wire
-from saga_core.errors import InvalidOrder, MalformedMessage
+from saga_core.errors import MalformedMessage
 from saga_core.messages import MAX_COUNT, Command, Heartbeat, Outcome, Ping
 from saga_core.redis_transport import envelope
 from saga_core.signing import Keyring, Refused, new_keys

@@ -7,8 +7,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.order_saga import prepare
-from saga_core.errors import InvalidOrder
+from orchestrator.order_saga import InvalidOrder, prepare
 from tests.helpers import make_order
 
 
