@@ -12,8 +12,8 @@ import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
+from orchestrator.cards import luhn_ok, tokenize
 from orchestrator.definition import SagaDefinition, StepDefinition
-from saga_core.cards import luhn_ok, tokenize
 from saga_core.errors import InvalidInput
 from saga_core.retry import RetryPolicy
 

@@ -1,4 +1,4 @@
-"""A simulated card processor: it charges the tokens that ``saga_core.cards`` gives for
+"""A simulated card processor: it charges the tokens that ``orchestrator.cards`` gives for
 card numbers, and answers for the test cards listed there."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""Card numbers: the checksum, and the token a number is exchanged for when an order is
-accepted, so that no full number is ever stored, sent or logged. The simulated card
-processor (``workers/card_processor.py``) charges tokens; its test cards:
+"""The order saga's card numbers: the checksum, and the token a number is exchanged for
+when an order is accepted, so that no full number is ever stored, sent or logged. The
+simulated card processor (``workers/card_processor.py``) charges tokens; its test cards:
 
 | card number        | token                    | on charge                               |
 |--------------------|--------------------------|-----------------------------------------|
@@ -18,7 +18,6 @@ digits and the last four leave few enough numbers to try them all).
 
 from __future__ import annotations
 
-import re
 import secrets
 
 TEST_CARDS = {
@@ -47,7 +46,3 @@ def tokenize(number: str) -> dict[str, str]:
 
 def new_token() -> str:
     return "tok_" + secrets.token_hex(16)
-
-
-#: A token made before tokens were random: the first 24 hex digits of the number's SHA-256.
-HASHED_TOKEN = re.compile(r"tok_[0-9a-f]{24}")
