@@ -317,7 +317,7 @@ def load(env: Mapping[str, str] | None = None, tokens_may_be_missing: bool = Fal
         api_tokens_file=tokens_file,
         api_tokens=(
             read_api_tokens(tokens_file)
-            if tokens_file and not (tokens_may_be_missing and not Path(tokens_file).exists())
+            if tokens_file and (Path(tokens_file).exists() or not tokens_may_be_missing)
             else {}
         ),
         replay_window=_number(env, "REPLAY_WINDOW", defaults.replay_window, 1),

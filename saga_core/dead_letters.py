@@ -125,6 +125,19 @@ def warn(queue: str, reason: str, size: int) -> None:
     log.warning("refusing a message on %s (%d bytes): %s; dead-lettered", queue, size, reason)
 
 
+def keep(queue: str, reason: str, raw: bytes | str, push: Callable[[str], None]) -> bool:
+    """Log the refusal of a message of ``queue`` (:func:`warn`) and ``push`` its entry;
+    False where the broker did not take it, which costs the entry, never the caller."""
+    entry = letter(queue, reason, raw)
+    warn(queue, reason, entry.size)
+    try:
+        push(entry.to_json())
+    except Exception as exc:  # the broker's errors, whichever transport raised them
+        log.error("a dead letter was not kept (%s): the broker did not take it", exc)
+        return False
+    return True
+
+
 def amqp_queue(name: str, quorum: bool = False) -> Queue:
     """The dead-letter queue on RabbitMQ: it keeps the newest :data:`MAX_KEPT`; a quorum
     queue (replicated) where the system's queues are."""
@@ -155,12 +168,7 @@ class DeadLetters:
         """Move a refused message of ``queue`` here, and log why (the caller counts it). A
         broker that does not take the entry costs the entry, not the process: the refusal
         is logged either way."""
-        entry = letter(queue, reason, raw)
-        warn(queue, reason, entry.size)
-        try:
-            self._push(entry.to_json())
-        except Exception as exc:  # the broker's errors, whichever transport raised them
-            log.error("a dead letter was not kept (%s): the broker did not take it", exc)
+        if not keep(queue, reason, raw, self._push):
             self.close()
 
     def _push(self, entry: str) -> None:

@@ -10,7 +10,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -35,30 +35,27 @@ def children_of(pid: int) -> list[int]:
 def descendants(pid: int) -> list[int]:
     """Every process below ``pid`` (Linux), nearest first: a supervised worker's Celery
     process, and a prefork worker's pool under it."""
-    found: list[int] = []
-    todo = [pid]
-    while todo:
-        try:
-            children = children_of(todo.pop(0))
-        except OSError:  # it ended meanwhile
-            continue
-        found += children
-        todo += children
-    return found
+    return [p for p, _ in _tree(pid) if p != pid]
 
 
 def leaves(pid: int) -> list[int]:
     """The processes at the bottom of ``pid``'s tree, where a step runs: a solo worker's
     Celery process, a prefork worker's pool children."""
-    below = descendants(pid)
-    return [p for p in below if not _has_children(p)]
+    return [p for p, children in _tree(pid) if p != pid and not children]
 
 
-def _has_children(pid: int) -> bool:
-    try:
-        return bool(children_of(pid))
-    except OSError:
-        return False
+def _tree(pid: int) -> Iterator[tuple[int, list[int]]]:
+    """``pid`` and each process below it, nearest first, with its children; one that ends
+    meanwhile is left out."""
+    todo = [pid]
+    while todo:
+        p = todo.pop(0)
+        try:
+            children = children_of(p)
+        except OSError:  # it ended meanwhile
+            continue
+        yield p, children
+        todo += children
 
 
 def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:

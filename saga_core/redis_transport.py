@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import cached_property
+from functools import cached_property, partial
 from queue import Empty
 from typing import Any
 from urllib.parse import urlparse
@@ -31,8 +30,6 @@ from kombu.utils.encoding import bytes_to_str
 
 from saga_core import dead_letters, wire
 from saga_core.errors import MalformedMessage
-
-log = logging.getLogger("saga.broker")
 
 #: Seconds a ``push`` waits for Redis before kombu's publish, with its retries, takes over.
 PUSH_TIMEOUT = 5.0
@@ -174,14 +171,13 @@ class Channel(redis.Channel):
             return envelope(item)
         except MalformedMessage as exc:
             name = self.connection.client.transport_options.get("dead_letters")
-            dead_letters.warn(queue, exc.message, len(item))
-            dead_letters.refused(queue, "malformed")
             if name:
-                entry = dead_letters.letter(queue, exc.message, item).to_json()
-                try:
-                    dead_letters.push(self._commands, name, entry)
-                except (redis_py.RedisError, OSError) as push_error:
-                    log.error("a dead letter was not kept (%s)", push_error)
+                dead_letters.keep(
+                    queue, exc.message, item, partial(dead_letters.push, self._commands, name)
+                )
+            else:
+                dead_letters.warn(queue, exc.message, len(item))
+            dead_letters.refused(queue, "malformed")
             return None
 
     @contextmanager

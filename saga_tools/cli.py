@@ -104,10 +104,10 @@ def cmd_orchestrator(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
+    from saga_core.broker import loopback_host
     from saga_tools.web.app import create_app
-    from saga_tools.web.auth import loopback
 
-    if not settings.api_tokens and not loopback(args.host):
+    if not settings.api_tokens and not loopback_host(args.host):
         raise ConfigError(
             f"refusing to serve the API on {args.host} without tokens: anyone who reaches it "
             "could place orders and read every saga. Set SAGA_API_TOKENS_FILE (`saga token`), "

@@ -21,8 +21,10 @@ import hashlib
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Annotated, Any
 
-from saga_core.broker import loopback_host
+from fastapi import Cookie, Depends, Header
+
 from saga_core.config import ApiToken
 from saga_tools.web.problems import Problem
 
@@ -115,5 +117,14 @@ class Tokens:
         return Caller(found.name)
 
 
-#: Whether a host is one only this machine reaches.
-loopback = loopback_host
+def page_readers(tokens: Tokens) -> list[Any]:
+    """The dependencies of a page a browser reads (the web view, the documentation): a
+    token that may read, from the login form's cookie or the header."""
+
+    def reader(
+        saga_token: Annotated[str | None, Cookie(alias=COOKIE)] = None,
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> Caller:
+        return tokens.reader(saga_token, authorization)
+
+    return [Depends(reader)]

@@ -14,13 +14,13 @@ leave (CORS, which this API never gives).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated
 
-from fastapi import Cookie, Depends, FastAPI, Header, Request
+from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from saga_tools.web.auth import COOKIE, Caller, Tokens, loopback
+from saga_core.broker import loopback_host
+from saga_tools.web.auth import Tokens, page_readers
 from saga_tools.web.problems import Problem
 
 #: Methods whose requests carry a body that changes something.
@@ -31,13 +31,7 @@ def documentation(app: FastAPI, tokens: Tokens) -> None:
     """``/docs``, ``/redoc`` and ``/openapi.json`` for a caller whose token may read (the
     header, or the web view's cookie, so that a browser that logged in sees them)."""
 
-    def reader(
-        saga_token: Annotated[str | None, Cookie(alias=COOKIE)] = None,
-        authorization: Annotated[str | None, Header()] = None,
-    ) -> Caller:
-        return tokens.reader(saga_token, authorization)
-
-    readers_only = [Depends(reader)]
+    readers_only = page_readers(tokens)
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=readers_only)
     def openapi() -> JSONResponse:
@@ -61,7 +55,7 @@ def same_machine_only(app: FastAPI) -> None:
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         host = _hostname(request.headers.get("host", ""))
-        if not loopback(host):
+        if not loopback_host(host):
             return Problem(
                 421,
                 "Not this host",

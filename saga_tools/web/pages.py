@@ -9,13 +9,13 @@ from html import escape
 from typing import Annotated, Any
 from urllib.parse import parse_qs, urlencode
 
-from fastapi import Cookie, Depends, FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from saga_core.database import Row
 from saga_store import Connection, SagaState, queries
 from saga_tools import timeline
-from saga_tools.web.auth import COOKIE, Caller, LoginNeeded, Tokens
+from saga_tools.web.auth import COOKIE, LoginNeeded, Tokens, page_readers
 from saga_tools.web.bodies import MAX_FORM_BYTES, limited
 
 REFRESH_SECONDS = 3
@@ -67,12 +67,6 @@ def _login_page(problem: str = "", status: int = 401) -> HTMLResponse:
 
 
 def install(app: FastAPI, store: Callable[[], Connection], tokens: Tokens) -> None:
-    def reader(
-        saga_token: Annotated[str | None, Cookie(alias=COOKIE)] = None,
-        authorization: Annotated[str | None, Header()] = None,
-    ) -> Caller:
-        return tokens.reader(saga_token, authorization)
-
     @app.exception_handler(LoginNeeded)
     async def login_needed(request: Request, exc: LoginNeeded) -> HTMLResponse:
         return _login_page(exc.detail)
@@ -90,7 +84,7 @@ def install(app: FastAPI, store: Callable[[], Connection], tokens: Tokens) -> No
         page.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/")
         return page
 
-    readers_only = [Depends(reader)]
+    readers_only = page_readers(tokens)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False, dependencies=readers_only)
     def index(state: SagaState | None = None, limit: int = 100) -> HTMLResponse:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
@@ -16,7 +15,7 @@ from saga_core import broker
 from saga_core.config import ORCHESTRATOR_QUEUE, SERVICES, Settings
 from saga_core.dead_letters import QUEUE, DeadLetters
 from saga_core.messages import HEARTBEAT_TASK, OUTCOME_TASK, SUBMIT_TASK
-from saga_core.processes import wait_for
+from saga_core.processes import descendants, wait_for
 from saga_store import SagaState
 from saga_tools import audit
 from saga_tools.redis_server import free_port
@@ -29,20 +28,9 @@ from workers import SERVICES as SERVICE_DEFINITIONS
 pytestmark = pytest.mark.processes
 
 
-def tree(pid: int) -> set[int]:
-    """``pid`` and every process below it (a supervised worker, a prefork pool)."""
-    found, todo = set(), [pid]
-    while todo:
-        p = todo.pop()
-        found.add(p)
-        for task in Path(f"/proc/{p}/task").glob("*"):
-            children = (task / "children").read_text().split() if task.exists() else []
-            todo.extend(int(c) for c in children)
-    return found
-
-
 def processes(system: System) -> set[int]:
-    return {p for child in system.children for p in tree(child.pid)}
+    """Every process of the system: a supervised worker's, a prefork worker's pool."""
+    return {p for child in system.children for p in (child.pid, *descendants(child.pid))}
 
 
 def targets(system: System) -> list[tuple[str, str]]:
