@@ -60,13 +60,17 @@ def rows(where: Location, sql: str, parameters: tuple[Any, ...] = ()) -> list[Ro
         conn.close()
 
 
-def _saga_store(where: Location) -> tuple[list[Row], set[str]]:
-    """Every saga, and those that raised an alert; none where no store is there yet."""
+def _saga_store(where: Location) -> tuple[list[Row], set[str]] | None:
+    """Every saga, and those that raised an alert; None where no store is there."""
     if where.absent:
-        return [], set()
+        return None
     conn = open_reader(where)
     try:
         return queries.saga_summaries(conn), queries.alerted_saga_ids(conn)
+    except Exception as exc:
+        if database.missing_table(exc):
+            return None
+        raise
     finally:
         conn.close()
 
@@ -79,9 +83,17 @@ def audit(
     settings = system if isinstance(system, Settings) else Settings(data_dir=Path(system))
     db = settings.service_database
     now = time.time() if now is None else now
-    sagas, alerted = _saga_store(settings.store())
+    store = _saga_store(settings.store())
+    if store is None:
+        # an audit that finds nothing to check has checked nothing: a wrong data directory
+        # or database URL must not pass for a clean system
+        message = f"no saga store at {settings.store()}: nothing to audit"
+        return Report({}, [Violation("store", None, message)])
+    sagas, alerted = store
     report = Report(dict(Counter(r["state"] for r in sagas)))
     bad = report.violations.append
+    if not sagas:
+        bad(Violation("store", None, "the saga store holds no saga: nothing to audit"))
 
     by_ref: dict[str, Row] = {}
     orders: dict[str, dict[str, Any]] = {}

@@ -2,9 +2,10 @@
 
 Each test gets its own data directory and its own queue names (a unique prefix), so two
 runs at once on one broker do not interfere. Every test that needs a broker runs twice: on
-the Redis at SAGA_BROKER_URL (or a redis-server this session starts and stops; where none
-can be had those are skipped, except under CI, where they fail), and on the RabbitMQ at
-SAGA_TEST_AMQP_URL (skipped, with the reason shown, where none answers).
+the Redis at SAGA_BROKER_URL (or a redis-server this session starts and stops), and on the
+RabbitMQ at SAGA_TEST_AMQP_URL. A service or tool a tier needs that cannot be had skips
+that tier, with the reason shown, except under CI (``CI`` set, as ``.ci/run`` exports it),
+where it fails: a run in CI never passes on what it did not check.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -31,6 +33,13 @@ from saga_tools import redis_server
 pytest.register_assert_rewrite("tests.helpers")
 
 CI = bool(os.environ.get("CI"))
+
+
+def unavailable(reason: str) -> NoReturn:
+    """What a test needs cannot be had: skipped, but under CI a failure."""
+    if CI:
+        pytest.fail(f"{reason} (and CI is set: nothing may be skipped for want of it)")
+    pytest.skip(reason)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -57,7 +66,7 @@ def broker_url(
     """Each test that needs a broker runs on Redis, then on RabbitMQ."""
     if request.param == "rabbitmq":
         if not broker.reachable(AMQP_URL, timeout=3):
-            pytest.skip(f"no RabbitMQ answers at {AMQP_URL} (SAGA_TEST_AMQP_URL)")
+            unavailable(f"no RabbitMQ answers at {AMQP_URL} (SAGA_TEST_AMQP_URL)")
         yield AMQP_URL
         return
     url = config.load().broker_url
@@ -66,9 +75,7 @@ def broker_url(
     try:
         url, owned = redis_server.ensure(url, tmp_path_factory.mktemp("broker"))
     except ConfigError as exc:
-        if CI:
-            raise
-        pytest.skip(f"no Redis broker for these tests: {exc}")
+        unavailable(f"no Redis broker for these tests: {exc}")
     yield url
     if owned is not None:
         owned.stop()
@@ -119,9 +126,7 @@ def postgres_url() -> str:
     reason) where none answers, except under CI, where they fail."""
     why_not = unreachable(POSTGRES_URL)
     if why_not:
-        if CI:
-            pytest.fail(why_not)
-        pytest.skip(f"{why_not} (SAGA_TEST_POSTGRES_URL)")
+        unavailable(f"{why_not} (SAGA_TEST_POSTGRES_URL)")
     return POSTGRES_URL
 
 

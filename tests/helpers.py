@@ -116,3 +116,25 @@ def assert_declined_and_undone(view: SagaView, data_dir: Path, order_id: str) ->
     records = service_records(data_dir, order_id)
     assert records["charges"] == 0 and records["reservations_released"] == 1
     assert available(data_dir, "WIDGET") == STOCK["WIDGET"]
+
+
+def declared_queue_type(amqp_url: str, queue: str) -> str:
+    """The type RabbitMQ holds ``queue`` as (``classic``, ``quorum``…): a declaration as
+    classic is accepted only by a classic queue, and any other names its own type in the
+    refusal."""
+    import re
+
+    import amqp
+    from kombu import Connection
+
+    with Connection(amqp_url) as conn:
+        conn.default_channel.queue_declare(queue, passive=True)  # it exists
+        try:
+            conn.channel().queue_declare(
+                queue, durable=True, auto_delete=False, arguments={"x-queue-type": "classic"}
+            )
+        except amqp.exceptions.PreconditionFailed as exc:
+            found = re.search(r"current is '(\w+)", str(exc))
+            assert found, exc
+            return found.group(1)
+    return "classic"

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from saga_core.config import Settings
+from tests.conftest import CI
 
 pytestmark = pytest.mark.processes
 
@@ -127,6 +128,10 @@ def test_bench_smoke_run_writes_every_figure(
     assert compare["ratio_throughput_with_to_without_heartbeats"] > 0
     assert figures["kill"]["redis"]["kills"] == 2
     assert figures["kill"]["redis"]["p95_s"] >= figures["kill"]["redis"]["p50_s"] > 0
-    assert figures["kill"]["rabbitmq"].get("kills", 2) == 2
+    rabbitmq = figures["kill"]["rabbitmq"]
+    if "skipped" in rabbitmq and not CI:
+        print(rabbitmq["skipped"])  # the kill figure on RabbitMQ, where one answers
+    else:
+        assert rabbitmq["kills"] == 2, rabbitmq
     assert [g["finished_sagas"] for g in figures["growth"]] == [0, 2000]
     assert all(g["sagas_per_second"] > 0 for g in figures["growth"])

@@ -19,7 +19,7 @@ from saga_core.config import ORCHESTRATOR_QUEUE, Settings
 from saga_core.messages import OUTCOME_TASK, Command, Outcome, Phase, Status
 from saga_core.processes import wait_for
 from saga_core.retry import RetryPolicy
-from saga_store import SagaState
+from saga_store import SagaState, StepState, open_reader, queries
 from saga_tools import audit, redis_server
 from saga_tools.cluster import saga_command
 from tests.helpers import make_order, service_records, signed
@@ -181,28 +181,41 @@ def test_store_locked_by_another_process_for_a_while(system: System) -> None:
     # Given a saga under way
     saga_id = system.submit(make_order("L-1"), faults={"charge_payment": {"delay_seconds": 1}})
     system.wait_step_running("charge_payment", saga_id, "charge_payment")
-    # When another process holds the store's write lock for 3 seconds
-    locked = system.data_dir / "locked"
+    # When another process holds the store's write lock, longer than SQLite's busy timeout
+    locked, release = system.data_dir / "locked", system.data_dir / "release"
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
             (
-                "import sqlite3, sys, time, pathlib\n"
+                "import sqlite3, time, pathlib\n"
                 f"c = sqlite3.connect({str(system.data_dir / 'sagas.db')!r})\n"
                 "c.isolation_level = None\n"
                 "c.execute('BEGIN IMMEDIATE')\n"
                 f"pathlib.Path({str(locked)!r}).touch()\n"
-                "time.sleep(3)\n"
+                f"while not pathlib.Path({str(release)!r}).exists():\n"
+                "    time.sleep(0.05)\n"
                 "c.execute('COMMIT')\n"
             ),
         ]
     )
     try:
         wait_for(locked.exists, 10, "the lock to be taken")
-        # Then the orchestrator waits, and carries on
+        # Then the orchestrator meets the lock (the charge's outcome cannot be stored), says
+        # so, and keeps trying
+        wait_for(
+            lambda: "store busy" in system.orchestrator.log_text(),
+            30,
+            "the orchestrator to meet the lock",
+        )
+        assert system.orchestrator.alive()
+        store = open_reader(system.settings.store())
+        assert queries.get_saga(store, saga_id).step("charge_payment").state is StepState.RUNNING
+        release.touch()
+        # and carries on once it is released
         assert system.wait(saga_id).state is SagaState.COMPLETED
     finally:
+        release.touch()
         holder.wait(20)
     assert holder.returncode == 0
     assert service_records(system.data_dir, "L-1")["charges"] == 1

@@ -263,9 +263,25 @@ def test_an_outcome_goes_out_as_one_push_or_else_through_kombu(
 ) -> None:
     queue = settings.queue(ORCHESTRATOR_QUEUE)
     app = make_app(settings)
+    pushed: list[bool] = []
+    published: list[str] = []
+    push, publish = redis_transport.push, celery_app.publish_task
+
+    def counted_push(*args: object) -> bool:
+        pushed.append(push(*args))  # type: ignore[arg-type]
+        return pushed[-1]
+
+    def counted_publish(*args: object, **options: object) -> None:
+        published.append(str(args[2]))
+        publish(*args, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(redis_transport, "push", counted_push)
+    monkeypatch.setattr(celery_app, "publish_task", counted_publish)
     celery_app.send(app, direct(queue), OUTCOME_TASK, {"n": 1})
+    assert (pushed, published) == ([True], [])  # one push, and kombu never asked
     monkeypatch.setattr(redis_transport, "push", lambda *args: False)  # Redis did not answer
     celery_app.send(app, direct(queue), OUTCOME_TASK, {"n": 2})
+    assert published == [queue]  # so kombu sent it
     inbox = RedisInbox(settings.broker_url, queue, batch_size=10, lease=10)
     batch = inbox.take(wait=1)
     assert numbers(batch) == [1, 2]

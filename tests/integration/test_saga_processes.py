@@ -27,6 +27,7 @@ from tests.helpers import (
     all_text_of,
     assert_declined_and_undone,
     available,
+    declared_queue_type,
     make_order,
     service_records,
     signed,
@@ -109,6 +110,10 @@ def test_orchestrator_crash_points(
     wait_for(
         lambda: not system.orchestrator.alive(), 30, f"the orchestrator to crash at {crash_at}"
     )
+    # it died at the named point, by the plan, not anywhere else
+    assert f"crashing at {crash_at} for saga {saga_id}" in system.orchestrator.log_text()
+    point, operation = crash_at.split(":")
+    assert (system.data_dir / "crashpoints" / f"{saga_id}.{point}.{operation}").exists()
     system.orchestrator.stop()
     system.orchestrator.start()
     assert system.wait(saga_id).state is final
@@ -262,11 +267,17 @@ def test_pool_child_sigkill_redelivers_to_the_same_worker(
     # Given a reservation under way in a prefork inventory worker's pool child
     saga_id, child = reservation_under_way(system, "A-13")
     worker = system.workers["inventory"]
+    running = system.data_dir / "running" / f"reserve_inventory.{saga_id}:reserve_inventory"
+    running.unlink()  # the slow step touches it again on each run
     # When the child is SIGKILLed, the main process sees the worker lost and requeues
     os.kill(child, signal.SIGKILL)
-    # Then the step runs again and the saga completes, the reservation made once
+    # Then the same message is delivered again (long before the orchestrator would send the
+    # step again: one dispatch), the saga completes, and the reservation is made once
+    wait_for(running.exists, 30, "the reservation to run again")
     assert system.wait(saga_id).state is SagaState.COMPLETED
+    assert system.wait(saga_id).step("reserve_inventory").attempts == 1
     assert worker.alive()
+    assert child not in leaves(worker.pid)
     assert service_records(system.data_dir, "A-13") == ONE_OF_EACH
 
 
@@ -340,3 +351,7 @@ def test_quorum_queues(make_system: Callable[..., System], rabbitmq_only: None) 
     declined = system.submit(make_order("Q-2", card_number="4000000000000002"))
     assert system.wait(ok).state is SagaState.COMPLETED
     assert system.wait(declined).state is SagaState.COMPENSATED
+    # and RabbitMQ holds every queue of the system as a quorum queue
+    queues = system.settings.all_queues()
+    types = {q: declared_queue_type(system.settings.broker_url, q) for q in queues}
+    assert set(types.values()) == {"quorum"}, types

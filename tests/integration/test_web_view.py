@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from saga_store import SagaState
+from tests.conftest import unavailable
 from tests.helpers import make_order
 from tests.integration.conftest import System
 from tests.integration.test_http_api import Api, api  # noqa: F401 - the fixture
@@ -37,11 +38,10 @@ def browse(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.skipif(
-    CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)"
-)
 @pytest.mark.any_broker
 def test_the_page_shows_a_compensated_sagas_timeline(api: Api, system: System) -> None:  # noqa: F811
+    if CHROMIUM is None:
+        unavailable("Debian's chromium is not installed (apt-get install chromium)")
     saga_id = api.post_order(make_order("W-1", card_number="4000000000000002")).body["saga_id"]
     assert system.wait(saga_id).state is SagaState.COMPENSATED
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from saga_store import open_store
 from saga_tools import audit
 from tests.harness import Harness
 from tests.helpers import make_order
@@ -89,3 +90,16 @@ def test_effect_twice_and_stray_records(h: Harness) -> None:
     found = violations(h)
     assert ("once", h.completed) in found  # type: ignore[attr-defined]
     assert ("strays", None) in found
+
+
+def test_a_missing_or_empty_store_is_not_clean(tmp_path: Path) -> None:
+    # a data directory where nothing ever ran: a wrong SAGA_DATA_DIR, say
+    report = audit.audit(tmp_path / "nothing-here")
+    assert not report.ok
+    assert report.violations[0].check == "store" and "no saga store" in report.violations[0].message
+    # a store made, but never given a saga
+    open_store(tmp_path / "empty" / "sagas.db").close()
+    report = audit.audit(tmp_path / "empty")
+    assert [(v.check, v.message) for v in report.violations] == [
+        ("store", "the saga store holds no saga: nothing to audit")
+    ]

@@ -109,20 +109,37 @@ def test_replicas_running_one_key_at_once_take_effect_once(
 ) -> None:
     """Two replicas of the service (a connection each) get the same reservation at the same
     moment: the second waits for the first, then answers with its result."""
-    first_inside, second_started = threading.Event(), threading.Event()
+    first_inside = threading.Event()
+    second_began = threading.Event()  # SQLite: its BEGIN IMMEDIATE is under way
+    second_backend: list[int] = []  # PostgreSQL: its server process
     results: dict[str, Any] = {}
+
+    def second_waits() -> bool:
+        if dialect(inv) == SQLITE:
+            return second_began.is_set()
+        return bool(
+            second_backend
+            and inv.execute(
+                "SELECT COUNT(*) FROM pg_locks WHERE pid = ? AND NOT granted", (second_backend[0],)
+            ).fetchone()[0]
+        )
 
     def let_the_second_queue_up() -> None:
         first_inside.set()
-        assert second_started.wait(10)
         deadline = time.monotonic() + 10
-        while dialect(inv) != SQLITE and time.monotonic() < deadline:  # it waits on our lock
-            if inv.execute("SELECT COUNT(*) FROM pg_locks WHERE NOT granted").fetchone()[0]:
-                break
+        while not second_waits():  # the first holds the key until the second waits on it
+            assert time.monotonic() < deadline, "the second replica never waited on the first"
             time.sleep(0.01)
 
     def replica(name: str, before_effect: Any = None) -> None:
         db = inventory.service._open(inventory.service.where(place))  # a connection of its own
+        if name == "two":
+            if dialect(db) == SQLITE:
+                db.set_trace_callback(  # type: ignore[attr-defined]
+                    lambda sql: second_began.set() if sql.startswith("BEGIN") else None
+                )
+            else:
+                second_backend.append(db.execute("SELECT pg_backend_pid()").fetchone()[0])
         try:
             results[name] = inventory.service.run(
                 db, "reserve_inventory", "s1:r", ITEMS, before_effect=before_effect
@@ -135,7 +152,6 @@ def test_replicas_running_one_key_at_once_take_effect_once(
     assert first_inside.wait(10)
     two = threading.Thread(target=replica, args=("two",))
     two.start()
-    second_started.set()
     one.join(20)
     two.join(20)
     (out_one, fresh_one), (out_two, fresh_two) = results["one"], results["two"]
