@@ -79,8 +79,14 @@ class Faults(Middleware):
             raise BusinessError(f"{op} refused (random failure)")
 
     def after_effect(self, command: Command, fresh: bool) -> None:
-        if fresh and self._plan(command).crash_after_effect:
+        plan = self._plan(command)
+        if fresh and plan.crash_after_effect:
             _crash(f"{command.operation}: crashing after the effect, before the reply (fault plan)")
+        if fresh and plan.pause_after_effect:
+            marker = self.settings.data_dir / "committed" / f"{command.operation}.{command.key}"
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+            time.sleep(plan.pause_after_effect)  # the window itself, for a kill from outside
 
     # --- in the orchestrator ------------------------------------------------------------
 

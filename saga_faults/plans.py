@@ -14,6 +14,9 @@ A plan maps an operation (``charge_payment``, ``refund_payment``…) to what goe
   delivery: a poison message, given up after ``SAGA_MAX_DELIVERIES`` runs that never ended
 - ``delay_seconds``: S — a slow step: wait S seconds before the effect, after touching
   ``DATA_DIR/running/OPERATION.KEY`` so that a test or a demo knows the step is under way
+- ``pause_after_effect``: S — wait S seconds after the effect is committed and before the
+  outcome is sent, after touching ``DATA_DIR/committed/OPERATION.KEY`` (once per key: the
+  redelivered run replies at once), so that a kill from outside can land in that window
 
 and ``"orchestrator": {"crash_at": "POINT:OPERATION"}`` kills the orchestrator once for the
 order, at ``before_dispatch`` (the transition that sends OPERATION is stored, the command not
@@ -41,6 +44,7 @@ FAULT_FIELDS: dict[str, type] = {
     "crash_after_effect": bool,
     "crash_before_effect": bool,
     "delay_seconds": float,
+    "pause_after_effect": float,
 }
 CRASH_POINTS = ("before_dispatch", "after_dispatch")
 MAX_DELAY_SECONDS = 60
@@ -57,6 +61,7 @@ class OperationFaults:
     crash_after_effect: bool = False
     crash_before_effect: bool = False
     delay_seconds: float = 0.0
+    pause_after_effect: float = 0.0
 
 
 NO_FAULTS = OperationFaults()

@@ -132,6 +132,31 @@ def test_worker_dies_after_the_effect_before_replying(system: System) -> None:
     assert "crashing after the effect" in system.workers["shipping"].log_text()
 
 
+def test_a_worker_killed_from_outside_between_its_commit_and_its_reply(system: System) -> None:
+    # Given a charge whose effect is committed and whose outcome is not sent yet: the step
+    # touches a marker after its commit and holds there (no other fault anywhere)
+    saga_id = system.submit(
+        make_order("A-16"), faults={"charge_payment": {"pause_after_effect": 5}}
+    )
+    committed = system.data_dir / "committed" / f"charge_payment.{saga_id}:charge_payment"
+    wait_for(committed.exists, 30, "the charge to be committed")
+    assert service_records(system.data_dir, "A-16")["charges"] == 1
+    step = system.saga(saga_id).step("charge_payment")
+    assert step.state is StepState.RUNNING  # the orchestrator has heard nothing yet
+    # When the worker's process is SIGKILLed from outside, in that window
+    worker = system.workers["payment"]
+    [process] = leaves(worker.pid)
+    os.kill(process, signal.SIGKILL)
+    # Then the charge is delivered again, the ledger answers with the first result, and the
+    # saga completes with one charge and a clean audit
+    assert system.wait(saga_id).state is SagaState.COMPLETED
+    # (its supervisor saw it killed: `saga worker` on the solo pool, Celery on prefork)
+    assert "SIGKILL" in worker.log_text() and process not in leaves(worker.pid)
+    assert service_records(system.data_dir, "A-16") == ONE_OF_EACH
+    report = audit.audit(system.data_dir)
+    assert report.ok, report.violations
+
+
 def test_compensation_that_keeps_failing_alerts(system: System) -> None:
     saga_id = system.submit(
         make_order("A-7"),
