@@ -1,6 +1,8 @@
 """DBOS Transact (3.4; ``pip install -e .[peers]``) running the order saga's four steps
 in its own process: ``python -m bench.peer_dbos --count N [--threads T] [--rate R]``, the
-settings in the environment; prints the run as one JSON object.
+settings in the environment; prints the run as one JSON object. Each workflow is timed by
+the bench's one clock (``bench.clock``): a reader thread in this process sees its call
+return.
 
 A DBOS workflow of four steps, each calling the same services' step runners as a saga's
 steps do; DBOS checkpoints each step in its system database, an SQLite file (WAL) in the
@@ -22,6 +24,8 @@ from typing import Any
 
 from dbos import DBOS
 
+from bench import clock
+from bench.clock import Ends
 from bench.workload import Run, Steps, pace, step_commands
 from saga_core import config
 from saga_core.config import Settings
@@ -43,7 +47,13 @@ class DbosRunner:
         if done.returncode:
             raise RuntimeError(f"the DBOS run failed: {done.stderr[-2000:]}")
         result = json.loads(done.stdout.splitlines()[-1])
-        return Run(count, result["seconds"], result["latencies"], {"dbos": result["cpu_seconds"]})
+        return Run(
+            count,
+            result["seconds"],
+            result["latencies"],
+            {"dbos": result["cpu_seconds"]},
+            result["recorded"],
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,9 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         for operation, wire in commands:
             step(operation, wire)
 
+    returned: set[str] = set()
+
     def one(tag: str, n: int) -> float:
-        """Run order ``n``; returns when it ended."""
+        """Run order ``n``; returns when it ended, and says so to the bench's reader."""
         order([(c.operation, c.to_wire()) for c in step_commands(tag, n)])
+        returned.add(f"{tag}-{n}")
         return time.monotonic()
 
     DBOS(
@@ -90,25 +103,32 @@ def main(argv: list[str] | None = None) -> int:
             one(f"{args.tag}-warm", n)
         started: list[float] = []
         ended: list[float] = []
+        interval = clock.AT_LOAD if args.rate else clock.SATURATED
         cpu0 = time.process_time()
-        t0 = time.monotonic()
-        if args.threads:
-            with ThreadPoolExecutor(args.threads) as pool:
-                futures = []
+        with Ends("DBOS", lambda pending: returned.intersection(pending), interval) as ends:
+            t0 = time.monotonic()
+            if args.threads:
+                with ThreadPoolExecutor(args.threads) as pool:
+                    futures = []
+                    for n in range(args.count):
+                        pace(t0, n, args.rate or None)
+                        started.append(time.monotonic())
+                        ends.handed(f"{args.tag}-{n}", started[-1])
+                        futures.append(pool.submit(one, args.tag, n))
+                    ended = [f.result() for f in futures]
+            else:
                 for n in range(args.count):
                     pace(t0, n, args.rate or None)
                     started.append(time.monotonic())
-                    futures.append(pool.submit(one, args.tag, n))
-                ended = [f.result() for f in futures]
-        else:
-            for n in range(args.count):
-                pace(t0, n, args.rate or None)
-                started.append(time.monotonic())
-                ended.append(one(args.tag, n))
+                    ends.handed(f"{args.tag}-{n}", started[-1])
+                    ended.append(one(args.tag, n))
+            ends.wait(args.count, 600)
         result = {
             "cpu_seconds": time.process_time() - cpu0,
-            "seconds": max(ended) - t0,
-            "latencies": [e - s for s, e in zip(started, ended, strict=True)],
+            "seconds": ends.last(t0) - t0,
+            "latencies": ends.latencies(),
+            # the call's own return, seen by no reader: the clock of earlier figures
+            "recorded": [e - s for s, e in zip(started, ended, strict=True)],
         }
     finally:
         DBOS.destroy()

@@ -5,9 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import statistics
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -16,8 +15,10 @@ import redis
 from celery import Celery, chain
 
 import orchestrator
+from bench import clock
 from bench.chain import done_queue
 from bench.chain import queue as chain_queue
+from bench.clock import Ends
 from orchestrator.order_saga import ORDER_SAGA
 from saga_core.config import Settings
 from saga_core.messages import Command, Outcome, Phase, Status
@@ -29,20 +30,21 @@ from workers.task import StepRunner
 @dataclass
 class Run:
     count: int
-    seconds: float  # first submit to last completion
+    seconds: float  # first hand-over to the last end its client saw
+    #: each workflow's, by the bench's one clock (``bench.clock``)
     latencies: list[float]
     #: CPU seconds spent meanwhile, by kind of process (where measured)
     cpu: dict[str, float] = field(default_factory=dict)
+    #: each workflow's as the system records it itself (a saga's history, celery-saga's
+    #: record, a DBOS call's return), where that differs: the clock of earlier figures
+    recorded: list[float] = field(default_factory=list)
 
     @property
     def per_second(self) -> float:
         return self.count / self.seconds if self.seconds else 0.0
 
-    def percentile(self, p: float) -> float:
-        if not self.latencies:
-            return 0.0
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+    def percentile(self, p: float, recorded: bool = False) -> float:
+        return percentile(self.recorded if recorded else self.latencies, p)
 
     @classmethod
     def merged(cls, runs: list[Run]) -> Run:
@@ -56,6 +58,7 @@ class Run:
             sum(r.seconds for r in runs),
             [t for r in runs for t in r.latencies],
             cpu,
+            [t for r in runs for t in r.recorded],
         )
 
     def summary(self) -> dict[str, Any]:
@@ -68,7 +71,22 @@ class Run:
             "p95_ms": round(self.percentile(95) * 1000, 1),
             "p99_ms": round(self.percentile(99) * 1000, 1),
             "mean_ms": round(statistics.fmean(self.latencies) * 1000, 1) if self.latencies else 0,
+            **(
+                {
+                    "recorded_p50_ms": round(self.percentile(50, recorded=True) * 1000, 1),
+                    "recorded_p95_ms": round(self.percentile(95, recorded=True) * 1000, 1),
+                }
+                if self.recorded
+                else {}
+            ),
         }
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
 def order(tag: str, n: int) -> dict[str, Any]:
@@ -122,7 +140,8 @@ def pace(t0: float, i: int, rate: float | None) -> None:
 
 class ChainRunner:
     """Plain Celery chains of the four step tasks (``bench.chain``); the last one replies
-    on a queue of ours, read straight from Redis, so that the end of each chain is seen."""
+    on a queue of ours, which the bench's reader drains, so that the end of each chain is
+    seen."""
 
     def __init__(self, app: Celery, settings: Settings):
         self.app, self.settings = app, settings
@@ -145,30 +164,23 @@ class ChainRunner:
         )
 
     def run(self, tag: str, count: int, rate: float | None = None) -> Run:
-        started: dict[str, float] = {}
-        finished: dict[str, float] = {}
-        reader = threading.Thread(target=self._read, args=(count, finished), daemon=True)
-        reader.start()
-        t0 = time.monotonic()
-        for n in range(count):
-            pace(t0, n, rate)
-            started[f"{tag}-{n}"] = time.monotonic()
+        def submit(n: int) -> str:
             self._signatures(tag, n).apply_async()
-        reader.join(timeout=600)
-        latencies = [finished[k] - started[k] for k in finished if k in started]
-        last = max(finished.values(), default=t0)
-        return Run(len(finished), last - t0, latencies)
+            return f"{tag}-{n}"
 
-    def _read(self, count: int, finished: dict[str, float]) -> None:
-        while len(finished) < count:
-            # below redis-py's default socket timeout (5 s), which would end a longer wait
-            item = self.client.brpop([self.done_queue], timeout=1)
-            if item is None:
-                continue
-            message = json.loads(item[1])
-            body = base64.b64decode(message["body"])
-            outcome = json.loads(body)[0][0]
-            finished[outcome["saga_id"]] = time.monotonic()
+        return submit_and_wait("the chains", count, rate, submit, self._drain)
+
+    def _drain(self, pending: list[str]) -> list[str]:
+        """The chains whose reply has come, taken off the reply queue at once."""
+        with self.client.pipeline(transaction=True) as both:
+            both.lrange(self.done_queue, 0, -1)
+            both.delete(self.done_queue)
+            replies, _ = both.execute()
+        ended = []
+        for raw in replies:
+            body = base64.b64decode(json.loads(raw)["body"])
+            ended.append(json.loads(body)[0][0]["saga_id"])
+        return ended
 
 
 def epoch(iso: str) -> float:
@@ -177,47 +189,56 @@ def epoch(iso: str) -> float:
 
 
 def submit_and_wait(
+    what: str,
     count: int,
     rate: float | None,
     submit: Callable[[int], str],
-    ended: Callable[[list[str]], list[tuple[float, float]]],
+    ended: Callable[[list[str]], Iterable[str]],
+    recorded: Callable[[list[str]], list[tuple[float, float]]] | None = None,
     timeout: float = 600,
 ) -> Run:
-    """Submit ``count`` workflows (``submit(n)`` returns an id), at ``rate`` per second or
-    at once, then wait for them to end: ``ended(ids)`` gives the start and end times
-    (seconds since the epoch) of those that have, as the system itself recorded them."""
+    """Hand over ``count`` workflows (``submit(n)`` returns an id), at ``rate`` per second
+    or at once, each timed by the one clock (``bench.clock``) from just before ``submit``
+    to the moment the reader sees it in ``ended(pending)``; ``recorded(ids)``, where given,
+    gives the start and end (seconds since the epoch) each one's system recorded itself.
+    :class:`~bench.clock.BenchTimeout` where they have not all ended in ``timeout``."""
     ids = []
-    t0 = time.monotonic()
-    wall0 = time.time()
-    for n in range(count):
-        pace(t0, n, rate)
-        ids.append(submit(n))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rows = ended(ids)
-        if len(rows) == count:
-            break
-        time.sleep(0.2)  # polling for the workflows' end
-    latencies = [finish - start for start, finish in rows]
-    last = max((finish for _, finish in rows), default=wall0)
-    return Run(len(rows), last - wall0, latencies)
+    with Ends(what, ended, clock.AT_LOAD if rate else clock.SATURATED) as ends:
+        t0 = time.monotonic()
+        for n in range(count):
+            pace(t0, n, rate)
+            at = time.monotonic()
+            key = submit(n)
+            ends.handed(key, at)
+            ids.append(key)
+        ends.wait(count, timeout)
+    run = Run(count, ends.last(t0) - t0, ends.latencies())
+    if recorded is not None:
+        run.recorded = [finish - start for start, finish in recorded(ids)]
+    return run
 
 
 class SagaRunner:
-    """Sagas through the orchestrator; each one's time from submit to its terminal state
-    is read from the store's history (``queries.ended_spans``)."""
+    """Sagas through the orchestrator, seen ended by the reader in the store (a terminal
+    state); each one's span in its history is the recorded figure
+    (``queries.ended_spans``)."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
 
     def run(self, tag: str, count: int, rate: float | None = None) -> Run:
         store = open_reader(self.settings.store())
-        return submit_and_wait(
-            count,
-            rate,
-            lambda n: orchestrator.submit(order(tag, n), settings=self.settings),
-            lambda ids: queries.ended_spans(store, ids),
-        )
+        try:
+            return submit_and_wait(
+                "the sagas",
+                count,
+                rate,
+                lambda n: orchestrator.submit(order(tag, n), settings=self.settings),
+                lambda pending: queries.ended_ids(store, pending),
+                lambda ids: queries.ended_spans(store, ids),
+            )
+        finally:
+            store.close()
 
 
 class Steps:

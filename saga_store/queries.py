@@ -111,6 +111,16 @@ def answers(conn: Connection) -> bool:
     return True
 
 
+def ended_ids(conn: Connection, saga_ids: list[str]) -> list[str]:
+    """Those of ``saga_ids`` in a terminal state."""
+    if not saga_ids:
+        return []
+    rows = conn.execute(
+        f"SELECT id FROM sagas WHERE id IN ({marks(saga_ids)}) AND NOT {_ACTIVE}", saga_ids
+    ).fetchall()
+    return [r["id"] for r in rows]
+
+
 def ended_spans(conn: Connection, saga_ids: list[str]) -> list[tuple[float, float]]:
     """When each of those of ``saga_ids`` that have ended was created and when it ended,
     in seconds since the epoch: from the history, which keeps microseconds where

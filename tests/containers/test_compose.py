@@ -1,8 +1,8 @@
 """The compose stack as its README section runs it: up, healthy, an order through the API,
-a worker container SIGKILLed and restarted by its policy, every saga ended, a clean audit,
-metrics and Flower read from the host, down. Twice: on the data volume's SQLite files, and
-with the postgres profile (every database in PostgreSQL, two payment workers on one
-ledger)."""
+a worker container SIGKILLed while it holds a step and restarted by its policy, every saga
+ended, a clean audit, metrics and Flower read from the host, down. Twice: on the data
+volume's SQLite files, and with the postgres profile (every database in PostgreSQL, two
+payment workers on one ledger)."""
 
 from __future__ import annotations
 
@@ -68,12 +68,22 @@ class Stack:
             "SAGA_RABBITMQ_UI_PORT": str(self.ports["rabbitmq_ui"]),
             "SAGA_BROKER_URL": "redis://saga:saga@redis:6379/0",
             "SAGA_DATABASE_URL": database_url,
+            # fault plans on, for one slow charge: so that the kill lands mid-saga
+            "SAGA_FAULTS": "1",
         }
 
-    def compose(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def compose(
+        self, *args: str, check: bool = True, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         argv = [*self.command, "-f", str(ROOT / "docker-compose.yml"), "-p", self.project]
         return subprocess.run(
-            [*argv, *args], env=self.env, capture_output=True, text=True, check=check, timeout=300
+            [*argv, *args],
+            env=self.env,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=300,
         )
 
     def container(self, service: str) -> Any:
@@ -121,6 +131,11 @@ class Stack:
 
     def saga_state(self, saga_id: str) -> str:
         return str(self.http("api", f"/sagas/{saga_id}")["state"])
+
+    def holder(self, saga_id: str, step: str) -> str | None:
+        """The worker that reports holding ``step`` of the saga, while it runs."""
+        [found] = [s for s in self.http("api", f"/sagas/{saga_id}")["steps"] if s["name"] == step]
+        return str(found["held_by"]) if found["state"] == "running" and found["held_by"] else None
 
 
 def _down_leftovers(command: list[str], client: docker.DockerClient) -> None:
@@ -182,24 +197,32 @@ def test_the_compose_stack_runs_orders_through_a_worker_crash(stack: Stack) -> N
     # An order through the API completes (the shop was stocked by the one-shot service)
     first = stack.http("api", "/orders", make_order("SMOKE-1"))["saga_id"]
     wait_for(lambda: stack.saga_state(first) == "completed", 60, "the first order")
-    # A worker's process SIGKILLed from the host: a crash to Docker, which restarts it
-    payment = stack.container("payment")
+    # A worker's process SIGKILLed from the host mid-saga, a crash to Docker, which restarts
+    # it: the payment container that holds a charge under way (slow, by a fault plan)
+    plan = json.dumps({"charge_payment": {"delay_seconds": 5}})
+    stack.compose(
+        "exec", "-T", "orchestrator", "saga", "faults", "SMOKE-2", "--plan", "-", stdin=plan
+    )
+    slow = stack.http("api", "/orders", make_order("SMOKE-2"))["saga_id"]
+    held_by = wait_for(lambda: stack.holder(slow, "charge_payment"), 60, "the charge to be held")
+    host = held_by.rpartition("@")[2]
+    [payment] = [c for c in stack.containers("payment") if c.attrs["Config"]["Hostname"] == host]
     restarts = payment.attrs["RestartCount"]
     killed_at = time.monotonic()
     os.kill(payment.attrs["State"]["Pid"], signal.SIGKILL)
-    after = [stack.http("api", "/orders", make_order(f"SMOKE-{n}"))["saga_id"] for n in (2, 3)]
+    after = [stack.http("api", "/orders", make_order(f"SMOKE-{n}"))["saga_id"] for n in (3, 4)]
     wait_for(
-        lambda: stack.container("payment").attrs["RestartCount"] > restarts,
+        lambda: stack.docker.containers.get(payment.id).attrs["RestartCount"] > restarts,
         60,
         "compose to restart the payment container",
     )
-    for saga_id in after:
+    for saga_id in [slow, *after]:
         wait_for(lambda s=saga_id: stack.saga_state(s) == "completed", 90, f"saga {saga_id}")
-    print(f"orders sent at the kill completed {time.monotonic() - killed_at:.1f}s after it")
+    print(f"orders in flight at the kill completed {time.monotonic() - killed_at:.1f}s after it")
     # The audit is clean, and the metrics and Flower answer on the host
     audit = stack.compose("exec", "-T", "orchestrator", "saga", "audit", "--json", check=False)
     assert audit.returncode == 0, audit.stdout + audit.stderr
     assert json.loads(audit.stdout)["ok"] is True
     metrics = stack.http("metrics", "/metrics")
-    assert 'saga_sagas_finished_total{state="completed"} 3.0' in metrics
+    assert 'saga_sagas_finished_total{state="completed"} 4.0' in metrics
     assert stack.http("flower", "/healthcheck") == "OK"
