@@ -200,12 +200,10 @@ def test_the_compose_stack_runs_orders_through_a_worker_crash(stack: Stack) -> N
     # A worker's process SIGKILLed from the host mid-saga, a crash to Docker, which restarts
     # it: the payment container that holds a charge under way (slow, by a fault plan)
     plan = json.dumps({"charge_payment": {"delay_seconds": 5}})
-    stack.compose(
-        "exec", "-T", "orchestrator", "saga", "faults", "SMOKE-2", "--plan", "-", stdin=plan
-    )
+    stack.compose("exec", "-T", "orchestrator", "saga", "faults", "SMOKE-2", "-", stdin=plan)
     slow = stack.http("api", "/orders", make_order("SMOKE-2"))["saga_id"]
     held_by = wait_for(lambda: stack.holder(slow, "charge_payment"), 60, "the charge to be held")
-    host = held_by.rpartition("@")[2]
+    host = held_by.partition(" pid ")[0].rpartition("@")[2]  # "NAME@HOST pid PID"
     [payment] = [c for c in stack.containers("payment") if c.attrs["Config"]["Hostname"] == host]
     restarts = payment.attrs["RestartCount"]
     killed_at = time.monotonic()
