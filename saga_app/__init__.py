@@ -1,0 +1,50 @@
+"""The public API: declare your saga and your services, and every tool runs them.
+
+::
+
+    from saga_app import App, BusinessError, Saga, Service, Step
+
+    hotels = Service("hotels")
+
+    @hotels.action("book_room")
+    def book_room(db, payload):            # in the service's own database, once per key
+        ...
+        return {"booking_id": booking_id}
+
+    @hotels.compensation("cancel_room", undoes="book_room")
+    def cancel_room(db, payload, booked):  # booked: what book_room returned
+        ...
+
+    trip = Saga("trip", input=TripRequest, key="trip_id", steps=[
+        Step("book_room", hotels, "book_room", compensation="cancel_room",
+             payload=lambda trip, done: {"reference": trip["trip_id"], ...}),
+        ...
+    ])
+    app = App(sagas=[trip], services=[hotels, ...])
+
+Then ``SAGA_APP=mypackage.trip:app saga worker hotels``, ``saga orchestrator``, and so on
+(the order saga's app, ``order_app:app``, is the default). Everything a saga's author
+writes comes from this module.
+"""
+
+from saga_app.app import BUILT_IN, App, AppError, load
+from saga_app.declare import Saga, Step
+from saga_core.database import Connection
+from saga_core.errors import BusinessError, InvalidInput, TransientError
+from saga_core.retry import RetryPolicy
+from workers.service import Service
+
+__all__ = [
+    "BUILT_IN",
+    "App",
+    "AppError",
+    "BusinessError",
+    "Connection",
+    "InvalidInput",
+    "RetryPolicy",
+    "Saga",
+    "Service",
+    "Step",
+    "TransientError",
+    "load",
+]

@@ -1,0 +1,145 @@
+"""The app: which sagas and which services a system runs, checked when it loads.
+
+Every process of a system loads the same app (``SAGA_APP=package.module:app``, or
+``saga --app``, as ``celery -A`` names a Celery app): the orchestrator runs its sagas, a
+worker its service, the tools read what both name.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from orchestrator.definition import SagaDefinition
+from saga_app.declare import Saga
+from saga_core.errors import ConfigError
+from workers.service import Service
+
+#: The app every process loads where ``SAGA_APP`` names none: the order saga.
+BUILT_IN = "order_app:app"
+
+
+class AppError(ConfigError):
+    """An app that cannot run: the message names the saga and the step at fault."""
+
+
+@dataclass(frozen=True)
+class App:
+    """``sagas`` and the ``services`` their steps run on; checked on construction
+    (:class:`AppError` naming the saga and the step)."""
+
+    sagas: Sequence[Saga]
+    services: Sequence[Service]
+    definitions: Mapping[str, SagaDefinition] = field(init=False)
+
+    def __post_init__(self) -> None:
+        check(self.sagas, self.services)
+        definitions = {saga.name: saga.definition() for saga in self.sagas}
+        object.__setattr__(self, "definitions", definitions)
+
+    @property
+    def service_names(self) -> tuple[str, ...]:
+        return tuple(service.name for service in self.services)
+
+    def saga(self, name: str) -> Saga:
+        for saga in self.sagas:
+            if saga.name == name:
+                return saga
+        known = ", ".join(s.name for s in self.sagas)
+        raise AppError(f"no saga named {name!r} in this app (it has {known})")
+
+    def service(self, name: str) -> Service:
+        for service in self.services:
+            if service.name == name:
+                return service
+        known = ", ".join(self.service_names)
+        raise AppError(f"no service named {name!r} in this app (it has {known})")
+
+
+def check(sagas: Sequence[Saga], services: Sequence[Service]) -> None:
+    """Refuse, with an error naming the saga and the step, what could not run: a step
+    whose action or compensation its service does not register, a step name used twice
+    (or for two services), a step that can be neither undone nor skipped without saying
+    so, and names used twice."""
+    if not sagas:
+        raise AppError("an app needs at least one saga")
+    _unique("saga", [s.name for s in sagas])
+    _unique("service", [s.name for s in services])
+    by_name = {s.name: s for s in services}
+    owner: dict[str, str] = {}  # an operation name is a task name: one service each
+    for service in services:
+        for operation in service.operations:
+            if owner.setdefault(operation, service.name) != service.name:
+                raise AppError(
+                    f"operation {operation!r} is registered on services {owner[operation]!r} "
+                    f"and {service.name!r}: name them apart"
+                )
+    step_service: dict[str, str] = {}
+    for saga in sagas:
+        if not saga.steps:
+            raise AppError(f"saga {saga.name!r} has no step")
+        seen: set[str] = set()
+        for step in saga.steps:
+            where = f"saga {saga.name!r}, step {step.name!r}"
+            if step.name in seen:
+                raise AppError(f"{where}: the step name is used twice")
+            seen.add(step.name)
+            if step_service.setdefault(step.name, step.service.name) != step.service.name:
+                raise AppError(
+                    f"{where}: a step of that name runs on {step_service[step.name]!r} in "
+                    "another saga; an outcome must tell whose it is: name them apart"
+                )
+            on = by_name.get(step.service.name)
+            if on is None or on is not step.service:
+                raise AppError(f"{where}: its service {step.service.name!r} is not in the app")
+            action = on.operations.get(step.action)
+            if action is None or action.is_compensation:
+                raise AppError(
+                    f"{where}: action {step.action!r} is not registered on service "
+                    f"{on.name!r} (@{on.name}.action({step.action!r}))"
+                )
+            if step.compensation is not None:
+                undo = on.operations.get(step.compensation)
+                if undo is None or undo.undoes != step.action:
+                    raise AppError(
+                        f"{where}: compensation {step.compensation!r} is not registered on "
+                        f"service {on.name!r} as undoing {step.action!r} "
+                        f"(@{on.name}.compensation({step.compensation!r}, "
+                        f"undoes={step.action!r}))"
+                    )
+                if step.best_effort or step.irreversible:
+                    raise AppError(
+                        f"{where}: a step with a compensation is neither best-effort nor "
+                        "irreversible"
+                    )
+            elif not (step.best_effort or step.irreversible):
+                raise AppError(
+                    f"{where}: no compensation; say why: best_effort=True (its failure "
+                    "does not fail the saga) or irreversible=True (it cannot be undone, on "
+                    "purpose)"
+                )
+
+
+def _unique(what: str, names: list[str]) -> None:
+    for name in names:
+        if not name or names.count(name) > 1:
+            raise AppError(f"{what} name {name!r} is empty or used twice")
+
+
+def load(spec: str) -> App:
+    """The app that ``spec`` (``package.module:attribute``; the attribute ``app`` by
+    default) names; :class:`AppError` saying what is wrong."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name:
+        raise AppError(f"SAGA_APP={spec!r}: name a module, as package.module:app")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise AppError(f"SAGA_APP={spec!r}: cannot import {module_name!r}: {exc}") from None
+    app = getattr(module, attribute or "app", None)
+    if not isinstance(app, App):
+        raise AppError(
+            f"SAGA_APP={spec!r}: {module_name}.{attribute or 'app'} is not a saga_app.App"
+        )
+    return app

@@ -1,0 +1,143 @@
+"""The public API's app: every refusal at load time names the saga and the step."""
+
+from __future__ import annotations
+
+import sys
+import types
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, Field
+
+from saga_app import App, AppError, InvalidInput, Saga, Service, Step, load
+
+
+def services() -> tuple[Service, Service]:
+    flights, mail = Service("flights"), Service("mail")
+
+    @flights.action("book_flight")
+    def book(db: Any, payload: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    @flights.compensation("cancel_flight", undoes="book_flight")
+    def cancel(db: Any, payload: dict[str, Any], booked: Any) -> None:
+        return None
+
+    @mail.action("send_mail")
+    def send(db: Any, payload: dict[str, Any]) -> None:
+        return None
+
+    return flights, mail
+
+
+def payload(trip: Any, done: Any) -> dict[str, Any]:
+    return {"reference": trip["trip_id"]}
+
+
+class Trip(BaseModel):
+    trip_id: str = Field(min_length=1, max_length=40)
+    seats: int = Field(ge=1, le=9)
+
+
+def trip(*steps: Step) -> Saga:
+    return Saga("trip", input=Trip, key="trip_id", steps=steps)
+
+
+def test_a_sound_app_loads_and_gives_the_engine_its_definitions() -> None:
+    flights, mail = services()
+    app = App(
+        sagas=[
+            trip(
+                Step("book_flight", flights, "book_flight", payload, compensation="cancel_flight"),
+                Step("send_mail", mail, "send_mail", payload, best_effort=True),
+            )
+        ],
+        services=[flights, mail],
+    )
+    definition = app.definitions["trip"]
+    assert [(s.name, s.queue, s.compensation) for s in definition.steps] == [
+        ("book_flight", "flights", "cancel_flight"),
+        ("send_mail", "mail", None),
+    ]
+    assert app.service_names == ("flights", "mail")
+    # the input is checked by its model; what is stored is its JSON, the key its trip_id
+    assert definition.prepare({"trip_id": "T-1", "seats": 2}) == (
+        {"trip_id": "T-1", "seats": 2},
+        "T-1",
+    )
+    with pytest.raises(InvalidInput, match=r"invalid trip: seats: Input should be less"):
+        definition.prepare({"trip_id": "T-1", "seats": 10})
+    assert app.saga("trip").schema is not None and "seats" in app.saga("trip").schema["properties"]
+
+
+@pytest.mark.parametrize(
+    ("steps", "message"),
+    [
+        (
+            lambda f, m: [Step("book_flight", f, "book_hotel", payload, irreversible=True)],
+            "saga 'trip', step 'book_flight': action 'book_hotel' is not registered on "
+            "service 'flights'",
+        ),
+        (
+            lambda f, m: [
+                Step("book_flight", f, "book_flight", payload, compensation="cancel_flight"),
+                Step("book_flight", f, "book_flight", payload, compensation="cancel_flight"),
+            ],
+            "saga 'trip', step 'book_flight': the step name is used twice",
+        ),
+        (
+            lambda f, m: [Step("book_flight", f, "book_flight", payload)],
+            "saga 'trip', step 'book_flight': no compensation; say why",
+        ),
+        (
+            lambda f, m: [
+                Step("book_flight", f, "book_flight", payload, compensation="refund_flight")
+            ],
+            "saga 'trip', step 'book_flight': compensation 'refund_flight' is not registered",
+        ),
+        (
+            lambda f, m: [Step("send_mail", m, "send_mail", payload, compensation="cancel_flight")],
+            "saga 'trip', step 'send_mail': compensation 'cancel_flight' is not registered on "
+            "service 'mail'",
+        ),
+        (
+            lambda f, m: [Step("book_flight", f, "cancel_flight", payload, irreversible=True)],
+            "saga 'trip', step 'book_flight': action 'cancel_flight' is not registered",
+        ),
+    ],
+)
+def test_each_unsound_app_is_refused_naming_the_saga_and_the_step(steps: Any, message: str) -> None:
+    flights, mail = services()
+    with pytest.raises(AppError) as refused:
+        App(sagas=[trip(*steps(flights, mail))], services=[flights, mail])
+    assert message in str(refused.value)
+
+
+def test_a_step_on_a_service_the_app_lacks_is_refused() -> None:
+    flights, mail = services()
+    saga = trip(Step("send_mail", mail, "send_mail", payload, best_effort=True))
+    with pytest.raises(AppError, match="step 'send_mail': its service 'mail' is not in the app"):
+        App(sagas=[saga], services=[flights])
+
+
+def test_one_operation_on_two_services_is_refused() -> None:
+    flights, mail = services()
+    mail.action("book_flight")(lambda db, payload: None)
+    saga = trip(Step("send_mail", mail, "send_mail", payload, best_effort=True))
+    with pytest.raises(AppError, match="'book_flight' is registered on services 'flights'"):
+        App(sagas=[saga], services=[flights, mail])
+
+
+def test_saga_app_names_a_module_and_an_app(monkeypatch: pytest.MonkeyPatch) -> None:
+    _, mail = services()
+    saga = trip(Step("send_mail", mail, "send_mail", payload, best_effort=True))
+    module = types.ModuleType("a_users_trip")
+    module.app = App(sagas=[saga], services=[mail])  # type: ignore[attr-defined]
+    module.other = "not an app"  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "a_users_trip", module)
+    assert load("a_users_trip:app") is module.app  # type: ignore[attr-defined]
+    assert load("a_users_trip") is module.app  # type: ignore[attr-defined]
+    with pytest.raises(AppError, match=r"a_users_trip.other is not a saga_app.App"):
+        load("a_users_trip:other")
+    with pytest.raises(AppError, match=r"cannot import 'no_such_module'"):
+        load("no_such_module:app")
