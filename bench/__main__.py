@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import orchestrator
+import saga_app
 from bench import signing, store
 from bench.chain import build
 from bench.chain import queue as chain_queue
@@ -466,7 +466,7 @@ def kill_recovery(settings: Settings, kills: int, label: str) -> dict[str, Any]:
         cluster.wait_ready()
         for n in range(kills):
             cluster.plan_faults(f"kill-{n:07d}", {"charge_payment": {"delay_seconds": 3}})
-            saga_id = orchestrator.submit(order("kill", n), settings=s)
+            saga_id = saga_app.submit(order("kill", n), settings=s)
             marker = s.data_dir / "running" / f"charge_payment.{saga_id}:charge_payment"
             wait_for(marker.exists, 60, "the slow charge to start")
             marker.unlink()
@@ -498,7 +498,7 @@ def kill_recovery(settings: Settings, kills: int, label: str) -> dict[str, Any]:
 
 
 def runner_submit(runner: SagaRunner, tag: str, n: int) -> str:
-    return orchestrator.submit(order(tag, n), settings=runner.settings)
+    return saga_app.submit(order(tag, n), settings=runner.settings)
 
 
 def growth(settings: Settings, fills: list[int], count: int) -> list[dict[str, Any]]:

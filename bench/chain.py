@@ -12,11 +12,11 @@ from typing import Any
 
 from celery import Celery, Task
 
+from order_app import app as order_app
 from saga_core import config
 from saga_core.celery_app import direct, make_app, send
 from saga_core.config import Settings
 from saga_core.messages import OUTCOME_TASK, Command
-from workers import SERVICES
 from workers.task import Retry, StepRunner
 
 
@@ -31,7 +31,7 @@ def done_queue(settings: Settings) -> str:
 def build(settings: Settings) -> Celery:
     app = make_app(settings, "chain")
     reply_to = direct(done_queue(settings))
-    for service in SERVICES.values():
+    for service in order_app.services:
         runner = StepRunner(settings, service)
         for operation in service.operations:
             app.task(

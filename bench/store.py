@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.workload import order
-from orchestrator.order_saga import ORDER_SAGA
+from order_app import ORDER_SAGA
 from saga_core.database import Location
 from saga_store import open_store, transaction, transitions
 from saga_store.models import iso

@@ -14,16 +14,16 @@ from typing import Any
 import redis
 from celery import Celery, chain
 
-import orchestrator
+import saga_app
 from bench import clock
 from bench.chain import done_queue
 from bench.chain import queue as chain_queue
 from bench.clock import Ends
-from orchestrator.order_saga import ORDER_SAGA
+from order_app import ORDER_SAGA
+from order_app import app as order_app
 from saga_core.config import Settings
 from saga_core.messages import Command, Outcome, Phase, Status
 from saga_store import open_reader, queries
-from workers import SERVICES
 from workers.task import StepRunner
 
 
@@ -233,7 +233,7 @@ class SagaRunner:
                 "the sagas",
                 count,
                 rate,
-                lambda n: orchestrator.submit(order(tag, n), settings=self.settings),
+                lambda n: saga_app.submit(order(tag, n), settings=self.settings),
                 lambda pending: queries.ended_ids(store, pending),
                 lambda ids: queries.ended_spans(store, ids),
             )
@@ -249,7 +249,7 @@ class Steps:
     def __init__(self, settings: Settings):
         self.runners = {
             operation: StepRunner(settings, service)
-            for service in SERVICES.values()
+            for service in order_app.services
             for operation in service.operations
         }
 

@@ -24,18 +24,17 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from celery import Celery
 from kombu import Connection, Producer
 from kombu.exceptions import BatchPublishError, KombuError, OperationalError
 
-from orchestrator.definition import step_services
+from orchestrator.definition import SagaDefinition, step_services
 from orchestrator.engine import Engine, Publisher
 from orchestrator.inbox import Delivery, Inbox, KombuInbox, Outbox, RedisInbox
 from orchestrator.metrics import Metrics
-from orchestrator.order_saga import ORDER_SAGA
 from saga_core import dead_letters, ping, redis_transport, signing, watchdog
 from saga_core.broker import QueueDepth
 from saga_core.celery_app import direct, make_app, publish_task, send, stored_task
@@ -65,8 +64,6 @@ from saga_core.periodic import Periodic
 from saga_core.signing import CLIENT, Keyring
 
 log = logging.getLogger("saga.orchestrator")
-
-DEFINITIONS = {ORDER_SAGA.name: ORDER_SAGA}
 
 #: The most outcomes applied in one store transaction. Larger batches gain little (the
 #: commit is then a small part of the cost) and hold the store's write lock for longer.
@@ -150,14 +147,18 @@ class Orchestrator:
     def __init__(
         self,
         settings: Settings,
+        definitions: Mapping[str, SagaDefinition],
         batch_size: int = BATCH_SIZE,
         middleware: Sequence[Middleware] = (),
     ):
+        """Runs the sagas of ``definitions``; a submission over the broker that names no
+        saga is for the first of them."""
         self.settings, self.batch_size = settings, batch_size
+        self.definitions = dict(definitions)
         self.middleware = tuple(middleware)
         # It signs commands as every service, and checks what each service sends.
         self.keyring = settings.keyring(SERVICES)
-        self.step_services = step_services(DEFINITIONS.values())
+        self.step_services = step_services(self.definitions.values())
         self.app = make_app(settings, "orchestrator")
         self.queue = direct(settings.queue(ORCHESTRATOR_QUEUE), settings.quorum_queues)
         self.dead_letters = dead_letters.for_system(settings)
@@ -231,7 +232,7 @@ class Orchestrator:
             self._producer = publisher.producer
             engine = Engine(
                 self.settings,
-                DEFINITIONS,
+                self.definitions,
                 publisher,
                 middleware=self.middleware,
                 queue_depth=lambda service: depth.of(self.settings.queue(service)),
@@ -381,7 +382,7 @@ class Orchestrator:
             def invalid(i: int, exc: InvalidInput) -> None:
                 self._dead_letter(pairs[i][0], SUBMIT_TASK, "malformed", exc.message)
 
-            engine.submit_many(ORDER_SAGA.name, _items(pairs), invalid)
+            engine.submit_many(next(iter(self.definitions)), _items(pairs), invalid)
 
         return submit
 
@@ -438,11 +439,12 @@ def _items(pairs: Sequence[tuple[Delivery, Any]]) -> list[Any]:
 
 def run(
     settings: Settings,
+    definitions: Mapping[str, SagaDefinition],
     metrics_port: int | None = None,
     middleware: Sequence[Middleware] = (),
     metrics_host: str = "127.0.0.1",
 ) -> None:
-    """Run the orchestrator in the foreground until SIGTERM or SIGINT; with a
+    """Run the orchestrator of ``definitions`` in the foreground until SIGTERM or SIGINT; with a
     ``metrics_port``, serve Prometheus metrics on it, on ``metrics_host``. ``middleware`` hooks
     into the engine (the metrics are one)."""
     middleware = list(middleware)
@@ -452,7 +454,7 @@ def run(
         metrics.serve(metrics_port, metrics_host)
         middleware.append(metrics)
         log.info("metrics on http://%s:%d/metrics", metrics_host, metrics_port)
-    orchestrator = Orchestrator(settings, middleware=middleware)
+    orchestrator = Orchestrator(settings, definitions, middleware=middleware)
     signing.announce(orchestrator.keyring, "orchestrator")
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: orchestrator.stop())

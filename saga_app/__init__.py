@@ -23,15 +23,31 @@
     app = App(sagas=[trip], services=[hotels, ...])
 
 Then ``SAGA_APP=mypackage.trip:app saga worker hotels``, ``saga orchestrator``, and so on
-(the order saga's app, ``order_app:app``, is the default). Everything a saga's author
-writes comes from this module.
+(the order saga's app, ``order_app:app``, is the default), and from Python::
+
+    import saga_app
+    saga_id = saga_app.run(document, saga="trip")   # returns once the saga has ended
+    saga_id = saga_app.submit(document)             # the app's first saga; at once
+    view = saga_app.get_saga(saga_id)               # view.state is a SagaState
+
+Everything a saga's author writes comes from this module.
 """
 
-from saga_app.app import BUILT_IN, App, AppError, load
+from saga_app.app import BUILT_IN, App, AppError, load, of
+from saga_app.client import cancel, get_saga, resolve, retry, run, submit, wait
 from saga_app.declare import Saga, Step
-from saga_core.database import Connection
-from saga_core.errors import BusinessError, InvalidInput, TransientError
+from saga_core.database import Connection, for_update, transaction
+from saga_core.errors import (
+    BusinessError,
+    InvalidInput,
+    SagaError,
+    SagaNotFound,
+    TransientError,
+    TransitionRefused,
+)
 from saga_core.retry import RetryPolicy
+from saga_store.models import SagaState, SagaView, StepState, StepView
+from workers.migrations import create_ledger_tables
 from workers.service import Service
 
 __all__ = [
@@ -43,8 +59,26 @@ __all__ = [
     "InvalidInput",
     "RetryPolicy",
     "Saga",
+    "SagaError",
+    "SagaNotFound",
+    "SagaState",
+    "SagaView",
     "Service",
     "Step",
+    "StepState",
+    "StepView",
     "TransientError",
+    "TransitionRefused",
+    "cancel",
+    "create_ledger_tables",
+    "for_update",
+    "get_saga",
     "load",
+    "of",
+    "resolve",
+    "retry",
+    "run",
+    "submit",
+    "transaction",
+    "wait",
 ]

@@ -8,11 +8,14 @@ worker its service, the tools read what both name.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from orchestrator.definition import SagaDefinition
 from saga_app.declare import Saga
+from saga_core.config import Settings
 from saga_core.errors import ConfigError
 from workers.service import Service
 
@@ -127,12 +130,19 @@ def _unique(what: str, names: list[str]) -> None:
             raise AppError(f"{what} name {name!r} is empty or used twice")
 
 
+def of(settings: Settings) -> App:
+    """The app the settings name (``SAGA_APP``), or the built-in one."""
+    return load(settings.app or BUILT_IN)
+
+
 def load(spec: str) -> App:
     """The app that ``spec`` (``package.module:attribute``; the attribute ``app`` by
     default) names; :class:`AppError` saying what is wrong."""
     module_name, _, attribute = spec.partition(":")
     if not module_name:
         raise AppError(f"SAGA_APP={spec!r}: name a module, as package.module:app")
+    if os.getcwd() not in sys.path:  # a module beside the command, as `celery -A` finds one
+        sys.path.append(os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

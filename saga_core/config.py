@@ -65,6 +65,9 @@ class Settings:
     service_database_urls: Mapping[str, str] = field(default_factory=dict)
     # Prepended to every queue name so that two systems (or two test runs) can share one Redis.
     queue_prefix: str = ""
+    # The app every process runs (its sagas and services): package.module:attribute, as
+    # ``celery -A`` names a Celery app; empty: the built-in one (saga_app.BUILT_IN).
+    app: str = ""
     # Redis redelivers an unacknowledged message only after this many seconds: keep it well
     # above the longest step plus its retry countdowns, or healthy steps run twice.
     visibility_timeout: float = 600.0
@@ -196,6 +199,7 @@ class Settings:
                 for service, url in self.service_database_urls.items()
             },
             f"{PREFIX}QUEUE_PREFIX": self.queue_prefix,
+            f"{PREFIX}APP": self.app,
             f"{PREFIX}VISIBILITY_TIMEOUT": str(self.visibility_timeout),
             f"{PREFIX}UNACKED_RESTORE_INTERVAL": str(self.unacked_restore_interval),
             f"{PREFIX}STEP_TIMEOUT": str(self.step_timeout),
@@ -296,6 +300,7 @@ def load(env: Mapping[str, str] | None = None, tokens_may_be_missing: bool = Fal
             if (url := _database_url(env, f"{service.upper()}_DATABASE_URL"))
         },
         queue_prefix=env.get(PREFIX + "QUEUE_PREFIX", defaults.queue_prefix),
+        app=env.get(PREFIX + "APP", defaults.app).strip(),
         visibility_timeout=_number(env, "VISIBILITY_TIMEOUT", defaults.visibility_timeout, 1),
         unacked_restore_interval=_number(
             env, "UNACKED_RESTORE_INTERVAL", defaults.unacked_restore_interval, 0.1

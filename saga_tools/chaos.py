@@ -23,7 +23,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-import orchestrator
+import saga_app
 from saga_core import broker, dead_letters
 from saga_core.config import IDENTITIES, FailureRates, Settings
 from saga_core.signing import new_keys
@@ -230,7 +230,7 @@ class Campaign:
             if faults:
                 self.cluster.plan_faults(order["order_id"], faults)
             try:
-                self.submitted.append(orchestrator.submit(order, settings=self.settings))
+                self.submitted.append(saga_app.submit(order, settings=self.settings))
             except Exception as exc:  # a broker outage: the saga is stored, the sweeper sends it
                 self.result.submit_errors += 1
                 log.warning("submitting %s: %s", order["order_id"], exc)

@@ -16,6 +16,7 @@ from typing import Any
 import amqp.exceptions
 import redis.exceptions
 
+from saga_app.app import of as app_of
 from saga_core import config, database, logs, processes
 from saga_core.config import API_SCOPES, IDENTITIES, ORCHESTRATOR_QUEUE, SERVICES, Settings
 from saga_core.errors import (
@@ -94,6 +95,7 @@ def cmd_orchestrator(args: argparse.Namespace, settings: Settings) -> int:
 
     process.run(
         settings,
+        app_of(settings).definitions,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
         middleware=middleware.install(settings, "orchestrator"),
@@ -161,7 +163,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         return processes.supervise([*argv, "--supervised"], env, f"the {args.service} worker")
     if args.supervised and settings.parent_pid:
         processes.die_with_parent(settings.parent_pid)
-    services = list(SERVICES) if args.service == "all" else [args.service]
+    app = app_of(settings)
+    services = list(app.services) if args.service == "all" else [app.service(args.service)]
     process.run(
         settings,
         services,
@@ -174,14 +177,14 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
-    import orchestrator
+    import saga_app
 
     order = _read_order(args.file)
-    saga_id = orchestrator.submit(order, settings=settings)
+    saga_id = saga_app.submit(order, settings=settings)
     view = (
-        orchestrator.wait(saga_id, settings=settings, timeout=args.timeout)
+        saga_app.wait(saga_id, settings=settings, timeout=args.timeout)
         if args.wait
-        else orchestrator.get_saga(saga_id, settings=settings)
+        else saga_app.get_saga(saga_id, settings=settings)
     )
     if args.json:
         print(json.dumps(view.to_dict(), indent=2))
@@ -193,9 +196,9 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    import orchestrator
+    import saga_app
 
-    _print_saga(orchestrator.get_saga(args.saga_id, settings=settings), args.json)
+    _print_saga(saga_app.get_saga(args.saga_id, settings=settings), args.json)
     return 0
 
 
@@ -216,7 +219,7 @@ def _operator() -> str:
 
 
 def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
-    from orchestrator import api
+    from saga_app import client as api
 
     state = api.retry(args.saga_id, actor=_operator(), settings=settings)
     print(f"saga {args.saga_id}: {state}, its failed compensations sent again")
@@ -224,7 +227,7 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_resolve(args: argparse.Namespace, settings: Settings) -> int:
-    from orchestrator import api
+    from saga_app import client as api
 
     api.resolve(args.saga_id, args.note, actor=_operator(), settings=settings)
     print(f"saga {args.saga_id}: resolved; its alerts are closed")
@@ -232,7 +235,7 @@ def cmd_resolve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
-    from orchestrator import api
+    from saga_app import client as api
 
     state = api.cancel(args.saga_id, actor=_operator(), settings=settings)
     print(f"saga {args.saga_id}: {state}")
@@ -329,7 +332,7 @@ def cmd_ping(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_stock(args: argparse.Namespace, settings: Settings) -> int:
-    from workers import inventory
+    from order_app import inventory
 
     db = inventory.service.database(settings.service_database("inventory"))
     if args.action == "set":
@@ -376,14 +379,14 @@ def _seed_pairs(words: list[str]) -> dict[str, int]:
 
 def cmd_faults(args: argparse.Namespace, settings: Settings) -> int:
     from saga_faults.plans import FaultPlans
-    from workers import OPERATIONS
 
     if not settings.faults:
         raise BadInput(
             "fault plans are a test and demo tool: they need SAGA_FAULTS=1, here and in "
             "the workers and the orchestrator that are to obey them"
         )
-    plans = FaultPlans(settings.data_dir, OPERATIONS)
+    operations = [op for service in app_of(settings).services for op in service.operations]
+    plans = FaultPlans(settings.data_dir, operations)
     if args.plan is not None:
         try:
             plans.add(args.order_id, _read_order(args.plan))
@@ -590,6 +593,11 @@ def _version() -> str:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="saga", description=__doc__)
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    p.add_argument(
+        "--app",
+        "-A",
+        help="the app to run, as package.module:app (SAGA_APP; the order saga by default)",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     o = sub.add_parser("orchestrator", help="run the orchestrator (outcomes, recovery, sweeper)")
@@ -787,6 +795,9 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.app:
+        # as SAGA_APP: for every process this one starts too (a supervised worker, a cluster)
+        os.environ["SAGA_APP"] = args.app
     try:
         # `saga token` makes the tokens file that SAGA_API_TOKENS_FILE may name already
         settings = config.load(tokens_may_be_missing=args.command == "token")

@@ -12,11 +12,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from order_app import inventory
+from saga_app.app import of as app_of
 from saga_core import broker
 from saga_core.config import SERVICES, Settings
 from saga_core.processes import wait_for
 from saga_faults.plans import FaultPlans
-from workers import OPERATIONS, inventory
 
 
 def saga_command(*args: str) -> list[str]:
@@ -167,7 +168,8 @@ class Cluster:
         system started with ``faults`` on, before the order is submitted."""
         if not self.settings.faults:
             raise ValueError("fault plans need a system started with faults on (SAGA_FAULTS=1)")
-        FaultPlans(self.settings.data_dir, OPERATIONS).add(reference, plan)
+        operations = [op for s in app_of(self.settings).services for op in s.operations]
+        FaultPlans(self.settings.data_dir, operations).add(reference, plan)
 
     def start(self) -> Cluster:
         for child in self.children:

@@ -15,7 +15,8 @@ from collections import Counter
 from datetime import datetime
 from typing import Any, TextIO
 
-import orchestrator
+import saga_app
+from order_app import inventory
 from saga_core import broker
 from saga_core.config import IDENTITIES, FailureRates, Settings
 from saga_core.signing import new_keys
@@ -23,7 +24,6 @@ from saga_faults.killer import Killer
 from saga_store import open_reader, queries
 from saga_tools import audit, redis_server
 from saga_tools.cluster import Cluster
-from workers import inventory
 
 STOCK = {"WIDGET": 500, "GADGET": 200, "GIZMO": 2}
 GOOD_CARDS = ["4242424242424242", "5555555555554444"]
@@ -205,7 +205,7 @@ class Batch:
             if faults:
                 self.cluster.plan_faults(order["order_id"], faults)
             try:
-                saga_id = orchestrator.submit(order, settings=self.settings)
+                saga_id = saga_app.submit(order, settings=self.settings)
             except Exception as exc:  # stored before the broker failed: the sweeper starts it
                 self.progress.say(f"  submitting {order['order_id']}: {exc}")
                 continue

@@ -12,14 +12,13 @@ from typing import Any
 
 from orchestrator.engine import Engine
 from orchestrator.liveness import QueueDepth
-from orchestrator.process import DEFINITIONS
+from order_app import inventory
 from saga_core.config import Settings
 from saga_core.messages import Command, Outcome
 from saga_faults.middleware import Faults
 from saga_faults.plans import FaultPlans
 from saga_store import SagaView
-from tests.helpers import STOCK
-from workers import OPERATIONS, inventory
+from tests.helpers import DEFINITIONS, OPERATIONS, STOCK
 from workers.task import Retry, StepRunner
 
 

@@ -7,7 +7,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from orchestrator.order_saga import EXAMPLE_ORDER
+from order_app import app as ORDER_APP
+from order_app.order import EXAMPLE_ORDER
 from saga_core.config import Settings
 from saga_store import SagaState, SagaView, StepState
 from saga_tools import audit
@@ -19,6 +20,11 @@ BASE_ORDER: dict[str, Any] = {
 }
 
 STOCK = {"WIDGET": 10, "GADGET": 5}
+
+#: The built-in app's services by name, each operation's service, and its sagas.
+SERVICES = {service.name: service for service in ORDER_APP.services}
+OPERATIONS = {op: service for service in ORDER_APP.services for op in service.operations}
+DEFINITIONS = ORDER_APP.definitions
 
 # What the services hold for a completed order: one of each, nothing undone.
 ONE_OF_EACH = {

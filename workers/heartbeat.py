@@ -38,7 +38,7 @@ from saga_core.messages import (
     command_kind,
 )
 from saga_core.signing import Keyring, RefusalCount
-from workers import SERVICES
+from workers.service import Service
 
 log = logging.getLogger("saga.worker")
 
@@ -72,14 +72,14 @@ class Heart:
         app: Celery,
         settings: Settings,
         worker: str,
-        services: Sequence[str],
+        services: Sequence[Service],
         keyring: Keyring,
         refusals: RefusalCount | None = None,
     ):
         self.app, self.settings, self.keyring = app, settings, keyring
-        self.worker, self.services = worker, tuple(services)
+        self.worker, self.services = worker, tuple(s.name for s in services)
         self.refusals = refusals
-        self.operations = {op: name for name in services for op in SERVICES[name].operations}
+        self.operations = {op: s.name for s in services for op in s.operations}
         self.queue = settings.queue(ORCHESTRATOR_QUEUE)
         self._connection: Connection | None = None
         self._producer: Producer | None = None
@@ -150,7 +150,7 @@ class Heart:
 def install(
     app: Celery,
     settings: Settings,
-    services: Sequence[str],
+    services: Sequence[Service],
     keyring: Keyring,
     refusals: RefusalCount | None = None,
 ) -> None:

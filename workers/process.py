@@ -1,4 +1,4 @@
-"""A service worker process: a Celery worker serving one service's queue (or all four)."""
+"""A service worker process: a Celery worker serving one service's queue (or several)."""
 
 from __future__ import annotations
 
@@ -14,20 +14,22 @@ from saga_core.celery_app import make_app
 from saga_core.config import Settings
 from saga_core.middleware import Middleware
 from saga_core.signing import RefusalCount
-from workers import SERVICES, health, heartbeat, task
+from workers import health, heartbeat, task
+from workers.service import Service
 
 
 def build(
     settings: Settings,
-    services: Sequence[str] = tuple(SERVICES),
+    services: Sequence[Service],
     middleware: Sequence[Middleware] = (),
 ) -> Celery:
     """A Celery app with the tasks of ``services`` registered and routed to their queues,
     each run with ``middleware`` around it; commands checked and outcomes signed with the
     services' keys, where signing is on."""
     app = make_app(settings, "workers")
-    keyring = settings.keyring(services)
-    signing.announce(keyring, f"worker for {', '.join(services)}")
+    names = [s.name for s in services]
+    keyring = settings.keyring(names)
+    signing.announce(keyring, f"worker for {', '.join(names)}")
     # created before the pool forks, so that every pool process counts into it
     refusals = RefusalCount()
     middleware = (*middleware, refusals)
@@ -36,8 +38,8 @@ def build(
     dead = dead_letters.for_system(settings)
     app.conf.saga_dead_letters = (dead.url, dead.name, dead.quorum)
     dead_letters.listen(refusals.refused)
-    for name in services:
-        task.register(app, settings, SERVICES[name], keyring, middleware)
+    for service in services:
+        task.register(app, settings, service, keyring, middleware)
     health.register(app)
     if settings.heartbeat_interval > 0:
         heartbeat.install(app, settings, services, keyring, refusals)
@@ -99,7 +101,7 @@ def default_pool(broker_url: str) -> str:
 
 def run(
     settings: Settings,
-    services: Sequence[str],
+    services: Sequence[Service],
     *,
     pool: str,
     concurrency: int = 1,
@@ -109,10 +111,10 @@ def run(
     """Run a worker in the foreground for ``services`` until it is stopped."""
     app = build(settings, services, middleware)
     for service in services:  # a data dir that cannot be written fails here, not mid-saga
-        SERVICES[service].prepare(settings.service_database(service))
-    queues = [settings.queue(s) for s in services]
+        service.prepare(settings.service_database(service.name))
+    queues = [settings.queue(s.name) for s in services]
     watchdog.install(app, settings.broker_url, queues, settings.stall_timeout)
-    name = "all" if len(services) > 1 else services[0]
+    name = "all" if len(services) > 1 else services[0].name
     # JSON logs are for collectors: no start-up banner on stdout among them.
     quiet = ["--quiet"] if settings.log_format == "json" else []
     app.worker_main(

@@ -3,10 +3,19 @@
 Its database is a SQLite file in the data directory (the default) or a schema of its own
 on PostgreSQL, shared by every replica of the service (``Settings.service_database``).
 
-An operation is a plain function of ``(db, payload)`` (an action) or of
-``(db, payload, action_output)`` (a compensation) that writes its effect through ``db``
-inside the transaction it is given and returns a JSON-able result. It raises
-:class:`BusinessError` for a refusal and :class:`TransientError` for a passing fault.
+An operation takes effect one of two ways, and returns a JSON-able result:
+
+- in the service's own database: a plain function of ``(db, payload)`` (an action) or of
+  ``(db, payload, action_output)`` (a compensation) that writes its effect through ``db``
+  inside the transaction it is given, atomic with the ledger's record of it;
+- through an outside system that takes an idempotency key (a payment provider's HTTP
+  API), declared ``outside=True``: a function of ``(payload, key)`` or ``(payload,
+  action_output, key)`` that hands ``key`` on with its request. A run that dies after
+  the call and before the ledger recorded its answer calls again with the same key, and
+  the outside system answers as it did the first time; the ledger keeps that answer.
+
+Either raises :class:`BusinessError` for a refusal and :class:`TransientError` for a
+passing fault.
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from saga_core import database, migrations
 from saga_core.config import Settings
@@ -25,8 +34,7 @@ from workers import ledger
 from workers import migrations as service_migrations
 from workers.lease import FileLeases, Leases, SessionLeases
 
-Action = Callable[[Connection, dict[str, Any]], Any]
-Compensation = Callable[[Connection, dict[str, Any], Any], Any]
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True)
@@ -34,6 +42,7 @@ class Operation:
     name: str  # also the Celery task name
     func: Callable[..., Any]
     undoes: str | None = None  # set on a compensation: the action it undoes
+    outside: bool = False  # its effect is made through an outside system, by key
 
     @property
     def is_compensation(self) -> bool:
@@ -42,21 +51,32 @@ class Operation:
 
 @dataclass
 class Service:
-    name: str  # also the queue name (its tables: workers/migrations/NAME)
+    name: str  # also the queue name
+    #: its tables: a folder of Alembic revisions, whose first creates the ledger's tables
+    #: too (``create_ledger_tables``), and the newest of them; none: the ledger alone
+    migrations: Path | None = None
+    head: str | None = None
     operations: dict[str, Operation] = field(default_factory=dict)
     _local: threading.local = field(default_factory=threading.local, repr=False)
     _leases: dict[Path, FileLeases] = field(default_factory=dict, repr=False)
 
-    def action(self, name: str) -> Callable[[Action], Action]:
-        def register(func: Action) -> Action:
-            self.operations[name] = Operation(name, func)
+    def action(self, name: str, *, outside: bool = False) -> Callable[[F], F]:
+        """Register ``func`` as action ``name``: ``func(db, payload)``, or with ``outside``
+        ``func(payload, key)``."""
+
+        def register(func: F) -> F:
+            self.operations[name] = Operation(name, func, outside=outside)
             return func
 
         return register
 
-    def compensation(self, name: str, undoes: str) -> Callable[[Compensation], Compensation]:
-        def register(func: Compensation) -> Compensation:
-            self.operations[name] = Operation(name, func, undoes)
+    def compensation(self, name: str, undoes: str, *, outside: bool = False) -> Callable[[F], F]:
+        """Register ``func`` as compensation ``name`` of action ``undoes``:
+        ``func(db, payload, action_output)``, or with ``outside``
+        ``func(payload, action_output, key)``."""
+
+        def register(func: F) -> F:
+            self.operations[name] = Operation(name, func, undoes, outside)
             return func
 
         return register
@@ -97,8 +117,8 @@ class Service:
         conn = database.connect(where)
         migrations.upgrade(
             conn,
-            service_migrations.HEADS[self.name],
-            service_migrations.SCRIPTS / self.name,
+            self.head or service_migrations.LEDGER_ONLY_HEAD,
+            self.migrations or service_migrations.LEDGER_ONLY,
             adopt=_made_before_alembic,
         )
         return conn
@@ -113,14 +133,22 @@ class Service:
     ) -> tuple[Any, bool]:
         """Run ``operation`` for idempotency ``key``; returns ``(output, fresh)``."""
         op = self.operations[operation]
+        # an outside system's key: the step's, and apart for its action and compensation
+        outside_key = f"{key}/{op.name}"
         if op.is_compensation:
-            return ledger.run_compensation(
-                db, key, op.name, lambda out: _checked(op.name, op.func, db, payload, out)
-            )
+
+            def undo(out: Any) -> Any:
+                if op.outside:
+                    return _checked(op.name, op.func, payload, out, outside_key)
+                return _checked(op.name, op.func, db, payload, out)
+
+            return ledger.run_compensation(db, key, op.name, undo)
 
         def effect() -> Any:
             if before_effect is not None:
                 before_effect()
+            if op.outside:
+                return _checked(op.name, op.func, payload, outside_key)
             return _checked(op.name, op.func, db, payload)
 
         return ledger.run_action(db, key, op.name, effect)

@@ -16,10 +16,10 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse
 
-from orchestrator import order_saga
 from orchestrator.engine import Engine
-from orchestrator.order_saga import EXAMPLE_ORDER, ORDER_SAGA
-from orchestrator.process import DEFINITIONS, celery_publisher
+from orchestrator.process import celery_publisher
+from order_app import EXAMPLE_ORDER, ORDER_SAGA, fingerprint
+from saga_app.app import of as app_of
 from saga_core import broker, wire
 from saga_core.celery_app import make_app
 from saga_core.config import Settings
@@ -65,7 +65,8 @@ def create_app(settings: Settings) -> FastAPI:
         redoc_url=None if tokens.on else "/redoc",
         openapi_url=None if tokens.on else "/openapi.json",
     )
-    engine = Engine(settings, DEFINITIONS, celery_publisher(make_app(settings, "api"), settings))
+    definitions = app_of(settings).definitions
+    engine = Engine(settings, definitions, celery_publisher(make_app(settings, "api"), settings))
     install_handlers(app)
     app.state.tokens = tokens
     if tokens.on:
@@ -97,7 +98,7 @@ def create_app(settings: Settings) -> FastAPI:
         document = parse(body)
         request_key = None
         if idempotency_key is not None:
-            request_key = (idempotency_key, order_saga.fingerprint(document))
+            request_key = (idempotency_key, fingerprint(document))
         try:
             submitted = engine.submit(ORDER_SAGA.name, document, request_key)
         except InvalidInput as exc:

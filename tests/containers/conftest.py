@@ -43,11 +43,11 @@ from pytest_celery import (
 from pytest_celery.api.container import CeleryTestContainer
 from pytest_docker_tools import container, network
 
+from order_app import inventory
 from saga_core.config import IDENTITIES, SERVICES, Settings
 from saga_core.signing import new_keys
 from tests.conftest import unavailable
 from tests.helpers import STOCK
-from workers import inventory
 
 # These machines have a /.dockerenv, which makes pytest-docker-tools believe the tests run
 # inside a container and send every client to the container's port on localhost: the

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pytest_celery import CeleryTestSetup
 
-import orchestrator
+import saga_app
 from saga_core.processes import wait_for
 from saga_faults.plans import FaultPlans
 from saga_store import SagaState, SagaView
@@ -18,11 +18,11 @@ from tests.containers.conftest import System
 from tests.helpers import (
     DECLINED_CARD,
     ONE_OF_EACH,
+    OPERATIONS,
     assert_declined_and_undone,
     make_order,
     service_records,
 )
-from workers import OPERATIONS
 
 # Containers start in seconds, but a cold machine builds their images first.
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(480)]
@@ -32,11 +32,11 @@ def submit(system: System, order: dict[str, Any], faults: dict[str, Any] | None 
     """Submit ``order`` through the Python API, as a client on the host would."""
     if faults is not None:
         FaultPlans(system.data_dir, OPERATIONS).add(order["order_id"], faults)
-    return orchestrator.submit(order, settings=system.host)
+    return saga_app.submit(order, settings=system.host)
 
 
 def wait(system: System, saga_id: str, timeout: float = 60) -> SagaView:
-    return orchestrator.wait(saga_id, settings=system.host, timeout=timeout)
+    return saga_app.wait(saga_id, settings=system.host, timeout=timeout)
 
 
 def charge_under_way(system: System, order_id: str, seconds: float) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-import orchestrator
+import saga_app
 from saga_core.config import Settings
 from saga_core.processes import wait_for
 from saga_store import SagaView, open_store, queries
@@ -35,14 +35,14 @@ class System(Cluster):
         """Submit ``order``, with a fault plan for it where given (``saga_faults.plans``)."""
         if faults is not None:
             self.plan_faults(order["order_id"], faults)
-        return orchestrator.submit(order, settings=self.settings)
+        return saga_app.submit(order, settings=self.settings)
 
     def wait(self, saga_id: str, timeout: float = 60) -> SagaView:
-        return orchestrator.wait(saga_id, settings=self.settings, timeout=timeout)
+        return saga_app.wait(saga_id, settings=self.settings, timeout=timeout)
 
     def saga(self, saga_id: str) -> SagaView:
         """The saga as it is now."""
-        return orchestrator.get_saga(saga_id, settings=self.settings)
+        return saga_app.get_saga(saga_id, settings=self.settings)
 
     def wait_step_running(
         self, operation: str, saga_id: str, step: str, timeout: float = 30

@@ -20,10 +20,10 @@ from saga_store import SagaState
 from saga_tools import audit
 from saga_tools.redis_server import free_port
 from tests import poison
+from tests.helpers import SERVICES as SERVICE_DEFINITIONS
 from tests.helpers import make_order
 from tests.integration.conftest import System
 from tests.integration.test_metrics import scrape
-from workers import SERVICES as SERVICE_DEFINITIONS
 
 pytestmark = pytest.mark.processes
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-import orchestrator
+import saga_app
 from saga_core import broker
 from saga_core.celery_app import make_app
 from saga_core.config import ORCHESTRATOR_QUEUE, FailureRates
@@ -44,8 +44,8 @@ def live(records: dict[str, int]) -> dict[str, int]:
 
 
 def test_full_success_path(system: System) -> None:
-    saga_id = orchestrator.run(make_order("A-1"), settings=system.settings, timeout=60)
-    view = orchestrator.get_saga(saga_id, settings=system.settings)
+    saga_id = saga_app.run(make_order("A-1"), settings=system.settings, timeout=60)
+    view = saga_app.get_saga(saga_id, settings=system.settings)
     assert view.state is SagaState.COMPLETED
     assert [s.state for s in view.steps] == [StepState.COMPLETED] * 4
     assert service_records(system.data_dir, "A-1") == ONE_OF_EACH

@@ -9,15 +9,16 @@ from typing import Any
 import pytest
 from celery import Celery
 
+from order_app import inventory
 from saga_core.celery_app import celery_config as saga_celery_config
 from saga_core.config import ORCHESTRATOR_QUEUE, SERVICES, Settings
 from saga_core.messages import OUTCOME_TASK, Command, Outcome, Phase, Status
 from saga_core.retry import RetryPolicy
 from saga_faults.middleware import Faults
 from saga_faults.plans import FaultPlans
+from tests.helpers import SERVICES as SERVICE_OBJECTS
 from tests.helpers import service_records, signed
-from workers import SERVICES as SERVICE_OBJECTS
-from workers import inventory, task
+from workers import task
 
 CHARGE = {
     "reference": "T-1",

@@ -82,7 +82,7 @@ def test_each_compose_command_is_a_real_saga_command(compose: dict[str, Any]) ->
         if args.command == "worker":
             assert args.service == name
     flower = compose["services"]["flower"]["command"]
-    assert flower[:3] == ["celery", "-A", "workers.app"] and "flower" in flower
+    assert flower[:3] == ["celery", "-A", "saga_app.worker"] and "flower" in flower
 
 
 def test_saga_version() -> None:

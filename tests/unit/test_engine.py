@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from orchestrator.order_saga import InvalidOrder
+from order_app.order import InvalidOrder
 from saga_core.config import Settings
 from saga_core.messages import Heartbeat, Held, Phase, Status
 from saga_store import SagaState, StepState, queries
 from tests.harness import Harness
-from tests.helpers import ONE_OF_EACH, STOCK, available, make_order, service_records
+from tests.helpers import DEFINITIONS, ONE_OF_EACH, STOCK, available, make_order, service_records
 
 
 @pytest.fixture
@@ -232,7 +232,7 @@ def test_reservation_refused_compensates_with_nothing_held(
 def test_sweeps_hold_off_while_outcomes_queue(tmp_path: Path) -> None:
     from orchestrator.process import Orchestrator
 
-    o = Orchestrator(Settings(data_dir=tmp_path, sweep_interval=1), batch_size=10)
+    o = Orchestrator(Settings(data_dir=tmp_path, sweep_interval=1), DEFINITIONS, batch_size=10)
     assert o.sweep_due(last_batch=3, now=100.0)
     assert not o.sweep_due(last_batch=3, now=100.5)  # once per interval
     assert not o.sweep_due(last_batch=10, now=101.0)  # a full batch: outcomes are queued

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchestrator.order_saga import InvalidOrder, prepare
+from order_app.order import InvalidOrder, prepare
 from saga_core import wire
 from saga_core.errors import MalformedMessage
 from saga_core.messages import MAX_COUNT, Command, Heartbeat, Outcome, Ping

@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
+from order_app import inventory, payment
 from saga_core.database import SQLITE, Connection, Location, dialect
 from saga_core.errors import BusinessError, TransientError
-from workers import inventory, payment
+from workers.service import Service
 
 ITEMS = {"reference": "ORD-1", "items": [{"sku": "WIDGET", "quantity": 3}]}
 
@@ -157,3 +158,53 @@ def test_replicas_running_one_key_at_once_take_effect_once(
     (out_one, fresh_one), (out_two, fresh_two) = results["one"], results["two"]
     assert out_one == out_two and (fresh_one, fresh_two) == (True, False)
     assert available(inv, "WIDGET") == 7
+
+
+class Provider:
+    """An outside system that takes an idempotency key, as a payment provider's API does:
+    a key seen before gets the first answer back, and no second charge."""
+
+    def __init__(self) -> None:
+        self.charges: dict[str, str] = {}
+        self.refunds: dict[str, str] = {}
+        self.calls: list[str] = []
+
+    def charge(self, key: str) -> str:
+        self.calls.append(key)
+        return self.charges.setdefault(key, f"ch_{len(self.charges) + 1}")
+
+    def refund(self, key: str, charge_id: str) -> str:
+        self.calls.append(key)
+        return self.refunds.setdefault(key, f"re_{charge_id}")
+
+
+def test_an_outside_effect_is_made_once_by_its_key(place: Location | Path) -> None:
+    provider, died = Provider(), []
+    payments = Service("payments")
+
+    @payments.action("take_payment", outside=True)
+    def take(payload: dict[str, Any], key: str) -> dict[str, str]:
+        charge_id = provider.charge(key)
+        if not died:  # the worker dies after the provider's answer, before the ledger's
+            died.append(charge_id)
+            raise TransientError("died before the answer was recorded")
+        return {"charge_id": charge_id}
+
+    @payments.compensation("refund_payment", undoes="take_payment", outside=True)
+    def refund(payload: dict[str, Any], taken: dict[str, str], key: str) -> dict[str, str]:
+        return {"refund_id": provider.refund(key, taken["charge_id"])}
+
+    db = payments.database(place)
+    with pytest.raises(TransientError):
+        payments.run(db, "take_payment", "s1:pay", {"amount_cents": 100})
+    # run again (a retry, a redelivery): the same key, so the provider's first charge
+    out, fresh = payments.run(db, "take_payment", "s1:pay", {"amount_cents": 100})
+    assert (out, fresh) == ({"charge_id": "ch_1"}, True)
+    # and from then on the ledger's record, without asking the provider
+    assert payments.run(db, "take_payment", "s1:pay", {}) == ({"charge_id": "ch_1"}, False)
+    assert provider.calls == ["s1:pay/take_payment"] * 2 and len(provider.charges) == 1
+    # the compensation has a key of its own, and takes effect once too
+    undone = payments.run(db, "refund_payment", "s1:pay", {})
+    assert payments.run(db, "refund_payment", "s1:pay", {})[0] == undone[0]
+    assert undone[0] == {"refund_id": "re_ch_1"}
+    assert provider.calls[2:] == ["s1:pay/refund_payment"]

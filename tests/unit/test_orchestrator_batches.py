@@ -30,7 +30,7 @@ from saga_core.middleware import Middleware
 from saga_core.signing import Keyring, new_keys
 from saga_store import SagaState, StepState, queries
 from tests.harness import Harness
-from tests.helpers import make_order
+from tests.helpers import DEFINITIONS, make_order
 
 
 class Bus:
@@ -47,7 +47,9 @@ class Bus:
         )
         self.app = make_app(self.settings)
         self.refusals: list[tuple[str, str]] = []
-        self.orchestrator = Orchestrator(self.settings, middleware=[Refusals(self.refusals)])
+        self.orchestrator = Orchestrator(
+            self.settings, DEFINITIONS, middleware=[Refusals(self.refusals)]
+        )
         self.connection = Connection("memory://")
         self.inbox = self.orchestrator.inbox(self.connection)
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.order_saga import InvalidOrder, prepare
+from order_app.order import InvalidOrder, prepare
 from tests.helpers import make_order
 
 
@@ -129,7 +129,7 @@ def test_a_card_token_is_no_function_of_the_number() -> None:
 
 
 def test_a_request_fingerprint_holds_no_more_of_the_card_than_its_last_four() -> None:
-    from orchestrator.order_saga import fingerprint
+    from order_app.order import fingerprint
 
     a = fingerprint(make_order(card_number="4000056655665556"))
     # another number with the same last four: the same request for its key's purposes

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from order_app import payment
 from saga_core.config import Settings
 from saga_core.errors import MalformedMessage, TransientError
 from saga_core.messages import (
@@ -26,7 +27,7 @@ from saga_core.messages import (
 from saga_core.middleware import Middleware
 from saga_core.retry import RetryPolicy
 from tests.helpers import service_records
-from workers import ledger, payment
+from workers import ledger
 from workers.task import Retry, StepRunner
 
 CARD = {"token": "tok_visa", "last4": "4242"}

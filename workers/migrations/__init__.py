@@ -1,6 +1,8 @@
-"""Each service's database migrations (Alembic), one folder of revisions per service, one
-source for every database a service runs on. Every service's first revision creates the
-idempotency ledger's tables (:func:`create_ledger_tables`) beside its own.
+"""A service's database migrations (Alembic): the folder of revisions a service declares
+(``Service(migrations=…, head=…)``), one source for every database it runs on. Every
+service's first revision creates the idempotency ledger's tables
+(:func:`create_ledger_tables`) beside its own; a service that declares none gets the
+ledger alone (``ledger/``).
 
 A service database from before Alembic (its tables made with ``CREATE TABLE IF NOT
 EXISTS``) is stamped with its first revision, which it equals.
@@ -10,10 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-SCRIPTS = Path(__file__).parent
-
-#: Each service's newest revision (a test keeps them equal to the heads of its folder).
-HEADS = {"inventory": "0001", "payment": "0002", "shipping": "0001", "notification": "0001"}
+#: The revisions of a service that declares no tables of its own: the ledger alone.
+LEDGER_ONLY = Path(__file__).parent / "ledger"
+LEDGER_ONLY_HEAD = "0001"
 
 
 def create_ledger_tables() -> None:

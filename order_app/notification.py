@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from saga_core.database import Connection
-from workers.service import Service
+from saga_app import Connection, Service
 
-service = Service("notification")
+service = Service(
+    "notification", migrations=Path(__file__).parent / "migrations" / "notification", head="0001"
+)
 
 
 @service.action("send_confirmation")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
-from saga_core.database import Connection
-from workers.service import Service
+from saga_app import Connection, Service
 
-service = Service("shipping")
+service = Service(
+    "shipping", migrations=Path(__file__).parent / "migrations" / "shipping", head="0001"
+)
 
 
 @service.action("create_shipment")

@@ -1,7 +1,7 @@
-"""The Python API: submit an order, wait for it, look at a saga.
+"""The Python API: submit a saga's input, wait for it, look at a saga.
 
 Each function takes an optional :class:`Settings`; by default they are read from the
-environment (``SAGA_*``).
+environment (``SAGA_*``), the app included (``SAGA_APP``).
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import time
 from typing import Any
 
 from orchestrator.engine import Engine
-from orchestrator.order_saga import ORDER_SAGA
-from orchestrator.process import DEFINITIONS, celery_publisher
+from orchestrator.process import celery_publisher
+from saga_app.app import of
 from saga_core import config
 from saga_core.celery_app import make_app
 from saga_core.config import Settings
@@ -27,7 +27,8 @@ def _engine(settings: Settings) -> Engine:
     key = json.dumps(settings.to_env(), sort_keys=True)
     if key not in _engines:
         app = make_app(settings, "client")
-        _engines[key] = Engine(settings, DEFINITIONS, celery_publisher(app, settings))
+        definitions = of(settings).definitions
+        _engines[key] = Engine(settings, definitions, celery_publisher(app, settings))
     return _engines[key]
 
 
@@ -35,14 +36,18 @@ def _settings(settings: Settings | None) -> Settings:
     return settings if settings is not None else config.load()
 
 
-def submit(order: Any, *, settings: Settings | None = None) -> str:
-    """Start a saga for ``order`` and return its id at once.
+def submit(document: Any, *, saga: str | None = None, settings: Settings | None = None) -> str:
+    """Start the saga named ``saga`` (the app's first, by default) for ``document`` and
+    return its id at once.
 
-    Raises ``InvalidOrder`` (naming the field) before anything is stored. Submitting an
-    ``order_id`` again returns the first saga's id and starts nothing. While the broker
-    is down the saga is stored all the same, and starts when the broker is back.
+    Raises ``InvalidInput`` (naming the field) before anything is stored. Submitting the
+    same idempotency key again (an order's ``order_id``) returns the first saga's id and
+    starts nothing. While the broker is down the saga is stored all the same, and starts
+    when the broker is back.
     """
-    return _engine(_settings(settings)).submit(ORDER_SAGA.name, order).saga_id
+    settings = _settings(settings)
+    name = saga if saga is not None else of(settings).sagas[0].name
+    return _engine(settings).submit(name, document).saga_id
 
 
 def retry(saga_id: str, *, actor: str, settings: Settings | None = None) -> SagaState:
@@ -84,10 +89,16 @@ def wait(
         time.sleep(poll)
 
 
-def run(order: Any, *, settings: Settings | None = None, timeout: float | None = None) -> str:
-    """Submit ``order`` and return the saga id once the saga has ended
+def run(
+    document: Any,
+    *,
+    saga: str | None = None,
+    settings: Settings | None = None,
+    timeout: float | None = None,
+) -> str:
+    """Submit ``document`` and return the saga id once the saga has ended
     (completed, compensated or failed)."""
-    saga_id = submit(order, settings=settings)
+    saga_id = submit(document, saga=saga, settings=settings)
     wait(saga_id, settings=settings, timeout=timeout)
     return saga_id
 

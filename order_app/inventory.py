@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
-from saga_core.database import Connection, for_update, transaction
-from saga_core.errors import BusinessError
-from workers.service import Service
+from saga_app import BusinessError, Connection, Service, for_update, transaction
 
-service = Service("inventory")
+service = Service(
+    "inventory", migrations=Path(__file__).parent / "migrations" / "inventory", head="0001"
+)
 
 
 @service.action("reserve_inventory")

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Any
 
-from saga_core.database import Connection
-from workers import card_processor
-from workers.service import Service
+from order_app import card_processor
+from saga_app import Connection, Service
 
-service = Service("payment")
+service = Service(
+    "payment", migrations=Path(__file__).parent / "migrations" / "payment", head="0002"
+)
 
 
 @service.action("charge_payment")

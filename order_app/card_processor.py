@@ -1,9 +1,9 @@
-"""A simulated card processor: it charges the tokens that ``orchestrator.cards`` gives for
+"""A simulated card processor: it charges the tokens that ``order_app.cards`` gives for
 card numbers, and answers for the test cards listed there."""
 
 from __future__ import annotations
 
-from saga_core.errors import BusinessError, TransientError
+from saga_app import BusinessError, TransientError
 
 
 def authorize(token: str, amount_cents: int) -> None:

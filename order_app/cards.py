@@ -1,6 +1,6 @@
 """The order saga's card numbers: the checksum, and the token a number is exchanged for
 when an order is accepted, so that no full number is ever stored, sent or logged. The
-simulated card processor (``workers/card_processor.py``) charges tokens; its test cards:
+simulated card processor (``order_app/card_processor.py``) charges tokens; its test cards:
 
 | card number        | token                    | on charge                               |
 |--------------------|--------------------------|-----------------------------------------|

@@ -1,7 +1,4 @@
-"""The order saga: its definition, and the validation of an order document.
-
-This module is the only part of the orchestrator that knows what an order is.
-"""
+"""What an order is: the validation of an order document, and what is stored of it."""
 
 from __future__ import annotations
 
@@ -9,13 +6,10 @@ import hashlib
 import json
 import re
 import unicodedata
-from collections.abc import Mapping
 from typing import Any
 
-from orchestrator.cards import luhn_ok, tokenize
-from orchestrator.definition import SagaDefinition, StepDefinition
-from saga_core.errors import InvalidInput
-from saga_core.retry import RetryPolicy
+from order_app.cards import luhn_ok, tokenize
+from saga_app import InvalidInput
 
 
 class InvalidOrder(InvalidInput):
@@ -232,70 +226,3 @@ def prepare(document: Any) -> tuple[dict[str, Any], str]:
         "shipping_address": _address(document["shipping_address"]),
     }
     return stored, order_id
-
-
-def _reference(order: Mapping[str, Any]) -> str:
-    return str(order["order_id"])
-
-
-STEP_RETRY = RetryPolicy(max_retries=3, backoff_base=0.2, backoff_max=5.0)
-# A compensation must not give up lightly: giving up means a person is paged.
-COMPENSATION_RETRY = RetryPolicy(max_retries=5, backoff_base=0.25, backoff_max=4.0)
-
-ORDER_SAGA = SagaDefinition(
-    name=NAME,
-    prepare=prepare,
-    steps=(
-        StepDefinition(
-            name="reserve_inventory",
-            action="reserve_inventory",
-            compensation="release_inventory",
-            queue="inventory",
-            payload=lambda order, _: {"reference": _reference(order), "items": order["items"]},
-            retry=STEP_RETRY,
-            compensation_retry=COMPENSATION_RETRY,
-        ),
-        StepDefinition(
-            name="charge_payment",
-            action="charge_payment",
-            compensation="refund_payment",
-            queue="payment",
-            payload=lambda order, _: {
-                "reference": _reference(order),
-                "card": order["card"],
-                "amount_cents": order["amount_cents"],
-                "currency": order["currency"],
-            },
-            retry=STEP_RETRY,
-            compensation_retry=COMPENSATION_RETRY,
-        ),
-        StepDefinition(
-            name="create_shipment",
-            action="create_shipment",
-            compensation="cancel_shipment",
-            queue="shipping",
-            payload=lambda order, _: {
-                "reference": _reference(order),
-                "address": order["shipping_address"],
-                "items": order["items"],
-            },
-            retry=STEP_RETRY,
-            compensation_retry=COMPENSATION_RETRY,
-        ),
-        StepDefinition(
-            name="send_confirmation",
-            action="send_confirmation",
-            queue="notification",
-            payload=lambda order, done: {
-                "reference": _reference(order),
-                "to": order["customer_email"],
-                "amount_cents": order["amount_cents"],
-                "currency": order["currency"],
-                "card_last4": order["card"]["last4"],
-                "tracking_number": done["create_shipment"]["tracking_number"],
-            },
-            retry=STEP_RETRY,
-            best_effort=True,
-        ),
-    ),
-)

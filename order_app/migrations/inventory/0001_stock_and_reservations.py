@@ -3,7 +3,7 @@
 import sqlalchemy as sa
 from alembic import op
 
-from workers.migrations import create_ledger_tables
+from saga_app import create_ledger_tables
 
 revision = "0001"
 down_revision = None
