@@ -27,8 +27,9 @@ from bench import signing, store
 from bench.chain import build
 from bench.chain import queue as chain_queue
 from bench.workload import ChainRunner, Run, SagaRunner, order
+from saga_app.app import configured
 from saga_core import broker, config, database
-from saga_core.config import IDENTITIES, SERVICES, Settings
+from saga_core.config import Settings
 from saga_core.database import Connection, Location
 from saga_core.processes import descendants, wait_for
 from saga_core.signing import new_keys
@@ -207,7 +208,7 @@ def compare(
     quiet = Cluster(s.with_(heartbeat_interval=0.0))
     chain_workers = [
         celery_worker(s, "bench.chain", f"chain-{name}", chain_queue(s, name), None)
-        for name in SERVICES
+        for name in s.services
     ]
     others = list(chain_workers)
     processes: dict[str, dict[str, list[Child]]] = {
@@ -221,7 +222,7 @@ def compare(
     }
     # What signing costs: the same sagas on a system of their own that signs and checks
     # every message (saga_core.signing), each worker holding its own service's key.
-    signed_settings = _fresh(settings, "compare-signed").with_(keys=new_keys(IDENTITIES))
+    signed_settings = _fresh(settings, "compare-signed").with_(keys=new_keys(settings.identities))
     signed_cluster = Cluster(signed_settings)
     others.extend(signed_cluster.children)
     systems["saga_signed"] = SagaRunner(signed_settings).run
@@ -618,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     skip = set(filter(None, args.skip.split(",")))
 
-    base = config.load()
+    base = configured(config.load())
     data_dir = base.data_dir / f"bench-{os.getpid()}"
     url, owned = redis_server.ensure(base.broker_url, data_dir)
     settings = base.with_(

@@ -10,10 +10,10 @@ import time
 from typing import Any
 
 from bench.workload import order
-from saga_core.config import IDENTITIES
+from order_app import app as order_app
 from saga_core.messages import OUTCOME_KIND, Command, Phase, Status
 from saga_core.retry import RetryPolicy
-from saga_core.signing import Keyring, new_keys
+from saga_core.signing import CLIENT, Keyring, new_keys
 
 #: Messages signed and checked for a saga that completes: a command and an outcome per step.
 MESSAGES_PER_SAGA = 8
@@ -22,7 +22,7 @@ MESSAGES_PER_SAGA = 8
 def cost(rounds: int = 20_000) -> dict[str, Any]:
     """Microseconds to sign and to check a command and an outcome, and the CPU that makes
     per completed saga (derived, and labelled so)."""
-    keyring = Keyring(new_keys(IDENTITIES))
+    keyring = Keyring(new_keys([*order_app.service_names, CLIENT]))
     command = Command(
         "charge_payment",
         "0" * 32,

@@ -38,7 +38,7 @@ from orchestrator.metrics import Metrics
 from saga_core import dead_letters, ping, redis_transport, signing, watchdog
 from saga_core.broker import QueueDepth
 from saga_core.celery_app import direct, make_app, publish_task, send, stored_task
-from saga_core.config import ORCHESTRATOR_QUEUE, SERVICES, Settings
+from saga_core.config import ORCHESTRATOR_QUEUE, Settings
 from saga_core.database import BUSY
 from saga_core.errors import (
     BrokerUnavailable,
@@ -83,7 +83,7 @@ def celery_publisher(app: Celery, settings: Settings) -> Publisher:
     sends a few (a client submitting an order, an operator's retry). It acts for the
     orchestrator, with its keys. A broker that does not take one raises
     ``BrokerUnavailable``, whatever the transport's own error."""
-    keyring = settings.keyring(SERVICES)
+    keyring = settings.keyring(settings.services)
     with app.connection_for_write() as connection:  # not connected: only its error types
         down = (KombuError, OSError, *connection.connection_errors, *connection.channel_errors)
 
@@ -157,7 +157,7 @@ class Orchestrator:
         self.definitions = dict(definitions)
         self.middleware = tuple(middleware)
         # It signs commands as every service, and checks what each service sends.
-        self.keyring = settings.keyring(SERVICES)
+        self.keyring = settings.keyring(settings.services)
         self.step_services = step_services(self.definitions.values())
         self.app = make_app(settings, "orchestrator")
         self.queue = direct(settings.queue(ORCHESTRATOR_QUEUE), settings.quorum_queues)

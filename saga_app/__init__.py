@@ -33,7 +33,7 @@ Then ``SAGA_APP=mypackage.trip:app saga worker hotels``, ``saga orchestrator``, 
 Everything a saga's author writes comes from this module.
 """
 
-from saga_app.app import BUILT_IN, App, AppError, load, of
+from saga_app.app import BUILT_IN, App, AppError, configured, load, of
 from saga_app.client import cancel, get_saga, resolve, retry, run, submit, wait
 from saga_app.declare import Saga, Step
 from saga_core.database import Connection, for_update, transaction
@@ -70,6 +70,7 @@ __all__ = [
     "TransientError",
     "TransitionRefused",
     "cancel",
+    "configured",
     "create_ledger_tables",
     "for_update",
     "get_saga",

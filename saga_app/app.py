@@ -135,6 +135,11 @@ def of(settings: Settings) -> App:
     return load(settings.app or BUILT_IN)
 
 
+def configured(settings: Settings) -> Settings:
+    """``settings`` with the names of its app's services: their queues and identities."""
+    return settings.with_(services=of(settings).service_names)
+
+
 def load(spec: str) -> App:
     """The app that ``spec`` (``package.module:attribute``; the attribute ``app`` by
     default) names; :class:`AppError` saying what is wrong."""

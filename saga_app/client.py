@@ -12,7 +12,7 @@ from typing import Any
 
 from orchestrator.engine import Engine
 from orchestrator.process import celery_publisher
-from saga_app.app import of
+from saga_app.app import configured, of
 from saga_core import config
 from saga_core.celery_app import make_app
 from saga_core.config import Settings
@@ -33,7 +33,7 @@ def _engine(settings: Settings) -> Engine:
 
 
 def _settings(settings: Settings | None) -> Settings:
-    return settings if settings is not None else config.load()
+    return configured(settings if settings is not None else config.load())
 
 
 def submit(document: Any, *, saga: str | None = None, settings: Settings | None = None) -> str:

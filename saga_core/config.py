@@ -6,7 +6,7 @@ for configuration: build a :class:`Settings` with :func:`load` and pass it down.
 
 from __future__ import annotations
 
-import contextlib
+import fcntl
 import json
 import math
 import os
@@ -23,10 +23,9 @@ from saga_core.errors import ConfigError
 from saga_core.signing import CLIENT, MIN_KEY_LENGTH, Keyring, new_keys
 
 PREFIX = "SAGA_"
-SERVICES = ("inventory", "payment", "shipping", "notification")
 ORCHESTRATOR_QUEUE = "orchestrator"
-#: Who signs messages (saga_core.signing): each service, and clients submitting over the broker.
-IDENTITIES = (*SERVICES, CLIENT)
+#: What a service (and so a queue, a signing identity, a database schema) may be named.
+SERVICE_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -68,6 +67,9 @@ class Settings:
     # The app every process runs (its sagas and services): package.module:attribute, as
     # ``celery -A`` names a Celery app; empty: the built-in one (saga_app.BUILT_IN).
     app: str = ""
+    # Its services' names, once the app is loaded (saga_app.configured): their queues and
+    # signing identities. Not a setting of its own: the app says.
+    services: tuple[str, ...] = ()
     # Redis redelivers an unacknowledged message only after this many seconds: keep it well
     # above the longest step plus its retry countdowns, or healthy steps run twice.
     visibility_timeout: float = 600.0
@@ -121,8 +123,16 @@ class Settings:
         return f"{self.queue_prefix}{name}"
 
     def all_queues(self) -> list[str]:
-        """Every queue of the system: one per service and the orchestrator's."""
-        return [self.queue(q) for q in (*SERVICES, ORCHESTRATOR_QUEUE)]
+        """Every queue of the system: one per service of its app and the orchestrator's."""
+        if not self.services:
+            raise ConfigError("the app's services are not known here: load the app first")
+        return [self.queue(q) for q in (*self.services, ORCHESTRATOR_QUEUE)]
+
+    @property
+    def identities(self) -> tuple[str, ...]:
+        """Who signs messages (``saga_core.signing``): each service of the app, and clients
+        submitting over the broker."""
+        return (*self.services, CLIENT)
 
     def path(self, filename: str) -> Path:
         return self.data_dir / filename
@@ -165,7 +175,8 @@ class Settings:
                     f"keys.json` and give every process {PREFIX}KEYS_FILE=keys.json (see "
                     f"docs/security.md), or set {PREFIX}INSECURE=1 to run without signing"
                 )
-            keys = keys_of_data_dir(self.path(KEYS_FILE))
+            identities = list(dict.fromkeys([*self.identities, *needs]))
+            keys = keys_of_data_dir(self.path(KEYS_FILE), identities)
         if keys:
             missing = [f"{PREFIX}{name.upper()}_KEY" for name in needs if name not in keys]
             if missing:
@@ -295,9 +306,12 @@ def load(env: Mapping[str, str] | None = None, tokens_may_be_missing: bool = Fal
         data_dir=Path(env.get(PREFIX + "DATA_DIR") or defaults.data_dir),
         database_url=_database_url(env, "DATABASE_URL"),
         service_database_urls={
-            service: url
-            for service in SERVICES
-            if (url := _database_url(env, f"{service.upper()}_DATABASE_URL"))
+            name[len(PREFIX) : -len("_DATABASE_URL")].lower(): url
+            for name in sorted(env)
+            if name.startswith(PREFIX)
+            and name.endswith("_DATABASE_URL")
+            and SERVICE_NAME.fullmatch(name[len(PREFIX) : -len("_DATABASE_URL")].lower())
+            and (url := _database_url(env, name[len(PREFIX) :]))
         },
         queue_prefix=env.get(PREFIX + "QUEUE_PREFIX", defaults.queue_prefix),
         app=env.get(PREFIX + "APP", defaults.app).strip(),
@@ -332,26 +346,29 @@ def load(env: Mapping[str, str] | None = None, tokens_may_be_missing: bool = Fal
 
 
 def read_keys(env: Mapping[str, str]) -> dict[str, tuple[str, ...]]:
-    """The signing keys: those of the JSON file ``SAGA_KEYS_FILE`` (``{"payment": "key"}``,
+    """The signing keys: those of the JSON file ``SAGA_KEYS_FILE`` (``{"billing": "key"}``,
     or a list of keys, newest first), overridden identity by identity by ``SAGA_<ID>_KEY``
     (keys separated by commas)."""
     path = env.get(PREFIX + "KEYS_FILE", "").strip()
     keys = _keys_file(PREFIX + "KEYS_FILE", path) if path else {}
-    for identity in IDENTITIES:
-        raw = env.get(f"{PREFIX}{identity.upper()}_KEY", "").strip()
+    for name in sorted(env):
+        identity = name[len(PREFIX) : -len("_KEY")].lower()
+        if not (name.startswith(PREFIX) and name.endswith("_KEY")):
+            continue
+        if not SERVICE_NAME.fullmatch(identity):
+            raise ConfigError(f"{name}: {identity!r} cannot name a service")
+        raw = env[name].strip()
         if raw:
-            keys[identity] = _checked_keys(
-                f"{PREFIX}{identity.upper()}_KEY", [k.strip() for k in raw.split(",")]
-            )
+            keys[identity] = _checked_keys(name, [k.strip() for k in raw.split(",")])
     return keys
 
 
 def _keys_file(name: str, path: str) -> dict[str, tuple[str, ...]]:
     keys: dict[str, tuple[str, ...]] = {}
-    data = _json_object(name, path, 'an object like {"payment": "key"}')
+    data = _json_object(name, path, 'an object like {"billing": "key"}')
     for identity, value in data.items():
-        if identity not in IDENTITIES:
-            raise ConfigError(f"{name}: {identity!r} is not one of {', '.join(IDENTITIES)}")
+        if not SERVICE_NAME.fullmatch(identity):
+            raise ConfigError(f"{name}: {identity!r} cannot name a service or the client")
         listed = [value] if isinstance(value, str) else value
         if not isinstance(listed, list) or not all(isinstance(k, str) for k in listed):
             raise ConfigError(f"{name}: {identity!r} must be a key or a list of keys")
@@ -363,26 +380,43 @@ def _keys_file(name: str, path: str) -> dict[str, tuple[str, ...]]:
 KEYS_FILE = "keys.json"
 
 
-def keys_of_data_dir(path: Path) -> dict[str, tuple[str, ...]]:
+def keys_of_data_dir(path: Path, identities: Sequence[str]) -> dict[str, tuple[str, ...]]:
     """The keys of the data directory's keys file, made (readable by its owner only) if
-    there is none yet. Written whole under another name, then linked into place: a process
-    that starts at the same moment reads either no file or the whole of one, and the first
-    link wins."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps({k: list(v) for k, v in new_keys(IDENTITIES).items()}, indent=2)
-        draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(text + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            with contextlib.suppress(FileExistsError):  # another process made it first
-                os.link(draft, path)
-        finally:
-            draft.unlink()
-    return _keys_file(f"the data directory's keys file ({path})", str(path))
+    there is none yet, with a key for each of ``identities``; one that lacks some of them
+    (an app given a service since) gets theirs added. Each version is written whole under
+    another name, then put in place under a lock: a process that starts at the same moment
+    reads either no file or the whole of one, and none loses another's key."""
+    what = f"the data directory's keys file ({path})"
+    if path.exists():
+        keys = _keys_file(what, str(path))
+        if all(identity in keys for identity in identities):
+            return keys
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = os.open(path.parent, os.O_RDONLY)  # the directory itself: no lock file left
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        keys = _keys_file(what, str(path)) if path.exists() else {}
+        missing = [identity for identity in identities if identity not in keys]
+        if missing:
+            keys.update({k: tuple(v) for k, v in new_keys(missing).items()})
+            _write_private(path, json.dumps({k: list(v) for k, v in keys.items()}, indent=2))
+    finally:
+        os.close(lock)  # and the lock with it
+    return keys
+
+
+def _write_private(path: Path, text: str) -> None:
+    """``text`` as the file at ``path``, readable by its owner only, put in place whole."""
+    draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(draft, path)
+    finally:
+        draft.unlink(missing_ok=True)
 
 
 #: What a token's name may be: it is recorded as an actor and shown in logs.

@@ -2,8 +2,8 @@
 
 A worker is healthy when it takes messages from its service's queue and runs them; the
 orchestrator, when it takes messages from its queue and applies them to the store. That a
-port answers or a process exists proves neither. So ``saga ping payment`` puts a ping in
-the payment queue like any command, and waits for the pong on a queue of its own
+port answers or a process exists proves neither. So ``saga ping SERVICE`` puts a ping in
+the service's queue like any command, and waits for the pong on a queue of its own
 (``saga.pong.<hex>``; a process answers into no other). Celery's own ping is a remote
 control command, and remote control stays off: it would let anyone on the broker shut a
 worker down.

@@ -14,8 +14,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from saga_app.app import configured
 from saga_core import database
-from saga_core.config import SERVICES, Settings
+from saga_core.config import Settings
 from saga_core.database import Location, Row
 from saga_store import TERMINAL_STATES, open_reader, queries
 
@@ -80,7 +81,9 @@ def audit(
 ) -> Report:
     """Audit the system whose databases ``system`` names (or the one whose SQLite files are
     in the data directory ``system``)."""
-    settings = system if isinstance(system, Settings) else Settings(data_dir=Path(system))
+    settings = configured(
+        system if isinstance(system, Settings) else Settings(data_dir=Path(system))
+    )
     db = settings.service_database
     now = time.time() if now is None else now
     store = _saga_store(settings.store())
@@ -223,7 +226,7 @@ def _check_strays(settings: Settings, by_ref: dict[str, Row], saga_ids: set[str]
                         f"{n} {what}s for one order: an idempotency key took effect twice",
                     )
                 )
-    for db in SERVICES:
+    for db in settings.services:
         for r in rows(settings.service_database(db), "SELECT key FROM idempotency"):
             saga_id = str(r["key"]).split(":", 1)[0]
             if saga_id not in saga_ids:

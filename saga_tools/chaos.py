@@ -25,7 +25,7 @@ from typing import Any
 
 import saga_app
 from saga_core import broker, dead_letters
-from saga_core.config import IDENTITIES, FailureRates, Settings
+from saga_core.config import FailureRates, Settings
 from saga_core.signing import new_keys
 from saga_faults.killer import KINDS, Killer
 from saga_store import open_reader, queries
@@ -164,7 +164,7 @@ class Campaign:
             # be run by a later campaign's workers on the same Redis.
             queue_prefix=f"{self.base.queue_prefix}chaos.{uuid.uuid4().hex[:8]}.",
             # Signed messages, with keys made for this run where none are configured.
-            keys=self.base.keys or new_keys(IDENTITIES),
+            keys=self.base.keys or new_keys(self.base.identities),
             faults=True,
             step_timeout=self.opts.step_timeout,
             sweep_interval=0.5,

@@ -16,9 +16,10 @@ from typing import Any
 import amqp.exceptions
 import redis.exceptions
 
+from saga_app.app import configured as app_configured
 from saga_app.app import of as app_of
 from saga_core import config, database, logs, processes
-from saga_core.config import API_SCOPES, IDENTITIES, ORCHESTRATOR_QUEUE, SERVICES, Settings
+from saga_core.config import API_SCOPES, ORCHESTRATOR_QUEUE, Settings
 from saga_core.errors import (
     BusinessError,
     ConfigError,
@@ -143,6 +144,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from saga_faults import middleware
     from workers import process
 
+    if args.service != "all" and args.service not in settings.services:
+        raise BadInput(f"no service {args.service!r}: the app's are {_services(settings)}, or all")
     pool = args.pool or process.default_pool(settings.broker_url)
     if pool == "solo" and args.concurrency != 1:
         raise BadInput(
@@ -212,6 +215,10 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print(timeline.render(view, events, alerts))
     return 0
+
+
+def _services(settings: Settings) -> str:
+    return ", ".join(settings.services)
 
 
 def _operator() -> str:
@@ -319,6 +326,8 @@ def cmd_ping(args: argparse.Namespace, settings: Settings) -> int:
     from saga_core import ping
     from saga_core.celery_app import make_app
 
+    if args.target not in (*settings.services, ORCHESTRATOR_QUEUE):
+        raise BadInput(f"no queue {args.target!r}: {_services(settings)} or {ORCHESTRATOR_QUEUE}")
     queue = settings.queue(args.target)
     started = time.monotonic()
     try:
@@ -506,11 +515,13 @@ def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
     accepted)."""
     from saga_core.signing import new_keys
 
-    fresh = new_keys(IDENTITIES)
+    fresh = new_keys(settings.identities)
     if args.rotate:
         if not settings.keys:
             raise BadInput("--rotate adds to the configured keys, and none are (SAGA_KEYS_FILE)")
-        keys = {name: [fresh[name][0], *settings.keys.get(name, ())][:2] for name in IDENTITIES}
+        keys = {
+            name: [fresh[name][0], *settings.keys.get(name, ())][:2] for name in settings.identities
+        }
     else:
         keys = {name: list(ks) for name, ks in fresh.items()}
     text = json.dumps(keys, indent=2) + "\n"
@@ -526,7 +537,8 @@ def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
         raise BadInput(f"cannot write {args.out}: {exc.strerror}") from None
     with os.fdopen(fd, "w") as f:
         f.write(text)
-    print(f"keys for {', '.join(IDENTITIES)} written to {args.out}; SAGA_KEYS_FILE={args.out}")
+    names = ", ".join(settings.identities)
+    print(f"keys for {names} written to {args.out}; SAGA_KEYS_FILE={args.out}")
     return 0
 
 
@@ -613,7 +625,7 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--port", type=int, default=8000)
 
     w = sub.add_parser("worker", help="run a service worker")
-    w.add_argument("service", choices=[*SERVICES, "all"])
+    w.add_argument("service", help="one of the app's services, or all")
     w.add_argument(
         "--pool",
         default=None,
@@ -661,7 +673,7 @@ def parser() -> argparse.ArgumentParser:
     pg = sub.add_parser(
         "ping", help="health check: ping a service's workers or the orchestrator through its queue"
     )
-    pg.add_argument("target", choices=[*SERVICES, ORCHESTRATOR_QUEUE])
+    pg.add_argument("target", help="one of the app's services, or orchestrator")
     pg.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
 
     sk = sub.add_parser(
@@ -801,6 +813,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # `saga token` makes the tokens file that SAGA_API_TOKENS_FILE may name already
         settings = config.load(tokens_may_be_missing=args.command == "token")
+        settings = app_configured(settings)  # its app's services: queues, identities
         _setup_logging(settings, args.command)
         if settings.parent_pid and args.command in SERVER_COMMANDS:
             processes.exit_with_parent(settings.parent_pid)

@@ -15,7 +15,7 @@ from typing import Any
 from order_app import inventory
 from saga_app.app import of as app_of
 from saga_core import broker
-from saga_core.config import SERVICES, Settings
+from saga_core.config import Settings
 from saga_core.processes import wait_for
 from saga_faults.plans import FaultPlans
 
@@ -116,9 +116,12 @@ class Cluster:
         orchestrators: int = 1,
         replicas: int = 1,
         pool: str | None = None,
+        app_env: Mapping[str, str] | None = None,
     ):
+        """``app_env``: the app's own settings (a provider's address, say), for every
+        process."""
         self.settings = settings
-        env = {**settings.to_env(), "PYTHONUNBUFFERED": "1"}
+        env = {**settings.to_env(), "PYTHONUNBUFFERED": "1", **(app_env or {})}
         logs = settings.data_dir / "logs"
 
         def numbered(name: str, n: int) -> str:
@@ -129,12 +132,12 @@ class Cluster:
                 Child(
                     numbered(f"worker {s}", n),
                     saga_command("worker", s, *(("--pool", pool) if pool else ())),
-                    worker_env(settings, s),
+                    {**worker_env(settings, s), **(app_env or {})},
                     logs / f"{numbered(s, n)}.log",
                 )
                 for n in range(replicas)
             ]
-            for s in SERVICES
+            for s in settings.services
         }
         #: The first worker of each service.
         self.workers = {s: children[0] for s, children in self.replicas.items()}

@@ -18,7 +18,7 @@ from typing import Any, TextIO
 import saga_app
 from order_app import inventory
 from saga_core import broker
-from saga_core.config import IDENTITIES, FailureRates, Settings
+from saga_core.config import FailureRates, Settings
 from saga_core.signing import new_keys
 from saga_faults.killer import Killer
 from saga_store import open_reader, queries
@@ -92,7 +92,7 @@ def run(
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
     url, owned = redis_server.ensure(settings.broker_url, settings.data_dir)
-    owned_keys = None if settings.keys else new_keys(IDENTITIES)
+    owned_keys = None if settings.keys else new_keys(settings.identities)
     print(f"broker: {url}" + (" (started for this demo)" if owned else ""))
     settings = settings.with_(
         broker_url=url,

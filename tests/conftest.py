@@ -22,17 +22,20 @@ import pytest
 # no Docker engine, so take Celery's own in-process worker fixture back.
 from celery.contrib.pytest import celery_worker  # noqa: F401
 
+from order_app import app as ORDER_APP
 from saga_core import broker, config, dead_letters
-from saga_core.config import IDENTITIES, Settings
+from saga_core.config import Settings
 from saga_core.database import Location, unreachable
 from saga_core.errors import ConfigError
-from saga_core.signing import new_keys
+from saga_core.signing import CLIENT, new_keys
 from saga_tools import redis_server
 
 # Its assertions explain themselves too (it is imported by the tests, after this).
 pytest.register_assert_rewrite("tests.helpers")
 
 CI = bool(os.environ.get("CI"))
+#: Who signs in the built-in app every test system runs: each service, and the clients.
+IDENTITIES = (*ORDER_APP.service_names, CLIENT)
 
 
 def unavailable(reason: str) -> NoReturn:
@@ -109,6 +112,7 @@ def settings(broker_url: str, tmp_path: Path) -> Iterator[Settings]:
         faults=True,
         # Signed messages, as the demo runs them: keys of the test's own.
         keys=new_keys(IDENTITIES),
+        services=ORDER_APP.service_names,
     )
     yield s
     broker.discard(broker_url, [*s.all_queues(), s.queue(dead_letters.QUEUE)])

@@ -10,6 +10,7 @@ from typing import Any
 from order_app import app as ORDER_APP
 from order_app.order import EXAMPLE_ORDER
 from saga_core.config import Settings
+from saga_core.signing import CLIENT
 from saga_store import SagaState, SagaView, StepState
 from saga_tools import audit
 
@@ -21,10 +22,22 @@ BASE_ORDER: dict[str, Any] = {
 
 STOCK = {"WIDGET": 10, "GADGET": 5}
 
+#: A trip, as the example's saga (examples/trip) takes one.
+TRIP = {
+    "trip_id": "T-1",
+    "traveller": "Ada Lovelace",
+    "flight": "LH 2024",
+    "hotel": "Hotel Adlon",
+    "car": "compact",
+    "amount_cents": 125_000,
+}
+
 #: The built-in app's services by name, each operation's service, and its sagas.
 SERVICES = {service.name: service for service in ORDER_APP.services}
 OPERATIONS = {op: service for service in ORDER_APP.services for op in service.operations}
 DEFINITIONS = ORDER_APP.definitions
+#: Who signs in it: each service, and the clients.
+IDENTITIES = (*ORDER_APP.service_names, CLIENT)
 
 # What the services hold for a completed order: one of each, nothing undone.
 ONE_OF_EACH = {

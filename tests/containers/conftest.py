@@ -44,10 +44,11 @@ from pytest_celery.api.container import CeleryTestContainer
 from pytest_docker_tools import container, network
 
 from order_app import inventory
-from saga_core.config import IDENTITIES, SERVICES, Settings
+from saga_core.config import Settings
 from saga_core.signing import new_keys
 from tests.conftest import unavailable
-from tests.helpers import STOCK
+from tests.helpers import IDENTITIES, STOCK
+from tests.helpers import SERVICES as SERVICE_OBJECTS
 
 # These machines have a /.dockerenv, which makes pytest-docker-tools believe the tests run
 # inside a container and send every client to the container's port on localhost: the
@@ -239,7 +240,10 @@ def system(
     data_dir.mkdir()
     # signed messages, each worker holding only its own service's key
     common = Settings(
-        queue_prefix=f"c{uuid.uuid4().hex[:8]}-", faults=True, keys=new_keys(IDENTITIES)
+        queue_prefix=f"c{uuid.uuid4().hex[:8]}-",
+        faults=True,
+        keys=new_keys(IDENTITIES),
+        services=tuple(SERVICE_OBJECTS),
     )
     host = common.with_(broker_url=_host_url(broker), data_dir=data_dir)
     inside = common.with_(broker_url=broker.url, data_dir=Path("/data"))
@@ -262,13 +266,13 @@ def system(
 
     started: list[Container] = []
     try:
-        for service in SERVICES:
+        for service in SERVICE_OBJECTS:
             own = inside.with_(keys={service: inside.keys[service]})
             started.append(start(["saga", "worker", service], own))
         started.append(start(["saga", "orchestrator"]))
         workers = {
             service: CeleryTestWorker(SagaWorker(raw), celery_setup_app)
-            for service, raw in zip(SERVICES, started, strict=False)
+            for service, raw in zip(SERVICE_OBJECTS, started, strict=False)
         }
         orch = SagaOrchestrator(started[-1])
         _wait_ready([*(w.container for w in workers.values()), orch])

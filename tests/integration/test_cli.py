@@ -207,7 +207,8 @@ def test_an_operator_cancels_a_running_saga_and_resolves_a_failed_one(
 ) -> None:
     settings = system.settings
     # cancel: the charge is in flight; it is compensated with the reservation
-    running = system.submit(make_order("O-2"), faults={"charge_payment": {"delay_seconds": 1}})
+    # (slow enough for a `saga cancel` process to start and act while it runs)
+    running = system.submit(make_order("O-2"), faults={"charge_payment": {"delay_seconds": 5}})
     system.wait_step_running("charge_payment", running, "charge_payment")
     cancelled = saga(settings, "cancel", running)
     assert cancelled.returncode == 0 and "compensating" in cancelled.stdout, cancelled.stderr

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import pytest
 
 from saga_core import broker
-from saga_core.config import ORCHESTRATOR_QUEUE, SERVICES, Settings
+from saga_core.config import ORCHESTRATOR_QUEUE, Settings
 from saga_core.dead_letters import QUEUE, DeadLetters
 from saga_core.messages import HEARTBEAT_TASK, OUTCOME_TASK, SUBMIT_TASK
 from saga_core.processes import descendants, wait_for
@@ -38,7 +38,7 @@ def targets(system: System) -> list[tuple[str, str]]:
     heartbeats and submissions, and an operation of each service."""
     orchestrator = system.settings.queue(ORCHESTRATOR_QUEUE)
     found = [(orchestrator, task) for task in (OUTCOME_TASK, HEARTBEAT_TASK, SUBMIT_TASK)]
-    for service in SERVICES:
+    for service in SERVICE_DEFINITIONS:
         operation = next(iter(SERVICE_DEFINITIONS[service].operations))
         found.append((system.settings.queue(service), operation))
     return found

@@ -11,7 +11,7 @@ from celery import Celery
 
 from order_app import inventory
 from saga_core.celery_app import celery_config as saga_celery_config
-from saga_core.config import ORCHESTRATOR_QUEUE, SERVICES, Settings
+from saga_core.config import ORCHESTRATOR_QUEUE, Settings
 from saga_core.messages import OUTCOME_TASK, Command, Outcome, Phase, Status
 from saga_core.retry import RetryPolicy
 from saga_faults.middleware import Faults
@@ -37,7 +37,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 @pytest.fixture
 def celery_worker_parameters(settings: Settings) -> dict[str, Any]:
     return {
-        "queues": [settings.queue(q) for q in (*SERVICES, ORCHESTRATOR_QUEUE)],
+        "queues": [settings.queue(q) for q in (*SERVICE_OBJECTS, ORCHESTRATOR_QUEUE)],
         "perform_ping_check": False,  # the ping needs a result backend; we keep none
     }
 

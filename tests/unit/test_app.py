@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import types
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -141,3 +143,16 @@ def test_saga_app_names_a_module_and_an_app(monkeypatch: pytest.MonkeyPatch) -> 
         load("a_users_trip:other")
     with pytest.raises(AppError, match=r"cannot import 'no_such_module'"):
         load("no_such_module:app")
+
+
+def test_the_foundation_names_no_service_of_the_order_saga() -> None:
+    """saga_core serves any app: the order saga's services are its app's to name."""
+    root = Path(__file__).resolve().parents[2] / "saga_core"
+    named = re.compile(r"\b(inventory|payment|shipping|notification)\b", re.IGNORECASE)
+    found = [
+        f"{path.relative_to(root)}:{n}: {line.strip()}"
+        for path in sorted(root.rglob("*.py"))
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if named.search(line)
+    ]
+    assert found == []

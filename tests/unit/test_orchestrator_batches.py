@@ -16,7 +16,6 @@ from kombu.message import Message
 
 from orchestrator.process import Orchestrator
 from saga_core.celery_app import make_app
-from saga_core.config import IDENTITIES
 from saga_core.messages import (
     HEARTBEAT_TASK,
     OUTCOME_TASK,
@@ -30,7 +29,7 @@ from saga_core.middleware import Middleware
 from saga_core.signing import Keyring, new_keys
 from saga_store import SagaState, StepState, queries
 from tests.harness import Harness
-from tests.helpers import DEFINITIONS, make_order
+from tests.helpers import DEFINITIONS, IDENTITIES, make_order
 
 
 class Bus:

@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 
+from saga_app import configured
 from saga_core import config
-from saga_core.config import IDENTITIES
 from saga_core.errors import ConfigError
 from saga_core.messages import Outcome, Phase, Status
 from saga_core.signing import Keyring, RefusalCount, Refused, new_keys, require
+from tests.helpers import IDENTITIES
 
 KEYS = new_keys(IDENTITIES)
 
@@ -145,11 +146,21 @@ def test_a_bad_key_setting_is_refused_naming_it_and_not_showing_the_key(
     assert "a" * 32 not in caught.value.message
 
 
-def test_a_keys_file_naming_an_unknown_identity_is_refused(tmp_path: Path) -> None:
+def test_a_keys_file_naming_what_cannot_be_a_service_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "keys.json"
-    path.write_text(json.dumps({"billing": "b" * 32}))
-    with pytest.raises(ConfigError, match="'billing' is not one of inventory, payment"):
+    path.write_text(json.dumps({"Billing Dept": "b" * 32}))
+    with pytest.raises(ConfigError, match="'Billing Dept' cannot name a service"):
         config.load({"SAGA_KEYS_FILE": str(path)})
+    # a service of some app (which this process's app may have or not) is taken
+    path.write_text(json.dumps({"billing": "b" * 32}))
+    assert config.load({"SAGA_KEYS_FILE": str(path)}).keys["billing"] == ("b" * 32,)
+
+
+def test_the_data_directory_s_keys_grow_with_the_app(tmp_path: Path) -> None:
+    first = config.keys_of_data_dir(tmp_path / "keys.json", ["payment", "client"])
+    grown = config.keys_of_data_dir(tmp_path / "keys.json", ["payment", "client", "billing"])
+    assert grown["payment"] == first["payment"] and set(grown) == {"payment", "client", "billing"}
+    assert (tmp_path / "keys.json").stat().st_mode & 0o777 == 0o600
 
 
 def test_with_signing_on_a_process_without_its_key_does_not_start() -> None:
@@ -163,7 +174,7 @@ def test_with_signing_on_a_process_without_its_key_does_not_start() -> None:
 def test_without_keys_one_machine_signs_with_the_keys_of_its_data_dir(tmp_path: Path) -> None:
     # Given no keys configured, a store in the data directory and a broker on loopback
     env = {"SAGA_DATA_DIR": str(tmp_path / "data")}
-    first = config.load(env).keyring(["payment"])
+    first = configured(config.load(env)).keyring(["payment"])
     # Then the first process makes the keys file, readable by its owner only, and every
     # process of the data directory signs with the same keys
     path = tmp_path / "data" / config.KEYS_FILE

@@ -16,15 +16,7 @@ import pytest
 from examples.trip import provider
 from saga_app import BusinessError, InvalidInput, load
 from saga_core.config import Settings
-
-TRIP = {
-    "trip_id": "T-1",
-    "traveller": "Ada Lovelace",
-    "flight": "LH 2024",
-    "hotel": "Hotel Adlon",
-    "car": "compact",
-    "amount_cents": 125_000,
-}
+from tests.helpers import TRIP
 
 
 @pytest.fixture

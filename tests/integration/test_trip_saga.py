@@ -1,0 +1,104 @@
+"""The trip example as a user runs it: ``SAGA_APP=examples.trip:app``, its four services'
+workers and the orchestrator as real processes on the real broker, its payment through
+the example's provider over HTTP; a worker SIGKILLed in the middle of a step."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import saga_app
+from saga_app import configured
+from saga_core import broker
+from saga_core.config import Settings
+from saga_core.processes import leaves
+from saga_core.signing import CLIENT, new_keys
+from saga_store import SagaState
+from saga_tools.cluster import Cluster
+from saga_tools.redis_server import free_port
+from tests.helpers import TRIP
+
+pytestmark = pytest.mark.processes
+
+
+@pytest.fixture
+def provider() -> Iterator[str]:
+    """The example's payment provider, a process of its own."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "examples.trip.provider", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None and "payment provider on" in process.stdout.readline()
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.kill()
+        process.wait(10)
+
+
+@pytest.fixture
+def trips(settings: Settings, provider: str) -> Iterator[Cluster]:
+    app = configured(settings.with_(app="examples.trip:app"))
+    app = app.with_(keys=new_keys([*app.services, CLIENT]))
+    cluster = Cluster(app, app_env={"TRIP_PROVIDER_URL": provider})
+    broker.purge(app.broker_url, app.all_queues())
+    cluster.start().wait_ready()
+    yield cluster
+    cluster.stop()
+    broker.discard(app.broker_url, app.all_queues())
+    print("\n".join(child.log_text()[-3000:] for child in cluster.children))
+
+
+def charges(provider: str) -> list[dict[str, Any]]:
+    with urllib.request.urlopen(provider + "/charges", timeout=5) as response:
+        return list(json.loads(response.read())["charges"])
+
+
+def bookings(settings: Settings, service: str) -> list[tuple[str, str]]:
+    with sqlite3.connect(settings.data_dir / f"{service}.db") as db:
+        return list(db.execute("SELECT reference, state FROM bookings ORDER BY reference"))
+
+
+def test_trips_book_and_pay_or_are_undone(trips: Cluster, provider: str) -> None:
+    s = trips.settings
+    # When a trip is booked, and one the provider declines
+    booked = saga_app.submit({**TRIP, "trip_id": "T-1"}, saga="trip", settings=s)
+    declined = saga_app.submit(
+        {**TRIP, "trip_id": "T-2", "amount_cents": 900_000}, saga="trip", settings=s
+    )
+    # Then the first completes, paid once; the second is undone step by step
+    assert saga_app.wait(booked, settings=s, timeout=60).state is SagaState.COMPLETED
+    view = saga_app.wait(declined, settings=s, timeout=60)
+    assert view.state is SagaState.COMPENSATED
+    assert "the provider refused" in str(view.step("take_payment").error)
+    for service in ("flights", "hotels", "cars"):
+        assert bookings(s, service) == [("T-1", "booked"), ("T-2", "cancelled")]
+    [charge] = charges(provider)
+    assert charge["reference"] == "T-1" and charge["refund_id"] is None
+    # the same trip_id again is the same saga
+    assert saga_app.submit({**TRIP, "trip_id": "T-1"}, saga="trip", settings=s) == booked
+
+
+def test_a_payments_worker_killed_mid_saga_pays_once(trips: Cluster, provider: str) -> None:
+    s = trips.settings
+    # Given the payments worker's process SIGKILLed as a trip is submitted
+    worker = trips.workers["payments"]
+    [process] = leaves(worker.pid)
+    os.kill(process, signal.SIGKILL)
+    saga_id = saga_app.submit({**TRIP, "trip_id": "T-3"}, saga="trip", settings=s)
+    # Then its supervisor starts it again, and the trip completes, paid once
+    assert saga_app.wait(saga_id, settings=s, timeout=90).state is SagaState.COMPLETED
+    # (seen killed by its supervisor: `saga worker` on the solo pool, Celery on prefork)
+    assert "SIGKILL" in worker.log_text()
+    assert [c["reference"] for c in charges(provider)] == ["T-3"]
