@@ -27,7 +27,8 @@ from saga_tools.cluster import Cluster
 from saga_tools.redis_server import free_port
 from tests.helpers import TRIP
 
-pytestmark = pytest.mark.processes
+# the app is what is under test here, not the broker: Redis only (conftest, any_broker)
+pytestmark = [pytest.mark.processes, pytest.mark.any_broker]
 
 
 @pytest.fixture
