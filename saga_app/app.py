@@ -13,7 +13,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from orchestrator.definition import SagaDefinition
+from orchestrator.definition import SagaDefinition, step_services
 from saga_app.declare import Saga
 from saga_core.config import Settings
 from saga_core.errors import ConfigError
@@ -44,6 +44,11 @@ class App:
     @property
     def service_names(self) -> tuple[str, ...]:
         return tuple(service.name for service in self.services)
+
+    @property
+    def operations(self) -> list[str]:
+        """Every action and compensation its services register (each a task name)."""
+        return [op for service in self.services for op in service.operations]
 
     def saga(self, name: str) -> Saga:
         for saga in self.sagas:
@@ -78,7 +83,6 @@ def check(sagas: Sequence[Saga], services: Sequence[Service]) -> None:
                     f"operation {operation!r} is registered on services {owner[operation]!r} "
                     f"and {service.name!r}: name them apart"
                 )
-    step_service: dict[str, str] = {}
     for saga in sagas:
         if not saga.steps:
             raise AppError(f"saga {saga.name!r} has no step")
@@ -88,11 +92,6 @@ def check(sagas: Sequence[Saga], services: Sequence[Service]) -> None:
             if step.name in seen:
                 raise AppError(f"{where}: the step name is used twice")
             seen.add(step.name)
-            if step_service.setdefault(step.name, step.service.name) != step.service.name:
-                raise AppError(
-                    f"{where}: a step of that name runs on {step_service[step.name]!r} in "
-                    "another saga; an outcome must tell whose it is: name them apart"
-                )
             on = by_name.get(step.service.name)
             if on is None or on is not step.service:
                 raise AppError(f"{where}: its service {step.service.name!r} is not in the app")
@@ -122,6 +121,10 @@ def check(sagas: Sequence[Saga], services: Sequence[Service]) -> None:
                     "does not fail the saga) or irreversible=True (it cannot be undone, on "
                     "purpose)"
                 )
+    try:  # a step name means one service in every saga: an outcome must tell whose it is
+        step_services(saga.definition() for saga in sagas)
+    except ValueError as exc:
+        raise AppError(str(exc)) from None
 
 
 def _unique(what: str, names: list[str]) -> None:

@@ -6,6 +6,7 @@ A declaration is turned into the engine's :class:`~orchestrator.definition.SagaD
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,6 +103,7 @@ class Saga:
         return stored, str(stored[self.key or ""])
 
 
+@functools.cache
 def _invalid(saga: str) -> type[InvalidInput]:
     """The error a saga's input raises: named after the saga (``invalid trip: …``)."""
     return type(f"Invalid{saga.title()}", (InvalidInput,), {"what": saga})

@@ -306,12 +306,10 @@ def load(env: Mapping[str, str] | None = None, tokens_may_be_missing: bool = Fal
         data_dir=Path(env.get(PREFIX + "DATA_DIR") or defaults.data_dir),
         database_url=_database_url(env, "DATABASE_URL"),
         service_database_urls={
-            name[len(PREFIX) : -len("_DATABASE_URL")].lower(): url
-            for name in sorted(env)
-            if name.startswith(PREFIX)
-            and name.endswith("_DATABASE_URL")
-            and SERVICE_NAME.fullmatch(name[len(PREFIX) : -len("_DATABASE_URL")].lower())
-            and (url := _database_url(env, name[len(PREFIX) :]))
+            service: url
+            for variable, service in _per_service(env, "_DATABASE_URL")
+            if SERVICE_NAME.fullmatch(service)
+            and (url := _database_url(env, variable[len(PREFIX) :]))
         },
         queue_prefix=env.get(PREFIX + "QUEUE_PREFIX", defaults.queue_prefix),
         app=env.get(PREFIX + "APP", defaults.app).strip(),
@@ -351,16 +349,23 @@ def read_keys(env: Mapping[str, str]) -> dict[str, tuple[str, ...]]:
     (keys separated by commas)."""
     path = env.get(PREFIX + "KEYS_FILE", "").strip()
     keys = _keys_file(PREFIX + "KEYS_FILE", path) if path else {}
-    for name in sorted(env):
-        identity = name[len(PREFIX) : -len("_KEY")].lower()
-        if not (name.startswith(PREFIX) and name.endswith("_KEY")):
-            continue
+    for name, identity in _per_service(env, "_KEY"):
         if not SERVICE_NAME.fullmatch(identity):
             raise ConfigError(f"{name}: {identity!r} cannot name a service")
         raw = env[name].strip()
         if raw:
             keys[identity] = _checked_keys(name, [k.strip() for k in raw.split(",")])
     return keys
+
+
+def _per_service(env: Mapping[str, str], suffix: str) -> list[tuple[str, str]]:
+    """Each variable ``SAGA_<NAME><suffix>`` of ``env``, with its NAME in lower case: the
+    settings an app's service (or the client) has, whatever the app names it."""
+    return [
+        (variable, variable[len(PREFIX) : -len(suffix)].lower())
+        for variable in sorted(env)
+        if variable.startswith(PREFIX) and variable.endswith(suffix)
+    ]
 
 
 def _keys_file(name: str, path: str) -> dict[str, tuple[str, ...]]:

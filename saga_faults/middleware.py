@@ -62,9 +62,7 @@ class Faults(Middleware):
         if self._draw(self.settings.failure_rates_for(op)) == "transient":
             raise TransientError(f"{op} failed (random transient failure)")
         if plan.delay_seconds:
-            marker = self.settings.data_dir / "running" / f"{op}.{command.key}"
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.touch()
+            self._mark("running", command)
             time.sleep(plan.delay_seconds)  # the injected slowness itself, not a wait
         if plan.crash_before_effect:
             _crash(f"{op}: crashing before the effect (fault plan)")
@@ -83,10 +81,15 @@ class Faults(Middleware):
         if fresh and plan.crash_after_effect:
             _crash(f"{command.operation}: crashing after the effect, before the reply (fault plan)")
         if fresh and plan.pause_after_effect:
-            marker = self.settings.data_dir / "committed" / f"{command.operation}.{command.key}"
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.touch()
+            self._mark("committed", command)
             time.sleep(plan.pause_after_effect)  # the window itself, for a kill from outside
+
+    def _mark(self, folder: str, command: Command) -> None:
+        """Touch ``DATA_DIR/folder/OPERATION.KEY``: how a test or a demo knows the step has
+        come that far."""
+        marker = self.settings.data_dir / folder / f"{command.operation}.{command.key}"
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
 
     # --- in the orchestrator ------------------------------------------------------------
 

@@ -394,8 +394,7 @@ def cmd_faults(args: argparse.Namespace, settings: Settings) -> int:
             "fault plans are a test and demo tool: they need SAGA_FAULTS=1, here and in "
             "the workers and the orchestrator that are to obey them"
         )
-    operations = [op for service in app_of(settings).services for op in service.operations]
-    plans = FaultPlans(settings.data_dir, operations)
+    plans = FaultPlans(settings.data_dir, app_of(settings).operations)
     if args.plan is not None:
         try:
             plans.add(args.order_id, _read_order(args.plan))

@@ -171,8 +171,7 @@ class Cluster:
         system started with ``faults`` on, before the order is submitted."""
         if not self.settings.faults:
             raise ValueError("fault plans need a system started with faults on (SAGA_FAULTS=1)")
-        operations = [op for s in app_of(self.settings).services for op in s.operations]
-        FaultPlans(self.settings.data_dir, operations).add(reference, plan)
+        FaultPlans(self.settings.data_dir, app_of(self.settings).operations).add(reference, plan)
 
     def start(self) -> Cluster:
         for child in self.children:

@@ -115,6 +115,19 @@ def test_each_unsound_app_is_refused_naming_the_saga_and_the_step(steps: Any, me
     assert message in str(refused.value)
 
 
+def test_one_step_name_on_two_services_across_sagas_is_refused() -> None:
+    flights, mail = services()
+    one = trip(Step("notify", mail, "send_mail", payload, best_effort=True))
+    other = Saga(
+        "other",
+        input=Trip,
+        key="trip_id",
+        steps=[Step("notify", flights, "book_flight", payload, irreversible=True)],
+    )
+    with pytest.raises(AppError, match="step 'notify' runs on 'mail' in one definition"):
+        App(sagas=[one, other], services=[flights, mail])
+
+
 def test_a_step_on_a_service_the_app_lacks_is_refused() -> None:
     flights, mail = services()
     saga = trip(Step("send_mail", mail, "send_mail", payload, best_effort=True))
