@@ -86,6 +86,12 @@ def check(sagas: Sequence[Saga], services: Sequence[Service]) -> None:
     for saga in sagas:
         if not saga.steps:
             raise AppError(f"saga {saga.name!r} has no step")
+        fields = getattr(saga.input, "model_fields", None)
+        if fields is not None and saga.key not in fields:
+            raise AppError(
+                f"saga {saga.name!r}: key {saga.key!r} is not a field of its input model "
+                f"(one of {', '.join(fields)})"
+            )
         seen: set[str] = set()
         for step in saga.steps:
             where = f"saga {saga.name!r}, step {step.name!r}"

@@ -66,7 +66,8 @@ def handler(ledger: Ledger) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             key = self.headers.get("idempotency-key", "")
-            length = int(self.headers.get("content-length") or 0)
+            raw_length = self.headers.get("content-length") or "0"
+            length = int(raw_length) if raw_length.isdigit() else MAX_BODY + 1
             if self.path not in ("/charges", "/refunds") or not key or length > MAX_BODY:
                 return self._send(400, {"error": "POST /charges or /refunds, with a key"})
             try:

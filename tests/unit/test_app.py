@@ -128,6 +128,14 @@ def test_one_step_name_on_two_services_across_sagas_is_refused() -> None:
         App(sagas=[one, other], services=[flights, mail])
 
 
+def test_a_model_input_whose_key_is_not_a_field_is_refused() -> None:
+    _, mail = services()
+    steps = [Step("send_mail", mail, "send_mail", payload, best_effort=True)]
+    for key in (None, "trip"):
+        with pytest.raises(AppError, match=f"saga 'trip': key {key!r} is not a field"):
+            App(sagas=[Saga("trip", input=Trip, key=key, steps=steps)], services=[mail])
+
+
 def test_a_step_on_a_service_the_app_lacks_is_refused() -> None:
     flights, mail = services()
     saga = trip(Step("send_mail", mail, "send_mail", payload, best_effort=True))
