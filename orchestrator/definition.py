@@ -3,12 +3,15 @@ its compensation task (or none), its retry policy and whether it is best-effort.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from saga_core.retry import RetryPolicy
-from saga_store.models import StepSpec
+from saga_store.models import VERSION_MARK, StepSpec
 
 # Builds a step's payload from the saga's stored input and the outputs of earlier steps.
 PayloadBuilder = Callable[[Mapping[str, Any], Mapping[str, Any]], dict[str, Any]]
@@ -38,6 +41,20 @@ class SagaDefinition:
     steps: tuple[StepDefinition, ...]
     # Validates a submitted document; returns (what to store, the client's idempotency key).
     prepare: Callable[[Any], tuple[dict[str, Any], str]]
+
+    @cached_property
+    def version(self) -> str:
+        """A digest of the steps' shape: their names, services, tasks and kinds, in order.
+        A saga records the version it started with, and runs to its end on that one
+        (``Engine``); a payload builder's code is not in it, so changing how a payload is
+        built keeps the version (and must keep the payload's meaning for sagas in flight)."""
+        shape = [(s.name, s.queue, s.action, s.compensation, s.best_effort) for s in self.steps]
+        return hashlib.sha256(json.dumps(shape).encode()).hexdigest()[:12]
+
+    @property
+    def stored_as(self) -> str:
+        """What the store records as a saga's definition: ``name@version``."""
+        return f"{self.name}{VERSION_MARK}{self.version}"
 
     def step(self, name: str) -> StepDefinition:
         for step in self.steps:

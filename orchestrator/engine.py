@@ -20,12 +20,19 @@ from orchestrator.definition import SagaDefinition
 from orchestrator.liveness import QueueDepth, QueueWatch
 from saga_core.config import Settings
 from saga_core.database import Connection
-from saga_core.errors import BrokerUnavailable, InvalidInput, SagaNotFound, TransitionRefused
+from saga_core.errors import (
+    BrokerUnavailable,
+    DefinitionMissing,
+    InvalidInput,
+    SagaNotFound,
+    TransitionRefused,
+)
 from saga_core.messages import Command, Heartbeat, Outcome, Phase, Status
 from saga_core.middleware import Middleware
 from saga_store import liveness, open_store, queries, transitions
-from saga_store.models import Actor, Dispatch, SagaState, SagaView, StepSpec, iso
+from saga_store.models import Actor, Dispatch, SagaState, SagaView, StepSpec, iso, stored_name
 from saga_store.transitions import Transition
+from saga_store.unit import Unit
 
 log = logging.getLogger("saga.orchestrator")
 alert_log = logging.getLogger("saga.alert")
@@ -67,14 +74,21 @@ class Engine:
         clock: Callable[[], float] = time.time,
         middleware: Sequence[Middleware] = (),
         queue_depth: QueueDepth | None = None,
+        retired: Iterable[SagaDefinition] = (),
     ):
-        """``queue_depth`` tells how many messages wait on a service's queue; without it
-        (a client's engine, which never sweeps, or a test) every queue counts as empty."""
+        """New sagas start on ``definitions`` (by saga name); a saga in flight runs on the
+        version it started with, one of those or of ``retired`` (earlier versions kept until
+        their sagas end). ``queue_depth`` tells how many messages wait on a service's queue;
+        without it (a client's engine, which never sweeps, or a test) every queue counts as
+        empty."""
         self.settings = settings
         self.definitions = dict(definitions)
+        self._versions = {d.stored_as: d for d in (*retired, *self.definitions.values())}
+        # A saga stored before definitions had versions runs on its saga's current one.
+        self._versions.update(self.definitions)
         self.queues = QueueWatch(queue_depth)
         self._warned: dict[str, float] = {}
-        self._services = {s.queue for d in self.definitions.values() for s in d.steps}
+        self._services = {s.queue for d in self._versions.values() for s in d.steps}
         self.publish = publish
         self.middleware = tuple(middleware)
         self.clock = clock
@@ -116,7 +130,7 @@ class Engine:
             saga_id, created = transitions.create_saga(
                 unit,
                 uuid.uuid4().hex,
-                definition,
+                self.definitions[definition].stored_as,
                 saga_input,
                 self._specs(definition),
                 now,
@@ -149,6 +163,7 @@ class Engine:
                 else:
                     invalid(i, exc)
         specs = self._specs(definition)
+        stored_as = self.definitions[definition].stored_as
         submitted: list[Submitted] = []
         started: list[tuple[str, Transition]] = []
         with transitions.batch(self.db, []) as unit:
@@ -156,7 +171,7 @@ class Engine:
             now = self.clock()
             for saga_input, key in prepared:
                 saga_id, created = transitions.create_saga(
-                    unit, uuid.uuid4().hex, definition, saga_input, specs, now, idempotency_key=key
+                    unit, uuid.uuid4().hex, stored_as, saga_input, specs, now, idempotency_key=key
                 )
                 submitted.append(Submitted(saga_id, created, sent=True))
                 if created:
@@ -224,7 +239,9 @@ class Engine:
 
     def _apply(self, db: transitions.Store, o: Outcome) -> Transition:
         """The transition an outcome asks for; raises ``TransitionRefused`` (or
-        ``SagaNotFound``) for a duplicate or late one."""
+        ``SagaNotFound``) for a duplicate or late one, and ``DefinitionMissing`` for a saga
+        whose version this engine lacks."""
+        self._definition_of(db, o.saga_id)
         now = self.clock()
         if o.phase is Phase.ACTION and o.status is Status.SUCCEEDED:
             return transitions.complete_step(
@@ -267,6 +284,7 @@ class Engine:
         quiet_for = self.settings.liveness_timeout  # another sweeper may start it first
         for saga_id in queries.stale_pending(self.db, iso(now - self.settings.step_timeout)):
             with contextlib.suppress(TransitionRefused):
+                self._definition_of(self.db, saga_id)
                 results.append(
                     transitions.resume_saga(self.db, saga_id, now, Actor.SWEEPER, quiet_for)
                 )
@@ -281,7 +299,10 @@ class Engine:
         waiting: Counter[str] = Counter()
         for row in queries.unheard_steps(self.db, now, now - window):
             saga_id, step = row["saga_id"], row["step_name"]
-            service = self.definitions[row["definition"]].step(step).queue
+            try:
+                service = self._running(row["definition"], saga_id).step(step).queue
+            except DefinitionMissing:
+                continue  # left to an orchestrator that has its version
             if not self.queues.seen_empty(service, (row["heard_at"] or 0.0) + grace, now - grace):
                 waiting[service] += 1
                 continue  # it may be waiting in its queue, which is no sign of trouble
@@ -367,6 +388,7 @@ class Engine:
         quiet_for = self.settings.liveness_timeout
         for saga_id in queries.active_saga_ids(self.db):
             with contextlib.suppress(TransitionRefused):
+                self._definition_of(self.db, saga_id)
                 results.append(
                     transitions.resume_saga(self.db, saga_id, self.clock(), quiet_for=quiet_for)
                 )
@@ -379,6 +401,7 @@ class Engine:
 
     def retry(self, saga_id: str, actor: str) -> SagaState:
         """Run a failed saga's given-up compensations again."""
+        self._definition_of(self.db, saga_id)
         result = transitions.retry_compensations(self.db, saga_id, self.clock(), actor)
         log.warning("saga %s: %s asked to retry its compensations", saga_id, actor)
         self._send_later_if_down([result])
@@ -391,6 +414,7 @@ class Engine:
 
     def cancel(self, saga_id: str, actor: str) -> SagaState:
         """Stop a saga going forward and compensate what took effect."""
+        self._definition_of(self.db, saga_id)
         result = transitions.cancel_saga(self.db, saga_id, self.clock(), actor)
         log.warning("saga %s: cancelled by %s", saga_id, actor)
         self._send_later_if_down([result])
@@ -400,6 +424,31 @@ class Engine:
         return queries.get_saga(self.db, saga_id)
 
     # --- internals --------------------------------------------------------------------------
+
+    def _definition_of(self, db: transitions.Store, saga_id: str) -> SagaDefinition:
+        """The definition the saga runs on (``SagaNotFound``, ``DefinitionMissing``)."""
+        if isinstance(db, Unit):
+            return self._running(db.saga(saga_id).definition, saga_id)
+        return self._running(queries.definition_of(db, saga_id), saga_id)
+
+    def _running(self, stored: str, saga_id: str) -> SagaDefinition:
+        """The definition of the version a saga was stored with (``stored``); where this
+        engine lacks it, ``DefinitionMissing``, said at ERROR once a minute per version."""
+        definition = self._versions.get(stored)
+        if definition is not None:
+            return definition
+        name, version = stored_name(stored)
+        current = self.definitions.get(name)
+        message = (
+            f"saga {name!r} at version {version} of its definition, which this app lacks "
+            f"({f'it has {current.version}' if current else 'it has no such saga'}): "
+            "register that definition as retired (App(retired=[...])) until its sagas end"
+        )
+        now = self.clock()
+        if now - self._warned.get(stored, float("-inf")) >= UNSERVED_WARNING_EVERY:
+            self._warned[stored] = now
+            log.error("not advancing saga %s: %s", saga_id, message, extra={"saga_id": saga_id})
+        raise DefinitionMissing(message, saga_id=saga_id)
 
     def _send_later_if_down(self, results: Sequence[Transition]) -> bool:
         """Send the commands of ``results``; returns False where the broker did not take
@@ -445,7 +494,7 @@ class Engine:
     def _command(self, result: Transition, d: Dispatch) -> Command:
         """The command that carries out ``d``, one of the dispatches of ``result``."""
         saga_input, outputs = result.input, result.outputs
-        step = self.definitions[result.definition].step(d.step)
+        step = self._running(result.definition, d.saga_id).step(d.step)
         if d.phase is Phase.ACTION:
             operation, policy = step.action, step.retry
         else:
@@ -467,7 +516,7 @@ class Engine:
     ) -> None:
         """A business refusal is expected (info); retries running out is not (warning)."""
         extra = {"saga_id": saga_id, "step": step}
-        if self.definitions[definition].step(step).best_effort:
+        if self._running(definition, saga_id).step(step).best_effort:
             log.warning(
                 "best-effort step %s of saga %s failed: %s; the saga goes on",
                 step,

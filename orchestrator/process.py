@@ -52,12 +52,13 @@ from saga_core.messages import (
     OUTCOME_KIND,
     OUTCOME_TASK,
     PING_TASK,
-    SUBMISSION_KIND,
     SUBMIT_TASK,
     Command,
     Heartbeat,
     Outcome,
     Ping,
+    submission_kind,
+    submission_saga,
 )
 from saga_core.middleware import Middleware
 from saga_core.periodic import Periodic
@@ -150,15 +151,19 @@ class Orchestrator:
         definitions: Mapping[str, SagaDefinition],
         batch_size: int = BATCH_SIZE,
         middleware: Sequence[Middleware] = (),
+        retired: Sequence[SagaDefinition] = (),
     ):
-        """Runs the sagas of ``definitions``; a submission over the broker that names no
-        saga is for the first of them."""
+        """Runs the sagas of ``definitions`` (and, to their end, those in flight on the
+        ``retired`` versions); a submission over the broker that names no saga is for the
+        first of them."""
         self.settings, self.batch_size = settings, batch_size
         self.definitions = dict(definitions)
+        self.first = next(iter(self.definitions))
+        self.retired = tuple(retired)
         self.middleware = tuple(middleware)
         # It signs commands as every service, and checks what each service sends.
         self.keyring = settings.keyring(settings.services)
-        self.step_services = step_services(self.definitions.values())
+        self.step_services = step_services([*self.definitions.values(), *self.retired])
         self.app = make_app(settings, "orchestrator")
         self.queue = direct(settings.queue(ORCHESTRATOR_QUEUE), settings.quorum_queues)
         self.dead_letters = dead_letters.for_system(settings)
@@ -236,6 +241,7 @@ class Orchestrator:
                 publisher,
                 middleware=self.middleware,
                 queue_depth=lambda service: depth.of(self.settings.queue(service)),
+                retired=self.retired,
             )
             closing.callback(engine.close)
             engine.recover()
@@ -303,7 +309,8 @@ class Orchestrator:
                 if task not in TASKS:
                     raise MalformedMessage(f"unknown task {task!r:.60}")
                 args, kwargs, _ = message.decode()
-                if kwargs or not isinstance(args, list) or len(args) != 1:
+                saga = submission_saga(kwargs) if task == SUBMIT_TASK else None
+                if (kwargs and task != SUBMIT_TASK) or not isinstance(args, list) or len(args) != 1:
                     raise MalformedMessage(f"{task}: expected one argument")
                 if task == OUTCOME_TASK:
                     outcomes.append((message, self._outcome(args[0])))
@@ -313,7 +320,7 @@ class Orchestrator:
                     # unsigned: a ping changes nothing, and answers only into a pong queue
                     pings.append(Ping.from_wire(args[0]))
                 else:
-                    submissions.append((message, self._submission(args[0])))
+                    submissions.append((message, (saga, self._submission(saga, args[0]))))
             except signing.Refused as exc:
                 self._dead_letter(message, task, exc.reason, exc.message)
             except MalformedMessage as exc:
@@ -379,10 +386,15 @@ class Orchestrator:
         """Submissions stored and started; an invalid one dead-lettered, the others go on."""
 
         def submit(pairs: Sequence[tuple[Delivery, Any]]) -> None:
-            def invalid(i: int, exc: InvalidInput) -> None:
-                self._dead_letter(pairs[i][0], SUBMIT_TASK, "malformed", exc.message)
+            by_saga: dict[str, list[tuple[Delivery, Any]]] = {}
+            for message, (saga, document) in pairs:
+                by_saga.setdefault(saga or self.first, []).append((message, document))
+            for saga, group in by_saga.items():
 
-            engine.submit_many(next(iter(self.definitions)), _items(pairs), invalid)
+                def invalid(i: int, exc: InvalidInput, group: Any = group) -> None:
+                    self._dead_letter(group[i][0], SUBMIT_TASK, "malformed", exc.message)
+
+                engine.submit_many(saga, _items(group), invalid)
 
         return submit
 
@@ -391,10 +403,13 @@ class Orchestrator:
         self.dead_letters.put(self.queue.name, f"{str(task)[:60]}: {why}", message.body)
         self._refused(str(task), reason)
 
-    def _submission(self, body: Any) -> Any:
-        """The order in ``body``, signed by a client."""
-        signers = self.keyring.check(SUBMISSION_KIND, body)
-        signing.require(signers, CLIENT, SUBMISSION_KIND)
+    def _submission(self, saga: str | None, body: Any) -> Any:
+        """The input in ``body`` of a new ``saga`` (None: the first), signed by a client."""
+        if saga is not None and saga not in self.definitions:
+            raise MalformedMessage(f"{SUBMIT_TASK}: no saga named {saga!r:.60} in this app")
+        kind = submission_kind(saga)
+        signers = self.keyring.check(kind, body)
+        signing.require(signers, CLIENT, kind)
         if signers is not None:  # checked: an object with a signature
             return {k: v for k, v in body.items() if k != "sig"}
         return body
@@ -443,6 +458,7 @@ def run(
     metrics_port: int | None = None,
     middleware: Sequence[Middleware] = (),
     metrics_host: str = "127.0.0.1",
+    retired: Sequence[SagaDefinition] = (),
 ) -> None:
     """Run the orchestrator of ``definitions`` in the foreground until SIGTERM or SIGINT; with a
     ``metrics_port``, serve Prometheus metrics on it, on ``metrics_host``. ``middleware`` hooks
@@ -454,7 +470,7 @@ def run(
         metrics.serve(metrics_port, metrics_host)
         middleware.append(metrics)
         log.info("metrics on http://%s:%d/metrics", metrics_host, metrics_port)
-    orchestrator = Orchestrator(settings, definitions, middleware=middleware)
+    orchestrator = Orchestrator(settings, definitions, middleware=middleware, retired=retired)
     signing.announce(orchestrator.keyring, "orchestrator")
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: orchestrator.stop())

@@ -17,6 +17,7 @@ from orchestrator.definition import SagaDefinition, step_services
 from saga_app.declare import Saga
 from saga_core.config import Settings
 from saga_core.errors import ConfigError
+from saga_store.models import VERSION_MARK
 from workers.service import Service
 
 #: The app every process loads where ``SAGA_APP`` names none: the order saga.
@@ -30,16 +31,25 @@ class AppError(ConfigError):
 @dataclass(frozen=True)
 class App:
     """``sagas`` and the ``services`` their steps run on; checked on construction
-    (:class:`AppError` naming the saga and the step)."""
+    (:class:`AppError` naming the saga and the step).
+
+    ``retired`` holds earlier declarations of these sagas whose steps changed (another
+    version: ``SagaDefinition.version``): new sagas start on the current one, and a saga
+    in flight ends on the version it started with. Keep one there until its sagas end.
+    """
 
     sagas: Sequence[Saga]
     services: Sequence[Service]
+    retired: Sequence[Saga] = ()
     definitions: Mapping[str, SagaDefinition] = field(init=False)
+    retired_definitions: tuple[SagaDefinition, ...] = field(init=False)
 
     def __post_init__(self) -> None:
-        check(self.sagas, self.services)
+        check(self.sagas, self.services, self.retired)
         definitions = {saga.name: saga.definition() for saga in self.sagas}
         object.__setattr__(self, "definitions", definitions)
+        retired = tuple(saga.definition() for saga in self.retired)
+        object.__setattr__(self, "retired_definitions", retired)
 
     @property
     def service_names(self) -> tuple[str, ...]:
@@ -65,7 +75,7 @@ class App:
         raise AppError(f"no service named {name!r} in this app (it has {known})")
 
 
-def check(sagas: Sequence[Saga], services: Sequence[Service]) -> None:
+def check(sagas: Sequence[Saga], services: Sequence[Service], retired: Sequence[Saga] = ()) -> None:
     """Refuse, with an error naming the saga and the step, what could not run: a step
     whose action or compensation its service does not register, a step name used twice
     (or for two services), a step that can be neither undone nor skipped without saying
@@ -73,6 +83,9 @@ def check(sagas: Sequence[Saga], services: Sequence[Service]) -> None:
     if not sagas:
         raise AppError("an app needs at least one saga")
     _unique("saga", [s.name for s in sagas])
+    for saga in [*sagas, *retired]:
+        if VERSION_MARK in saga.name:
+            raise AppError(f"saga name {saga.name!r}: {VERSION_MARK!r} is kept for versions")
     _unique("service", [s.name for s in services])
     by_name = {s.name: s for s in services}
     owner: dict[str, str] = {}  # an operation name is a task name: one service each
@@ -83,7 +96,7 @@ def check(sagas: Sequence[Saga], services: Sequence[Service]) -> None:
                     f"operation {operation!r} is registered on services {owner[operation]!r} "
                     f"and {service.name!r}: name them apart"
                 )
-    for saga in sagas:
+    for saga in [*sagas, *retired]:
         if not saga.steps:
             raise AppError(f"saga {saga.name!r} has no step")
         fields = getattr(saga.input, "model_fields", None)
@@ -128,7 +141,7 @@ def check(sagas: Sequence[Saga], services: Sequence[Service]) -> None:
                     "purpose)"
                 )
     try:  # a step name means one service in every saga: an outcome must tell whose it is
-        step_services(saga.definition() for saga in sagas)
+        step_services(saga.definition() for saga in [*sagas, *retired])
     except ValueError as exc:
         raise AppError(str(exc)) from None
 

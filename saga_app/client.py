@@ -26,9 +26,11 @@ def _engine(settings: Settings) -> Engine:
     """One engine (a store connection and a broker producer) per distinct settings."""
     key = json.dumps(settings.to_env(), sort_keys=True)
     if key not in _engines:
-        app = make_app(settings, "client")
-        definitions = of(settings).definitions
-        _engines[key] = Engine(settings, definitions, celery_publisher(app, settings))
+        saga_app = of(settings)
+        publisher = celery_publisher(make_app(settings, "client"), settings)
+        _engines[key] = Engine(
+            settings, saga_app.definitions, publisher, retired=saga_app.retired_definitions
+        )
     return _engines[key]
 
 

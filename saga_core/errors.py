@@ -24,7 +24,8 @@ class SagaError(Exception):
 
 
 class BusinessError(SagaError):
-    """The request was understood and refused (declined card, out of stock): never retried."""
+    """The request was understood and refused (a rule of the service said no): never
+    retried."""
 
 
 class TransientError(SagaError):
@@ -79,6 +80,12 @@ class SagaNotFound(SagaError):
 
 class TransitionRefused(SagaError):
     """A state change that the saga state machine does not allow from the current state."""
+
+
+class DefinitionMissing(TransitionRefused):
+    """A saga in flight started on a version of its definition this process does not have:
+    it is left as it is (another orchestrator, or this one once the version is registered
+    again, takes it on), never advanced on a definition it did not start with."""
 
 
 class ConfigError(SagaError):

@@ -56,6 +56,23 @@ HEARTBEAT_KIND = "heartbeat"
 SUBMISSION_KIND = "submission"
 
 
+def submission_kind(saga: str | None) -> str:
+    """The kind of a submission to ``saga`` (None: the app's first saga), so that one signed
+    for one saga cannot start another."""
+    return SUBMISSION_KIND if saga is None else f"{SUBMISSION_KIND}:{saga}"
+
+
+def submission_saga(kwargs: Any) -> str | None:
+    """The saga a broker submission names (``saga.submit`` with ``saga=NAME``); None where
+    it names none. ``MalformedMessage`` for anything else in its keyword arguments."""
+    if not kwargs:
+        return None
+    saga = kwargs.get("saga") if isinstance(kwargs, dict) and len(kwargs) == 1 else None
+    if not isinstance(saga, str) or not 0 < len(saga) <= MAX_ID_LENGTH:
+        raise MalformedMessage(f"{SUBMIT_TASK}: its one keyword argument is saga=NAME")
+    return saga
+
+
 def command_kind(operation: str) -> str:
     """The kind of a command for ``operation``: one signed for an operation cannot be sent
     as another."""

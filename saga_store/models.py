@@ -105,16 +105,29 @@ class StepView:
     held_by: str | None = None  # the worker that last reported holding it, while in flight
 
 
+#: Between a saga's name and its definition's version where the store records both
+#: (``sagas.definition``: ``name@version``).
+VERSION_MARK = "@"
+
+
+def stored_name(stored: str) -> tuple[str, str | None]:
+    """``(name, version)`` of a stored definition (``name@version``); a saga stored before
+    definitions had versions records its name alone (version None)."""
+    name, mark, version = stored.partition(VERSION_MARK)
+    return name, version if mark else None
+
+
 @dataclass(frozen=True)
 class SagaView:
     id: str
-    definition: str
+    definition: str  # the saga's name
     state: SagaState
     input: dict[str, Any]
     error: str | None
     created_at: str
     updated_at: str
     steps: tuple[StepView, ...]
+    version: str | None = None  # of its definition; None: stored before versions
 
     def step(self, name: str) -> StepView:
         for step in self.steps:
@@ -125,6 +138,8 @@ class SagaView:
     def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
+            "saga": self.definition,
+            "version": self.version,
             "state": self.state.value,
             "error": self.error,
             "created_at": self.created_at,

@@ -18,6 +18,7 @@ from saga_store.models import (
     StepState,
     StepView,
     iso,
+    stored_name,
 )
 
 ACTIVE_STATES = tuple(s.value for s in SagaState if not s.terminal)
@@ -38,9 +39,11 @@ def get_saga(conn: Connection, saga_id: str) -> SagaView:
     steps = conn.execute(
         "SELECT * FROM saga_steps WHERE saga_id = ? ORDER BY position", (saga_id,)
     ).fetchall()
+    name, version = stored_name(row["definition"])
     return SagaView(
         id=row["id"],
-        definition=row["definition"],
+        definition=name,
+        version=version,
         state=SagaState(row["state"]),
         input=json.loads(row["input"]),
         error=row["error"],

@@ -94,9 +94,11 @@ def cmd_orchestrator(args: argparse.Namespace, settings: Settings) -> int:
     from orchestrator import process
     from saga_faults import middleware
 
+    app = app_of(settings)
     process.run(
         settings,
-        app_of(settings).definitions,
+        app.definitions,
+        retired=app.retired_definitions,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
         middleware=middleware.install(settings, "orchestrator"),

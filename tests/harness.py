@@ -6,10 +6,11 @@ to the engine. Retries run at once, without their backoff."""
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from orchestrator.definition import SagaDefinition
 from orchestrator.engine import Engine
 from orchestrator.liveness import QueueDepth
 from order_app import inventory
@@ -45,11 +46,21 @@ class Harness:
         for sku, qty in STOCK.items():
             inventory.set_stock(db, sku, qty)
 
-    def restart(self, queue_depth: QueueDepth | None = None) -> Engine:
+    def restart(
+        self,
+        queue_depth: QueueDepth | None = None,
+        definitions: Mapping[str, SagaDefinition] = DEFINITIONS,
+        retired: Sequence[SagaDefinition] = (),
+    ) -> Engine:
         """A new engine on the same store; ``queue_depth`` tells it how many messages wait
         on each service's queue (without it, every queue counts as empty)."""
         self.engine = Engine(
-            self.settings, DEFINITIONS, self.publish, clock=self.clock, queue_depth=queue_depth
+            self.settings,
+            definitions,
+            self.publish,
+            clock=self.clock,
+            queue_depth=queue_depth,
+            retired=retired,
         )
         return self.engine
 

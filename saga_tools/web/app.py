@@ -65,8 +65,9 @@ def create_app(settings: Settings) -> FastAPI:
         redoc_url=None if tokens.on else "/redoc",
         openapi_url=None if tokens.on else "/openapi.json",
     )
-    definitions = app_of(settings).definitions
-    engine = Engine(settings, definitions, celery_publisher(make_app(settings, "api"), settings))
+    saga_app = app_of(settings)
+    publisher = celery_publisher(make_app(settings, "api"), settings)
+    engine = Engine(settings, saga_app.definitions, publisher, retired=saga_app.retired_definitions)
     install_handlers(app)
     app.state.tokens = tokens
     if tokens.on:

@@ -3,14 +3,17 @@ synchronously one at a time (no broker): the state machine's stories, in millise
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from orchestrator.definition import SagaDefinition
 from order_app.order import InvalidOrder
 from saga_core.config import Settings
+from saga_core.database import transaction
 from saga_core.messages import Heartbeat, Held, Phase, Status
 from saga_store import SagaState, StepState, queries
 from tests.harness import Harness
@@ -348,3 +351,48 @@ def test_steps_waiting_for_a_service_with_no_live_worker_are_reported(
         "1 step(s) wait for payment, and none of its workers has been heard from for 63s",
     ]
     assert not h.commands  # waiting, not lost
+
+
+def _without_confirmation(definition: SagaDefinition) -> SagaDefinition:
+    """The order saga's definition, changed: no confirmation step (another version)."""
+    return dataclasses.replace(definition, steps=definition.steps[:-1])
+
+
+def test_a_saga_in_flight_on_a_version_the_app_lacks_is_left_as_it_was(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    old = DEFINITIONS["order"]
+    sid = h.submit(make_order("A"))
+    outcome = h.execute_next()  # the reservation took effect; its outcome is on its way
+    new = {"order": _without_confirmation(old)}
+    assert new["order"].version != old.version
+    h.restart(definitions=new)  # the app deployed again with the saga changed
+
+    with caplog.at_level(logging.ERROR):
+        assert h.engine.handle_outcome(outcome) is False
+    assert h.saga(sid).step("reserve_inventory").state is StepState.RUNNING
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any(f"version {old.version}" in m and "lacks" in m for m in said), said
+    h.clock.now += h.settings.step_timeout + h.settings.liveness_timeout
+    assert h.engine.recover() == 0 and h.engine.sweep() == 0 and not h.commands
+    assert h.saga(sid).state is SagaState.RUNNING
+
+    # a new saga starts on the new version, and the old one ends on its own once the app
+    # keeps its definition as retired
+    h.restart(definitions=new, retired=[old])
+    assert h.engine.handle_outcome(outcome) is True
+    h.run_all()
+    assert h.saga(sid).state is SagaState.COMPLETED
+    assert h.saga(sid).step("send_confirmation").state is StepState.COMPLETED
+    later = h.submit(make_order("B"))
+    h.run_all()
+    assert [s.name for s in h.saga(later).steps] == [s.name for s in new["order"].steps]
+    assert h.saga(later).state is SagaState.COMPLETED
+
+
+def test_a_saga_stored_before_versions_runs_on_its_current_definition(h: Harness) -> None:
+    sid = h.submit(make_order("A"))
+    with transaction(h.engine.db):
+        h.engine.db.execute("UPDATE sagas SET definition = 'order' WHERE id = ?", (sid,))
+    h.run_all()
+    assert h.saga(sid).state is SagaState.COMPLETED
