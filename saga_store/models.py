@@ -128,6 +128,7 @@ class SagaView:
     updated_at: str
     steps: tuple[StepView, ...]
     version: str | None = None  # of its definition; None: stored before versions
+    key: str | None = None  # the client's idempotency key (an order's id)
 
     def step(self, name: str) -> StepView:
         for step in self.steps:
@@ -140,6 +141,7 @@ class SagaView:
             "id": self.id,
             "saga": self.definition,
             "version": self.version,
+            "key": self.key,
             "state": self.state.value,
             "error": self.error,
             "created_at": self.created_at,

@@ -44,6 +44,8 @@ def get_saga(conn: Connection, saga_id: str) -> SagaView:
         id=row["id"],
         definition=name,
         version=version,
+        # stored as "saga:key" (the engine's _prepare)
+        key=(row["idempotency_key"] or "").partition(":")[2] or None,
         state=SagaState(row["state"]),
         input=json.loads(row["input"]),
         error=row["error"],

@@ -80,7 +80,9 @@ def _print_saga(view: Any, as_json: bool) -> None:
     if as_json:
         print(json.dumps(view.to_dict(), indent=2))
         return
-    print(f"saga {view.id}: {view.state}")
+    from saga_tools import timeline
+
+    print(timeline.headline(view))
     if view.error:
         print(f"  reason: {view.error}")
     for step in view.steps:

@@ -64,12 +64,14 @@ def describe(e: HistoryEvent) -> str:
     return text
 
 
+def headline(view: SagaView) -> str:
+    """``saga ID: STATE  (SAGA KEY)``: the saga's name and its client's key."""
+    return f"saga {view.id}: {view.state}  ({view.definition} {view.key})"
+
+
 def render(view: SagaView, events: list[HistoryEvent], alerts: list[Alert]) -> str:
     """The saga, its steps, and its timeline with times relative to its creation."""
-    lines = [f"saga {view.id}: {view.state}"]
-    order_id = view.input.get("order_id") if isinstance(view.input, dict) else None
-    if order_id:
-        lines[0] += f"  (order {order_id})"
+    lines = [headline(view)]
     if view.error:
         lines.append(f"  reason: {view.error}")
     lines.append("")

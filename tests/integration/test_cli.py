@@ -14,8 +14,10 @@ import pytest
 from saga_core.config import Settings
 from saga_store import SagaState
 from saga_tools.cluster import saga_command
-from tests.helpers import make_order, service_records
+from tests.helpers import DEFINITIONS, make_order, service_records
 from tests.integration.conftest import System
+
+ORDER_VERSION = DEFINITIONS["order"].version
 
 
 def saga(settings: Settings, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -125,6 +127,8 @@ def test_submit_wait_status_and_list(system: System, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     view = json.loads(done.stdout)
     assert view["state"] == "completed"
+    # which saga, on which version of its definition, for which client key
+    assert (view["saga"], view["version"], view["key"]) == ("order", ORDER_VERSION, "C-1")
     assert [s["name"] for s in view["steps"]] == [
         "reserve_inventory",
         "charge_payment",
@@ -139,6 +143,7 @@ def test_submit_wait_status_and_list(system: System, tmp_path: Path) -> None:
     }
     table = saga(settings, "status", view["id"]).stdout
     assert "charge_payment" in table and "completed" in table
+    assert table.splitlines()[0] == f"saga {view['id']}: completed  (order C-1)"
 
     piped = saga(settings, "submit", "-", stdin=json.dumps(make_order("C-2")))
     assert piped.returncode == 0 and len(piped.stdout.strip()) == 32
