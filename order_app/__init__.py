@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from order_app import inventory, notification, payment, shipping
+from order_app import inventory, notification, payment, samples, shipping
+from order_app.invariants import INVARIANTS
 from order_app.order import EXAMPLE_ORDER, NAME, InvalidOrder, fingerprint, prepare
 from saga_app import App, RetryPolicy, Saga, Step
 
@@ -25,6 +26,7 @@ def _reference(order: Mapping[str, Any]) -> str:
 ORDER = Saga(
     NAME,
     input=prepare,
+    sample=samples.order,
     steps=[
         Step(
             "reserve_inventory",
@@ -83,6 +85,8 @@ ORDER = Saga(
 app = App(
     sagas=[ORDER],
     services=[inventory.service, payment.service, shipping.service, notification.service],
+    invariants=INVARIANTS,
+    setup=samples.stock,
 )
 #: The order saga as the engine runs it.
 ORDER_SAGA = app.definitions[NAME]

@@ -10,14 +10,16 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from orchestrator.definition import SagaDefinition, step_services
 from saga_app.declare import Saga
+from saga_app.invariants import Invariant
 from saga_core.config import Settings
+from saga_core.database import Connection
 from saga_core.errors import ConfigError
-from saga_store.models import VERSION_MARK
+from saga_store.models import VERSION_MARK, stored_name
 from workers.service import Service
 
 #: The app every process loads where ``SAGA_APP`` names none: the order saga.
@@ -41,6 +43,11 @@ class App:
     sagas: Sequence[Saga]
     services: Sequence[Service]
     retired: Sequence[Saga] = ()
+    #: what ``saga audit`` checks beyond what holds for every saga (``saga_app.invariants``)
+    invariants: Sequence[Invariant] = ()
+    #: puts in place what the sagas' samples need (stock to reserve, say), given a function
+    #: that opens a service's database by name: ``saga chaos`` and ``saga demo`` call it
+    setup: Callable[[Callable[[str], Connection]], None] | None = None
     definitions: Mapping[str, SagaDefinition] = field(init=False)
     retired_definitions: tuple[SagaDefinition, ...] = field(init=False)
 
@@ -50,6 +57,15 @@ class App:
         object.__setattr__(self, "definitions", definitions)
         retired = tuple(saga.definition() for saga in self.retired)
         object.__setattr__(self, "retired_definitions", retired)
+
+    def definition_of(self, stored: str) -> SagaDefinition | None:
+        """The definition a saga stored as ``stored`` (``name@version``) runs on, if the app
+        has that version (a saga stored before versions: its saga's current one)."""
+        name, version = stored_name(stored)
+        for definition in (*self.definitions.values(), *self.retired_definitions):
+            if definition.name == name and version in (None, definition.version):
+                return definition
+        return None
 
     @property
     def service_names(self) -> tuple[str, ...]:

@@ -7,6 +7,7 @@ A declaration is turned into the engine's :class:`~orchestrator.definition.SagaD
 from __future__ import annotations
 
 import functools
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,6 +74,9 @@ class Saga:
     input: Prepare | type[Any]
     steps: Sequence[Step]
     key: str | None = None
+    #: ``sample(n, rng)``: the n-th made-up input (a distinct key for each n), for
+    #: ``saga chaos`` and ``saga demo``
+    sample: Callable[[int, random.Random], Any] | None = None
 
     def definition(self) -> SagaDefinition:
         return SagaDefinition(

@@ -150,8 +150,15 @@ def armed_after(conn: Connection, at: float) -> int:
 
 
 def saga_summaries(conn: Connection) -> list[Row]:
-    """Every saga's id, state, input and creation time (the audit reads them all)."""
-    return conn.execute("SELECT id, state, input, created_at FROM sagas").fetchall()
+    """Every saga's id, definition, state, input and creation time (the audit reads them
+    all)."""
+    return conn.execute("SELECT id, definition, state, input, created_at FROM sagas").fetchall()
+
+
+def step_states(conn: Connection) -> dict[tuple[str, str], str]:
+    """Every step's state, by (saga id, step name)."""
+    rows = conn.execute("SELECT saga_id, step_name, state FROM saga_steps").fetchall()
+    return {(r["saga_id"], r["step_name"]): r["state"] for r in rows}
 
 
 def alerted_saga_ids(conn: Connection) -> set[str]:

@@ -24,8 +24,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import saga_app
+from saga_app import Saga
+from saga_app.app import configured
+from saga_app.app import of as app_of
 from saga_core import broker, dead_letters
 from saga_core.config import FailureRates, Settings
+from saga_core.errors import ConfigError
 from saga_core.signing import new_keys
 from saga_faults.killer import KINDS, Killer
 from saga_store import open_reader, queries
@@ -33,9 +37,6 @@ from saga_tools import audit, redis_server
 from saga_tools.cluster import Cluster
 
 log = logging.getLogger("saga.chaos")
-
-SKUS = {"WIDGET": 100_000, "GADGET": 100_000, "GIZMO": 40}
-COMPENSATIONS = ("release_inventory", "refund_payment", "cancel_shipment")
 
 
 @dataclass
@@ -58,6 +59,7 @@ class Options:
     orchestrators: int = 1
     replicas: int = 1  # worker processes per service
     pool: str | None = None  # the workers' Celery pool; None: saga worker's default
+    saga: str | None = None  # the app's saga to run; None: its first
 
 
 @dataclass
@@ -93,48 +95,38 @@ class Result:
         }
 
 
-def make_order(
-    n: int, rng: random.Random, opts: Options
-) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """An order, and its fault plan: a compensation that never succeeds, for a few."""
-    sku = rng.choices(list(SKUS), weights=[60, 37, 3])[0]  # GIZMO: scarce, so some run out
-    quantity = rng.randint(1, 3)
-    order: dict[str, Any] = {
-        "order_id": f"chaos-{opts.seed}-{n:06d}",
-        "customer_email": f"c{n}@example.com",
-        "items": [{"sku": sku, "quantity": quantity}],
-        "amount_cents": quantity * 1250,
-        "currency": rng.choice(["EUR", "USD"]),
-        "card_number": "4242424242424242" if rng.random() > 0.03 else "4000000000000002",
-        "shipping_address": {
-            "name": f"C {n}",
-            "line1": f"{n} Chaos Road",
-            "city": "Lyon",
-            "postal_code": "69001",
-            "country": "FR",
-        },
-    }
-    faults = None
-    if rng.random() < opts.compensation_failure_rate:
-        faults = {
-            rng.choice(COMPENSATIONS): {"fail_transient": 1000},
-            "create_shipment": {"fail_business": True},
-        }
-    return order, faults
+def failing_compensation(saga: Saga, rng: random.Random) -> dict[str, Any] | None:
+    """A fault plan in which one compensation never succeeds: a step that can be undone
+    takes effect, the saga's last step that is not best-effort is refused, and the undo
+    keeps failing, so the saga ends failed, with an alert. None where the saga has no step
+    to undo before its last one."""
+    steps = [s for s in saga.steps if not s.best_effort]
+    undoable = [s for s in steps[:-1] if s.compensation]
+    if not undoable:
+        return None
+    undo = rng.choice(undoable).compensation
+    return {str(undo): {"fail_transient": 1000}, steps[-1].action: {"fail_business": True}}
 
 
 class Campaign:
     def __init__(self, settings: Settings, opts: Options):
         self.opts = opts
         self.rng = random.Random(opts.seed)
-        self.base = settings
-        self.settings = settings
+        self.base = configured(settings)  # the app's services: their queues and keys
+        self.settings = self.base
         self.redis: redis_server.OwnedRedis | None = None
         self.cluster: Cluster | None = None
         self.killer: Killer | None = None
         self.result = Result({})
         self.submitted: list[str] = []
         self.database = ""  # the PostgreSQL database of this campaign, where it has one
+        app = app_of(settings)
+        self.saga: Saga = app.saga(opts.saga) if opts.saga else app.sagas[0]
+        if self.saga.sample is None:
+            raise ConfigError(
+                f"saga {self.saga.name!r} declares no sample inputs (Saga(sample=...)): "
+                "a campaign needs them"
+            )
 
     # --- set-up and tear-down ---------------------------------------------------------------
 
@@ -176,7 +168,7 @@ class Campaign:
             replicas=self.opts.replicas,
             pool=self.opts.pool,
         )
-        self.cluster.prepare(SKUS).start()
+        self.cluster.prepare().start()
         self.killer = Killer(self.cluster, self.rng, {kind: 1 for kind in KINDS})
 
     def stop(self) -> None:
@@ -193,8 +185,20 @@ class Campaign:
 
     # --- the campaign -----------------------------------------------------------------------
 
+    def inputs(self) -> list[tuple[Any, str, dict[str, Any] | None]]:
+        """The campaign's inputs, each with its key and, for a few, a fault plan."""
+        assert self.saga.sample is not None
+        made = []
+        for n in range(self.opts.orders):
+            document = self.saga.sample(n, self.rng)
+            plan = None
+            if self.rng.random() < self.opts.compensation_failure_rate:
+                plan = failing_compensation(self.saga, self.rng)
+            made.append((document, self.saga.prepare(document)[1], plan))
+        return made
+
     def run(self) -> Result:
-        orders = [make_order(n, self.rng, self.opts) for n in range(self.opts.orders)]
+        orders = self.inputs()
         done = threading.Event()
         submitter = threading.Thread(target=self._submit_all, args=(orders, done), daemon=True)
         started = time.monotonic()
@@ -219,21 +223,23 @@ class Campaign:
         return self.result
 
     def _submit_all(
-        self, orders: list[tuple[dict[str, Any], dict[str, Any] | None]], done: threading.Event
+        self, inputs: list[tuple[Any, str, dict[str, Any] | None]], done: threading.Event
     ) -> None:
         assert self.cluster is not None
         t0 = time.monotonic()
-        for i, (order, faults) in enumerate(orders):
+        for i, (document, key, faults) in enumerate(inputs):
             delay = t0 + i / self.opts.rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)  # the steady offered load itself
             if faults:
-                self.cluster.plan_faults(order["order_id"], faults)
+                self.cluster.plan_faults(key, faults)
             try:
-                self.submitted.append(saga_app.submit(order, settings=self.settings))
+                self.submitted.append(
+                    saga_app.submit(document, saga=self.saga.name, settings=self.settings)
+                )
             except Exception as exc:  # a broker outage: the saga is stored, the sweeper sends it
                 self.result.submit_errors += 1
-                log.warning("submitting %s: %s", order["order_id"], exc)
+                log.warning("submitting %s: %s", key, exc)
         done.set()
 
     def _kills_owed(self) -> bool:

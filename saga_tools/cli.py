@@ -480,10 +480,13 @@ def cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:
         orchestrators=args.orchestrators,
         replicas=args.replicas,
         pool=args.pool or process.default_pool(settings.broker_url),
+        saga=args.saga,
     )
+    saga_name = args.saga or app_of(settings).sagas[0].name
     where = database.redact(opts.database) if opts.database else "SQLite"
     print(
-        f"chaos: {opts.orders} orders at {opts.rate}/s, a kill every ~{opts.kill_every}s, "
+        f"chaos: {opts.orders} {saga_name} sagas at {opts.rate}/s, a kill every "
+        f"~{opts.kill_every}s, "
         f"seed {opts.seed}; {opts.orchestrators} orchestrator(s), {opts.replicas} {opts.pool} "
         f"worker(s) per service, on {where}; messages signed ("
         + ("SAGA_KEYS_FILE's keys)" if settings.keys else "keys made for this run)"),
@@ -713,8 +716,9 @@ def parser() -> argparse.ArgumentParser:
     dl.add_argument("--json", action="store_true")
 
     c = sub.add_parser("chaos", help="a kill-anything campaign, then the audit")
-    c.add_argument("--orders", type=int, default=1000)
-    c.add_argument("--rate", type=float, default=25.0, help="orders per second")
+    c.add_argument("--saga", default=None, help="the app's saga to run (default: its first)")
+    c.add_argument("--orders", type=int, default=1000, help="sagas to submit")
+    c.add_argument("--rate", type=float, default=25.0, help="sagas submitted per second")
     c.add_argument("--kill-every", type=float, default=3.0, help="mean seconds between kills")
     c.add_argument("--kills", type=int, default=None, help="at most this many kills")
     c.add_argument("--seed", type=int, default=1)

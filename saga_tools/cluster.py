@@ -16,6 +16,7 @@ from order_app import inventory
 from saga_app.app import of as app_of
 from saga_core import broker
 from saga_core.config import Settings
+from saga_core.database import Connection
 from saga_core.processes import wait_for
 from saga_faults.plans import FaultPlans
 
@@ -158,12 +159,22 @@ class Cluster:
         workers = [c for children in self.replicas.values() for c in children]
         return [*workers, *self.orchestrators] if self.with_orchestrator else workers
 
-    def prepare(self, stock: Mapping[str, int]) -> Cluster:
-        """Empty the system's queues (left by an earlier run) and set the stock."""
+    def prepare(self, stock: Mapping[str, int] | None = None) -> Cluster:
+        """Empty the system's queues (left by an earlier run), then set the order saga's
+        ``stock`` where given, or else put in place what the app's samples need
+        (``App.setup``)."""
         broker.purge(self.settings.broker_url, self.settings.all_queues())
-        db = inventory.service.database(self.settings.service_database("inventory"))
-        for sku, quantity in stock.items():
-            inventory.set_stock(db, sku, quantity)
+        app = app_of(self.settings)
+
+        def database(service: str) -> Connection:
+            return app.service(service).database(self.settings.service_database(service))
+
+        if stock is not None:
+            db = database(inventory.service.name)
+            for sku, quantity in stock.items():
+                inventory.set_stock(db, sku, quantity)
+        elif app.setup is not None:
+            app.setup(database)
         return self
 
     def plan_faults(self, reference: str, plan: Mapping[str, Any]) -> None:

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import copy
+import json
+import os
 import sqlite3
+import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from order_app import app as ORDER_APP
 from order_app.order import EXAMPLE_ORDER
+from saga_app.invariants import Stores
 from saga_core.config import Settings
 from saga_core.signing import CLIENT
 from saga_store import SagaState, SagaView, StepState
-from saga_tools import audit
+from saga_tools.cluster import saga_command
 
 BASE_ORDER: dict[str, Any] = {
     **EXAMPLE_ORDER,
@@ -75,8 +80,10 @@ def service_records(system: Settings | Path, order_id: str) -> dict[str, Any]:
     system ``system`` names (or in the SQLite files of the data directory ``system``)."""
     settings = system if isinstance(system, Settings) else Settings(data_dir=system)
 
+    stores = Stores([], settings.service_database)
+
     def count(service: str, sql: str) -> int:
-        found = audit.rows(settings.service_database(service), sql, (order_id,))
+        found = stores.rows(service, sql, (order_id,))
         return int(found[0][0]) if found else 0  # none: nothing ran there yet
 
     return {
@@ -157,3 +164,19 @@ def declared_queue_type(amqp_url: str, queue: str) -> str:
             assert found, exc
             return found.group(1)
     return "classic"
+
+
+def clean_chaos_run(env: Mapping[str, str], *args: str) -> dict[str, Any]:
+    """``saga chaos ARGS --json`` in the environment ``env`` adds, its report once it has
+    ended clean: no violation, nothing unsettled (else the assertion says why)."""
+    result = subprocess.run(
+        [*saga_command("chaos", *args), "--json"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=230,
+    )
+    report: dict[str, Any] = json.loads(result.stdout[result.stdout.index("{") :])
+    assert result.returncode == 0, (report, result.stderr[-3000:])
+    assert report["ok"] and report["violations"] == [] and report["unsettled"] == 0
+    return report

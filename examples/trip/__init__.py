@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from examples.trip import checks
 from examples.trip.services import cars, flights, hotels, payments
 from saga_app import App, RetryPolicy, Saga, Step
 
@@ -31,6 +32,7 @@ TRIP = Saga(
     "trip",
     input=Trip,
     key="trip_id",
+    sample=checks.sample,
     steps=[
         Step(
             "book_flight", flights, "book_flight", booking("flight"), "cancel_flight", retry=RETRY
@@ -48,4 +50,8 @@ TRIP = Saga(
     ],
 )
 
-app = App(sagas=[TRIP], services=[flights, hotels, cars, payments])
+app = App(
+    sagas=[TRIP],
+    services=[flights, hotels, cars, payments],
+    invariants=[checks.bookings_match, checks.provider_agrees],
+)

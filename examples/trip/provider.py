@@ -4,7 +4,8 @@ answer, never charging twice. ``python -m examples.trip.provider --port 8765``.
 
 ``POST /charges`` ``{"reference", "amount_cents"}`` → ``{"charge_id"}``, or 402 above
 ``LIMIT_CENTS`` (a declined card); ``POST /refunds`` ``{"charge_id"}`` → ``{"refund_id"}``;
-``GET /charges`` → every charge, with its refund, for a check from outside.
+``GET /charges`` → every charge, with the key it was made under and its refund, for a
+check from outside (``examples.trip.checks``).
 """
 
 from __future__ import annotations
@@ -31,10 +32,10 @@ class Ledger:
     def answer(self, path: str, key: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         with self.lock:
             if key not in self.answers:
-                self.answers[key] = self._first(path, body)
+                self.answers[key] = self._first(path, body, key)
             return self.answers[key]
 
-    def _first(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def _first(self, path: str, body: dict[str, Any], key: str) -> tuple[int, dict[str, Any]]:
         if path == "/charges":
             amount = body.get("amount_cents")
             if not isinstance(amount, int) or amount < 1:
@@ -46,6 +47,7 @@ class Ledger:
                 "charge_id": charge_id,
                 "reference": str(body.get("reference")),
                 "amount_cents": amount,
+                "key": key,
                 "refund_id": None,
             }
             return 200, {"charge_id": charge_id}

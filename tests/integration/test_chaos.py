@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -13,6 +12,7 @@ import pytest
 from saga_core.config import Settings
 from saga_core.processes import wait_for
 from saga_tools.cluster import saga_command
+from tests.helpers import clean_chaos_run
 
 pytestmark = pytest.mark.processes
 
@@ -34,27 +34,9 @@ def processes_using(data_dir: Path) -> list[int]:
 
 @pytest.mark.timeout(240)
 def test_short_chaos_run_ends_with_a_clean_audit(settings: Settings) -> None:
-    result = subprocess.run(
-        saga_command(
-            "chaos",
-            "--orders",
-            "200",
-            "--kills",
-            "10",
-            "--kill-every",
-            "0.7",
-            "--seed",
-            "7",
-            "--json",
-        ),
-        env={**os.environ, **settings.to_env()},
-        capture_output=True,
-        text=True,
-        timeout=230,
+    report = clean_chaos_run(
+        settings.to_env(), "--orders", "200", "--kills", "10", "--kill-every", "0.7", "--seed", "7"
     )
-    report = json.loads(result.stdout[result.stdout.index("{") :])
-    assert result.returncode == 0, (report, result.stderr[-3000:])
-    assert report["ok"] and report["violations"] == [] and report["unsettled"] == 0
     assert sum(report["kills"].values()) == 10
     assert sum(report["final_states"].values()) == 200
     assert processes_using(settings.data_dir) == []

@@ -23,9 +23,10 @@ from saga_core.config import Settings
 from saga_core.processes import leaves
 from saga_core.signing import CLIENT, new_keys
 from saga_store import SagaState
+from saga_tools import audit
 from saga_tools.cluster import Cluster
 from saga_tools.redis_server import free_port
-from tests.helpers import TRIP
+from tests.helpers import TRIP, clean_chaos_run
 
 # the app is what is under test here, not the broker: Redis only (conftest, any_broker)
 pytestmark = [pytest.mark.processes, pytest.mark.any_broker]
@@ -71,7 +72,9 @@ def bookings(settings: Settings, service: str) -> list[tuple[str, str]]:
         return list(db.execute("SELECT reference, state FROM bookings ORDER BY reference"))
 
 
-def test_trips_book_and_pay_or_are_undone(trips: Cluster, provider: str) -> None:
+def test_trips_book_and_pay_or_are_undone(
+    trips: Cluster, provider: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     s = trips.settings
     # When a trip is booked, and one the provider declines
     booked = saga_app.submit({**TRIP, "trip_id": "T-1"}, saga="trip", settings=s)
@@ -89,6 +92,13 @@ def test_trips_book_and_pay_or_are_undone(trips: Cluster, provider: str) -> None
     assert charge["reference"] == "T-1" and charge["refund_id"] is None
     # the same trip_id again is the same saga
     assert saga_app.submit({**TRIP, "trip_id": "T-1"}, saga="trip", settings=s) == booked
+    # and the audit, with the trip's own invariants (the provider's charges among them),
+    # finds the system clean, then finds a booking left behind
+    monkeypatch.setenv("TRIP_PROVIDER_URL", provider)
+    assert audit.audit(s).ok, audit.audit(s).violations
+    with sqlite3.connect(s.data_dir / "cars.db") as db:
+        db.execute("UPDATE bookings SET state = 'booked' WHERE reference = 'T-2'")
+    assert [(v.check, v.saga_id) for v in audit.audit(s).violations] == [("bookings", declined)]
 
 
 def test_a_payments_worker_killed_mid_saga_pays_once(trips: Cluster, provider: str) -> None:
@@ -103,3 +113,22 @@ def test_a_payments_worker_killed_mid_saga_pays_once(trips: Cluster, provider: s
     # (seen killed by its supervisor: `saga worker` on the solo pool, Celery on prefork)
     assert "SIGKILL" in worker.log_text()
     assert [c["reference"] for c in charges(provider)] == ["T-3"]
+
+
+@pytest.mark.timeout(240)
+def test_a_chaos_campaign_on_the_trip_saga_ends_with_a_clean_audit(
+    settings: Settings, provider: str
+) -> None:
+    # As the README has it: SAGA_APP names the app, the campaign runs its saga
+    trip = configured(settings.with_(app="examples.trip:app"))
+    trip = trip.with_(keys=new_keys(trip.identities))
+    report = clean_chaos_run(
+        {**trip.to_env(), "TRIP_PROVIDER_URL": provider},
+        *("--orders", "120", "--kills", "6", "--kill-every", "0.8", "--seed", "3"),
+        *("--compensation-failure-rate", "0.05"),
+    )
+    assert sum(report["final_states"].values()) == 120
+    assert sum(report["kills"].values()) == 6
+    # every trip the campaign completed was charged once at the provider, and kept
+    kept = [c for c in charges(provider) if c["refund_id"] is None]
+    assert len(kept) == report["final_states"].get("completed", 0) > 0

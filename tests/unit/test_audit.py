@@ -103,3 +103,38 @@ def test_a_missing_or_empty_store_is_not_clean(tmp_path: Path) -> None:
     assert [(v.check, v.message) for v in report.violations] == [
         ("store", "the saga store holds no saga: nothing to audit")
     ]
+
+
+# --- what holds for every saga, read from the ledgers alone ---------------------------------
+
+
+def test_a_completed_saga_whose_effect_is_missing_from_a_ledger(h: Harness) -> None:
+    sid = h.completed  # type: ignore[attr-defined]
+    sql(h, "shipping", f"DELETE FROM idempotency WHERE key = '{sid}:create_shipment'")
+    assert violations(h) == [("effects", sid)]
+
+
+def test_a_compensated_step_not_undone_in_its_ledger(h: Harness) -> None:
+    sid = h.compensated  # type: ignore[attr-defined]
+    sql(
+        h,
+        "inventory",
+        f"UPDATE idempotency SET compensation_status = NULL WHERE key = '{sid}:reserve_inventory'",
+    )
+    assert sorted(violations(h)) == [("effects", sid), ("undone", sid)]
+
+
+def test_a_ledger_key_of_no_saga(h: Harness) -> None:
+    sql(
+        h,
+        "payment",
+        "INSERT INTO idempotency (key, operation, action_status, action_result, updated_at) "
+        "VALUES ('nobody:charge_payment', 'charge_payment', 'done', '{}', 'now')",
+    )
+    assert ("strays", None) in violations(h)
+
+
+def test_a_saga_on_a_version_the_app_lacks(h: Harness) -> None:
+    sid = h.completed  # type: ignore[attr-defined]
+    h.engine.db.execute("UPDATE sagas SET definition = 'order@000000000000' WHERE id = ?", (sid,))
+    assert violations(h) == [("version", sid)]
