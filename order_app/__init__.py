@@ -27,6 +27,7 @@ ORDER = Saga(
     NAME,
     input=prepare,
     sample=samples.order,
+    fingerprint=fingerprint,
     steps=[
         Step(
             "reserve_inventory",

@@ -7,6 +7,8 @@ A declaration is turned into the engine's :class:`~orchestrator.definition.SagaD
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -77,6 +79,10 @@ class Saga:
     #: ``sample(n, rng)``: the n-th made-up input (a distinct key for each n), for
     #: ``saga chaos`` and ``saga demo``
     sample: Callable[[int, random.Random], Any] | None = None
+    #: what tells one request from another under the same ``Idempotency-Key`` header; by
+    #: default the SHA-256 of the document's JSON (give your own where the document holds
+    #: a secret whose hash could be reversed, as a card number)
+    fingerprint: Callable[[Any], str] | None = None
 
     def definition(self) -> SagaDefinition:
         return SagaDefinition(
@@ -90,6 +96,13 @@ class Saga:
         """The input's JSON schema, where its input is a model (the HTTP API shows it)."""
         model_schema = getattr(self.input, "model_json_schema", None)
         return model_schema() if callable(model_schema) else None
+
+    def request_fingerprint(self, document: Any) -> str:
+        """The fingerprint of a request to start this saga with ``document``."""
+        if self.fingerprint is not None:
+            return self.fingerprint(document)
+        canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()
 
     def prepare(self, document: Any) -> tuple[dict[str, Any], str]:
         validate = getattr(self.input, "model_validate", None)

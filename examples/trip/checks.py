@@ -10,7 +10,6 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-from examples.trip.provider import LIMIT_CENTS
 from examples.trip.services import provider_url
 from saga_app.invariants import Stores, Violation
 
@@ -28,7 +27,8 @@ def sample(n: int, rng: random.Random) -> dict[str, Any]:
         "flight": rng.choice(FLIGHTS),
         "hotel": rng.choice(HOTELS),
         "car": rng.choice(CARS),
-        "amount_cents": LIMIT_CENTS + 1 if declined else rng.randint(10_000, 400_000),
+        # the provider declines above its limit (provider.LIMIT_CENTS, 500,000)
+        "amount_cents": 900_000 if declined else rng.randint(10_000, 400_000),
     }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import random
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -18,7 +19,7 @@ from fastapi.responses import JSONResponse
 
 from orchestrator.engine import Engine
 from orchestrator.process import celery_publisher
-from order_app import EXAMPLE_ORDER, ORDER_SAGA, fingerprint
+from saga_app import Saga
 from saga_app.app import of as app_of
 from saga_core import broker, wire
 from saga_core.celery_app import make_app
@@ -54,18 +55,19 @@ Operator = Annotated[Caller, Depends(_needs("operator"))]
 
 def create_app(settings: Settings) -> FastAPI:
     tokens = Tokens(settings.api_tokens)
+    saga_app = app_of(settings)
     app = FastAPI(
-        title="Order saga orchestrator",
+        title="Saga orchestrator",
         version="1",
-        description="Start order sagas and follow them: each order's saga reserves stock, "
-        "charges the card, creates the shipment and sends the confirmation, and is undone "
-        "step by step where one fails.",
+        description="Start sagas and follow them: each runs its steps one after another "
+        "on its services, and is undone step by step where one fails. This app's sagas: "
+        + ", ".join(s.name for s in saga_app.sagas)
+        + ".",
         # with tokens, the documentation is served under one (below), not to anyone
         docs_url=None if tokens.on else "/docs",
         redoc_url=None if tokens.on else "/redoc",
         openapi_url=None if tokens.on else "/openapi.json",
     )
-    saga_app = app_of(settings)
     publisher = celery_publisher(make_app(settings, "api"), settings)
     engine = Engine(settings, saga_app.definitions, publisher, retired=saga_app.retired_definitions)
     install_handlers(app)
@@ -78,34 +80,19 @@ def create_app(settings: Settings) -> FastAPI:
     def store() -> Connection:
         return engine.db  # one connection per worker thread of the server
 
-    @app.post(
-        "/orders",
-        status_code=202,
-        summary="Start the saga of an order",
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"example": EXAMPLE_ORDER}},
-            }
-        },
-    )
-    def post_order(
-        _: Writer,
-        body: Annotated[bytes, Depends(limited_body)],
-        idempotency_key: Annotated[str | None, Header(max_length=MAX_KEY_LENGTH)] = None,
-    ) -> JSONResponse:
-        """Validates the order, stores its saga and starts it. A retry with the same
-        ``Idempotency-Key`` (or the same ``order_id``) returns the first saga."""
+    def submit(saga: Saga, body: bytes, idempotency_key: str | None) -> JSONResponse:
+        """Validates the input, stores the saga and starts it. A retry with the same
+        ``Idempotency-Key`` (or the same key in the input) returns the first saga."""
         document = parse(body)
         request_key = None
         if idempotency_key is not None:
-            request_key = (idempotency_key, fingerprint(document))
+            request_key = (idempotency_key, saga.request_fingerprint(document))
         try:
-            submitted = engine.submit(ORDER_SAGA.name, document, request_key)
+            submitted = engine.submit(saga.name, document, request_key)
         except InvalidInput as exc:
             raise Problem(
                 422,
-                "Invalid order",
+                f"Invalid {saga.name}",
                 exc.message,
                 errors=[{"field": exc.field, "problem": exc.problem}],
             ) from None
@@ -120,11 +107,32 @@ def create_app(settings: Settings) -> FastAPI:
         }
         if not submitted.sent:
             answer["detail"] = (
-                "the order is stored; the broker is unreachable, so its first step waits "
-                "and is sent when the broker is back"
+                f"the {saga.name} is stored; the broker is unreachable, so its first step "
+                "waits and is sent when the broker is back"
             )
         return JSONResponse(
             answer, status_code=202, headers={"Location": f"/sagas/{submitted.saga_id}"}
+        )
+
+    # One route per saga, so that the OpenAPI document shows each one's input; the order
+    # saga's first address, /orders, stays.
+    for saga in saga_app.sagas:
+        paths = [f"/sagas/{saga.name}", *(["/orders"] if saga.name == "order" else [])]
+        for path in paths:
+            app.add_api_route(
+                path,
+                _submit_route(saga, submit),
+                methods=["POST"],
+                status_code=202,
+                summary=f"Start a {saga.name} saga",
+                openapi_extra={"requestBody": _request_body(saga)},
+            )
+
+    @app.post("/sagas/{saga_name}", status_code=202, include_in_schema=False)
+    def post_unknown(_: Writer, saga_name: str) -> None:
+        known = ", ".join(s.name for s in saga_app.sagas)
+        raise Problem(
+            404, "No such saga", f"no saga named {saga_name[:60]!r} (this app has {known})"
         )
 
     @app.get("/sagas/{saga_id}", summary="One saga: its steps, history and alerts")
@@ -183,6 +191,34 @@ def create_app(settings: Settings) -> FastAPI:
 
     pages.install(app, store, tokens)
     return app
+
+
+def _submit_route(
+    saga: Saga, submit: Callable[[Saga, bytes, str | None], JSONResponse]
+) -> Callable[..., JSONResponse]:
+    def post(
+        _: Writer,
+        body: Annotated[bytes, Depends(limited_body)],
+        idempotency_key: Annotated[str | None, Header(max_length=MAX_KEY_LENGTH)] = None,
+    ) -> JSONResponse:
+        return submit(saga, body, idempotency_key)
+
+    post.__doc__ = (
+        f"Validates the {saga.name}'s input, stores its saga and starts it. A retry with the "
+        "same ``Idempotency-Key`` (or the same key in the input) returns the first saga."
+    )
+    return post
+
+
+def _request_body(saga: Saga) -> dict[str, Any]:
+    """The OpenAPI request body of a saga's route: its input's schema (where its input is a
+    model) and an example (its first sample, where it has samples)."""
+    content: dict[str, Any] = {}
+    if saga.schema is not None:
+        content["schema"] = saga.schema
+    if saga.sample is not None:
+        content["example"] = saga.sample(1, random.Random(0))
+    return {"required": True, "content": {"application/json": content}}
 
 
 def _encode_cursor(after: tuple[str, str]) -> str:

@@ -4,6 +4,7 @@ the example's provider over HTTP; a worker SIGKILLed in the middle of a step."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -27,6 +28,7 @@ from saga_tools import audit
 from saga_tools.cluster import Cluster
 from saga_tools.redis_server import free_port
 from tests.helpers import TRIP, clean_chaos_run
+from tests.integration.test_http_api import serve_api
 
 # the app is what is under test here, not the broker: Redis only (conftest, any_broker)
 pytestmark = [pytest.mark.processes, pytest.mark.any_broker]
@@ -132,3 +134,26 @@ def test_a_chaos_campaign_on_the_trip_saga_ends_with_a_clean_audit(
     # every trip the campaign completed was charged once at the provider, and kept
     kept = [c for c in charges(provider) if c["refund_id"] is None]
     assert len(kept) == report["final_states"].get("completed", 0) > 0
+
+
+def test_the_http_api_starts_a_trip_and_shows_its_schema(trips: Cluster, provider: str) -> None:
+    api = contextlib.contextmanager(serve_api)(trips.settings, TRIP_PROVIDER_URL=provider)
+    with api as client:
+        headers = {"content-type": "application/json"}
+        posted = client.call("POST", "/sagas/trip", json.dumps(TRIP).encode(), headers)
+        assert posted.status == 202, posted.body
+        invalid = {**TRIP, "amount_cents": "lots"}
+        refused = client.call("POST", "/sagas/trip", json.dumps(invalid).encode(), headers)
+        unknown = client.call("POST", "/sagas/cruise", json.dumps(TRIP).encode(), headers)
+        spec = client.call("GET", "/openapi.json").body
+        shown = client.call("GET", f"/sagas/{posted.body['saga_id']}")
+    assert refused.status == 422 and refused.body["title"] == "Invalid trip"
+    assert refused.body["errors"][0]["field"] == "amount_cents"
+    assert unknown.status == 404 and "no saga named 'cruise'" in unknown.body["detail"]
+    # the OpenAPI document shows the trip's own input, and no order route
+    body = spec["paths"]["/sagas/trip"]["post"]["requestBody"]["content"]["application/json"]
+    assert {"trip_id", "amount_cents"} <= set(body["schema"]["properties"])
+    assert "/orders" not in spec["paths"]
+    assert (shown.body["saga"], shown.body["key"]) == ("trip", TRIP["trip_id"])
+    view = saga_app.wait(posted.body["saga_id"], settings=trips.settings, timeout=60)
+    assert view.state is SagaState.COMPLETED
