@@ -8,7 +8,7 @@ retries are observed here, as outcomes come in.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -29,8 +29,10 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 class StoreCollector(Collector):
     """Sagas by state, open alerts and the store's counters, read at scrape time."""
 
-    def __init__(self, store: Location):
+    def __init__(self, store: Location, sagas: Sequence[str] = ()):
+        """``sagas``: the app's saga names, shown before they first run."""
         self.store = store
+        self.sagas = tuple(sagas)
 
     def collect(self) -> Iterator[Metric]:
         try:
@@ -40,26 +42,40 @@ class StoreCollector(Collector):
             return
         try:
             counters = queries.counters(conn)
-            active = queries.count_by_state(conn, active_only=True)
+            per_saga = queries.counters_by_saga(conn)
+            active = queries.active_by_saga(conn)
             alerts = queries.open_alert_count(conn)
         except (sqlite3.Error, SagaError):
             return
         finally:
             conn.close()
-        started = CounterMetricFamily("saga_sagas_started", "Sagas stored and started")
-        started.add_metric([], counters.get("sagas_started", 0))
+        # every saga of the app is shown, with zeros before its first run; what was counted
+        # before counters were kept per saga counts for the app's first saga (the only one
+        # then, for all but a few)
+        if self.sagas:
+            for counts in per_saga.values():
+                counts[self.sagas[0]] += counts.pop("", 0)
+        names = sorted({*self.sagas, *(n for c in per_saga.values() for n in c)} - {""})
+        started = CounterMetricFamily(
+            "saga_sagas_started", "Sagas stored and started", labels=["saga"]
+        )
+        for name in names:
+            started.add_metric([name], _count(per_saga, "sagas_started", name))
         yield started
         finished = CounterMetricFamily(
-            "saga_sagas_finished", "Sagas that reached a final state", labels=["state"]
+            "saga_sagas_finished", "Sagas that reached a final state", labels=["saga", "state"]
         )
-        for state in (SagaState.COMPLETED, SagaState.COMPENSATED, SagaState.FAILED):
-            finished.add_metric([state.value], counters.get(f"sagas_{state.value}", 0))
+        for name in names:
+            for state in (SagaState.COMPLETED, SagaState.COMPENSATED, SagaState.FAILED):
+                count = _count(per_saga, f"sagas_{state.value}", name)
+                finished.add_metric([name, state.value], count)
         yield finished
         in_flight = GaugeMetricFamily(
-            "saga_sagas_in_flight", "Sagas not yet in a final state", labels=["state"]
+            "saga_sagas_in_flight", "Sagas not yet in a final state", labels=["saga", "state"]
         )
-        for state in (SagaState.PENDING, SagaState.RUNNING, SagaState.COMPENSATING):
-            in_flight.add_metric([state.value], active.get(state.value, 0))
+        for name in names:
+            for state in (SagaState.PENDING, SagaState.RUNNING, SagaState.COMPENSATING):
+                in_flight.add_metric([name, state.value], active[(name, state.value)])
         yield in_flight
         yield GaugeMetricFamily(
             "saga_open_alerts",
@@ -73,6 +89,10 @@ class StoreCollector(Collector):
             family = CounterMetricFamily(f"saga_{name}", help_text)
             family.add_metric([], counters.get(name, 0))
             yield family
+
+
+def _count(per_saga: Mapping[str, Mapping[str, int]], counter: str, saga: str) -> int:
+    return per_saga.get(counter, {}).get(saga, 0)
 
 
 class WorkerRefusals(Collector):
@@ -129,9 +149,10 @@ class Metrics(Middleware):
         store: Location,
         registry: CollectorRegistry | None = None,
         dead_letters: Callable[[], int | None] | None = None,
+        sagas: Sequence[str] = (),
     ):
         self.registry = registry or CollectorRegistry()
-        self.registry.register(StoreCollector(store))
+        self.registry.register(StoreCollector(store, sagas))
         if dead_letters is not None:
             self.registry.register(DeadLetterCollector(dead_letters))
         self.durations = Histogram(

@@ -466,7 +466,7 @@ def run(
     middleware = list(middleware)
     if metrics_port is not None:
         kept = QueueDepth(settings.broker_url, [settings.queue(dead_letters.QUEUE)])
-        metrics = Metrics(settings.store(), dead_letters=kept)
+        metrics = Metrics(settings.store(), dead_letters=kept, sagas=list(definitions))
         metrics.serve(metrics_port, metrics_host)
         middleware.append(metrics)
         log.info("metrics on http://%s:%d/metrics", metrics_host, metrics_port)

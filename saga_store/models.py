@@ -110,6 +110,10 @@ class StepView:
 VERSION_MARK = "@"
 
 
+#: Between a counter's name and the saga it counts for (``sagas_started/order``).
+PER_SAGA = "/"
+
+
 def stored_name(stored: str) -> tuple[str, str | None]:
     """``(name, version)`` of a stored definition (``name@version``); a saga stored before
     definitions had versions records its name alone (version None)."""

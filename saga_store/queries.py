@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 from saga_core.database import Connection, Row, marks
 from saga_core.errors import SagaNotFound
 from saga_store.models import (
     DISPATCH_EVENTS,
     OUTCOME_EVENTS,
+    PER_SAGA,
+    VERSION_MARK,
     Alert,
     Event,
     HistoryEvent,
@@ -66,13 +69,23 @@ def get_saga(conn: Connection, saga_id: str) -> SagaView:
     )
 
 
-def list_sagas(conn: Connection, state: SagaState | None = None, limit: int = 100) -> list[Row]:
-    if state is None:
-        sql, args = "SELECT * FROM sagas ORDER BY created_at DESC LIMIT ?", (limit,)
-    else:
-        sql = "SELECT * FROM sagas WHERE state = ? ORDER BY created_at DESC LIMIT ?"
-        args = (state.value, limit)  # type: ignore[assignment]
-    return conn.execute(sql, args).fetchall()
+def list_sagas(
+    conn: Connection, state: SagaState | None = None, limit: int = 100, saga: str | None = None
+) -> list[Row]:
+    """The newest sagas (of ``state``, of the saga named ``saga``, where given)."""
+    return page_sagas(conn, state, limit, saga=saga)[0]
+
+
+def _named(saga: str) -> tuple[str, list[str]]:
+    """A condition on ``sagas.definition`` for the saga named ``saga``, any version: the
+    name alone (stored before versions) or ``name@…``, which sorts from ``name@`` up to
+    ``name`` followed by the character after ``@``."""
+    after_mark = chr(ord(VERSION_MARK) + 1)
+    return "(definition = ? OR (definition >= ? AND definition < ?))", [
+        saga,
+        saga + VERSION_MARK,
+        saga + after_mark,
+    ]
 
 
 def count_by_state(conn: Connection, active_only: bool = False) -> dict[str, int]:
@@ -82,6 +95,27 @@ def count_by_state(conn: Connection, active_only: bool = False) -> dict[str, int
         sql = f"SELECT state, COUNT(*) FROM sagas WHERE {_ACTIVE} GROUP BY state"
         return dict(conn.execute(sql).fetchall())
     return dict(conn.execute("SELECT state, COUNT(*) FROM sagas GROUP BY state").fetchall())
+
+
+def active_by_saga(conn: Connection) -> Counter[tuple[str, str]]:
+    """How many sagas not yet final there are, by (saga name, state)."""
+    sql = (
+        f"SELECT definition, state, COUNT(*) FROM sagas WHERE {_ACTIVE} GROUP BY definition, state"
+    )
+    found: Counter[tuple[str, str]] = Counter()
+    for definition, state, n in conn.execute(sql).fetchall():
+        found[(stored_name(definition)[0], state)] += int(n)
+    return found
+
+
+def counters_by_saga(conn: Connection) -> dict[str, Counter[str]]:
+    """Every counter counted per saga (``transitions.COUNTED``): by counter, by saga name
+    (one counted before counters were kept per saga is under the name "")."""
+    found: dict[str, Counter[str]] = {}
+    for name, value in counters(conn).items():
+        counter, _, saga = name.partition(PER_SAGA)
+        found.setdefault(counter, Counter())[saga] += value
+    return found
 
 
 def active_saga_ids(conn: Connection) -> list[str]:
@@ -294,13 +328,19 @@ def page_sagas(
     state: SagaState | None,
     limit: int,
     after: tuple[str, str] | None = None,
+    saga: str | None = None,
 ) -> tuple[list[Row], tuple[str, str] | None]:
-    """A page of sagas, newest first, after the ``(created_at, id)`` that ended the last
-    page; returns the rows and where the next page starts (None: this was the last)."""
+    """A page of sagas (of ``state``, of the saga named ``saga``, where given), newest
+    first, after the ``(created_at, id)`` that ended the last page; returns the rows and
+    where the next page starts (None: this was the last)."""
     where, args = [], []
     if state is not None:
         where.append("state = ?")
         args.append(state.value)
+    if saga is not None:
+        condition, values = _named(saga)
+        where.append(condition)
+        args.extend(values)
     if after is not None:
         where.append("(created_at, id) < (?, ?)")
         args.extend(after)

@@ -30,6 +30,7 @@ from saga_core.database import Connection, transaction
 from saga_core.errors import IdempotencyConflict, TransitionRefused
 from saga_store.machine import SagaEvent, StepEvent, in_flight, saga_move, step_move
 from saga_store.models import (
+    PER_SAGA,
     Actor,
     Dispatch,
     Event,
@@ -38,6 +39,7 @@ from saga_store.models import (
     StepSpec,
     StepState,
     iso,
+    stored_name,
 )
 from saga_store.unit import SagaRecord, StepRecord, Unit
 
@@ -103,7 +105,8 @@ def _with_commands(saga: SagaRecord, result: Transition) -> Transition:
 # --- helpers: each decides on records a unit holds ------------------------------------------
 
 
-#: Events also counted in ``counters``: what the metrics read without scanning the sagas.
+#: Events also counted in ``counters``, per saga name (``sagas_started/order``): what the
+#: metrics read without scanning the sagas.
 COUNTED = {
     Event.STARTED: "sagas_started",
     Event.COMPLETED: "sagas_completed",
@@ -135,7 +138,8 @@ def _record(
     ``attempt`` counts the orchestrator's dispatches of the step; ``tries``, the service's
     runs of that dispatch (its retries + 1)."""
     if event in COUNTED:
-        unit.count(COUNTED[event])
+        name = stored_name(unit.saga(saga_id).definition)[0]
+        unit.count(f"{COUNTED[event]}{PER_SAGA}{name}")
     unit.record(
         (
             saga_id,

@@ -255,6 +255,7 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     from saga_store import SagaState, open_reader, queries
+    from saga_store.models import stored_name
 
     state = None
     if args.state:
@@ -264,10 +265,11 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
             raise BadInput(
                 f"unknown state {args.state!r}; one of {', '.join(s.value for s in SagaState)}"
             ) from None
-    rows = queries.list_sagas(open_reader(settings.store()), state, args.limit)
+    rows = queries.list_sagas(open_reader(settings.store()), state, args.limit, args.saga)
     sagas = [
         {
             "id": r["id"],
+            "saga": stored_name(r["definition"])[0],
             "state": r["state"],
             "created_at": r["created_at"],
             "updated_at": r["updated_at"],
@@ -279,7 +281,9 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(sagas, indent=2))
     else:
         for s in sagas:
-            print(f"{s['id']}  {s['state']:<13} {s['created_at']}  {s['error'] or ''}")
+            print(
+                f"{s['id']}  {s['saga']:<10} {s['state']:<13} {s['created_at']}  {s['error'] or ''}"
+            )
     return 0
 
 
@@ -667,6 +671,7 @@ def parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", help="list sagas, newest first")
     ls.add_argument("--state")
+    ls.add_argument("--saga", help="of the saga by this name only")
     ls.add_argument("--limit", type=int, default=100)
     ls.add_argument("--json", action="store_true")
 

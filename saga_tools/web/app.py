@@ -143,10 +143,13 @@ def create_app(settings: Settings) -> FastAPI:
     def list_sagas(
         _: Reader,
         state: SagaState | None = None,
+        saga: Annotated[str | None, Query(max_length=200)] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         cursor: str | None = None,
     ) -> dict[str, Any]:
-        rows, following = queries.page_sagas(store(), state, limit, _decode_cursor(cursor))
+        """Sagas, newest first (of one state, of one saga by its name, where asked)."""
+        after = _decode_cursor(cursor)
+        rows, following = queries.page_sagas(store(), state, limit, after, saga)
         return {
             "sagas": [pages.saga_row(r) for r in rows],
             "next_cursor": _encode_cursor(following) if following else None,

@@ -14,6 +14,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from saga_core.database import Row
 from saga_store import Connection, SagaState, queries
+from saga_store.models import stored_name
 from saga_tools import timeline
 from saga_tools.web.auth import COOKIE, LoginNeeded, Tokens, page_readers
 from saga_tools.web.bodies import MAX_FORM_BYTES, limited
@@ -38,6 +39,7 @@ def saga_document(conn: Connection, saga_id: str) -> dict[str, Any]:
 def saga_row(row: Row) -> dict[str, Any]:
     return {
         "id": row["id"],
+        "saga": stored_name(row["definition"])[0],
         "state": row["state"],
         "created_at": row["created_at"],
         "updated_at": row["updated_at"],
@@ -101,14 +103,16 @@ def install(app: FastAPI, store: Callable[[], Connection], tokens: Tokens) -> No
         if alerts:
             body.append(f"<p class='alert'>{len(alerts)} open alert(s): a compensation gave up</p>")
         body.append(
-            "<table><tr><th>saga</th><th>state</th><th>order</th><th>created</th><th>why</th></tr>"
+            "<table><tr><th>id</th><th>saga</th><th>key</th><th>state</th><th>created</th>"
+            "<th>why</th></tr>"
         )
         for r in rows:
-            order_id = _order_id(r)
             body.append(
                 f"<tr><td><a href='/ui/sagas/{escape(r['id'])}'><code>{escape(r['id'])}</code></a>"
-                f"</td><td class='{escape(r['state'])}'>{escape(r['state'])}</td>"
-                f"<td>{escape(order_id)}</td><td>{escape(r['created_at'])}</td>"
+                f"</td><td>{escape(stored_name(r['definition'])[0])}</td>"
+                f"<td>{escape(_client_key(r))}</td>"
+                f"<td class='{escape(r['state'])}'>{escape(r['state'])}</td>"
+                f"<td>{escape(r['created_at'])}</td>"
                 f"<td>{escape(r['error'] or '')}</td></tr>"
             )
         body.append("</table>")
@@ -122,11 +126,10 @@ def install(app: FastAPI, store: Callable[[], Connection], tokens: Tokens) -> No
     )
     def saga_page(saga_id: str) -> HTMLResponse:
         view, events, alerts = timeline.load(store(), saga_id)
-        order_id = view.input.get("order_id", "") if isinstance(view.input, dict) else ""
         body = [
             "<nav><a href='/'>all sagas</a></nav>",
             f"<h1>Saga <code>{escape(view.id)}</code></h1>",
-            f"<p>order {escape(str(order_id))}: "
+            f"<p>{escape(view.definition)} {escape(view.key or '')}: "
             f"<b class='{view.state}'>{escape(view.state.value)}</b>",
         ]
         if view.error:
@@ -160,6 +163,7 @@ def install(app: FastAPI, store: Callable[[], Connection], tokens: Tokens) -> No
         return _page(f"Saga {view.id}", "".join(body))
 
 
-def _order_id(row: Row) -> str:
+def _client_key(row: Row) -> str:
+    """The client's key of the saga (an order's id): stored as ``saga:key``."""
     key = row["idempotency_key"] or ""
     return key.split(":", 1)[1] if ":" in key else ""

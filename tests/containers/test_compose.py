@@ -222,5 +222,5 @@ def test_the_compose_stack_runs_orders_through_a_worker_crash(stack: Stack) -> N
     assert audit.returncode == 0, audit.stdout + audit.stderr
     assert json.loads(audit.stdout)["ok"] is True
     metrics = stack.http("metrics", "/metrics")
-    assert 'saga_sagas_finished_total{state="completed"} 4.0' in metrics
+    assert 'saga_sagas_finished_total{saga="order",state="completed"} 4.0' in metrics
     assert stack.http("flower", "/healthcheck") == "OK"

@@ -51,11 +51,11 @@ def test_metrics_count_sagas_durations_and_retries(make_system: Callable[..., Sy
     def value(name: str, **labels: str) -> float:
         return m[(name, frozenset(labels.items()))]
 
-    assert value("saga_sagas_started_total") == 5
-    assert value("saga_sagas_finished_total", state="completed") == 4
-    assert value("saga_sagas_finished_total", state="compensated") == 1
-    assert value("saga_sagas_finished_total", state="failed") == 0
-    assert value("saga_sagas_in_flight", state="running") == 0
+    assert value("saga_sagas_started_total", saga="order") == 5
+    assert value("saga_sagas_finished_total", saga="order", state="completed") == 4
+    assert value("saga_sagas_finished_total", saga="order", state="compensated") == 1
+    assert value("saga_sagas_finished_total", saga="order", state="failed") == 0
+    assert value("saga_sagas_in_flight", saga="order", state="running") == 0
     assert value("saga_open_alerts") == 0
     reserve = {"step": "reserve_inventory", "phase": "action", "status": "succeeded"}
     assert value("saga_step_duration_seconds_count", **reserve) == 5

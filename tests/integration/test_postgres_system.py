@@ -104,5 +104,6 @@ def test_the_operator_tools_read_a_system_on_postgresql(
         assert declined in api.call("GET", "/").body
         wait_for(lambda: reachable(port), 30, "the metrics endpoint")
         metrics = scrape(port)
-        assert metrics[("saga_sagas_finished_total", frozenset({("state", "completed")}))] == 1
-        assert metrics[("saga_sagas_finished_total", frozenset({("state", "compensated")}))] == 1
+        for state in ("completed", "compensated"):
+            labels = frozenset({("saga", "order"), ("state", state)})
+            assert metrics[("saga_sagas_finished_total", labels)] == 1

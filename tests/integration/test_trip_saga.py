@@ -147,6 +147,8 @@ def test_the_http_api_starts_a_trip_and_shows_its_schema(trips: Cluster, provide
         unknown = client.call("POST", "/sagas/cruise", json.dumps(TRIP).encode(), headers)
         spec = client.call("GET", "/openapi.json").body
         shown = client.call("GET", f"/sagas/{posted.body['saga_id']}")
+        trips_listed = client.call("GET", "/sagas?saga=trip").body["sagas"]
+        orders_listed = client.call("GET", "/sagas?saga=order").body["sagas"]
     assert refused.status == 422 and refused.body["title"] == "Invalid trip"
     assert refused.body["errors"][0]["field"] == "amount_cents"
     assert unknown.status == 404 and "no saga named 'cruise'" in unknown.body["detail"]
@@ -155,5 +157,7 @@ def test_the_http_api_starts_a_trip_and_shows_its_schema(trips: Cluster, provide
     assert {"trip_id", "amount_cents"} <= set(body["schema"]["properties"])
     assert "/orders" not in spec["paths"]
     assert (shown.body["saga"], shown.body["key"]) == ("trip", TRIP["trip_id"])
+    assert [(t["id"], t["saga"]) for t in trips_listed] == [(posted.body["saga_id"], "trip")]
+    assert orders_listed == []
     view = saga_app.wait(posted.body["saga_id"], settings=trips.settings, timeout=60)
     assert view.state is SagaState.COMPLETED
