@@ -33,6 +33,7 @@ from saga_core.config import Settings
 from saga_core.database import Connection, Location
 from saga_core.processes import descendants, wait_for
 from saga_core.signing import new_keys
+from saga_faults import switch
 from saga_store import SagaView, open_reader, queries
 from saga_tools import redis_server
 from saga_tools.cluster import Child, Cluster, stop_all
@@ -456,7 +457,7 @@ def kill_recovery(settings: Settings, kills: int, label: str) -> dict[str, Any]:
     ``kills`` times in a row: each kill lands at a random moment of a charge under way (a
     fault plan makes it take 3 s), and the worker is started again at once, as a
     supervisor would."""
-    s = _fresh(settings, f"kill-{label}").with_(faults=True)
+    s = switch.switched(_fresh(settings, f"kill-{label}"), True)
     cluster = Cluster(s)
     cluster.start()
     payment = cluster.workers["payment"]

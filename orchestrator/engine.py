@@ -1,6 +1,6 @@
 """The engine: turns submissions, outcomes and passing time into transitions and commands.
 
-It knows saga definitions, never a particular saga: what an order is lives in its definition.
+It knows saga definitions, never a particular saga: what a saga does lives in its definition.
 Every state change goes through :mod:`saga_store.transitions`; the engine publishes the
 commands a transition asks for, after that transition has committed.
 """
@@ -159,7 +159,7 @@ class Engine:
                 prepared.append(self._prepare(definition, document))
             except InvalidInput as exc:
                 if invalid is None:
-                    log.error("refused a submitted order: %s", exc)
+                    log.error("refused a submission: %s", exc)
                 else:
                     invalid(i, exc)
         specs = self._specs(definition)

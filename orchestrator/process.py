@@ -81,7 +81,7 @@ TASKS = (OUTCOME_TASK, SUBMIT_TASK, HEARTBEAT_TASK, PING_TASK)
 
 def celery_publisher(app: Celery, settings: Settings) -> Publisher:
     """Commands sent one by one through the app's pooled producers: for a process that
-    sends a few (a client submitting an order, an operator's retry). It acts for the
+    sends a few (a client submitting a saga, an operator's retry). It acts for the
     orchestrator, with its keys. A broker that does not take one raises
     ``BrokerUnavailable``, whatever the transport's own error."""
     keyring = settings.keyring(settings.services)

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from order_app.order import NAME
-from saga_app.invariants import Ended, Stores, Violation
+from saga_app import Ended, Stores, Violation
 
 
 def _reference(saga: Ended) -> str:

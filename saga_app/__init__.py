@@ -36,6 +36,7 @@ Everything a saga's author writes comes from this module.
 from saga_app.app import BUILT_IN, App, AppError, configured, load, of
 from saga_app.client import cancel, get_saga, resolve, retry, run, submit, wait
 from saga_app.declare import Saga, Step
+from saga_app.invariants import Ended, Invariant, Stores, Violation
 from saga_core.database import Connection, for_update, transaction
 from saga_core.errors import (
     BusinessError,
@@ -56,7 +57,9 @@ __all__ = [
     "AppError",
     "BusinessError",
     "Connection",
+    "Ended",
     "InvalidInput",
+    "Invariant",
     "RetryPolicy",
     "Saga",
     "SagaError",
@@ -67,8 +70,10 @@ __all__ = [
     "Step",
     "StepState",
     "StepView",
+    "Stores",
     "TransientError",
     "TransitionRefused",
+    "Violation",
     "cancel",
     "configured",
     "create_ledger_tables",

@@ -92,7 +92,7 @@ def task_message(
 ) -> tuple[dict[str, Any], dict[str, Any], Any]:
     """The headers, properties and body of a Celery message for ``task`` with its one
     ``argument``. Empty reprs: Celery would otherwise render the argument into the headers
-    (a fifth of a publish's cost, profiled) and copy order data into logs."""
+    (a fifth of a publish's cost, profiled) and copy a saga's input into logs."""
     headers, properties, body, _ = app.amqp.as_task_v2(
         uuid(), task, args=[argument], argsrepr="", kwargsrepr=""
     )
@@ -130,8 +130,8 @@ def send(app: Celery, queue: Queue, task: str, argument: Any) -> None:
     a queue that was never declared, so there the queue is declared (once per connection).
 
     On plain Redis it is one LPUSH of the message as kombu stores it, on this process's
-    client (``redis_transport.push``): kombu's publish costs as much again as the round
-    trip, on every step's outcome. Where that push fails, kombu's publish sends it, retrying
+    client (``redis_transport.push``): kombu's publish costs as much again as the
+    round trip, on every step's outcome. Where that push fails, kombu's publish sends it, retrying
     by the app's policy; a push that took effect and lost its answer then arrives twice,
     which every receiver already takes in its stride (an outcome applied twice is refused
     as a duplicate, a command runs once by its idempotency key)."""

@@ -1,7 +1,10 @@
 """Every setting, read from the environment in one place.
 
 All variables share the prefix ``SAGA_``. Nothing else in the code base reads ``os.environ``
-for configuration: build a :class:`Settings` with :func:`load` and pass it down.
+for configuration: build a :class:`Settings` with :func:`load` and pass it down. The
+settings of the layers above (a test tool's switch, the HTTP API's callers) are read here
+too, kept as they were given (``Settings.above``), and interpreted, and checked, by the
+layer they belong to.
 """
 
 from __future__ import annotations
@@ -29,28 +32,6 @@ SERVICE_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-
-#: What an HTTP API token may be allowed to do (docs/security.md).
-API_SCOPES = ("orders:write", "sagas:read", "operator")
-
-
-@dataclass(frozen=True)
-class ApiToken:
-    """A caller of the HTTP API: its name (recorded as the actor of what it does), the
-    SHA-256 of its token (the file holds no token a reader could use) and its scopes."""
-
-    name: str
-    sha256: str
-    scopes: frozenset[str]
-
-
-@dataclass(frozen=True)
-class FailureRates:
-    """Probabilities of an injected failure for one operation (or, under ``"*"``, for every
-    operation); used only by the fault injection of a process started with ``SAGA_FAULTS=1``."""
-
-    transient: float = 0.0
-    business: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -91,9 +72,6 @@ class Settings:
     sweep_interval: float = 1.0
     # A worker whose queues hold messages while it receives none for this long restarts.
     stall_timeout: float = 20.0
-    # Fault injection (saga_faults), a test and demo tool: off unless switched on.
-    faults: bool = False
-    failure_rates: Mapping[str, FailureRates] = field(default_factory=dict)
     log_level: str = "INFO"
     # "text" for people, "json" (one object per line) for log collectors.
     log_format: str = "text"
@@ -111,10 +89,9 @@ class Settings:
     # No keys configured: unsigned messages, believed from anyone on the broker. Off by
     # default: without keys, a system on one machine makes its own (keys_file_in_data_dir).
     insecure: bool = False
-    # The HTTP API's tokens, from SAGA_API_TOKENS_FILE (`saga token` adds one); none: the
-    # API serves on loopback only, to anyone there.
-    api_tokens_file: str = ""
-    api_tokens: Mapping[str, ApiToken] = field(default_factory=dict, repr=False)
+    # The SAGA_ variables this module does not read, by name, as given: the settings of the
+    # layers above, each interpreted where it is used (saga_faults.switch, saga_tools.tokens).
+    above: Mapping[str, str] = field(default_factory=dict, repr=False)
     # Set by a process that starts this one and wants it gone with it (saga_tools.cluster):
     # a server process exits once that one has.
     parent_pid: int = 0
@@ -152,9 +129,6 @@ class Settings:
 
     def with_(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
-
-    def failure_rates_for(self, step: str) -> FailureRates:
-        return self.failure_rates.get(step) or self.failure_rates.get("*") or FailureRates()
 
     def keyring(self, needs: Sequence[str] = ()) -> Keyring:
         """The signing keys, for a process that signs or checks as each of ``needs``: with
@@ -197,11 +171,8 @@ class Settings:
 
     def to_env(self) -> dict[str, str]:
         """The environment that makes a child process load these same settings."""
-        rates = {
-            name: {"transient": r.transient, "business": r.business}
-            for name, r in self.failure_rates.items()
-        }
         return {
+            **self.above,
             f"{PREFIX}BROKER_URL": self.broker_url,
             f"{PREFIX}DATA_DIR": str(self.data_dir),
             f"{PREFIX}DATABASE_URL": self.database_url,
@@ -220,15 +191,12 @@ class Settings:
             f"{PREFIX}MAX_DELIVERIES": str(self.max_deliveries),
             f"{PREFIX}SWEEP_INTERVAL": str(self.sweep_interval),
             f"{PREFIX}STALL_TIMEOUT": str(self.stall_timeout),
-            f"{PREFIX}FAULTS": "1" if self.faults else "0",
-            f"{PREFIX}FAILURE_RATES": json.dumps(rates),
             f"{PREFIX}LOG_LEVEL": self.log_level,
             f"{PREFIX}LOG_FORMAT": self.log_format,
             f"{PREFIX}TASK_EVENTS": "1" if self.task_events else "0",
             f"{PREFIX}QUORUM_QUEUES": "1" if self.quorum_queues else "0",
             f"{PREFIX}REPLAY_WINDOW": str(self.replay_window),
             f"{PREFIX}INSECURE": "1" if self.insecure else "0",
-            f"{PREFIX}API_TOKENS_FILE": self.api_tokens_file,
             **{f"{PREFIX}{name.upper()}_KEY": ",".join(ks) for name, ks in self.keys.items()},
         }
 
@@ -248,43 +216,40 @@ def _number(env: Mapping[str, str], name: str, default: float, minimum: float) -
     return value
 
 
-def parse_failure_rates(raw: str) -> dict[str, FailureRates]:
-    """Parse ``{"*": {"transient": 0.1}, "charge_payment": {"business": 0.05}}``."""
-    name = PREFIX + "FAILURE_RATES"
-    try:
-        data = json.loads(raw) if raw.strip() else {}
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{name} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f'{name} must be a JSON object like {{"*": {{"transient": 0.1}}}}')
-    rates: dict[str, FailureRates] = {}
-    for step, spec in data.items():
-        if not isinstance(spec, dict) or set(spec) - {"transient", "business"}:
-            raise ConfigError(
-                f"{name}[{step!r}] must be an object with 'transient' and/or 'business'"
-            )
-        values = {}
-        for kind, value in spec.items():
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-                raise ConfigError(f"{name}[{step!r}].{kind} must be a probability in [0, 1]")
-            values[kind] = float(value)
-        rates[step] = FailureRates(**values)
-    return rates
+#: The variables :func:`load` reads itself (with ``SAGA_``), besides each service's
+#: ``_KEY`` and ``_DATABASE_URL``.
+READ_HERE = frozenset(
+    {
+        "BROKER_URL",
+        "DATA_DIR",
+        "DATABASE_URL",
+        "QUEUE_PREFIX",
+        "APP",
+        "VISIBILITY_TIMEOUT",
+        "UNACKED_RESTORE_INTERVAL",
+        "STEP_TIMEOUT",
+        "HEARTBEAT_INTERVAL",
+        "LIVENESS_TIMEOUT",
+        "MAX_DISPATCHES",
+        "MAX_DELIVERIES",
+        "SWEEP_INTERVAL",
+        "STALL_TIMEOUT",
+        "LOG_LEVEL",
+        "LOG_FORMAT",
+        "TASK_EVENTS",
+        "QUORUM_QUEUES",
+        "KEYS_FILE",
+        "REPLAY_WINDOW",
+        "INSECURE",
+        "PARENT_PID",
+    }
+)
 
 
-def load(env: Mapping[str, str] | None = None, tokens_may_be_missing: bool = False) -> Settings:
-    """Read the settings from ``env`` (the process environment by default). A tokens file
-    that does not exist is an error, unless ``tokens_may_be_missing`` (``saga token``
-    creates it)."""
+def load(env: Mapping[str, str] | None = None) -> Settings:
+    """Read the settings from ``env`` (the process environment by default)."""
     env = os.environ if env is None else env
     defaults = Settings()
-    faults = _flag(env, "FAULTS", defaults.faults)
-    failure_rates = parse_failure_rates(env.get(PREFIX + "FAILURE_RATES", ""))
-    if failure_rates and not faults:
-        raise ConfigError(
-            f"{PREFIX}FAILURE_RATES injects failures, a test and demo tool: "
-            f"it needs {PREFIX}FAULTS=1"
-        )
     heartbeat_interval = _number(env, "HEARTBEAT_INTERVAL", defaults.heartbeat_interval, 0)
     liveness_timeout = _number(env, "LIVENESS_TIMEOUT", defaults.liveness_timeout, 0.1)
     if 0 < heartbeat_interval < 0.05:
@@ -295,7 +260,6 @@ def load(env: Mapping[str, str] | None = None, tokens_may_be_missing: bool = Fal
             f"{PREFIX}HEARTBEAT_INTERVAL ({heartbeat_interval:g}): one late heartbeat "
             "would otherwise make a live worker's step look lost"
         )
-    tokens_file = env.get(PREFIX + "API_TOKENS_FILE", "").strip()
     broker_url = env.get(PREFIX + "BROKER_URL") or defaults.broker_url
     try:
         tls_options(broker_url)
@@ -324,21 +288,20 @@ def load(env: Mapping[str, str] | None = None, tokens_may_be_missing: bool = Fal
         max_deliveries=int(_number(env, "MAX_DELIVERIES", defaults.max_deliveries, 1)),
         sweep_interval=_number(env, "SWEEP_INTERVAL", defaults.sweep_interval, 0.05),
         stall_timeout=_number(env, "STALL_TIMEOUT", defaults.stall_timeout, 1),
-        faults=faults,
-        failure_rates=failure_rates,
         log_level=_choice(env, "LOG_LEVEL", defaults.log_level, LOG_LEVELS, upper=True),
         log_format=_choice(env, "LOG_FORMAT", defaults.log_format, ("text", "json")),
-        task_events=_flag(env, "TASK_EVENTS", defaults.task_events),
-        quorum_queues=_flag(env, "QUORUM_QUEUES", defaults.quorum_queues),
+        task_events=flag(env, "TASK_EVENTS", defaults.task_events),
+        quorum_queues=flag(env, "QUORUM_QUEUES", defaults.quorum_queues),
         keys=read_keys(env),
-        api_tokens_file=tokens_file,
-        api_tokens=(
-            read_api_tokens(tokens_file)
-            if tokens_file and (Path(tokens_file).exists() or not tokens_may_be_missing)
-            else {}
-        ),
+        above={
+            name: value
+            for name, value in env.items()
+            if name.startswith(PREFIX)
+            and name[len(PREFIX) :] not in READ_HERE
+            and not name.endswith(("_KEY", "_DATABASE_URL"))
+        },
         replay_window=_number(env, "REPLAY_WINDOW", defaults.replay_window, 1),
-        insecure=_flag(env, "INSECURE", defaults.insecure),
+        insecure=flag(env, "INSECURE", defaults.insecure),
         parent_pid=int(_number(env, "PARENT_PID", 0, 0)),
     )
 
@@ -370,7 +333,7 @@ def _per_service(env: Mapping[str, str], suffix: str) -> list[tuple[str, str]]:
 
 def _keys_file(name: str, path: str) -> dict[str, tuple[str, ...]]:
     keys: dict[str, tuple[str, ...]] = {}
-    data = _json_object(name, path, 'an object like {"billing": "key"}')
+    data = json_object(name, path, 'an object like {"billing": "key"}')
     for identity, value in data.items():
         if not SERVICE_NAME.fullmatch(identity):
             raise ConfigError(f"{name}: {identity!r} cannot name a service or the client")
@@ -424,35 +387,7 @@ def _write_private(path: Path, text: str) -> None:
         draft.unlink(missing_ok=True)
 
 
-#: What a token's name may be: it is recorded as an actor and shown in logs.
-TOKEN_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
-
-
-def read_api_tokens(path: str) -> dict[str, ApiToken]:
-    """The tokens of ``path``: ``{"name": {"sha256": "<hex>", "scopes": ["sagas:read"]}}``."""
-    name = PREFIX + "API_TOKENS_FILE"
-    data = _json_object(name, path, "an object of tokens by name")
-    tokens = {}
-    for token_name, entry in data.items():
-        where = f"{name}: token {token_name!r:.70}"
-        if not TOKEN_NAME.fullmatch(token_name):
-            raise ConfigError(f"{where}: a name is 1 to 64 of A-Z a-z 0-9 _ . @ -")
-        if not isinstance(entry, dict) or set(entry) != {"sha256", "scopes"}:
-            raise ConfigError(f"{where}: must be an object with sha256 and scopes")
-        digest, scopes = entry["sha256"], entry["scopes"]
-        if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
-            raise ConfigError(f"{where}: sha256 must be 64 lowercase hex digits")
-        if (
-            not isinstance(scopes, list)
-            or not scopes
-            or not all(isinstance(s, str) and s in API_SCOPES for s in scopes)
-        ):
-            raise ConfigError(f"{where}: scopes must be a list of {', '.join(API_SCOPES)}")
-        tokens[token_name] = ApiToken(token_name, digest, frozenset(scopes))
-    return tokens
-
-
-def _json_object(name: str, path: str, shape: str) -> dict[str, Any]:
+def json_object(name: str, path: str, shape: str) -> dict[str, Any]:
     """The JSON object in file ``path``, named by setting ``name`` in any error."""
     try:
         data = json.loads(Path(path).read_text())
@@ -488,7 +423,8 @@ def _database_url(env: Mapping[str, str], name: str) -> str:
     return url
 
 
-def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+def flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    """The switch ``SAGA_<name>`` of ``env``: 1 or 0 (``default`` where unset)."""
     return _choice(env, name, "1" if default else "0", ("1", "0")) == "1"
 
 

@@ -110,7 +110,8 @@ def connect(target: Location | Path | str, readonly: bool = False) -> Connection
         from saga_core import postgres
     except ImportError as exc:
         raise ConfigError(
-            f"{where} needs the PostgreSQL driver: pip install 'order-saga[postgres]' ({exc})"
+            f"{where} needs the PostgreSQL driver: install the project with its postgres "
+            f"extra, pip install '.[postgres]' ({exc})"
         ) from None
     return postgres.connect(where.url, where.schema)
 

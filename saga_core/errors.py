@@ -29,7 +29,7 @@ class BusinessError(SagaError):
 
 
 class TransientError(SagaError):
-    """A passing fault (timeout, lock, outage): the same request may succeed later."""
+    """A passing failure (timeout, lock, outage): the same request may succeed later."""
 
     retryable = True
 
@@ -44,7 +44,7 @@ class BrokerUnavailable(TransientError):
 
 class InvalidInput(BusinessError):
     """A saga's input that cannot be accepted; ``field`` names the offending field. A
-    saga's definition may name what its input is (``what``: an order, a booking)."""
+    saga's definition may name what its input is (``what``: a booking, say)."""
 
     what = "input"
 

@@ -1,5 +1,5 @@
-"""Hooks for cross-cutting concerns (metrics, fault injection), in the shape of dramatiq's
-middleware: the step wrapper and the engine call each hook at a fixed point, and a
+"""Hooks for cross-cutting concerns (metrics, failures injected by tests), in the shape of
+dramatiq's middleware: the step wrapper and the engine call each hook at a fixed point, and a
 concern overrides the hooks it needs. The product's own code path has no branch for any
 of them; a process gets the middleware it was started with, and none by default.
 """

@@ -135,7 +135,7 @@ class PgConnection:
 
     def _failure(self, exc: psycopg.OperationalError) -> TransientError:
         """A lost connection (dropped, to open another next time) says the server is away;
-        anything else of the kind (a deadlock, a serialization failure) is a passing fault."""
+        anything else of the kind (a deadlock, a serialization failure) is a passing failure."""
         if self._conn is not None and self._conn.broken:
             self._conn.close()
             self._conn = None

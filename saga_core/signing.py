@@ -5,7 +5,7 @@ orchestrator signs the commands it sends a service with that service's key; the 
 signs its outcomes and heartbeats with it. So a command a service runs came from the
 orchestrator, and an outcome the orchestrator applies came from the service that owns the
 step (the receiver checks which key signed, not only that one did). Clients that submit
-orders over the broker sign with the key of identity ``client``.
+sagas over the broker sign with the key of identity ``client``.
 
 A signature is an HMAC-SHA256 over the message's canonical bytes (its kind, its JSON body
 with sorted keys, and the time it was signed), carried in the body's field ``sig``. A

@@ -1,4 +1,4 @@
-"""JSON off the broker, read within bounds: a message is a fault like any other.
+"""JSON off the broker, read within bounds: a bad message is a failure like any other.
 
 Every byte a process takes from a queue passes :func:`loads` before anything reads it: the
 Celery envelope on Redis, the task's body on every broker (installed as kombu's JSON
@@ -22,12 +22,12 @@ from kombu.utils.json import dumps as kombu_dumps
 
 from saga_core.errors import MalformedMessage
 
-#: The largest message taken off a queue, in bytes: an order is at most a few kilobytes,
+#: The largest message taken off a queue, in bytes: a saga's input is a few kilobytes,
 #: and a Celery envelope on Redis carries its body in base64 (a third more).
 MAX_BYTES = 1 << 20
 
-#: The deepest nesting of arrays and objects: the contract's deepest field is an order's
-#: line item inside a payload inside a command (5), with room for users' payloads.
+#: The deepest nesting of arrays and objects: the contract's own fields go 5 deep (an item
+#: of a list inside a payload inside a command), with room for users' payloads.
 MAX_DEPTH = 32
 
 #: The largest integer in magnitude: what a JSON number holds exactly everywhere (2**53).

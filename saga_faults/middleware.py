@@ -10,11 +10,13 @@ import signal
 import time
 from collections.abc import Sequence
 
-from saga_core.config import FailureRates, Settings
+from saga_core.config import Settings
 from saga_core.errors import BusinessError, TransientError
 from saga_core.messages import Command, Phase
 from saga_core.middleware import Middleware
+from saga_faults import switch
 from saga_faults.plans import FaultPlans, OperationFaults
+from saga_faults.switch import FailureRates
 
 log = logging.getLogger("saga.faults")
 
@@ -22,7 +24,7 @@ log = logging.getLogger("saga.faults")
 def install(settings: Settings, role: str) -> list[Middleware]:
     """The middleware for a process of ``role`` (worker, orchestrator): fault injection
     where ``SAGA_FAULTS=1`` switched it on (said at WARNING), else none."""
-    if not settings.faults:
+    if not switch.is_on(settings):
         return []
     log.warning(
         "fault injection is ON in this %s (SAGA_FAULTS=1): fault plans in %s and random "
@@ -37,12 +39,16 @@ class Faults(Middleware):
     def __init__(self, settings: Settings, rng: random.Random | None = None):
         self.settings = settings
         self.plans = FaultPlans(settings.data_dir)
+        self.rates = switch.failure_rates(settings)
         # The module's own generator by default: Python reseeds it in every forked child,
         # so each pool child of a prefork worker draws its own failures.
         self.roll = (rng or random).random
 
     def _plan(self, command: Command) -> OperationFaults:
         return self.plans.for_operation(command.payload.get("reference"), command.operation)
+
+    def _rates(self, operation: str) -> FailureRates:
+        return self.rates.get(operation) or self.rates.get("*") or FailureRates()
 
     def _draw(self, rates: FailureRates) -> str | None:
         """``"transient"``, ``"business"`` or None, with the configured probabilities."""
@@ -59,7 +65,7 @@ class Faults(Middleware):
         op, plan = command.operation, self._plan(command)
         if tries < plan.fail_transient:
             raise TransientError(f"{op} failed (fault plan, try {tries + 1})")
-        if self._draw(self.settings.failure_rates_for(op)) == "transient":
+        if self._draw(self._rates(op)) == "transient":
             raise TransientError(f"{op} failed (random transient failure)")
         if plan.delay_seconds:
             self._mark("running", command)
@@ -71,9 +77,7 @@ class Faults(Middleware):
         op = command.operation
         if self._plan(command).fail_business:
             raise BusinessError(f"{op} refused (fault plan)")
-        if command.phase is Phase.ACTION and (
-            self._draw(self.settings.failure_rates_for(op)) == "business"
-        ):
+        if command.phase is Phase.ACTION and (self._draw(self._rates(op)) == "business"):
             raise BusinessError(f"{op} refused (random failure)")
 
     def after_effect(self, command: Command, fresh: bool) -> None:

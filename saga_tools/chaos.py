@@ -28,10 +28,12 @@ from saga_app import Saga
 from saga_app.app import configured
 from saga_app.app import of as app_of
 from saga_core import broker, dead_letters
-from saga_core.config import FailureRates, Settings
+from saga_core.config import Settings
 from saga_core.errors import ConfigError
 from saga_core.signing import new_keys
+from saga_faults import switch
 from saga_faults.killer import KINDS, Killer
+from saga_faults.switch import FailureRates
 from saga_store import open_reader, queries
 from saga_tools import audit, redis_server
 from saga_tools.cluster import Cluster
@@ -157,11 +159,11 @@ class Campaign:
             queue_prefix=f"{self.base.queue_prefix}chaos.{uuid.uuid4().hex[:8]}.",
             # Signed messages, with keys made for this run where none are configured.
             keys=self.base.keys or new_keys(self.base.identities),
-            faults=True,
             step_timeout=self.opts.step_timeout,
             sweep_interval=0.5,
-            failure_rates={"*": FailureRates(self.opts.transient_rate, self.opts.business_rate)},
         )
+        rates = FailureRates(self.opts.transient_rate, self.opts.business_rate)
+        self.settings = switch.switched(self.settings, True, {"*": rates})
         self.cluster = Cluster(
             self.settings,
             orchestrators=self.opts.orchestrators,

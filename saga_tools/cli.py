@@ -19,7 +19,7 @@ import redis.exceptions
 from saga_app.app import configured as app_configured
 from saga_app.app import of as app_of
 from saga_core import config, database, logs, processes
-from saga_core.config import API_SCOPES, ORCHESTRATOR_QUEUE, Settings
+from saga_core.config import ORCHESTRATOR_QUEUE, Settings
 from saga_core.errors import (
     BusinessError,
     ConfigError,
@@ -28,7 +28,9 @@ from saga_core.errors import (
     SagaNotFound,
     TransitionRefused,
 )
+from saga_faults import switch
 from saga_store.models import Actor
+from saga_tools.tokens import API_SCOPES, api_tokens
 
 log = logging.getLogger("saga.api")
 
@@ -114,18 +116,19 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     from saga_core.broker import loopback_host
     from saga_tools.web.app import create_app
 
-    if not settings.api_tokens and not loopback_host(args.host):
+    tokens = api_tokens(settings)
+    if not tokens and not loopback_host(args.host):
         raise ConfigError(
             f"refusing to serve the API on {args.host} without tokens: anyone who reaches it "
             "could place orders and read every saga. Set SAGA_API_TOKENS_FILE (`saga token`), "
             "or serve on 127.0.0.1"
         )
-    if settings.api_tokens:
+    if tokens:
         log.info(
             "API on %s:%d: %d token(s), each request needs one",
             args.host,
             args.port,
-            len(settings.api_tokens),
+            len(tokens),
         )
     else:
         log.warning(
@@ -395,9 +398,10 @@ def _seed_pairs(words: list[str]) -> dict[str, int]:
 
 
 def cmd_faults(args: argparse.Namespace, settings: Settings) -> int:
+    from saga_faults import switch
     from saga_faults.plans import FaultPlans
 
-    if not settings.faults:
+    if not switch.is_on(settings):
         raise BadInput(
             "fault plans are a test and demo tool: they need SAGA_FAULTS=1, here and in "
             "the workers and the orchestrator that are to obey them"
@@ -558,11 +562,11 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     import hashlib
     import secrets
 
-    from saga_core.config import TOKEN_NAME, read_api_tokens
+    from saga_tools.tokens import TOKEN_NAME, read_api_tokens, tokens_file
 
     if not TOKEN_NAME.fullmatch(args.name):
         raise BadInput(f"token name {args.name!r:.70}: 1 to 64 of A-Z a-z 0-9 _ . @ -")
-    path = args.file or settings.api_tokens_file
+    path = args.file or tokens_file(settings)
     if not path:
         raise BadInput("say which tokens file to add to: --file, or SAGA_API_TOKENS_FILE")
     existing = read_api_tokens(path) if os.path.exists(path) else {}
@@ -600,6 +604,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         rate=args.rate,
         kill_every=args.kill_every,
         seed=args.seed,
+        saga=args.saga,
     )
 
 
@@ -777,11 +782,12 @@ def parser() -> argparse.ArgumentParser:
     tk.add_argument("--file", help="the tokens file (default: SAGA_API_TOKENS_FILE)")
 
     d = sub.add_parser("demo", help="start everything, run a batch of orders, print outcomes")
-    d.add_argument("--orders", type=int, default=24)
+    d.add_argument("--saga", default=None, help="the app's saga to run (default: its first)")
+    d.add_argument("--orders", type=int, default=24, help="sagas to submit")
     d.add_argument("--transient-rate", type=float, default=0.1)
     d.add_argument("--business-rate", type=float, default=0.03)
     d.add_argument("--timeout", type=float, default=180.0)
-    d.add_argument("--rate", type=float, default=8.0, help="orders per second")
+    d.add_argument("--rate", type=float, default=8.0, help="sagas submitted per second")
     d.add_argument(
         "--kill-every",
         type=float,
@@ -823,8 +829,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # as SAGA_APP: for every process this one starts too (a supervised worker, a cluster)
         os.environ["SAGA_APP"] = args.app
     try:
-        # `saga token` makes the tokens file that SAGA_API_TOKENS_FILE may name already
-        settings = config.load(tokens_may_be_missing=args.command == "token")
+        settings = config.load()
+        # the settings of the layers above, checked at start like the rest: `saga token`
+        # makes the tokens file that SAGA_API_TOKENS_FILE may name already
+        api_tokens(settings, may_be_missing=args.command == "token")
+        switch.is_on(settings)
         settings = app_configured(settings)  # its app's services: queues, identities
         _setup_logging(settings, args.command)
         if settings.parent_pid and args.command in SERVER_COMMANDS:

@@ -18,6 +18,7 @@ from saga_core import broker
 from saga_core.config import Settings
 from saga_core.database import Connection
 from saga_core.processes import wait_for
+from saga_faults import switch
 from saga_faults.plans import FaultPlans
 
 
@@ -180,7 +181,7 @@ class Cluster:
     def plan_faults(self, reference: str, plan: Mapping[str, Any]) -> None:
         """What is to go wrong for order ``reference`` (see ``saga_faults.plans``): for a
         system started with ``faults`` on, before the order is submitted."""
-        if not self.settings.faults:
+        if not switch.is_on(self.settings):
             raise ValueError("fault plans need a system started with faults on (SAGA_FAULTS=1)")
         FaultPlans(self.settings.data_dir, app_of(self.settings).operations).add(reference, plan)
 

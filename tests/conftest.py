@@ -28,6 +28,7 @@ from saga_core.config import Settings
 from saga_core.database import Location, unreachable
 from saga_core.errors import ConfigError
 from saga_core.signing import CLIENT, new_keys
+from saga_faults import switch
 from saga_tools import redis_server
 
 # Its assertions explain themselves too (it is imported by the tests, after this).
@@ -108,12 +109,12 @@ def settings(broker_url: str, tmp_path: Path) -> Iterator[Settings]:
         step_timeout=20.0,
         sweep_interval=0.2,
         stall_timeout=4.0,
-        # The tests inject faults on purpose: in the processes they start, and only there.
-        faults=True,
         # Signed messages, as the demo runs them: keys of the test's own.
         keys=new_keys(IDENTITIES),
         services=ORDER_APP.service_names,
     )
+    # The tests inject faults on purpose: in the processes they start, and only there.
+    s = switch.switched(s, True)
     yield s
     broker.discard(broker_url, [*s.all_queues(), s.queue(dead_letters.QUEUE)])
 

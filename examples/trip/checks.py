@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from examples.trip.services import provider_url
-from saga_app.invariants import Stores, Violation
+from saga_app import Stores, Violation
 
 FLIGHTS = ("LH1234", "AF0042", "BA0117")
 HOTELS = ("Hotel du Lac", "Grand Central", "Pension Alma")

@@ -27,6 +27,7 @@ from saga_core.config import Settings
 from saga_core.database import Connection
 from saga_core.errors import IdempotencyConflict, InvalidInput, MalformedMessage, SagaError
 from saga_store import SagaState, queries
+from saga_tools.tokens import api_tokens
 from saga_tools.web import guarded, pages
 from saga_tools.web.auth import Caller, Tokens
 from saga_tools.web.bodies import limited_body, parse
@@ -54,7 +55,7 @@ Operator = Annotated[Caller, Depends(_needs("operator"))]
 
 
 def create_app(settings: Settings) -> FastAPI:
-    tokens = Tokens(settings.api_tokens)
+    tokens = Tokens(api_tokens(settings))
     saga_app = app_of(settings)
     app = FastAPI(
         title="Saga orchestrator",

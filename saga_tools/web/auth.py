@@ -25,7 +25,7 @@ from typing import Annotated, Any
 
 from fastapi import Cookie, Depends, Header
 
-from saga_core.config import ApiToken
+from saga_tools.tokens import ApiToken
 from saga_tools.web.problems import Problem
 
 #: The cookie the web view keeps a token in.

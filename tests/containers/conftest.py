@@ -46,6 +46,7 @@ from pytest_docker_tools import container, network
 from order_app import inventory
 from saga_core.config import Settings
 from saga_core.signing import new_keys
+from saga_faults import switch
 from tests.conftest import unavailable
 from tests.helpers import IDENTITIES, STOCK
 from tests.helpers import SERVICES as SERVICE_OBJECTS
@@ -239,11 +240,13 @@ def system(
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     # signed messages, each worker holding only its own service's key
-    common = Settings(
-        queue_prefix=f"c{uuid.uuid4().hex[:8]}-",
-        faults=True,
-        keys=new_keys(IDENTITIES),
-        services=tuple(SERVICE_OBJECTS),
+    common = switch.switched(
+        Settings(
+            queue_prefix=f"c{uuid.uuid4().hex[:8]}-",
+            keys=new_keys(IDENTITIES),
+            services=tuple(SERVICE_OBJECTS),
+        ),
+        True,
     )
     host = common.with_(broker_url=_host_url(broker), data_dir=data_dir)
     inside = common.with_(broker_url=broker.url, data_dir=Path("/data"))

@@ -4,7 +4,7 @@ each a real ``saga`` process on the real broker, stopped by PID when the test en
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,8 @@ import pytest
 import saga_app
 from saga_core.config import Settings
 from saga_core.processes import wait_for
+from saga_faults import switch
+from saga_faults.switch import FailureRates
 from saga_store import SagaView, open_store, queries
 from saga_tools import redis_server
 from saga_tools.cluster import Child, Cluster
@@ -73,10 +75,12 @@ def make_system(settings: Settings) -> Iterator[Callable[..., System]]:
         orchestrators: int = 1,
         replicas: int = 1,
         pool: str | None = None,
+        faults: bool = True,
+        failure_rates: Mapping[str, FailureRates] = {},
         **changes: Any,
     ) -> System:
         system = System(
-            settings.with_(**changes),
+            switch.switched(settings.with_(**changes), faults, failure_rates),
             orchestrator_args=orchestrator_args,
             orchestrators=orchestrators,
             replicas=replicas,

@@ -262,7 +262,7 @@ def test_token_creates_the_file_that_the_environment_names(
 ) -> None:
     # Given SAGA_API_TOKENS_FILE exported, as the README shows, and no such file yet
     path = tmp_path / "tokens.json"
-    env = settings.with_(api_tokens_file=str(path))
+    env = settings.with_(above={**settings.above, "SAGA_API_TOKENS_FILE": str(path)})
     # When the first token is made
     made = saga(env, "token", "ops", "--scope", "operator")
     # Then the file is created with it, readable by its owner only

@@ -13,11 +13,12 @@ import pytest
 import saga_app
 from saga_core import broker
 from saga_core.celery_app import make_app
-from saga_core.config import ORCHESTRATOR_QUEUE, FailureRates
+from saga_core.config import ORCHESTRATOR_QUEUE
 from saga_core.messages import OUTCOME_TASK, SUBMIT_TASK, Command, Outcome, Phase, Status
 from saga_core.processes import children_of, leaves, wait_for
 from saga_core.retry import RetryPolicy
 from saga_core.signing import CLIENT
+from saga_faults.switch import FailureRates
 from saga_store import SagaState, StepState, open_store, queries
 from saga_tools import audit
 from tests.helpers import (

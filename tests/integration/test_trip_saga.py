@@ -25,7 +25,7 @@ from saga_core.processes import leaves
 from saga_core.signing import CLIENT, new_keys
 from saga_store import SagaState
 from saga_tools import audit
-from saga_tools.cluster import Cluster
+from saga_tools.cluster import Cluster, saga_command
 from saga_tools.redis_server import free_port
 from tests.helpers import TRIP, clean_chaos_run
 from tests.integration.test_http_api import serve_api
@@ -49,6 +49,16 @@ def provider() -> Iterator[str]:
     finally:
         process.kill()
         process.wait(10)
+
+
+@pytest.fixture
+def trip_env(settings: Settings, provider: str) -> dict[str, str]:
+    """The environment of a process of the trip's system: its app, keys and provider."""
+    trip = configured(settings.with_(app="examples.trip:app"))
+    return {
+        **trip.with_(keys=new_keys(trip.identities)).to_env(),
+        "TRIP_PROVIDER_URL": provider,
+    }
 
 
 @pytest.fixture
@@ -119,13 +129,11 @@ def test_a_payments_worker_killed_mid_saga_pays_once(trips: Cluster, provider: s
 
 @pytest.mark.timeout(240)
 def test_a_chaos_campaign_on_the_trip_saga_ends_with_a_clean_audit(
-    settings: Settings, provider: str
+    trip_env: dict[str, str],
 ) -> None:
     # As the README has it: SAGA_APP names the app, the campaign runs its saga
-    trip = configured(settings.with_(app="examples.trip:app"))
-    trip = trip.with_(keys=new_keys(trip.identities))
     report = clean_chaos_run(
-        {**trip.to_env(), "TRIP_PROVIDER_URL": provider},
+        trip_env,
         *("--orders", "120", "--kills", "6", "--kill-every", "0.8", "--seed", "3"),
         *("--compensation-failure-rate", "0.05"),
     )
@@ -161,3 +169,20 @@ def test_the_http_api_starts_a_trip_and_shows_its_schema(trips: Cluster, provide
     assert orders_listed == []
     view = saga_app.wait(posted.body["saga_id"], settings=trips.settings, timeout=60)
     assert view.state is SagaState.COMPLETED
+
+
+@pytest.mark.timeout(200)
+def test_the_demo_runs_the_trip_saga_from_its_samples(trip_env: dict[str, str]) -> None:
+    result = subprocess.run(
+        saga_command("demo", "--orders", "8", "--business-rate", "0"),
+        env={**os.environ, **trip_env},
+        capture_output=True,
+        text=True,
+        timeout=190,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    out = result.stdout
+    assert "8 of 8 sagas ended" in out and "trip-000008" in out
+    # the one sample whose compensation never succeeds fails, with an alert
+    assert "compensation keeps failing" in out and "ALERT saga" in out
+    assert out.rstrip().endswith("audit: clean")
