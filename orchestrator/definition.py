@@ -91,3 +91,13 @@ def step_services(definitions: Iterable[SagaDefinition]) -> dict[str, str]:
                     f"and on {step.queue!r} in {definition.name!r}: name them apart"
                 )
     return services
+
+
+def by_stored_name(
+    current: Mapping[str, SagaDefinition], retired: Iterable[SagaDefinition] = ()
+) -> dict[str, SagaDefinition]:
+    """Each definition by what the store records of a saga that runs on it (``name@version``);
+    a current one by its name alone too, for a saga stored before definitions had versions."""
+    found = {d.stored_as: d for d in (*retired, *current.values())}
+    found.update(current)
+    return found

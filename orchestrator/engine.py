@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
-from orchestrator.definition import SagaDefinition
+from orchestrator.definition import SagaDefinition, by_stored_name
 from orchestrator.liveness import QueueDepth, QueueWatch
 from saga_core.config import Settings
 from saga_core.database import Connection
@@ -83,9 +83,7 @@ class Engine:
         empty."""
         self.settings = settings
         self.definitions = dict(definitions)
-        self._versions = {d.stored_as: d for d in (*retired, *self.definitions.values())}
-        # A saga stored before definitions had versions runs on its saga's current one.
-        self._versions.update(self.definitions)
+        self._versions = by_stored_name(self.definitions, retired)
         self.queues = QueueWatch(queue_depth)
         self._warned: dict[str, float] = {}
         self._services = {s.queue for d in self._versions.values() for s in d.steps}

@@ -22,6 +22,12 @@
     ])
     app = App(sagas=[trip], services=[hotels, ...])
 
+A saga may also give ``sample`` (made-up inputs, for ``saga chaos`` and ``saga demo``) and
+``fingerprint`` (what tells two requests apart under one ``Idempotency-Key``); an app,
+``invariants`` (what ``saga audit`` checks besides what holds for every saga: functions of
+:class:`Stores` yielding :class:`Violation`), ``setup`` (what its samples need in place)
+and ``retired`` (earlier versions of its sagas, kept until their sagas in flight end).
+
 Then ``SAGA_APP=mypackage.trip:app saga worker hotels``, ``saga orchestrator``, and so on
 (the order saga's app, ``order_app:app``, is the default), and from Python::
 

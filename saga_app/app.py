@@ -13,13 +13,13 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from orchestrator.definition import SagaDefinition, step_services
+from orchestrator.definition import SagaDefinition, by_stored_name, step_services
 from saga_app.declare import Saga
 from saga_app.invariants import Invariant
 from saga_core.config import Settings
 from saga_core.database import Connection
 from saga_core.errors import ConfigError
-from saga_store.models import VERSION_MARK, stored_name
+from saga_store.models import VERSION_MARK
 from workers.service import Service
 
 #: The app every process loads where ``SAGA_APP`` names none: the order saga.
@@ -50,6 +50,7 @@ class App:
     setup: Callable[[Callable[[str], Connection]], None] | None = None
     definitions: Mapping[str, SagaDefinition] = field(init=False)
     retired_definitions: tuple[SagaDefinition, ...] = field(init=False)
+    _stored: Mapping[str, SagaDefinition] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         check(self.sagas, self.services, self.retired)
@@ -57,15 +58,12 @@ class App:
         object.__setattr__(self, "definitions", definitions)
         retired = tuple(saga.definition() for saga in self.retired)
         object.__setattr__(self, "retired_definitions", retired)
+        object.__setattr__(self, "_stored", by_stored_name(definitions, retired))
 
     def definition_of(self, stored: str) -> SagaDefinition | None:
         """The definition a saga stored as ``stored`` (``name@version``) runs on, if the app
         has that version (a saga stored before versions: its saga's current one)."""
-        name, version = stored_name(stored)
-        for definition in (*self.definitions.values(), *self.retired_definitions):
-            if definition.name == name and version in (None, definition.version):
-                return definition
-        return None
+        return self._stored.get(stored)
 
     @property
     def service_names(self) -> tuple[str, ...]:

@@ -128,6 +128,28 @@ def test_one_step_name_on_two_services_across_sagas_is_refused() -> None:
         App(sagas=[one, other], services=[flights, mail])
 
 
+def test_a_retired_version_is_checked_as_a_current_one_and_runs_its_own_sagas() -> None:
+    flights, mail = services()
+    old = trip(
+        Step("book_flight", flights, "book_flight", payload, compensation="cancel_flight"),
+        Step("send_mail", mail, "send_mail", payload, best_effort=True),
+    )
+    new = trip(Step("book_flight", flights, "book_flight", payload, compensation="cancel_flight"))
+    app = App(sagas=[new], services=[flights, mail], retired=[old])
+    was, now = old.definition(), app.definitions["trip"]
+    assert was.version != now.version
+    assert app.definition_of(f"trip@{was.version}") is app.retired_definitions[0]
+    assert app.definition_of(f"trip@{now.version}") is now
+    assert app.definition_of("trip") is now  # stored before versions: the current one
+    assert app.definition_of("trip@000000000000") is None
+    # a retired version's steps must still be served: its sagas in flight need them
+    gone = trip(Step("book_flight", flights, "book_car", payload, compensation="cancel_flight"))
+    with pytest.raises(AppError, match="saga 'trip', step 'book_flight': action 'book_car'"):
+        App(sagas=[new], services=[flights, mail], retired=[gone])
+    with pytest.raises(AppError, match="kept for versions"):
+        App(sagas=[Saga("trip@2", input=Trip, key="trip_id", steps=new.steps)], services=[flights])
+
+
 def test_a_model_input_whose_key_is_not_a_field_is_refused() -> None:
     _, mail = services()
     steps = [Step("send_mail", mail, "send_mail", payload, best_effort=True)]
