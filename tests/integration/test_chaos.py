@@ -42,6 +42,7 @@ def test_short_chaos_run_ends_with_a_clean_audit(settings: Settings) -> None:
     assert processes_using(settings.data_dir) == []
 
 
+@pytest.mark.any_broker
 @pytest.mark.timeout(120)
 def test_interrupted_chaos_leaves_no_process_behind(settings: Settings) -> None:
     output = settings.data_dir.parent / "chaos-output.log"  # beside its data dir: kept

@@ -112,6 +112,7 @@ def test_stock(settings: Settings) -> None:
     assert bad_seed.returncode == 2 and "expected SKU=QUANTITY" in bad_seed.stderr
 
 
+@pytest.mark.any_broker
 @pytest.mark.processes
 def test_submit_wait_status_and_list(system: System, tmp_path: Path) -> None:
     settings = system.settings

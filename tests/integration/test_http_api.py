@@ -107,6 +107,7 @@ def wait_terminal(system: System, saga_id: str) -> SagaState:
     return system.wait(saga_id).state
 
 
+@pytest.mark.any_broker
 def test_post_order_starts_a_saga_and_a_retry_returns_it(api: Api, system: System) -> None:
     first = api.post_order(make_order("H-1"), key="key-H-1")
     assert first.status == 202, first.body

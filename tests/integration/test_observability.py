@@ -85,6 +85,7 @@ def test_service_workers_send_task_events_when_asked(make_system: Callable[..., 
     assert succeeded(seen)
 
 
+@pytest.mark.any_broker
 def test_no_task_events_by_default(system: System) -> None:
     # two publishes less per step; Flower's compose service runs with them on
     seen = events_during_a_saga(system)

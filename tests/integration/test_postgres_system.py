@@ -43,6 +43,7 @@ def holder_of(system: System, saga_id: str, step: str, service: str) -> Child:
     raise AssertionError(f"no {service} worker has pid {pid} ({held_by})")
 
 
+@pytest.mark.any_broker
 @pytest.mark.timeout(240)
 def test_two_orchestrators_and_two_replicas_on_postgresql_survive_kills(
     make_system: Callable[..., System], postgres_database: str

@@ -158,6 +158,7 @@ def test_a_worker_killed_from_outside_between_its_commit_and_its_reply(system: S
     assert report.ok, report.violations
 
 
+@pytest.mark.any_broker
 def test_compensation_that_keeps_failing_alerts(system: System) -> None:
     saga_id = system.submit(
         make_order("A-7"),
@@ -182,6 +183,7 @@ def test_compensation_that_keeps_failing_alerts(system: System) -> None:
     )
 
 
+@pytest.mark.any_broker
 def test_email_failing_still_completes(system: System) -> None:
     saga_id = system.submit(make_order("A-8"), faults={"send_confirmation": {"fail_transient": 50}})
     view = system.wait(saga_id)
@@ -197,6 +199,7 @@ def test_transient_failures_are_retried(system: System) -> None:
     assert service_records(system.data_dir, "A-9") == ONE_OF_EACH
 
 
+@pytest.mark.any_broker
 def test_same_order_id_twice_starts_one_saga(system: System) -> None:
     first = system.submit(make_order("A-10"))
     second = system.submit(make_order("A-10"))
@@ -241,6 +244,7 @@ def test_duplicate_outcome_over_the_broker_changes_nothing(system: System) -> No
     assert service_records(system.data_dir, "A-11") == ONE_OF_EACH
 
 
+@pytest.mark.any_broker
 def test_compensation_before_its_action_blocks_the_action(system: System) -> None:
     app = make_app(system.settings)
     payload = {
@@ -326,6 +330,7 @@ def test_a_worker_killed_mid_step_is_started_again_by_its_supervisor(
     assert service_records(system.data_dir, "A-14") == ONE_OF_EACH
 
 
+@pytest.mark.any_broker
 def test_random_failures_leave_every_order_consistent(make_system: Callable[..., System]) -> None:
     rates = {"*": FailureRates(transient=0.3, business=0.05)}
     system = make_system(failure_rates=rates, step_timeout=10.0)

@@ -23,6 +23,7 @@ from tests.integration.conftest import System
 pytestmark = pytest.mark.processes
 
 
+@pytest.mark.any_broker
 def test_a_default_install_refuses_a_forged_outcome_and_an_unsigned_order(
     make_system: Callable[..., System],
 ) -> None:

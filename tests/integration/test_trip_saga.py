@@ -129,7 +129,7 @@ def test_a_payments_worker_killed_mid_saga_pays_once(trips: Cluster, provider: s
 
 @pytest.mark.timeout(240)
 def test_a_chaos_campaign_on_the_trip_saga_ends_with_a_clean_audit(
-    trip_env: dict[str, str],
+    trip_env: dict[str, str], provider: str
 ) -> None:
     # As the README has it: SAGA_APP names the app, the campaign runs its saga
     report = clean_chaos_run(
