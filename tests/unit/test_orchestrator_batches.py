@@ -209,6 +209,29 @@ def test_a_submission_on_the_queue_starts_a_saga(bus: Bus) -> None:
     assert [c.operation for c in bus.h.commands] == ["reserve_inventory"]  # S-2 refused
 
 
+def test_a_submission_names_its_saga_and_is_signed_for_it(tmp_path: Path) -> None:
+    keys = new_keys(IDENTITIES)
+    bus = Bus(tmp_path, keys)
+    try:
+        keyring = Keyring(keys)
+
+        def submit(order: dict[str, Any], kind: str, saga: str | None) -> None:
+            body = keyring.sign(kind, order, ["client"])
+            kwargs = {} if saga is None else {"saga": saga}
+            bus.app.send_task(
+                "saga.submit", args=[body], kwargs=kwargs, queue=bus.orchestrator.queue
+            )
+
+        submit(make_order("N-1"), "submission:order", "order")  # named, signed for it
+        submit(make_order("N-2"), "submission", "order")  # signed for no saga by name
+        submit(make_order("N-3"), "submission:order", "cruise")  # no such saga
+        bus.handle(bus.take())
+        assert [c.operation for c in bus.h.commands] == ["reserve_inventory"]
+        assert bus.refusals == [("saga.submit", "bad_signature"), ("saga.submit", "malformed")]
+    finally:
+        bus.close()
+
+
 def test_with_signing_on_a_heartbeat_vouches_only_for_its_own_services_steps(
     tmp_path: Path,
 ) -> None:
