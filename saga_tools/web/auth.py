@@ -1,6 +1,6 @@
 """Who may call the HTTP API: bearer tokens, each with a name and scopes (docs/security.md).
 
-- ``orders:write``: post orders;
+- ``orders:write``: start sagas (``POST /orders``, ``POST /sagas/{name}``);
 - ``sagas:read``: read sagas, their history and the alerts, and the web view;
 - ``operator``: retry, resolve and cancel a saga, recorded in its history under the
   token's name.
