@@ -10,6 +10,7 @@ where it fails: a run in CI never passes on what it did not check.
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -37,6 +38,17 @@ pytest.register_assert_rewrite("tests.helpers")
 CI = bool(os.environ.get("CI"))
 #: Who signs in the built-in app every test system runs: each service, and the clients.
 IDENTITIES = (*ORDER_APP.service_names, CLIENT)
+
+
+@pytest.fixture(autouse=True)
+def _logging_left_as_found() -> Iterator[None]:
+    """Each test leaves the root logger's level as it found it: Celery's in-process test worker
+    sets it to ERROR, which would hide the WARNINGs a later test looks for in caplog,
+    depending on which tests ran before it in the same process."""
+    root = logging.getLogger()
+    level = root.level
+    yield
+    root.setLevel(level)
 
 
 def unavailable(reason: str) -> NoReturn:

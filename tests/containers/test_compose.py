@@ -29,7 +29,13 @@ from tests.containers.conftest import ROOT, _alive
 from tests.helpers import make_order
 
 # Containers start in seconds, but a cold machine builds their images first.
-pytestmark = [pytest.mark.containers, pytest.mark.timeout(480)]
+# one xdist worker runs them all, one after another: one set of broker containers, and the
+# compose stacks' host ports taken by one stack at a time
+pytestmark = [
+    pytest.mark.containers,
+    pytest.mark.timeout(480),
+    pytest.mark.xdist_group("containers"),
+]
 
 #: Compose project names of this tier: the PID of the run that owns it, then a tag.
 PROJECT_PREFIX = "sagasmoke"

@@ -25,7 +25,13 @@ from tests.helpers import (
 )
 
 # Containers start in seconds, but a cold machine builds their images first.
-pytestmark = [pytest.mark.containers, pytest.mark.timeout(480)]
+# one xdist worker runs them all, one after another: one set of broker containers, and the
+# compose stacks' host ports taken by one stack at a time
+pytestmark = [
+    pytest.mark.containers,
+    pytest.mark.timeout(480),
+    pytest.mark.xdist_group("containers"),
+]
 
 
 def submit(system: System, order: dict[str, Any], faults: dict[str, Any] | None = None) -> str:

@@ -237,6 +237,7 @@ def test_unwritable_data_dir_is_a_clear_error_at_start(
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.any_broker
 def test_compensation_delivered_before_its_action(
     make_system: Callable[..., System], redis_only: None
 ) -> None:
