@@ -69,6 +69,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = [item for item in items if item not in dropped]
+    # pytest-celery parametrizes its broker fixtures in an order that differs from one
+    # process to another; pytest-xdist needs every worker to collect the same list
+    within = [i for i, item in enumerate(items) if "[celery_" in item.nodeid]
+    ordered = sorted((items[i] for i in within), key=lambda t: t.nodeid)
+    for i, item in zip(within, ordered, strict=True):
+        items[i] = item
 
 
 #: The RabbitMQ the integration tier also runs on (.ci/run starts it where it is installed).
