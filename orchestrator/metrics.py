@@ -42,7 +42,7 @@ class StoreCollector(Collector):
             return
         try:
             counters = queries.counters(conn)
-            per_saga = queries.counters_by_saga(conn)
+            per_saga = queries.by_saga(counters)
             active = queries.active_by_saga(conn)
             alerts = queries.open_alert_count(conn)
         except (sqlite3.Error, SagaError):

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import unicodedata
 from typing import Any
 
 from order_app.cards import luhn_ok, tokenize
-from saga_app import InvalidInput
+from saga_app import InvalidInput, document_fingerprint
 
 
 class InvalidOrder(InvalidInput):
@@ -184,8 +182,7 @@ def fingerprint(document: Any) -> str:
     number could be reversed by trying every number that fits the rest)."""
     if isinstance(document, dict) and isinstance(document.get("card_number"), str):
         document = {**document, "card_number": re.sub(r"[ -]", "", document["card_number"])[-4:]}
-    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return document_fingerprint(document)
 
 
 def prepare(document: Any) -> tuple[dict[str, Any], str]:

@@ -41,7 +41,7 @@ Everything a saga's author writes comes from this module.
 
 from saga_app.app import BUILT_IN, App, AppError, configured, load, of
 from saga_app.client import cancel, get_saga, resolve, retry, run, submit, wait
-from saga_app.declare import Saga, Step
+from saga_app.declare import Saga, Step, document_fingerprint
 from saga_app.invariants import Ended, Invariant, Stores, Violation
 from saga_core.database import Connection, for_update, transaction
 from saga_core.errors import (
@@ -83,6 +83,7 @@ __all__ = [
     "cancel",
     "configured",
     "create_ledger_tables",
+    "document_fingerprint",
     "for_update",
     "get_saga",
     "load",

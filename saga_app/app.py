@@ -74,7 +74,10 @@ class App:
         """Every action and compensation its services register (each a task name)."""
         return [op for service in self.services for op in service.operations]
 
-    def saga(self, name: str) -> Saga:
+    def saga(self, name: str | None = None) -> Saga:
+        """The saga named ``name``; the first where None."""
+        if name is None:
+            return self.sagas[0]
         for saga in self.sagas:
             if saga.name == name:
                 return saga

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.definition import PayloadBuilder, SagaDefinition, StepDefinition
-from saga_core.errors import InvalidInput
+from saga_core.errors import ConfigError, InvalidInput
 from saga_core.retry import RetryPolicy
 from workers.service import Service
 
@@ -97,12 +97,20 @@ class Saga:
         model_schema = getattr(self.input, "model_json_schema", None)
         return model_schema() if callable(model_schema) else None
 
+    def samples(self, tool: str) -> Callable[[int, random.Random], Any]:
+        """Its ``sample`` function, for ``tool`` (a chaos campaign, the demo); a
+        ``ConfigError`` naming the saga where it declares none."""
+        if self.sample is None:
+            raise ConfigError(
+                f"saga {self.name!r} declares no sample inputs (Saga(sample=...)): "
+                f"{tool} needs them"
+            )
+        return self.sample
+
     def request_fingerprint(self, document: Any) -> str:
         """The fingerprint of a request to start this saga with ``document``."""
-        if self.fingerprint is not None:
-            return self.fingerprint(document)
-        canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        fingerprint = self.fingerprint or document_fingerprint
+        return fingerprint(document)
 
     def prepare(self, document: Any) -> tuple[dict[str, Any], str]:
         validate = getattr(self.input, "model_validate", None)
@@ -118,6 +126,12 @@ class Saga:
             raise _invalid(self.name)(where, str(first["msg"])) from None
         stored: dict[str, Any] = model.model_dump(mode="json")
         return stored, str(stored[self.key or ""])
+
+
+def document_fingerprint(document: Any) -> str:
+    """The SHA-256 of ``document``'s canonical JSON (sorted keys, no spaces, ASCII)."""
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 @functools.cache

@@ -131,8 +131,8 @@ def send(app: Celery, queue: Queue, task: str, argument: Any) -> None:
 
     On plain Redis it is one LPUSH of the message as kombu stores it, on this process's
     client (``redis_transport.push``): kombu's publish costs as much again as the
-    round trip, on every step's outcome. Where that push fails, kombu's publish sends it, retrying
-    by the app's policy; a push that took effect and lost its answer then arrives twice,
+    round trip, on every step's outcome. Where that push fails, kombu's publish sends it,
+    retrying by the app's policy; a push that took effect and lost its answer then arrives twice,
     which every receiver already takes in its stride (an outcome applied twice is refused
     as a duplicate, a command runs once by its idempotency key)."""
     url = app.conf.broker_url

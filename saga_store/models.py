@@ -121,6 +121,12 @@ def stored_name(stored: str) -> tuple[str, str | None]:
     return name, version if mark else None
 
 
+def client_key(idempotency_key: str | None) -> str | None:
+    """The client's own key of a saga (an order's id), from the key the store keeps it
+    under: ``saga:key`` (``Engine._prepare``)."""
+    return (idempotency_key or "").partition(":")[2] or None
+
+
 @dataclass(frozen=True)
 class SagaView:
     id: str

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Mapping
 
 from saga_core.database import Connection, Row, marks
 from saga_core.errors import SagaNotFound
@@ -20,6 +21,7 @@ from saga_store.models import (
     SagaView,
     StepState,
     StepView,
+    client_key,
     iso,
     stored_name,
 )
@@ -47,8 +49,7 @@ def get_saga(conn: Connection, saga_id: str) -> SagaView:
         id=row["id"],
         definition=name,
         version=version,
-        # stored as "saga:key" (the engine's _prepare)
-        key=(row["idempotency_key"] or "").partition(":")[2] or None,
+        key=client_key(row["idempotency_key"]),
         state=SagaState(row["state"]),
         input=json.loads(row["input"]),
         error=row["error"],
@@ -108,11 +109,12 @@ def active_by_saga(conn: Connection) -> Counter[tuple[str, str]]:
     return found
 
 
-def counters_by_saga(conn: Connection) -> dict[str, Counter[str]]:
-    """Every counter counted per saga (``transitions.COUNTED``): by counter, by saga name
-    (one counted before counters were kept per saga is under the name "")."""
+def by_saga(counters: Mapping[str, int]) -> dict[str, Counter[str]]:
+    """``counters`` (as :func:`counters` reads them) by counter, by the saga each counts
+    for (``transitions.COUNTED``; one counted before counters were kept per saga is under
+    the name "")."""
     found: dict[str, Counter[str]] = {}
-    for name, value in counters(conn).items():
+    for name, value in counters.items():
         counter, _, saga = name.partition(PER_SAGA)
         found.setdefault(counter, Counter())[saga] += value
     return found

@@ -29,7 +29,6 @@ from saga_app.app import configured
 from saga_app.app import of as app_of
 from saga_core import broker, dead_letters
 from saga_core.config import Settings
-from saga_core.errors import ConfigError
 from saga_core.signing import new_keys
 from saga_faults import switch
 from saga_faults.killer import KINDS, Killer
@@ -122,13 +121,8 @@ class Campaign:
         self.result = Result({})
         self.submitted: list[str] = []
         self.database = ""  # the PostgreSQL database of this campaign, where it has one
-        app = app_of(settings)
-        self.saga: Saga = app.saga(opts.saga) if opts.saga else app.sagas[0]
-        if self.saga.sample is None:
-            raise ConfigError(
-                f"saga {self.saga.name!r} declares no sample inputs (Saga(sample=...)): "
-                "a campaign needs them"
-            )
+        self.saga: Saga = app_of(settings).saga(opts.saga)
+        self.sample = self.saga.samples("a campaign")
 
     # --- set-up and tear-down ---------------------------------------------------------------
 
@@ -189,10 +183,9 @@ class Campaign:
 
     def inputs(self) -> list[tuple[Any, str, dict[str, Any] | None]]:
         """The campaign's inputs, each with its key and, for a few, a fault plan."""
-        assert self.saga.sample is not None
         made = []
         for n in range(self.opts.orders):
-            document = self.saga.sample(n, self.rng)
+            document = self.sample(n, self.rng)
             plan = None
             if self.rng.random() < self.opts.compensation_failure_rate:
                 plan = failing_compensation(self.saga, self.rng)

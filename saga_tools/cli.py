@@ -398,7 +398,6 @@ def _seed_pairs(words: list[str]) -> dict[str, int]:
 
 
 def cmd_faults(args: argparse.Namespace, settings: Settings) -> int:
-    from saga_faults import switch
     from saga_faults.plans import FaultPlans
 
     if not switch.is_on(settings):
@@ -490,7 +489,7 @@ def cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:
         pool=args.pool or process.default_pool(settings.broker_url),
         saga=args.saga,
     )
-    saga_name = args.saga or app_of(settings).sagas[0].name
+    saga_name = app_of(settings).saga(args.saga).name
     where = database.redact(opts.database) if opts.database else "SQLite"
     print(
         f"chaos: {opts.orders} {saga_name} sagas at {opts.rate}/s, a kill every "

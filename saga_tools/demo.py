@@ -27,7 +27,6 @@ from saga_app import Saga
 from saga_app.app import of as app_of
 from saga_core import broker
 from saga_core.config import Settings
-from saga_core.errors import ConfigError
 from saga_core.signing import new_keys
 from saga_faults import switch
 from saga_faults.killer import Killer
@@ -70,12 +69,9 @@ def make_batch(saga: Saga, count: int, seed: int = 7) -> list[Item]:
     """The batch the demo submits of ``saga``: the order saga's curated one, or samples."""
     if saga is ORDER:
         return make_orders(count, seed)
-    if saga.sample is None:
-        raise ConfigError(
-            f"saga {saga.name!r} declares no sample inputs (Saga(sample=...)): the demo needs them"
-        )
+    sample = saga.samples("the demo")
     rng = random.Random(seed)
-    batch: list[Item] = [("sample", saga.sample(n, rng), None) for n in range(1, count + 1)]
+    batch: list[Item] = [("sample", sample(n, rng), None) for n in range(1, count + 1)]
     plan = failing_compensation(saga, rng)
     if plan and batch:
         index = min(2, len(batch) - 1)
@@ -119,8 +115,7 @@ def run(
     saga: str | None = None,
 ) -> int:
     """The demo of ``saga`` (the app's first where None); its exit status."""
-    app = app_of(settings)
-    chosen = app.saga(saga) if saga else app.sagas[0]
+    chosen = app_of(settings).saga(saga)
     batch = make_batch(chosen, orders, seed)
     # The demo prints its own report; the submitting side's per-saga log lines would bury it.
     logging.getLogger("saga.orchestrator").setLevel(logging.WARNING)

@@ -14,7 +14,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from saga_core.database import Row
 from saga_store import Connection, SagaState, queries
-from saga_store.models import stored_name
+from saga_store.models import client_key, stored_name
 from saga_tools import timeline
 from saga_tools.web.auth import COOKIE, LoginNeeded, Tokens, page_readers
 from saga_tools.web.bodies import MAX_FORM_BYTES, limited
@@ -110,7 +110,7 @@ def install(app: FastAPI, store: Callable[[], Connection], tokens: Tokens) -> No
             body.append(
                 f"<tr><td><a href='/ui/sagas/{escape(r['id'])}'><code>{escape(r['id'])}</code></a>"
                 f"</td><td>{escape(stored_name(r['definition'])[0])}</td>"
-                f"<td>{escape(_client_key(r))}</td>"
+                f"<td>{escape(client_key(r['idempotency_key']) or '')}</td>"
                 f"<td class='{escape(r['state'])}'>{escape(r['state'])}</td>"
                 f"<td>{escape(r['created_at'])}</td>"
                 f"<td>{escape(r['error'] or '')}</td></tr>"
@@ -161,9 +161,3 @@ def install(app: FastAPI, store: Callable[[], Connection], tokens: Tokens) -> No
             )
         body.append("</table>")
         return _page(f"Saga {view.id}", "".join(body))
-
-
-def _client_key(row: Row) -> str:
-    """The client's key of the saga (an order's id): stored as ``saga:key``."""
-    key = row["idempotency_key"] or ""
-    return key.split(":", 1)[1] if ":" in key else ""
