@@ -154,12 +154,20 @@ def advisory_number(namespace: str, key: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
-def lock_key(conn: Connection, namespace: str, key: str) -> None:
-    """Hold ``key`` until the transaction ends, against every other transaction that
-    locks it: the rows of a key that does not exist yet cannot be locked. Nothing to do on
-    SQLite, where a write transaction holds the whole database."""
-    if dialect(conn) != SQLITE:
-        conn.execute("SELECT pg_advisory_xact_lock(?)", (advisory_number(namespace, key),))
+def try_lock_key(conn: Connection, namespace: str, key: str) -> Any:
+    """Hold ``key`` until the transaction ends, against every other transaction that locks
+    it, if no other holds it now: the rows of a key that does not exist yet cannot be
+    locked. Returns the pending answer for :func:`key_taken`, to read after sending what
+    follows (in a pipeline, PostgreSQL answers it all in one round trip). On SQLite, where
+    a write transaction holds the whole database, there is nothing to take: always taken."""
+    if dialect(conn) == SQLITE:
+        return None
+    return conn.execute("SELECT pg_try_advisory_xact_lock(?)", (advisory_number(namespace, key),))
+
+
+def key_taken(answer: Any) -> bool:
+    """Whether :func:`try_lock_key` took its key."""
+    return answer is None or bool(answer.fetchone()[0])
 
 
 def pipeline(conn: Connection) -> AbstractContextManager[Any]:

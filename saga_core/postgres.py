@@ -12,6 +12,7 @@ a transaction opens a new connection.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
@@ -142,9 +143,16 @@ class PgConnection:
             return DatabaseUnavailable(f"PostgreSQL went away: {exc}")
         return TransientError(f"PostgreSQL: {exc}")
 
-    def pipeline(self) -> Any:
-        """Statements sent without waiting for each one's answer, until a result is read."""
-        return self.connection.pipeline()
+    @contextmanager
+    def pipeline(self) -> Iterator[None]:
+        """Statements sent without waiting for each one's answer, until a result is read.
+        A failure surfaces where an answer is read, or where the block ends: it is told
+        as :meth:`execute` tells it (the server away, or a passing failure)."""
+        try:
+            with self.connection.pipeline():
+                yield
+        except psycopg.OperationalError as exc:
+            raise self._failure(exc) from exc
 
     def close(self) -> None:
         if self._conn is not None:

@@ -14,9 +14,11 @@ and needs no renewal timer and no clock. The lock is per process (and each proce
 the file open for good: closing any descriptor of it would drop every lease the process
 holds), so threads of one process also keep a set of the keys they run.
 
-Where the database is PostgreSQL, shared by replicas on many hosts, a lease is an advisory
-lock of the session (the thread's connection) on a number drawn from the key: the server
-drops it when the session ends, however its process dies, as the kernel does a record lock.
+Where the database is PostgreSQL, shared by replicas on many hosts, the lease is the lock
+the ledger's transaction takes on its key, without waiting, as its first statement
+(``workers.ledger``): an advisory lock the server drops when the transaction ends, however
+its process dies, as the kernel does a record lock. It is held while the run's effect and
+ledger row are written, which is what it guards, and costs no round trip of its own.
 """
 
 from __future__ import annotations
@@ -28,30 +30,20 @@ import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any, Protocol
-
-from saga_core.database import advisory_number
+from typing import Protocol
 
 
 class Leases(Protocol):
     def hold(self, key: str) -> AbstractContextManager[bool]: ...
 
 
-class SessionLeases:
-    """Leases as advisory locks of a PostgreSQL session (the thread's connection)."""
-
-    def __init__(self, conn: Any):
-        self.conn = conn
+class InTransaction:
+    """PostgreSQL's leases: nothing to take before the run; the ledger's transaction takes
+    its key (and raises ``workers.ledger.UnderWay`` where another run holds it)."""
 
     @contextmanager
     def hold(self, key: str) -> Iterator[bool]:
-        number = advisory_number("lease", key)
-        taken = bool(self.conn.execute("SELECT pg_try_advisory_lock(?)", (number,)).fetchone()[0])
-        try:
-            yield taken
-        finally:
-            if taken:
-                self.conn.execute("SELECT pg_advisory_unlock(?)", (number,))
+        yield True
 
 
 class FileLeases:

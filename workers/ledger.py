@@ -3,6 +3,13 @@
 An action's effect and its ledger row are written in one local transaction, so a key takes
 effect at most once and a repeat returns the first result. A compensation for a key whose
 action never ran is recorded too, so that the late action is refused instead of taking effect.
+
+A run first takes its key for the transaction without waiting: one that finds another run
+of the key under way (a replica sharing the ledger, the step sent again while a cut-off
+worker still runs it) raises :class:`UnderWay` and leaves the key to it. On PostgreSQL
+that lock is the run's lease (``workers.lease``), and a run costs few round trips: the
+transaction's start, the key's lock and the lookup go in one; the effect's own reads, one
+each; the ledger row and the commit, one.
 """
 
 from __future__ import annotations
@@ -12,10 +19,25 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from saga_core.database import Connection, lock_key, transaction
+from saga_core.database import (
+    Connection,
+    Row,
+    key_taken,
+    pipeline,
+    transaction,
+    try_lock_key,
+)
 from saga_core.errors import BusinessError
 
 BLOCKED = "refused: this request was already compensated"
+
+
+class UnderWay(Exception):
+    """Another run of the key holds it: this one leaves the key to that run."""
+
+    def __init__(self, key: str):
+        super().__init__(f"another run of {key} is under way")
+        self.key = key
 
 
 def _now() -> str:
@@ -33,9 +55,8 @@ def run_action(
     """
     refusal: str | None = None
     failure: BusinessError | None = None
-    with transaction(conn):
-        lock_key(conn, "ledger", key)  # replicas sharing the ledger run a key one at a time
-        row = conn.execute("SELECT * FROM idempotency WHERE key = ?", (key,)).fetchone()
+    with pipeline(conn), transaction(conn):
+        row = _claim(conn, key)
         if row is not None and row["action_status"] == "done":
             return json.loads(row["action_result"]), False
         if row is not None and row["action_status"] is not None:
@@ -78,9 +99,8 @@ def run_compensation(
     Where the action never took effect (refused, or not arrived yet), nothing is undone,
     and the key is marked so that a late action is refused.
     """
-    with transaction(conn):
-        lock_key(conn, "ledger", key)
-        row = conn.execute("SELECT * FROM idempotency WHERE key = ?", (key,)).fetchone()
+    with pipeline(conn), transaction(conn):
+        row = _claim(conn, key)
         if row is not None and row["compensation_status"] == "done":
             return json.loads(row["compensation_result"]), False
         if row is not None and row["action_status"] == "done":
@@ -96,6 +116,16 @@ def run_compensation(
             (key, compensation, json.dumps(output), _now()),
         )
     return output, True
+
+
+def _claim(conn: Connection, key: str) -> Row | None:
+    """Take ``key`` for the transaction and read its record (sent together: the lookup
+    runs after the lock, so it sees what the last holder committed)."""
+    lock = try_lock_key(conn, "ledger", key)
+    found = conn.execute("SELECT * FROM idempotency WHERE key = ?", (key,))
+    if not key_taken(lock):
+        raise UnderWay(key)
+    return found.fetchone()
 
 
 def begin_delivery(conn: Connection, key: str, operation: str) -> int:

@@ -32,7 +32,7 @@ from saga_core.database import Connection, Location
 from saga_core.errors import MalformedCommand
 from workers import ledger
 from workers import migrations as service_migrations
-from workers.lease import FileLeases, Leases, SessionLeases
+from workers.lease import FileLeases, InTransaction, Leases
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -102,7 +102,7 @@ class Service:
         where the database is shared; else every worker's on this host."""
         where = self.where(place)
         if where.dialect != database.SQLITE:
-            return SessionLeases(self.database(where))
+            return InTransaction()
         path = where.path.with_suffix(".leases")
         if path not in self._leases:
             self._leases[path] = FileLeases(path)

@@ -94,18 +94,21 @@ class StepRunner:
         and after ``max_deliveries`` deaths in a row it is given up (a poison message must
         not loop for ever). A first delivery costs no such write.
         """
-        with self.service.leases(self._database).hold(command.key) as taken:
-            if not taken:
-                log.info(
-                    "%s: another run of %s is under way; leaving the step to it",
-                    command.operation,
-                    command.key,
-                    extra=context(command, tries),
-                )
-                return None
-            if not redelivered and command.attempt == 1:
-                return self._run(command, tries)
-            return self._run_counted(command, tries)
+        try:
+            with self.service.leases(self._database).hold(command.key) as taken:
+                if not taken:
+                    raise ledger.UnderWay(command.key)
+                if not redelivered and command.attempt == 1:
+                    return self._run(command, tries)
+                return self._run_counted(command, tries)
+        except ledger.UnderWay:
+            log.info(
+                "%s: another run of %s is under way; leaving the step to it",
+                command.operation,
+                command.key,
+                extra=context(command, tries),
+            )
+            return None
 
     def _run_counted(self, command: Command, tries: int) -> Outcome | Retry:
         db = self.service.database(self._database)
@@ -154,7 +157,7 @@ class StepRunner:
         except BusinessError as exc:
             log.info("%s refused: %s", op, exc.message, extra=context(command, tries))
             return command.answer(Status.REJECTED, tries + 1, error=exc.message)
-        except DatabaseUnavailable:
+        except (DatabaseUnavailable, ledger.UnderWay):
             raise
         except BUSY as exc:
             return self._retry_or_give_up(command, tries, exc)

@@ -1,15 +1,15 @@
 """The compose stack as its README section runs it: up, healthy, an order through the API,
 a worker container SIGKILLed while it holds a step and restarted by its policy, every saga
-ended, a clean audit, metrics and Flower read from the host, down. Twice: on the data
-volume's SQLite files, and with the postgres profile (every database in PostgreSQL, two
-payment workers on one ledger)."""
+ended, a clean audit, metrics and Flower read from the host, down. On the data volume's
+SQLite files, and with the postgres profile (every database in PostgreSQL, two payment
+workers on one ledger); each with Compose v2 (``docker compose``) and v1
+(``docker-compose``)."""
 
 from __future__ import annotations
 
 import functools
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -44,13 +44,21 @@ LONG_RUNNING = ("redis", "orchestrator", "inventory", "payment", "shipping", "no
 LONG_RUNNING += ("api", "flower")
 
 
-def compose_command() -> list[str]:
-    if shutil.which("docker-compose"):
-        return ["docker-compose"]
-    probe = subprocess.run(["docker", "compose", "version"], capture_output=True)
-    if probe.returncode == 0:
-        return ["docker", "compose"]
-    unavailable("neither docker-compose nor docker compose is installed")
+#: The two Composes a user may run this file with: v2 (``docker compose``, the Docker CLI's
+#: plugin) and v1 (``docker-compose``, the one Debian packages, end-of-life but shipped).
+COMPOSES = {"v2": ["docker", "compose"], "v1": ["docker-compose"]}
+
+
+def compose_command(version: str) -> list[str]:
+    command = COMPOSES[version]
+    probe = subprocess.run([*command, "version"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        shown = " ".join(command)
+        unavailable(f"Compose {version} ({shown}) is not installed; .ci/run installs it")
+    # Debian's v1 answers "docker-compose version 1.29.2", v2 "Docker Compose version v2.40.3"
+    found = probe.stdout.split("version", 1)[-1].strip().lstrip("v")
+    assert found.startswith(version[1:] + "."), f"{' '.join(command)} is Compose {found}"
+    return command
 
 
 class Stack:
@@ -163,11 +171,15 @@ def _down_leftovers(command: list[str], client: docker.DockerClient) -> None:
 POSTGRES_URL = "postgresql://postgres:saga@postgres:5432/postgres"
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(
+    params=[("v2", "sqlite"), ("v2", "postgres"), ("v1", "sqlite"), ("v1", "postgres")],
+    ids="-".join,
+)
 def stack(request: pytest.FixtureRequest, docker_client: docker.DockerClient) -> Iterator[Stack]:
-    command = compose_command()
+    version, database = request.param
+    command = compose_command(version)
     _down_leftovers(command, docker_client)
-    on_postgres = request.param == "postgres"
+    on_postgres = database == "postgres"
     project = f"{PROJECT_PREFIX}{os.getpid()}x{uuid.uuid4().hex[:6]}"
     stack = Stack(project, command, docker_client, POSTGRES_URL if on_postgres else "")
     try:

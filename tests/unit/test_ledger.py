@@ -4,16 +4,20 @@ first blocks its action."""
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from order_app import inventory, payment
-from saga_core.database import SQLITE, Connection, Location, dialect
+from saga_core.config import Settings
+from saga_core.database import SQLITE, Connection, Location, dialect, key_taken, try_lock_key
 from saga_core.errors import BusinessError, TransientError
+from saga_core.messages import Command, Outcome, Phase, Status
+from saga_core.retry import RetryPolicy
+from workers.ledger import UnderWay
 from workers.service import Service
+from workers.task import StepRunner
 
 ITEMS = {"reference": "ORD-1", "items": [{"sku": "WIDGET", "quantity": 3}]}
 
@@ -109,54 +113,53 @@ def test_replicas_running_one_key_at_once_take_effect_once(
     inv: Connection, place: Location | Path
 ) -> None:
     """Two replicas of the service (a connection each) get the same reservation at the same
-    moment: the second waits for the first, then answers with its result."""
+    moment. On SQLite the second waits for the database's write lock, then answers with the
+    first's result; on PostgreSQL it finds the key under way and leaves it to the first at
+    once (``UnderWay``: the step runner answers nothing), and a later run answers with the
+    first's result. Either way the stock moves once."""
     first_inside = threading.Event()
     second_began = threading.Event()  # SQLite: its BEGIN IMMEDIATE is under way
-    second_backend: list[int] = []  # PostgreSQL: its server process
+    second_done = threading.Event()
     results: dict[str, Any] = {}
 
-    def second_waits() -> bool:
-        if dialect(inv) == SQLITE:
-            return second_began.is_set()
-        return bool(
-            second_backend
-            and inv.execute(
-                "SELECT COUNT(*) FROM pg_locks WHERE pid = ? AND NOT granted", (second_backend[0],)
-            ).fetchone()[0]
-        )
-
-    def let_the_second_queue_up() -> None:
+    def hold_the_key() -> None:
         first_inside.set()
-        deadline = time.monotonic() + 10
-        while not second_waits():  # the first holds the key until the second waits on it
-            assert time.monotonic() < deadline, "the second replica never waited on the first"
-            time.sleep(0.01)
+        if dialect(inv) == SQLITE:  # the first holds the key until the second waits on it
+            assert second_began.wait(10), "the second replica never waited on the first"
+        else:  # or until the second has left it
+            assert second_done.wait(10), "the second replica never came back"
 
     def replica(name: str, before_effect: Any = None) -> None:
         db = inventory.service._open(inventory.service.where(place))  # a connection of its own
-        if name == "two":
-            if dialect(db) == SQLITE:
-                db.set_trace_callback(  # type: ignore[attr-defined]
-                    lambda sql: second_began.set() if sql.startswith("BEGIN") else None
-                )
-            else:
-                second_backend.append(db.execute("SELECT pg_backend_pid()").fetchone()[0])
+        if name == "two" and dialect(db) == SQLITE:
+            db.set_trace_callback(  # type: ignore[attr-defined]
+                lambda sql: second_began.set() if sql.startswith("BEGIN") else None
+            )
         try:
             results[name] = inventory.service.run(
                 db, "reserve_inventory", "s1:r", ITEMS, before_effect=before_effect
             )
+        except UnderWay as exc:
+            results[name] = exc
         finally:
+            if name == "two":
+                second_done.set()
             db.close()
 
-    one = threading.Thread(target=replica, args=("one", let_the_second_queue_up))
+    one = threading.Thread(target=replica, args=("one", hold_the_key))
     one.start()
     assert first_inside.wait(10)
     two = threading.Thread(target=replica, args=("two",))
     two.start()
     one.join(20)
     two.join(20)
-    (out_one, fresh_one), (out_two, fresh_two) = results["one"], results["two"]
-    assert out_one == out_two and (fresh_one, fresh_two) == (True, False)
+    out_one, fresh_one = results["one"]
+    assert fresh_one is True
+    if dialect(inv) == SQLITE:
+        assert results["two"] == (out_one, False)
+    else:
+        assert isinstance(results["two"], UnderWay)
+        assert inventory.service.run(inv, "reserve_inventory", "s1:r", ITEMS) == (out_one, False)
     assert available(inv, "WIDGET") == 7
 
 
@@ -208,3 +211,32 @@ def test_an_outside_effect_is_made_once_by_its_key(place: Location | Path) -> No
     assert payments.run(db, "refund_payment", "s1:pay", {})[0] == undone[0]
     assert undone[0] == {"refund_id": "re_ch_1"}
     assert provider.calls[2:] == ["s1:pay/refund_payment"]
+
+
+def test_on_postgresql_a_run_of_a_key_under_way_on_another_replica_is_left_to_it(
+    postgres_url: str, pg_schema: str
+) -> None:
+    """The lease on PostgreSQL is the ledger transaction's lock on the key: a run that finds
+    it held answers nothing and takes no effect, and the lock dies with its holder's
+    session, however that ends."""
+    place = Location(postgres_url, pg_schema)
+    inv = inventory.service.database(place)
+    inventory.set_stock(inv, "WIDGET", 10)
+    runner = StepRunner(Settings(database_url=place.url), inventory.service)
+    runner._database = place  # the test's own schema
+    command = Command(
+        "reserve_inventory", "s1", "reserve_inventory", Phase.ACTION, 1, ITEMS, RetryPolicy()
+    )
+    other = inventory.service._open(place)  # another replica, mid-run on the key
+    other.execute("BEGIN")
+    assert key_taken(try_lock_key(other, "ledger", command.key))
+    assert runner.run(command, tries=0) is None
+    assert runner.run(command, tries=0, redelivered=True) is None
+    assert available(inv, "WIDGET") == 10
+    # its server process ends (a crash, a failover): the key is free, and runs here once
+    backend = other.execute("SELECT pg_backend_pid()").fetchone()[0]
+    # waits for the end, so that the lock is gone when it returns
+    inv.execute("SELECT pg_terminate_backend(?, 10000)", (backend,))
+    outcome = runner.run(command, tries=0)
+    assert isinstance(outcome, Outcome) and outcome.status is Status.SUCCEEDED
+    assert available(inv, "WIDGET") == 7
