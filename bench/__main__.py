@@ -376,6 +376,7 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
         )
     if "signing" in results:
         out["signing_ms_per_saga_derived"] = results["signing"]["derived_ms_per_saga"]
+    out.update(postgresql_ratios(results.get("scaling", {}).get("runs", [])))
     compared = results.get("compare")
     if compared is None:
         return out
@@ -413,6 +414,32 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
             for key, value in found_ratios.items():
                 out[f"saga_to_{peer}_{key}_at_load"] = value
     return out
+
+
+def postgresql_ratios(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One orchestrator on PostgreSQL against the SQLite system, from the scaling runs of
+    the same bench run: sagas/s, and the CPU per saga of the workers and of everything
+    (the orchestrator, the workers, the client and, on PostgreSQL, its server)."""
+    single = {r["database"]: r for r in runs if r["orchestrators"] == 1}
+    if {"sqlite", "postgresql"} - set(single):
+        return {}
+    lite, pg = single["sqlite"], single["postgresql"]
+
+    def everything(row: dict[str, Any]) -> float:
+        return round(sum(v for k, v in row.items() if k.endswith("_cpu_ms_per_saga")), 2)
+
+    return {
+        "postgresql_to_sqlite_throughput": round(
+            pg["sagas_per_second"] / lite["sagas_per_second"], 3
+        ),
+        "workers_cpu_ms_per_saga_sqlite": lite["workers_cpu_ms_per_saga"],
+        "workers_cpu_ms_per_saga_postgresql": pg["workers_cpu_ms_per_saga"],
+        "postgresql_to_sqlite_workers_cpu": round(
+            pg["workers_cpu_ms_per_saga"] / lite["workers_cpu_ms_per_saga"], 3
+        ),
+        "all_cpu_ms_per_saga_sqlite": everything(lite),
+        "all_cpu_ms_per_saga_postgresql": everything(pg),
+    }
 
 
 def recovery(settings: Settings, in_flight: int) -> dict[str, Any]:

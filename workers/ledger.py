@@ -53,42 +53,58 @@ def run_action(
     every repeat. A transient failure (any other exception) rolls everything back and
     records nothing, so a retry starts afresh.
     """
-    refusal: str | None = None
-    failure: BusinessError | None = None
+    try:
+        with pipeline(conn), transaction(conn):
+            row = _claim(conn, key)
+            if row is None:
+                output = effect()
+                _record(conn, key, operation, "done", output)
+                return output, True
+            if row["action_status"] is None:
+                _block(conn, key, operation)
+    except BusinessError as exc:
+        # The effect's own writes went with the transaction (no savepoint on the way of
+        # every step): the refusal is recorded in one of its own.
+        return _refused(conn, key, operation, exc)
+    return _repeat(row)
+
+
+def _refused(conn: Connection, key: str, operation: str, failure: BusinessError) -> Any:
     with pipeline(conn), transaction(conn):
         row = _claim(conn, key)
-        if row is not None and row["action_status"] == "done":
-            return json.loads(row["action_result"]), False
-        if row is not None and row["action_status"] is not None:
-            refusal = json.loads(row["action_result"])
-        elif row is not None:  # compensated before the action arrived
-            refusal = BLOCKED
-            conn.execute(
-                "UPDATE idempotency SET operation = ?, action_status = 'blocked', "
-                "action_result = ?, updated_at = ? WHERE key = ?",
-                (operation, json.dumps(refusal), _now(), key),
-            )
-        else:
-            conn.execute("SAVEPOINT effect")
-            try:
-                output = effect()
-            except BusinessError as exc:
-                conn.execute("ROLLBACK TO effect")
-                failure, refusal = exc, exc.message
-                status, result = "rejected", refusal
-            else:
-                status, result = "done", output
-            conn.execute("RELEASE effect")
-            conn.execute(
-                "INSERT INTO idempotency (key, operation, action_status, action_result, "
-                "updated_at) VALUES (?, ?, ?, ?, ?)",
-                (key, operation, status, json.dumps(result), _now()),
-            )
-    if failure is not None:
+        if row is None:
+            _record(conn, key, operation, "rejected", failure.message)
+        elif row["action_status"] is None:
+            _block(conn, key, operation)
+    if row is None:
         raise failure
-    if refusal is not None:
-        raise BusinessError(refusal)
-    return output, True
+    return _repeat(row)  # another run recorded the key meanwhile: its record stands
+
+
+def _record(conn: Connection, key: str, operation: str, status: str, result: Any) -> None:
+    conn.execute(
+        "INSERT INTO idempotency (key, operation, action_status, action_result, updated_at) "
+        "VALUES (?, ?, ?, ?, ?)",
+        (key, operation, status, json.dumps(result), _now()),
+    )
+
+
+def _block(conn: Connection, key: str, operation: str) -> None:
+    """The key was compensated before its action arrived: the action is refused for good."""
+    conn.execute(
+        "UPDATE idempotency SET operation = ?, action_status = 'blocked', "
+        "action_result = ?, updated_at = ? WHERE key = ?",
+        (operation, json.dumps(BLOCKED), _now(), key),
+    )
+
+
+def _repeat(row: Row) -> tuple[Any, bool]:
+    """The answer of a key already recorded: its first result, or its refusal again."""
+    if row["action_status"] == "done":
+        return json.loads(row["action_result"]), False
+    if row["action_status"] is None:
+        raise BusinessError(BLOCKED)
+    raise BusinessError(json.loads(row["action_result"]))
 
 
 def run_compensation(
