@@ -162,7 +162,9 @@ def try_lock_key(conn: Connection, namespace: str, key: str) -> Any:
     a write transaction holds the whole database, there is nothing to take: always taken."""
     if dialect(conn) == SQLITE:
         return None
-    return conn.execute("SELECT pg_try_advisory_xact_lock(?)", (advisory_number(namespace, key),))
+    # advisory locks are the whole database's: the schema keeps each owner's keys apart
+    number = advisory_number(f"{namespace}@{getattr(conn, 'schema', '')}", key)
+    return conn.execute("SELECT pg_try_advisory_xact_lock(?)", (number,))
 
 
 def key_taken(answer: Any) -> bool:

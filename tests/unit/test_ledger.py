@@ -11,7 +11,15 @@ import pytest
 
 from order_app import inventory, payment
 from saga_core.config import Settings
-from saga_core.database import SQLITE, Connection, Location, dialect, key_taken, try_lock_key
+from saga_core.database import (
+    SQLITE,
+    Connection,
+    Location,
+    connect,
+    dialect,
+    key_taken,
+    try_lock_key,
+)
 from saga_core.errors import BusinessError, TransientError
 from saga_core.messages import Command, Outcome, Phase, Status
 from saga_core.retry import RetryPolicy
@@ -240,3 +248,24 @@ def test_on_postgresql_a_run_of_a_key_under_way_on_another_replica_is_left_to_it
     outcome = runner.run(command, tries=0)
     assert isinstance(outcome, Outcome) and outcome.status is Status.SUCCEEDED
     assert available(inv, "WIDGET") == 7
+
+
+def test_on_postgresql_a_key_under_way_in_another_schema_is_not_this_ones(
+    postgres_url: str, pg_schema: str
+) -> None:
+    """Advisory locks are the whole database's; two services (or two shops) with schemas
+    of their own in one database never hold each other's keys."""
+    place = Location(postgres_url, pg_schema)
+    inventory.set_stock(inventory.service.database(place), "WIDGET", 10)
+    other = connect(Location(postgres_url, f"{pg_schema}_other"))
+    try:
+        other.execute("BEGIN")
+        assert key_taken(try_lock_key(other, "ledger", "s1:r"))
+        _, fresh = inventory.service.run(
+            inventory.service.database(place), "reserve_inventory", "s1:r", ITEMS
+        )
+        assert fresh is True
+        other.execute("ROLLBACK")
+    finally:
+        other.execute(f"DROP SCHEMA IF EXISTS {pg_schema}_other CASCADE")
+        other.close()
