@@ -119,7 +119,8 @@ def recovery(stack: Stack, load: Load, lost_at: float, what: str) -> float:
         return None
 
     seconds = float(wait_for(completed_after, 180, f"a saga placed after {what} to complete"))
-    print(f"{what}: the next saga completed {seconds:.1f}s after it")
+    placed = len(load.since(lost_at))
+    print(f"{what}: the next saga completed {seconds:.1f}s after it; {placed} orders placed since")
     return seconds
 
 
