@@ -49,9 +49,17 @@ def events_during_a_saga(system: System) -> list[dict[str, Any]]:
     ready = threading.Event()
     receivers = []
 
+    # Events cross every test's broker database: only this system's workers' count (their
+    # names carry its queue prefix), not those of a test running beside it.
+    prefix = system.settings.queue_prefix
+
+    def keep(event: dict[str, Any]) -> None:
+        if prefix in str(event.get("hostname", "")):
+            seen.append(event)
+
     def capture() -> None:
         with app.connection_for_read() as connection:
-            receiver = app.events.Receiver(connection, handlers={"*": seen.append})
+            receiver = app.events.Receiver(connection, handlers={"*": keep})
             receivers.append(receiver)
             ready.set()
             for _ in receiver.itercapture(limit=None, timeout=30, wakeup=False):
