@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import urllib.request
+import uuid
 from typing import Any
 
 import docker
@@ -139,3 +140,12 @@ def _down_leftovers(command: list[str], client: docker.DockerClient) -> None:
                 Stack(project, command, client).compose(
                     "--profile", "postgres", "--profile", "cluster", "down", "-v", check=False
                 )
+
+
+def new_stack(version: str, client: docker.DockerClient, database_url: str = "") -> Stack:
+    """A compose project of this run's own on Compose ``version``, named as
+    :func:`_down_leftovers` reads the names (after taking down those of runs that died)."""
+    command = compose_command(version)
+    _down_leftovers(command, client)
+    project = f"{PROJECT_PREFIX}{os.getpid()}x{uuid.uuid4().hex[:6]}"
+    return Stack(project, command, client, database_url)

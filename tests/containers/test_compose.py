@@ -13,14 +13,13 @@ import signal
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator
 
 import docker
 import pytest
 
 from saga_core.processes import wait_for
-from tests.containers.compose import PROJECT_PREFIX, Stack, _down_leftovers, compose_command
+from tests.containers.compose import Stack, new_stack
 from tests.helpers import make_order
 
 # Containers start in seconds, but a cold machine builds their images first.
@@ -47,11 +46,8 @@ POSTGRES_URL = "postgresql://postgres:saga@postgres:5432/postgres"
 )
 def stack(request: pytest.FixtureRequest, docker_client: docker.DockerClient) -> Iterator[Stack]:
     version, database = request.param
-    command = compose_command(version)
-    _down_leftovers(command, docker_client)
     on_postgres = database == "postgres"
-    project = f"{PROJECT_PREFIX}{os.getpid()}x{uuid.uuid4().hex[:6]}"
-    stack = Stack(project, command, docker_client, POSTGRES_URL if on_postgres else "")
+    stack = new_stack(version, docker_client, POSTGRES_URL if on_postgres else "")
     try:
         if on_postgres:
             stack.compose("--profile", "postgres", "up", "-d", "--no-build", "--scale", "payment=2")

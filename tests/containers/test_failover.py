@@ -17,11 +17,9 @@ the loss to the first completed saga of an order placed after it.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 import urllib.error
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,7 +27,7 @@ import docker
 import pytest
 
 from saga_core.processes import wait_for
-from tests.containers.compose import PROJECT_PREFIX, Stack, _down_leftovers, compose_command
+from tests.containers.compose import Stack, new_stack
 from tests.helpers import make_order
 
 pytestmark = [
@@ -158,10 +156,7 @@ def lose_a_node(stack: Stack, load: Load, queue: str, figures: dict[str, Any]) -
 
 @pytest.fixture
 def cluster(docker_client: docker.DockerClient) -> Iterator[Stack]:
-    command = compose_command("v2")
-    _down_leftovers(command, docker_client)
-    project = f"{PROJECT_PREFIX}{os.getpid()}x{uuid.uuid4().hex[:6]}"
-    stack = Stack(project, command, docker_client, DATABASE_URL)
+    stack = new_stack("v2", docker_client, DATABASE_URL)
     stack.env.update(
         SAGA_BROKER_URL=BROKER_URL,
         SAGA_QUORUM_QUEUES="1",
