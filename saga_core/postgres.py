@@ -11,19 +11,29 @@ a transaction opens a new connection.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
+from psycopg import errors, pq
+from psycopg.abc import Transformer as AdaptContext
+from psycopg.adapt import PyFormat, Transformer
+from psycopg.generators import fetch_many, pipeline_communicate
 from psycopg.pq import TransactionStatus
+from psycopg.pq.abc import PGresult
 from psycopg.types.string import TextLoader
 
 from saga_core.errors import ConfigError, DatabaseUnavailable, TransientError
 
 CONNECT_TIMEOUT = 10
+
+TUPLES_OK, COMMAND_OK = pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK
+FATAL_ERROR, PIPELINE_ABORTED = pq.ExecStatus.FATAL_ERROR, pq.ExecStatus.PIPELINE_ABORTED
+PIPELINE_SYNC = pq.ExecStatus.PIPELINE_SYNC
 
 
 class Row:
@@ -50,25 +60,23 @@ class Row:
         return f"Row({dict(zip(self._index, self._values, strict=True))})"
 
 
-def _row_factory(cursor: Any) -> Any:
-    # Read from the result's field names, not cursor.description, which builds a column
-    # object per field on every statement: a tenth of a worker's step on PostgreSQL.
-    result = cursor.pgresult
-    if result is None or not result.nfields:
-        return None
-    index = _index(tuple(result.fname(i) for i in range(result.nfields)))
-    return lambda values: Row(values, index)
-
-
 @lru_cache(maxsize=512)
 def _index(names: tuple[bytes, ...]) -> dict[str, int]:
     return {name.decode(): i for i, name in enumerate(names)}
 
 
+def _maker(index: dict[str, int]) -> Any:
+    return lambda values: Row(values, index)
+
+
 @lru_cache(maxsize=512)
-def _placeholders(sql: str) -> str:
-    """``?`` parameters as psycopg's ``%s`` (and a literal ``%`` doubled)."""
-    return sql.replace("%", "%%").replace("?", "%s")
+def _numbered(sql: str) -> bytes:
+    """``?`` parameters as PostgreSQL's ``$1, $2, ...``."""
+    parts = sql.split("?")
+    out = [parts[0]]
+    for n, part in enumerate(parts[1:], 1):
+        out.append(f"${n}{part}")
+    return "".join(out).encode()
 
 
 def options(schema: str) -> str:
@@ -86,12 +94,96 @@ def connect(url: str, schema: str) -> PgConnection:
     return PgConnection(url, schema)
 
 
+class Result:
+    """A statement's answer: its rows, and how many rows it changed. In a pipeline it
+    comes when first read, which sends everything queued and waits for all of it."""
+
+    __slots__ = ("_conn", "_count", "_error", "_names", "_ready", "_rows")
+
+    def __init__(self, conn: PgConnection):
+        self._conn = conn
+        self._rows: list[Row] = []
+        self._count = 0
+        self._error: BaseException | None = None
+        self._ready = False
+        self._names: dict[str, int] = {}
+
+    def _wait(self) -> None:
+        if not self._ready:
+            self._conn._sync()
+        if self._error is not None:
+            raise self._error
+
+    def fetchone(self) -> Row | None:
+        self._wait()
+        return self._rows.pop(0) if self._rows else None
+
+    def fetchall(self) -> list[Row]:
+        self._wait()
+        rows, self._rows = self._rows, []
+        return rows
+
+    def __iter__(self) -> Iterator[Row]:
+        return iter(self.fetchall())
+
+    @property
+    def rowcount(self) -> int:
+        self._wait()
+        return self._count
+
+    @property
+    def description(self) -> list[tuple[str, None, None, None, None, None, None]] | None:
+        """The columns, as DB-API names them (only the name is known)."""
+        self._wait()
+        return [(name, None, None, None, None, None, None) for name in self._names] or None
+
+    def _take(self, results: list[PGresult], tx: AdaptContext, encoding: str) -> None:
+        """Read this statement's results as they came (one, unless it was refused)."""
+        self._ready = True
+        for res in results:
+            status = res.status
+            if status == TUPLES_OK:
+                index = self._names = _index(tuple(res.fname(i) for i in range(res.nfields)))
+                tx.set_pgresult(res)
+                self._rows.extend(tx.load_rows(0, res.ntuples, _maker(index)))
+                self._count += res.ntuples
+            elif status == COMMAND_OK:
+                self._count += res.command_tuples or 0
+            elif status == FATAL_ERROR:
+                self._error = errors.error_from_result(res, encoding=encoding)
+            elif status == PIPELINE_ABORTED:
+                self._error = errors.PipelineAborted("an earlier statement failed")
+
+
+class _Prepared(Result):
+    """The answer to preparing a statement: where it fails, the name is not kept."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self, conn: PgConnection, key: tuple[str, tuple[int, ...]]):
+        super().__init__(conn)
+        self._key = key
+
+    def _take(self, results: list[PGresult], tx: AdaptContext, encoding: str) -> None:
+        super()._take(results, tx, encoding)
+        if self._error is not None:
+            self._conn._statements.pop(self._key, None)
+
+
 class PgConnection:
-    """One connection to PostgreSQL, in ``schema``."""
+    """One connection to PostgreSQL, in ``schema``, used by one thread at a time.
+
+    Statements go to the server by libpq's pipeline directly, each prepared once per
+    connection, with psycopg's type adaptation: psycopg's cursors cost several times the
+    client's CPU per statement, which on a worker's step is most of what PostgreSQL costs
+    over SQLite. Every statement is queued at once; the queue goes with a sync point when a
+    result is read, or, outside :meth:`pipeline`, at once.
+    """
 
     def __init__(self, url: str, schema: str):
         self.url, self.schema = url, schema
         self._conn: psycopg.Connection[Any] | None = None
+        self._piped = 0
         self._open()
 
     def _open(self) -> psycopg.Connection[Any]:
@@ -101,7 +193,6 @@ class PgConnection:
                 autocommit=True,
                 connect_timeout=CONNECT_TIMEOUT,
                 options=options(self.schema),
-                row_factory=_row_factory,
             )
         except psycopg.OperationalError as exc:
             raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
@@ -110,6 +201,11 @@ class PgConnection:
         for json_type in ("json", "jsonb"):
             conn.adapters.register_loader(json_type, TextLoader)
         self._conn = conn
+        self._tx = Transformer(conn)
+        self._statements: dict[tuple[str, tuple[int, ...]], bytes] = {}
+        self._awaited: deque[Result] = deque()
+        self._prepared = 0
+        self._ending = False
         return conn
 
     @property
@@ -124,23 +220,107 @@ class PgConnection:
         conn = self._conn
         if conn is None or conn.closed:
             return False
-        return conn.info.transaction_status != TransactionStatus.IDLE
+        return conn.pgconn.transaction_status != TransactionStatus.IDLE
 
-    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Any:
-        if sql == "ROLLBACK" and (self._conn is None or self._conn.closed):
-            return None  # the connection broke in the transaction: nothing to roll back
-        try:
-            return self.connection.execute(_placeholders(sql), parameters)
-        except psycopg.OperationalError as exc:
-            raise self._failure(exc) from exc
+    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Result:
+        if sql.startswith("ROLLBACK"):
+            return self._rollback(sql)
+        result = Result(self)
+        self._send(sql, parameters, result)
+        self._ending = self._ending or sql == "COMMIT"
+        if not self._piped:
+            self._sync()
+        return result
 
-    def executemany(self, sql: str, parameters: Sequence[Sequence[Any]], /) -> Any:
+    def executemany(self, sql: str, parameters: Sequence[Sequence[Any]], /) -> Result:
+        """``sql`` once for each of ``parameters``, in one round trip; the result counts
+        the rows they changed together."""
+        result = Result(self)
+        for each in parameters:
+            self._send(sql, each, result)
+        if not self._piped:
+            self._sync()
+        return result
+
+    def _send(self, sql: str, parameters: Sequence[Any], result: Result) -> None:
         try:
-            cursor = self.connection.cursor()
-            cursor.executemany(_placeholders(sql), parameters)
-            return cursor
+            pgconn = self.connection.pgconn
+            if pgconn.pipeline_status == pq.PipelineStatus.OFF:
+                pgconn.enter_pipeline_mode()
+            values = self._tx.dump_sequence(parameters, [PyFormat.TEXT] * len(parameters))
+            key = (sql, tuple(self._tx.types or ()) if parameters else ())
+            name = self._statements.get(key)
+            if name is None:
+                self._prepared += 1
+                name = self._statements[key] = b"s%d" % self._prepared
+                pgconn.send_prepare(name, _numbered(sql), key[1] or None)
+                self._awaited.append(_Prepared(self, key))
+            pgconn.send_query_prepared(name, values or None)
+            self._awaited.append(result)
         except psycopg.OperationalError as exc:
-            raise self._failure(exc) from exc
+            raise self._lost(exc) from exc
+
+    def _sync(self) -> None:
+        """Send what is queued with a sync point and read every answer up to it; raise the
+        first statement's failure, as :meth:`execute` tells it."""
+        conn = self.connection
+        pgconn = conn.pgconn
+        awaited, self._awaited = self._awaited, deque()
+        ending, self._ending = self._ending, False
+        if not awaited:
+            return
+        try:
+            pgconn.pipeline_sync()
+            answers = conn.wait(pipeline_communicate(pgconn, deque()))
+            while not answers or answers[-1][0].status != PIPELINE_SYNC:
+                answers.append(conn.wait(fetch_many(pgconn)))
+            pgconn.exit_pipeline_mode()
+        except psycopg.OperationalError as exc:
+            raise self._lost(exc) from exc
+        except BaseException:
+            self.close()  # cut off mid-answer (an interrupt): its state is not to be trusted
+            raise
+        encoding = pgconn._encoding
+        failure = None
+        for results, target in zip(answers, awaited, strict=False):
+            target._take(results, self._tx, encoding)
+            if failure is None and isinstance(target._error, psycopg.DatabaseError):
+                failure = target._error
+        if failure is not None:
+            if ending and pgconn.transaction_status == TransactionStatus.INERROR:
+                # the failure made the server skip the COMMIT: the transaction is over
+                # for the caller, so it is rolled back here rather than left open
+                self._send("ROLLBACK", (), Result(self))
+                self._sync()
+            if isinstance(failure, psycopg.OperationalError):
+                raise self._failure(failure) from failure
+            raise failure
+
+    def _rollback(self, sql: str) -> Result:
+        """Roll back (to a savepoint) at once: a statement that failed in a pipeline makes
+        the server skip everything after it up to the sync point, a rollback too, which
+        would leave the transaction open and failed."""
+        nothing = Result(self)
+        nothing._ready = True
+        if self._conn is None or self._conn.closed:
+            return nothing  # the connection broke in the transaction: nothing to roll back
+        try:
+            self._sync()
+        except psycopg.Error:
+            pass  # the failure that brought the rollback is already on its way up
+        except TransientError:
+            if self._conn is None:
+                return nothing
+        result = Result(self)
+        self._send(sql, (), result)
+        self._sync()
+        return result
+
+    def _lost(self, exc: psycopg.OperationalError) -> DatabaseUnavailable:
+        """The connection failed while statements were on their way: what reached the
+        server is not known, so the connection is dropped (its transaction with it)."""
+        self.close()
+        return DatabaseUnavailable(f"PostgreSQL went away: {exc}")
 
     def _failure(self, exc: psycopg.OperationalError) -> TransientError:
         """A lost connection (dropped, to open another next time) says the server is away;
@@ -153,14 +333,22 @@ class PgConnection:
 
     @contextmanager
     def pipeline(self) -> Iterator[None]:
-        """Statements sent without waiting for each one's answer, until a result is read.
-        A failure surfaces where an answer is read, or where the block ends: it is told
-        as :meth:`execute` tells it (the server away, or a passing failure)."""
+        """Statements sent without waiting for each one's answer, until a result is read
+        or the block ends. A failure surfaces there, told as :meth:`execute` tells it (the
+        server away, or a passing failure)."""
+        self._piped += 1
         try:
-            with self.connection.pipeline():
-                yield
-        except psycopg.OperationalError as exc:
-            raise self._failure(exc) from exc
+            yield
+        except BaseException:
+            self._piped -= 1
+            if not self._piped and self._conn is not None:
+                # the block's own failure is the one to tell
+                with suppress(psycopg.Error, TransientError):
+                    self._sync()
+            raise
+        self._piped -= 1
+        if not self._piped:
+            self._sync()
 
     def close(self) -> None:
         if self._conn is not None:
