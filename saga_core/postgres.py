@@ -35,6 +35,10 @@ TUPLES_OK, COMMAND_OK = pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK
 FATAL_ERROR, PIPELINE_ABORTED = pq.ExecStatus.FATAL_ERROR, pq.ExecStatus.PIPELINE_ABORTED
 PIPELINE_SYNC = pq.ExecStatus.PIPELINE_SYNC
 
+#: Statements a connection prepares at most (the rest run unprepared): each keeps its plan
+#: in the server's memory for as long as the connection lives.
+PREPARED_MAX = 200
+
 
 class Row:
     """A row read by column name or by position, like ``sqlite3.Row``."""
@@ -173,8 +177,8 @@ class _Prepared(Result):
 class PgConnection:
     """One connection to PostgreSQL, in ``schema``, used by one thread at a time.
 
-    Statements go to the server by libpq's pipeline directly, each prepared once per
-    connection, with psycopg's type adaptation: psycopg's cursors cost several times the
+    Statements go to the server by libpq's pipeline directly, prepared from their second run
+    on, with psycopg's type adaptation: psycopg's cursors cost several times the
     client's CPU per statement, which on a worker's step is most of what PostgreSQL costs
     over SQLite. Every statement is queued at once; the queue goes with a sync point when a
     result is read, or, outside :meth:`pipeline`, at once.
@@ -203,6 +207,7 @@ class PgConnection:
         self._conn = conn
         self._tx = Transformer(conn)
         self._statements: dict[tuple[str, tuple[int, ...]], bytes] = {}
+        self._seen: dict[tuple[str, tuple[int, ...]], bool] = {}
         self._awaited: deque[Result] = deque()
         self._prepared = 0
         self._ending = False
@@ -250,12 +255,20 @@ class PgConnection:
             values = self._tx.dump_sequence(parameters, [PyFormat.TEXT] * len(parameters))
             key = (sql, tuple(self._tx.types or ()) if parameters else ())
             name = self._statements.get(key)
-            if name is None:
+            if name is None and self._seen.pop(key, False) and self._prepared < PREPARED_MAX:
                 self._prepared += 1
                 name = self._statements[key] = b"s%d" % self._prepared
                 pgconn.send_prepare(name, _numbered(sql), key[1] or None)
                 self._awaited.append(_Prepared(self, key))
-            pgconn.send_query_prepared(name, values or None)
+            if name is None:
+                # a statement's first run is not prepared: one-offs (an IN list of a size
+                # seen once) would each keep a plan in the server for the connection's life
+                if len(self._seen) >= PREPARED_MAX:
+                    self._seen.clear()  # many one-offs: start counting afresh
+                self._seen[key] = True
+                pgconn.send_query_params(_numbered(sql), values or None, key[1] or None)
+            else:
+                pgconn.send_query_prepared(name, values or None)
             self._awaited.append(result)
         except psycopg.OperationalError as exc:
             raise self._lost(exc) from exc

@@ -93,3 +93,18 @@ def test_on_postgresql_a_lost_connection_is_told_and_the_next_statement_reconnec
         conn.execute("SELECT 1").fetchone()
     assert conn.execute("SELECT pg_backend_pid()").fetchone()[0] != pid
     conn.close()
+
+
+def test_on_postgresql_a_connection_keeps_few_plans_in_the_server(
+    postgres_url: str, pg_schema: str
+) -> None:
+    from saga_core.postgres import PREPARED_MAX
+
+    conn = connect(Location(postgres_url, pg_schema))
+    for _ in range(3):
+        assert conn.execute("SELECT ? || 'x'", ("a",)).fetchone()[0] == "ax"
+    for n in range(1, 2 * PREPARED_MAX):  # IN lists of every size, each run once
+        conn.execute(f"SELECT 1 WHERE 1 IN ({', '.join('?' * n)})", list(range(n)))
+    plans = conn.execute("SELECT statement FROM pg_prepared_statements").fetchall()
+    assert [p[0] for p in plans] == ["SELECT $1 || 'x'"]
+    conn.close()
