@@ -108,8 +108,8 @@ def test_bench_smoke_run_writes_every_figure(
     assert ratios["saga_to_chain_throughput"] == compare["ratio_throughput"]
     sagas = compare["saga"]["saturation"]["per_second"]
     assert ratios["saga_to_celery_saga_throughput"] == pytest.approx(
-        sagas / peers["celery_saga"]["saturation"]["per_second"], rel=0.01
-    )
+        sagas / peers["celery_saga"]["saturation"]["per_second"], rel=0.01, abs=0.0005
+    )  # abs: the ratio is rounded to three decimals
     assert ratios["saga_to_best_dbos_throughput"] > 0
     for peer in ("celery_saga", "dbos_threaded"):
         for key in ("p50", "p95", "p50_recorded", "p95_recorded"):
