@@ -167,6 +167,24 @@ def try_lock_key(conn: Connection, namespace: str, key: str) -> Any:
     return conn.execute("SELECT pg_try_advisory_xact_lock(?)", (number,))
 
 
+def claim_key(conn: Connection, namespace: str, key: str) -> Any:
+    """Hold ``key`` until the transaction ends, as :func:`try_lock_key` does, or, where
+    another transaction holds it, fail this one at once: on PostgreSQL everything sent
+    after it in the pipeline is then skipped, so a run can send its writes without waiting
+    for the lock's answer. Returns the pending answer for :func:`claim_refused`, to ask
+    once the transaction failed. On SQLite, nothing to take, as for ``try_lock_key``."""
+    if dialect(conn) == SQLITE:
+        return None
+    number = advisory_number(f"{namespace}@{getattr(conn, 'schema', '')}", key)
+    # a division by zero is the one way plain SQL has to fail a statement on a condition
+    return conn.execute("SELECT 1 / pg_try_advisory_xact_lock(?)::int", (number,))
+
+
+def claim_refused(answer: Any) -> bool:
+    """Whether :func:`claim_key` failed its transaction: another one holds the key."""
+    return answer is not None and getattr(answer, "sqlstate", None) == "22012"
+
+
 def key_taken(answer: Any) -> bool:
     """Whether :func:`try_lock_key` took its key."""
     return answer is None or bool(answer.fetchone()[0])

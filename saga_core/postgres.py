@@ -136,6 +136,12 @@ class Result:
         return self._count
 
     @property
+    def sqlstate(self) -> str | None:
+        """The SQLSTATE of this statement's own failure, once answered (None: it did not
+        fail, or has not been answered yet)."""
+        return getattr(self._error, "sqlstate", None) if self._ready else None
+
+    @property
     def description(self) -> list[tuple[str, None, None, None, None, None, None]] | None:
         """The columns, as DB-API names them (only the name is known)."""
         self._wait()

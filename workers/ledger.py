@@ -10,6 +10,13 @@ worker still runs it) raises :class:`UnderWay` and leaves the key to it. On Post
 that lock is the run's lease (``workers.lease``), and a run costs few round trips: the
 transaction's start, the key's lock and the lookup go in one; the effect's own reads, one
 each; the ledger row and the commit, one.
+
+A key's first delivery, where the effect is made in this database alone, does not wait
+for the lookup: the lock, the effect's writes and the ledger row go together, and the
+ledger row's insert itself finds a key recorded before (it fails, and everything with
+it). Such an effect may then run, and the hooks before it, on a run whose writes are
+never seen (the key was recorded, or another run holds it); an effect made through an
+outside system never runs before its key is known new.
 """
 
 from __future__ import annotations
@@ -20,16 +27,22 @@ from datetime import UTC, datetime
 from typing import Any
 
 from saga_core.database import (
+    SQLITE,
     Connection,
     Row,
+    claim_key,
+    claim_refused,
+    dialect,
     key_taken,
     pipeline,
     transaction,
     try_lock_key,
 )
-from saga_core.errors import BusinessError
+from saga_core.errors import BusinessError, DatabaseUnavailable
 
 BLOCKED = "refused: this request was already compensated"
+
+UNIQUE_VIOLATION = "23505"  # PostgreSQL's SQLSTATE
 
 
 class UnderWay(Exception):
@@ -45,14 +58,27 @@ def _now() -> str:
 
 
 def run_action(
-    conn: Connection, key: str, operation: str, effect: Callable[[], Any]
+    conn: Connection,
+    key: str,
+    operation: str,
+    effect: Callable[[], Any],
+    *,
+    first: bool = False,
 ) -> tuple[Any, bool]:
     """Run ``effect`` once for ``key``; returns ``(output, fresh)``.
 
     A business failure is recorded (its partial writes rolled back) and raised again on
     every repeat. A transient failure (any other exception) rolls everything back and
     records nothing, so a retry starts afresh.
+
+    ``first``: the key is almost surely new (its first delivery) and the effect is made in
+    this database alone. The run then does not wait for the key's record before the
+    effect (:func:`_run_at_once`).
     """
+    if first and dialect(conn) != SQLITE:
+        done = _run_at_once(conn, key, operation, effect)
+        if done is not None:
+            return done
     try:
         with pipeline(conn), transaction(conn):
             row = _claim(conn, key)
@@ -67,6 +93,35 @@ def run_action(
         # every step): the refusal is recorded in one of its own.
         return _refused(conn, key, operation, exc)
     return _repeat(row)
+
+
+def _run_at_once(
+    conn: Connection, key: str, operation: str, effect: Callable[[], Any]
+) -> tuple[Any, bool] | None:
+    """The key's claim, the effect and the ledger row sent together, in one round trip
+    where the effect reads nothing first. Where the key turns out recorded already, the
+    ledger row's insert fails and the whole transaction with it, so the effect that ran
+    again was never seen: None, and the usual way reads the record. Where another run
+    holds the key, the claim fails the transaction before anything else runs."""
+    claim = None
+    try:
+        with pipeline(conn), transaction(conn):
+            claim = claim_key(conn, "ledger", key)
+            output = effect()
+            _record(conn, key, operation, "done", output)
+        return output, True
+    except BusinessError as exc:
+        if claim_refused(claim):
+            raise UnderWay(key) from None
+        return _refused(conn, key, operation, exc)
+    except DatabaseUnavailable:
+        raise
+    except Exception as exc:
+        if claim_refused(claim):
+            raise UnderWay(key) from None
+        if getattr(exc, "sqlstate", None) == UNIQUE_VIOLATION:
+            return None
+        raise
 
 
 def _refused(conn: Connection, key: str, operation: str, failure: BusinessError) -> Any:

@@ -130,8 +130,10 @@ class Service:
         key: str,
         payload: dict[str, Any],
         before_effect: Callable[[], None] | None = None,
+        first: bool = False,
     ) -> tuple[Any, bool]:
-        """Run ``operation`` for idempotency ``key``; returns ``(output, fresh)``."""
+        """Run ``operation`` for idempotency ``key``; returns ``(output, fresh)``.
+        ``first``: this is the key's first delivery (``ledger.run_action``)."""
         op = self.operations[operation]
         # an outside system's key: the step's, and apart for its action and compensation
         outside_key = f"{key}/{op.name}"
@@ -151,7 +153,7 @@ class Service:
                 return _checked(op.name, op.func, payload, outside_key)
             return _checked(op.name, op.func, db, payload)
 
-        return ledger.run_action(db, key, op.name, effect)
+        return ledger.run_action(db, key, op.name, effect, first=first and not op.outside)
 
 
 def _checked(name: str, func: Callable[..., Any], *args: Any) -> Any:

@@ -99,7 +99,7 @@ class StepRunner:
                 if not taken:
                     raise ledger.UnderWay(command.key)
                 if not redelivered and command.attempt == 1:
-                    return self._run(command, tries)
+                    return self._run(command, tries, first=True)
                 return self._run_counted(command, tries)
         except ledger.UnderWay:
             log.info(
@@ -122,7 +122,7 @@ class StepRunner:
         finally:
             ledger.end_delivery(db, command.key, command.operation)
 
-    def _run(self, command: Command, tries: int) -> Outcome | Retry:
+    def _run(self, command: Command, tries: int, first: bool = False) -> Outcome | Retry:
         """Run the command; while the service's database does not answer, wait for it
         (up to ``DATABASE_WAIT``) instead of spending the step's retries: the step is held,
         so its heartbeats keep it from being sent again, and a failover of a few seconds
@@ -130,7 +130,7 @@ class StepRunner:
         deadline = time.monotonic() + DATABASE_WAIT
         while True:
             try:
-                return self._run_once(command, tries)
+                return self._run_once(command, tries, first)
             except DatabaseUnavailable as exc:
                 if time.monotonic() > deadline:
                     return self._retry_or_give_up(command, tries, exc)
@@ -139,7 +139,7 @@ class StepRunner:
                 )
                 time.sleep(1.0)  # the server's own pace: a restart or a failover
 
-    def _run_once(self, command: Command, tries: int) -> Outcome | Retry:
+    def _run_once(self, command: Command, tries: int, first: bool) -> Outcome | Retry:
         op = command.operation
         try:
             for m in self.middleware:
@@ -150,6 +150,7 @@ class StepRunner:
                 command.key,
                 command.payload,
                 before_effect=self._before_effect(command),
+                first=first,
             )
         except MalformedCommand as exc:
             log.error("%s", exc.message, extra=context(command, tries))

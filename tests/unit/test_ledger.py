@@ -39,6 +39,14 @@ def place(request: pytest.FixtureRequest, tmp_path: Path) -> Location | Path:
     return Location(request.getfixturevalue("postgres_url"), request.getfixturevalue("pg_schema"))
 
 
+@pytest.fixture(params=[False, True], ids=["again", "first"])
+def first(request: pytest.FixtureRequest) -> bool:
+    """Whether actions run as their key's first delivery: on PostgreSQL the claim then
+    goes with the effect and the ledger row (``ledger._run_at_once``); on a repeat that
+    finds the key recorded, the usual way answers. Every action below runs both ways."""
+    return bool(request.param)
+
+
 @pytest.fixture
 def inv(place: Location | Path) -> Connection:
     db = inventory.service.database(place)
@@ -50,31 +58,37 @@ def available(db: Connection, sku: str) -> int:
     return int(db.execute("SELECT available FROM stock WHERE sku = ?", (sku,)).fetchone()[0])
 
 
-def test_repeat_returns_the_first_result_and_takes_effect_once(inv: Connection) -> None:
-    first, fresh = inventory.service.run(inv, "reserve_inventory", "s1:r", ITEMS)
-    again, fresh_again = inventory.service.run(inv, "reserve_inventory", "s1:r", ITEMS)
-    assert (again, fresh, fresh_again) == (first, True, False)
+def test_repeat_returns_the_first_result_and_takes_effect_once(
+    inv: Connection, first: bool
+) -> None:
+    out, fresh = inventory.service.run(inv, "reserve_inventory", "s1:r", ITEMS, first=first)
+    again, fresh_again = inventory.service.run(inv, "reserve_inventory", "s1:r", ITEMS, first=first)
+    assert (again, fresh, fresh_again) == (out, True, False)
     assert available(inv, "WIDGET") == 7
 
 
-def test_business_refusal_is_recorded_and_rolls_back_partial_writes(inv: Connection) -> None:
+def test_business_refusal_is_recorded_and_rolls_back_partial_writes(
+    inv: Connection, first: bool
+) -> None:
     order = {
         "reference": "o",
         "items": [{"sku": "WIDGET", "quantity": 1}, {"sku": "NOPE", "quantity": 1}],
     }
     for _ in range(2):
         with pytest.raises(BusinessError, match="unknown SKU 'NOPE'"):
-            inventory.service.run(inv, "reserve_inventory", "s1:r", order)
+            inventory.service.run(inv, "reserve_inventory", "s1:r", order, first=first)
     assert available(inv, "WIDGET") == 10
 
 
-def test_transient_failure_records_nothing(inv: Connection) -> None:
+def test_transient_failure_records_nothing(inv: Connection, first: bool) -> None:
     def boom() -> None:
         raise TransientError("flaky")
 
     with pytest.raises(TransientError):
-        inventory.service.run(inv, "reserve_inventory", "s1:r", ITEMS, before_effect=boom)
-    inventory.service.run(inv, "reserve_inventory", "s1:r", ITEMS)
+        inventory.service.run(
+            inv, "reserve_inventory", "s1:r", ITEMS, before_effect=boom, first=first
+        )
+    inventory.service.run(inv, "reserve_inventory", "s1:r", ITEMS, first=first)
     assert available(inv, "WIDGET") == 7
 
 
@@ -86,15 +100,16 @@ def test_compensation_undoes_once(inv: Connection) -> None:
     assert available(inv, "WIDGET") == 10
 
 
-def test_compensation_before_action_blocks_the_late_action(inv: Connection) -> None:
+def test_compensation_before_action_blocks_the_late_action(inv: Connection, first: bool) -> None:
     out, _ = inventory.service.run(inv, "release_inventory", "s1:r", ITEMS)
     assert out["undone"] is False
-    with pytest.raises(BusinessError, match="already compensated"):
-        inventory.service.run(inv, "reserve_inventory", "s1:r", ITEMS)
+    for _ in range(2):
+        with pytest.raises(BusinessError, match="already compensated"):
+            inventory.service.run(inv, "reserve_inventory", "s1:r", ITEMS, first=first)
     assert available(inv, "WIDGET") == 10
 
 
-def test_declined_card_takes_no_effect(place: Location | Path) -> None:
+def test_declined_card_takes_no_effect(place: Location | Path, first: bool) -> None:
     db = payment.service.database(place)
     card = {"token": "tok_chargeDeclined", "last4": "0002"}
     with pytest.raises(BusinessError, match="declined"):
@@ -103,6 +118,7 @@ def test_declined_card_takes_no_effect(place: Location | Path) -> None:
             "charge_payment",
             "s1:c",
             {"reference": "o", "card": card, "amount_cents": 100, "currency": "EUR"},
+            first=first,
         )
     assert db.execute("SELECT COUNT(*) FROM charges").fetchone()[0] == 0
 
@@ -269,3 +285,31 @@ def test_on_postgresql_a_key_under_way_in_another_schema_is_not_this_ones(
     finally:
         other.execute(f"DROP SCHEMA IF EXISTS {pg_schema}_other CASCADE")
         other.close()
+
+
+def test_on_postgresql_a_first_delivery_whose_key_is_under_way_takes_no_effect(
+    postgres_url: str, pg_schema: str
+) -> None:
+    """A charge reads nothing before it writes, so its first delivery sends the key's
+    claim, the charge and the ledger row at once: where another run holds the key, the
+    claim fails them all, and the run leaves the key to the holder."""
+    place = Location(postgres_url, pg_schema)
+    db = payment.service.database(place)
+    charge = {
+        "reference": "o",
+        "card": {"token": "tok_visa", "last4": "4242"},
+        "amount_cents": 100,
+        "currency": "EUR",
+    }
+    other = payment.service._open(place)
+    other.execute("BEGIN")
+    assert key_taken(try_lock_key(other, "ledger", "s1:c"))
+    with pytest.raises(UnderWay):
+        payment.service.run(db, "charge_payment", "s1:c", charge, first=True)
+    assert db.execute("SELECT COUNT(*) FROM charges").fetchone()[0] == 0
+    assert db.execute("SELECT COUNT(*) FROM idempotency").fetchone()[0] == 0
+    other.execute("ROLLBACK")
+    out, fresh = payment.service.run(db, "charge_payment", "s1:c", charge, first=True)
+    assert fresh and db.execute("SELECT COUNT(*) FROM charges").fetchone()[0] == 1
+    assert payment.service.run(db, "charge_payment", "s1:c", charge, first=True) == (out, False)
+    other.close()
