@@ -105,20 +105,31 @@ def server_cpu_seconds(names: tuple[str, ...]) -> float:
 
 
 def scaling(
-    settings: Settings, postgres_url: str, count: int, orchestrators: list[int]
+    settings: Settings,
+    postgres_url: str,
+    count: int,
+    orchestrators: list[int],
+    rounds: int = 1,
 ) -> dict[str, Any]:
     """Sagas per second at saturation with one orchestrator on SQLite, then 1, 2, 3...
     orchestrators on PostgreSQL (a database of its own each, the services' too), on the
-    same workers (one per service); and the CPU each kind of process spent per saga."""
+    same workers (one per service); and the CPU each kind of process spent per saga.
+
+    The two systems of one orchestrator run ``rounds`` times, alternating, each row with
+    its round: the machine's own pace moves between runs of a few seconds more than the
+    two differ, and only runs side by side compare."""
     from saga_core import postgres
 
     rows = []
-    for db, n in [("sqlite", 1), *[("postgresql", n) for n in orchestrators]]:
+    plan = [(r, db, 1) for r in range(1, rounds + 1) for db in ("sqlite", "postgresql")]
+    plan += [(1, "postgresql", n) for n in orchestrators if n != 1]
+    for turn, db, n in plan:
         url = ""
         if db == "postgresql":
-            url = postgres.create_database(postgres_url, f"saga_bench_{os.getpid()}_{n}")
+            url = postgres.create_database(postgres_url, f"saga_bench_{os.getpid()}_{n}_{turn}")
         try:
-            s = _fresh(settings, f"scale-{db}-{n}", url)
+            # a name of its own each round: the client keeps one engine per settings
+            s = _fresh(settings, f"scale-{db}-{n}-{turn}", url)
             cluster = Cluster(s, orchestrators=n)
             cluster.start()
             try:
@@ -135,7 +146,12 @@ def scaling(
         finally:
             if url:
                 postgres.drop_database(url)
-        row = {"database": db, "orchestrators": n, "sagas_per_second": round(run.per_second, 1)}
+        row = {
+            "database": db,
+            "orchestrators": n,
+            "round": turn,
+            "sagas_per_second": round(run.per_second, 1),
+        }
         for kind, seconds in run.cpu.items():
             row[f"{kind}_cpu_ms_per_saga"] = round(seconds * 1000 / max(run.count, 1), 2)
         rows.append(row)
@@ -420,25 +436,41 @@ def postgresql_ratios(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One orchestrator on PostgreSQL against the SQLite system, from the scaling runs of
     the same bench run: sagas/s, and the CPU per saga of the workers and of everything
     (the orchestrator, the workers, the client and, on PostgreSQL, its server)."""
-    single = {r["database"]: r for r in runs if r["orchestrators"] == 1}
-    if {"sqlite", "postgresql"} - set(single):
+    pairs: dict[int, dict[str, dict[str, Any]]] = {}
+    for r in runs:
+        if r["orchestrators"] == 1:
+            pairs.setdefault(r.get("round", 1), {})[r["database"]] = r
+    both = [p for _, p in sorted(pairs.items()) if {"sqlite", "postgresql"} <= set(p)]
+    if not both:
         return {}
-    lite, pg = single["sqlite"], single["postgresql"]
 
     def everything(row: dict[str, Any]) -> float:
-        return round(sum(v for k, v in row.items() if k.endswith("_cpu_ms_per_saga")), 2)
+        return sum(v for k, v in row.items() if k.endswith("_cpu_ms_per_saga"))
 
+    def median(values: list[float], digits: int) -> float:
+        return round(statistics.median(values), digits)
+
+    throughput = [
+        p["postgresql"]["sagas_per_second"] / p["sqlite"]["sagas_per_second"] for p in both
+    ]
+    workers = [
+        p["postgresql"]["workers_cpu_ms_per_saga"] / p["sqlite"]["workers_cpu_ms_per_saga"]
+        for p in both
+    ]
     return {
-        "postgresql_to_sqlite_throughput": round(
-            pg["sagas_per_second"] / lite["sagas_per_second"], 3
+        # the median of the rounds, each the two systems side by side
+        "postgresql_to_sqlite_throughput": median(throughput, 3),
+        "postgresql_to_sqlite_throughput_by_round": [round(t, 3) for t in throughput],
+        "workers_cpu_ms_per_saga_sqlite": median(
+            [p["sqlite"]["workers_cpu_ms_per_saga"] for p in both], 2
         ),
-        "workers_cpu_ms_per_saga_sqlite": lite["workers_cpu_ms_per_saga"],
-        "workers_cpu_ms_per_saga_postgresql": pg["workers_cpu_ms_per_saga"],
-        "postgresql_to_sqlite_workers_cpu": round(
-            pg["workers_cpu_ms_per_saga"] / lite["workers_cpu_ms_per_saga"], 3
+        "workers_cpu_ms_per_saga_postgresql": median(
+            [p["postgresql"]["workers_cpu_ms_per_saga"] for p in both], 2
         ),
-        "all_cpu_ms_per_saga_sqlite": everything(lite),
-        "all_cpu_ms_per_saga_postgresql": everything(pg),
+        "postgresql_to_sqlite_workers_cpu": median(workers, 3),
+        "postgresql_to_sqlite_workers_cpu_by_round": [round(w, 3) for w in workers],
+        "all_cpu_ms_per_saga_sqlite": median([everything(p["sqlite"]) for p in both], 2),
+        "all_cpu_ms_per_saga_postgresql": median([everything(p["postgresql"]) for p in both], 2),
     }
 
 
@@ -625,6 +657,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--orchestrators", default="1,2,3", help="orchestrators in the scaling runs")
     p.add_argument("--scaling-count", type=int, default=600)
+    p.add_argument(
+        "--scaling-rounds",
+        type=int,
+        default=3,
+        help="rounds of SQLite and PostgreSQL with one orchestrator, alternating; the "
+        "ratios are their medians",
+    )
     p.add_argument("--store-sagas", type=int, default=2000, help="sagas in the store runs")
     p.add_argument(
         "--peers",
@@ -695,7 +734,11 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 orchestrators = [int(n) for n in args.orchestrators.split(",") if n]
                 results["scaling"] = scaling(
-                    settings, args.postgres_url, args.scaling_count, orchestrators
+                    settings,
+                    args.postgres_url,
+                    args.scaling_count,
+                    orchestrators,
+                    args.scaling_rounds,
                 )
         if "growth" not in skip:
             fills = [int(x) for x in args.fill.split(",") if x]

@@ -46,6 +46,8 @@ def test_bench_smoke_run_writes_every_figure(
             "50",
             "--scaling-count",
             "10",
+            "--scaling-rounds",
+            "2",
             "--orchestrators",
             "1,2",
             "--postgres-url",
@@ -136,13 +138,23 @@ def test_bench_smoke_run_writes_every_figure(
         store["sqlite_one_per_transaction"] / store["sqlite_floor"], abs=0.001
     )
     runs = figures["scaling"]["runs"]
-    assert [(r["database"], r["orchestrators"]) for r in runs] == [
-        ("sqlite", 1),
-        ("postgresql", 1),
-        ("postgresql", 2),
+    # one orchestrator on each database, side by side in turn, then two on PostgreSQL
+    assert [(r["database"], r["orchestrators"], r["round"]) for r in runs] == [
+        ("sqlite", 1, 1),
+        ("postgresql", 1, 1),
+        ("sqlite", 1, 2),
+        ("postgresql", 1, 2),
+        ("postgresql", 2, 1),
     ]
     assert all(r["sagas_per_second"] > 0 and r["orchestrators_cpu_ms_per_saga"] > 0 for r in runs)
     assert runs[1]["postgresql_cpu_ms_per_saga"] > 0
+    by_round = [runs[i + 1]["sagas_per_second"] / runs[i]["sagas_per_second"] for i in (0, 2)]
+    assert ratios["postgresql_to_sqlite_throughput_by_round"] == [
+        pytest.approx(r, abs=0.0005) for r in by_round
+    ]
+    assert ratios["postgresql_to_sqlite_throughput"] == pytest.approx(
+        sum(by_round) / 2, abs=0.001
+    )  # the median of two
     assert figures["recovery"]["in_flight"] == 20
     assert compare["ratio_throughput_with_to_without_heartbeats"] > 0
     assert figures["kill"]["redis"]["kills"] == 1
