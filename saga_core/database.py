@@ -176,8 +176,12 @@ def claim_key(conn: Connection, namespace: str, key: str) -> Any:
     if dialect(conn) == SQLITE:
         return None
     number = advisory_number(f"{namespace}@{getattr(conn, 'schema', '')}", key)
-    # a division by zero is the one way plain SQL has to fail a statement on a condition
-    return conn.execute("SELECT 1 / pg_try_advisory_xact_lock(?)::int", (number,))
+    # a division by zero is the one way plain SQL has to fail a statement on a condition;
+    # the comment goes with it into the server's log
+    return conn.execute(
+        "SELECT 1 / pg_try_advisory_xact_lock(?)::int /* zero: another run holds the key */",
+        (number,),
+    )
 
 
 def claim_refused(answer: Any) -> bool:
