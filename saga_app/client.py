@@ -13,25 +13,41 @@ from typing import Any
 from orchestrator.engine import Engine
 from orchestrator.process import celery_publisher
 from saga_app.app import configured, of
-from saga_core import config
+from saga_core import config, database
 from saga_core.celery_app import make_app
 from saga_core.config import Settings
 from saga_core.errors import SagaError
 from saga_store.models import SagaState, SagaView
 
-_engines: dict[str, Engine] = {}
+_engines: dict[str, tuple[Engine, tuple[int, int] | None]] = {}
 
 
 def _engine(settings: Settings) -> Engine:
-    """One engine (a store connection and a broker producer) per distinct settings."""
+    """One engine (a store connection and a broker producer) per distinct settings, and
+    per store: a SQLite store made again under the same path (its data directory removed
+    and the system started afresh) is another file, which the last engine's connection
+    would never see."""
     key = json.dumps(settings.to_env(), sort_keys=True)
-    if key not in _engines:
-        saga_app = of(settings)
-        publisher = celery_publisher(make_app(settings, "client"), settings)
-        _engines[key] = Engine(
-            settings, saga_app.definitions, publisher, retired=saga_app.retired_definitions
-        )
-    return _engines[key]
+    cached = _engines.get(key)
+    if cached is not None and cached[1] == _store_file(settings):
+        return cached[0]
+    saga_app = of(settings)
+    publisher = celery_publisher(make_app(settings, "client"), settings)
+    engine = Engine(settings, saga_app.definitions, publisher, retired=saga_app.retired_definitions)
+    _engines[key] = (engine, _store_file(settings))
+    return engine
+
+
+def _store_file(settings: Settings) -> tuple[int, int] | None:
+    """Which file the SQLite store is now (device and inode; None where there is none)."""
+    where = settings.store()
+    if where.dialect != database.SQLITE:
+        return None
+    try:
+        found = where.path.stat()
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def _settings(settings: Settings | None) -> Settings:

@@ -4,6 +4,7 @@ real SQLite files, real SIGKILLs."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sqlite3
 from collections.abc import Callable
@@ -13,13 +14,13 @@ import pytest
 import saga_app
 from saga_core import broker
 from saga_core.celery_app import make_app
-from saga_core.config import ORCHESTRATOR_QUEUE
+from saga_core.config import ORCHESTRATOR_QUEUE, Settings
 from saga_core.messages import OUTCOME_TASK, SUBMIT_TASK, Command, Outcome, Phase, Status
 from saga_core.processes import children_of, leaves, wait_for
 from saga_core.retry import RetryPolicy
 from saga_core.signing import CLIENT
 from saga_faults.switch import FailureRates
-from saga_store import SagaState, StepState, open_store, queries
+from saga_store import SagaState, StepState, open_reader, open_store, queries
 from saga_tools import audit
 from tests.helpers import (
     DECLINED_CARD,
@@ -386,3 +387,20 @@ def test_quorum_queues(make_system: Callable[..., System], rabbitmq_only: None) 
     queues = system.settings.all_queues()
     types = {q: declared_queue_type(system.settings.broker_url, q) for q in queues}
     assert set(types.values()) == {"quorum"}, types
+
+
+def test_a_store_made_again_under_the_same_path_is_the_one_submits_reach(
+    settings: Settings,
+) -> None:
+    """A script that starts a system afresh in the same data directory, in the same
+    process, submits to the new store, not to the removed one its last engine still had
+    open."""
+    first = saga_app.submit(make_order("A-20"), settings=settings)
+    shutil.rmtree(settings.data_dir)
+    second = saga_app.submit(make_order("A-21"), settings=settings)
+    store = open_reader(settings.store())
+    try:
+        assert queries.saga_exists(store, second)
+        assert not queries.saga_exists(store, first)
+    finally:
+        store.close()
