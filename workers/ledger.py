@@ -42,8 +42,6 @@ from saga_core.errors import BusinessError, DatabaseUnavailable
 
 BLOCKED = "refused: this request was already compensated"
 
-UNIQUE_VIOLATION = "23505"  # PostgreSQL's SQLSTATE
-
 
 class UnderWay(Exception):
     """Another run of the key holds it: this one leaves the key to that run."""
@@ -99,10 +97,12 @@ def _run_at_once(
     conn: Connection, key: str, operation: str, effect: Callable[[], Any]
 ) -> tuple[Any, bool] | None:
     """The key's claim, the effect and the ledger row sent together, in one round trip
-    where the effect reads nothing first. Where the key turns out recorded already, the
-    ledger row's insert fails and the whole transaction with it, so the effect that ran
-    again was never seen: None, and the usual way reads the record. Where another run
-    holds the key, the claim fails the transaction before anything else runs."""
+    where the effect reads nothing first. Where another run holds the key, the claim fails
+    the transaction before anything else runs: :class:`UnderWay`. Where the key turns out
+    recorded already, the ledger row's insert fails and the whole transaction with it, so
+    the effect that ran again was never seen. Then, and on any failure but the database's
+    absence, None: the usual way answers, reading the record first, so a repeat answers
+    as it always did, whatever its second run of the effect met."""
     claim = None
     try:
         with pipeline(conn), transaction(conn):
@@ -116,12 +116,10 @@ def _run_at_once(
         return _refused(conn, key, operation, exc)
     except DatabaseUnavailable:
         raise
-    except Exception as exc:
+    except Exception:
         if claim_refused(claim):
             raise UnderWay(key) from None
-        if getattr(exc, "sqlstate", None) == UNIQUE_VIOLATION:
-            return None
-        raise
+        return None
 
 
 def _refused(conn: Connection, key: str, operation: str, failure: BusinessError) -> Any:

@@ -92,6 +92,27 @@ def test_transient_failure_records_nothing(inv: Connection, first: bool) -> None
     assert available(inv, "WIDGET") == 7
 
 
+def test_a_repeat_answers_with_the_first_result_whatever_its_effect_meets_now(
+    inv: Connection, first: bool
+) -> None:
+    out, _ = inventory.service.run(inv, "reserve_inventory", "s1:r", ITEMS, first=first)
+
+    def flaky() -> None:
+        raise TransientError("the database is busy")
+
+    for before in (flaky, None):
+        again = inventory.service.run(
+            inv, "reserve_inventory", "s1:r", ITEMS, before_effect=before, first=first
+        )
+        assert again == (out, False)
+    inventory.set_stock(inv, "WIDGET", 3)  # what is left is what the first run holds
+    assert inventory.service.run(inv, "reserve_inventory", "s1:r", ITEMS, first=first) == (
+        out,
+        False,
+    )
+    assert available(inv, "WIDGET") == 0
+
+
 def test_compensation_undoes_once(inv: Connection) -> None:
     inventory.service.run(inv, "reserve_inventory", "s1:r", ITEMS)
     inventory.service.run(inv, "release_inventory", "s1:r", ITEMS)
