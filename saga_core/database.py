@@ -162,9 +162,7 @@ def try_lock_key(conn: Connection, namespace: str, key: str) -> Any:
     a write transaction holds the whole database, there is nothing to take: always taken."""
     if dialect(conn) == SQLITE:
         return None
-    # advisory locks are the whole database's: the schema keeps each owner's keys apart
-    number = advisory_number(f"{namespace}@{getattr(conn, 'schema', '')}", key)
-    return conn.execute("SELECT pg_try_advisory_xact_lock(?)", (number,))
+    return conn.execute("SELECT pg_try_advisory_xact_lock(?)", (_key_number(conn, namespace, key),))
 
 
 def claim_key(conn: Connection, namespace: str, key: str) -> Any:
@@ -175,13 +173,17 @@ def claim_key(conn: Connection, namespace: str, key: str) -> Any:
     once the transaction failed. On SQLite, nothing to take, as for ``try_lock_key``."""
     if dialect(conn) == SQLITE:
         return None
-    number = advisory_number(f"{namespace}@{getattr(conn, 'schema', '')}", key)
     # a division by zero is the one way plain SQL has to fail a statement on a condition;
     # the comment goes with it into the server's log
     return conn.execute(
         "SELECT 1 / pg_try_advisory_xact_lock(?)::int /* zero: another run holds the key */",
-        (number,),
+        (_key_number(conn, namespace, key),),
     )
+
+
+def _key_number(conn: Connection, namespace: str, key: str) -> int:
+    # advisory locks are the whole database's: the schema keeps each owner's keys apart
+    return advisory_number(f"{namespace}@{getattr(conn, 'schema', '')}", key)
 
 
 def claim_refused(answer: Any) -> bool:

@@ -282,12 +282,12 @@ class PgConnection:
     def _sync(self) -> None:
         """Send what is queued with a sync point and read every answer up to it; raise the
         first statement's failure, as :meth:`execute` tells it."""
-        conn = self.connection
-        pgconn = conn.pgconn
         awaited, self._awaited = self._awaited, deque()
         ending, self._ending = self._ending, False
         if not awaited:
-            return
+            return  # nothing sent (or the connection it went on is gone): nothing to open
+        conn = self.connection
+        pgconn = conn.pgconn
         try:
             pgconn.pipeline_sync()
             answers = conn.wait(pipeline_communicate(pgconn, deque()))
@@ -373,6 +373,7 @@ class PgConnection:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+            self._awaited = deque()  # its answers will never come
 
 
 def create_database(url: str, name: str) -> str:

@@ -110,15 +110,13 @@ def _run_at_once(
             output = effect()
             _record(conn, key, operation, "done", output)
         return output, True
-    except BusinessError as exc:
-        if claim_refused(claim):
-            raise UnderWay(key) from None
-        return _refused(conn, key, operation, exc)
     except DatabaseUnavailable:
         raise
-    except Exception:
+    except Exception as exc:
         if claim_refused(claim):
             raise UnderWay(key) from None
+        if isinstance(exc, BusinessError):
+            return _refused(conn, key, operation, exc)
         return None
 
 
