@@ -207,6 +207,20 @@ def marks(values: Sequence[Any]) -> str:
     return ", ".join("?" * len(values))
 
 
+#: The end of a statement PostgreSQL plans each time it runs (:func:`planned_each_time`).
+PLANNED_EACH_TIME = " /* planned each time */"
+
+
+def planned_each_time(sql: str) -> str:
+    """``sql``, planned by PostgreSQL each time it runs, never from a plan kept for it: a
+    read of many keys at once, whose best plan depends on how many it asks for and on how
+    big the table has grown. A kept plan is chosen once, and on a new store, before the
+    table's first ANALYZE, that is a scan of the whole table, kept while the table grows
+    (seen in the bench: each batch's read scanned 2,000 steps to find 12). SQLite plans
+    such a read by its indexes whatever the table's size."""
+    return sql + PLANNED_EACH_TIME
+
+
 @contextmanager
 def transaction(conn: Connection) -> Iterator[Connection]:
     """One write transaction: committed when the block ends, rolled back if it raises.

@@ -27,6 +27,7 @@ from psycopg.pq import TransactionStatus
 from psycopg.pq.abc import PGresult
 from psycopg.types.string import TextLoader
 
+from saga_core.database import PLANNED_EACH_TIME
 from saga_core.errors import ConfigError, DatabaseUnavailable, TransientError
 
 CONNECT_TIMEOUT = 10
@@ -194,6 +195,8 @@ class PgConnection:
         self.url, self.schema = url, schema
         self._conn: psycopg.Connection[Any] | None = None
         self._piped = 0
+        #: Answers waited for so far (each one a round trip to the server).
+        self.round_trips = 0
         self._open()
 
     def _open(self) -> psycopg.Connection[Any]:
@@ -217,6 +220,7 @@ class PgConnection:
         self._awaited: deque[Result] = deque()
         self._prepared = 0
         self._ending = False
+        self._opening = False  # a BEGIN sent, its answer not read yet
         return conn
 
     @property
@@ -231,7 +235,7 @@ class PgConnection:
         conn = self._conn
         if conn is None or conn.closed:
             return False
-        return conn.pgconn.transaction_status != TransactionStatus.IDLE
+        return self._opening or conn.pgconn.transaction_status != TransactionStatus.IDLE
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Result:
         if sql.startswith("ROLLBACK"):
@@ -239,7 +243,11 @@ class PgConnection:
         result = Result(self)
         self._send(sql, parameters, result)
         self._ending = self._ending or sql == "COMMIT"
-        if not self._piped:
+        if sql == "BEGIN":
+            # Nothing to read in its answer: it goes with the transaction's first statement
+            # that is read, a round trip less for every transaction.
+            self._opening = True
+        elif not self._piped:
             self._sync()
         return result
 
@@ -269,9 +277,10 @@ class PgConnection:
             if name is None:
                 # a statement's first run is not prepared: one-offs (an IN list of a size
                 # seen once) would each keep a plan in the server for the connection's life
-                if len(self._seen) >= PREPARED_MAX:
-                    self._seen.clear()  # many one-offs: start counting afresh
-                self._seen[key] = True
+                if not sql.endswith(PLANNED_EACH_TIME):  # those never are
+                    if len(self._seen) >= PREPARED_MAX:
+                        self._seen.clear()  # many one-offs: start counting afresh
+                    self._seen[key] = True
                 pgconn.send_query_params(_numbered(sql), values or None, key[1] or None)
             else:
                 pgconn.send_query_prepared(name, values or None)
@@ -284,10 +293,12 @@ class PgConnection:
         first statement's failure, as :meth:`execute` tells it."""
         awaited, self._awaited = self._awaited, deque()
         ending, self._ending = self._ending, False
+        self._opening = False
         if not awaited:
             return  # nothing sent (or the connection it went on is gone): nothing to open
         conn = self.connection
         pgconn = conn.pgconn
+        self.round_trips += 1
         try:
             pgconn.pipeline_sync()
             answers = conn.wait(pipeline_communicate(pgconn, deque()))
@@ -374,6 +385,7 @@ class PgConnection:
             self._conn.close()
             self._conn = None
             self._awaited = deque()  # its answers will never come
+            self._opening = False
 
 
 def create_database(url: str, name: str) -> str:

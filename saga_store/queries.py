@@ -6,7 +6,7 @@ import json
 from collections import Counter
 from collections.abc import Mapping
 
-from saga_core.database import Connection, Row, marks
+from saga_core.database import Connection, Row, marks, planned_each_time
 from saga_core.errors import SagaNotFound
 from saga_store.models import (
     DISPATCH_EVENTS,
@@ -157,7 +157,10 @@ def ended_ids(conn: Connection, saga_ids: list[str]) -> list[str]:
     if not saga_ids:
         return []
     rows = conn.execute(
-        f"SELECT id FROM sagas WHERE id IN ({marks(saga_ids)}) AND NOT {_ACTIVE}", saga_ids
+        planned_each_time(
+            f"SELECT id FROM sagas WHERE id IN ({marks(saga_ids)}) AND NOT {_ACTIVE}"
+        ),
+        saga_ids,
     ).fetchall()
     return [r["id"] for r in rows]
 
@@ -168,10 +171,12 @@ def ended_spans(conn: Connection, saga_ids: list[str]) -> list[tuple[float, floa
     ``created_at`` and ``updated_at`` keep milliseconds (a saga takes a few of them)."""
     ends = (Event.COMPLETED, Event.COMPENSATED, Event.FAILED)
     rows = conn.execute(
-        "SELECT MIN(e.at) AS started,"
-        f" MAX(CASE WHEN e.event IN ({marks(ends)}) THEN e.at END) AS ended"
-        " FROM sagas s JOIN saga_events e ON e.saga_id = s.id"
-        f" WHERE s.id IN ({marks(saga_ids)}) AND NOT s.{_ACTIVE} GROUP BY s.id",
+        planned_each_time(
+            "SELECT MIN(e.at) AS started,"
+            f" MAX(CASE WHEN e.event IN ({marks(ends)}) THEN e.at END) AS ended"
+            " FROM sagas s JOIN saga_events e ON e.saga_id = s.id"
+            f" WHERE s.id IN ({marks(saga_ids)}) AND NOT s.{_ACTIVE} GROUP BY s.id"
+        ),
         [*ends, *saga_ids],
     ).fetchall()
     return [(r["started"], r["ended"]) for r in rows if r["ended"] is not None]

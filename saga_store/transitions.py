@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from saga_core.database import Connection, transaction
+from saga_core.database import Connection
 from saga_core.errors import IdempotencyConflict, TransitionRefused
 from saga_store.machine import SagaEvent, StepEvent, in_flight, saga_move, step_move
 from saga_store.models import (
@@ -41,7 +41,7 @@ from saga_store.models import (
     iso,
     stored_name,
 )
-from saga_store.unit import SagaRecord, StepRecord, Unit
+from saga_store.unit import SagaRecord, StepRecord, Unit, opened
 
 #: Where a transition runs: a connection (its own transaction), or a batch's unit.
 Store = Connection | Unit
@@ -71,10 +71,8 @@ def _unit(store: Store, skip_locked: bool = False) -> Iterator[Unit]:
     if isinstance(store, Unit):
         yield store
         return
-    with transaction(store):
-        unit = Unit(store, skip_locked)
+    with opened(store, skip_locked) as unit:
         yield unit
-        unit.flush()
 
 
 @contextmanager

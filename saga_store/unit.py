@@ -24,7 +24,7 @@ from operator import attrgetter
 from typing import Any
 
 from saga_core import database
-from saga_core.database import Connection, marks
+from saga_core.database import Connection, marks, planned_each_time
 from saga_core.errors import SagaNotFound, TransientError, TransitionRefused
 from saga_store import queries
 from saga_store.models import StepSpec, StepState
@@ -173,15 +173,19 @@ class Unit:
         conn, lock = self.conn, database.for_update(self.conn, self.skip_locked)
         with database.pipeline(conn):
             sagas = conn.execute(
-                "SELECT id, state, definition, input, error, updated_at FROM sagas "
-                f"WHERE id IN ({marks(wanted)}) ORDER BY id{lock}",
+                planned_each_time(
+                    "SELECT id, state, definition, input, error, updated_at FROM sagas "
+                    f"WHERE id IN ({marks(wanted)}) ORDER BY id{lock}"
+                ),
                 wanted,
             )
             # After the lock, in a statement of its own: on PostgreSQL it then sees what
             # the transaction that held the lock wrote.
             steps = conn.execute(
-                f"SELECT {', '.join(STEP_COLUMNS)} FROM saga_steps "
-                f"WHERE saga_id IN ({marks(wanted)}) ORDER BY saga_id, position",
+                planned_each_time(
+                    f"SELECT {', '.join(STEP_COLUMNS)} FROM saga_steps "
+                    f"WHERE saga_id IN ({marks(wanted)}) ORDER BY saga_id, position"
+                ),
                 wanted,
             )
             saga_rows, step_rows = sagas.fetchall(), steps.fetchall()
@@ -207,7 +211,10 @@ class Unit:
             return
         found = dict(
             self.conn.execute(
-                f"SELECT idempotency_key, id FROM sagas WHERE idempotency_key IN ({marks(wanted)})",
+                planned_each_time(
+                    "SELECT idempotency_key, id FROM sagas "
+                    f"WHERE idempotency_key IN ({marks(wanted)})"
+                ),
                 wanted,
             ).fetchall()
         )
@@ -328,12 +335,7 @@ class Unit:
             for step, then in zip(saga.steps, steps_then, strict=True):
                 if step.changes() != then:
                     steps.append((*step.changes(), saga_id, step.step_name))
-        try:
-            self._write(sagas, steps, new_sagas, new_steps)
-        except Exception as exc:
-            if getattr(exc, "sqlstate", None) == "23505":  # PostgreSQL's unique_violation
-                raise TransientError(f"stored by another process meanwhile: {exc}") from exc
-            raise
+        self._write(sagas, steps, new_sagas, new_steps)
 
     def _write(
         self,
@@ -346,7 +348,7 @@ class Unit:
         with database.pipeline(conn):
             if new_sagas:
                 # A key another process stored meanwhile fails the whole unit: the caller
-                # tries again, and then finds that saga (unique_violation is transient).
+                # tries again, and then finds that saga (see ``opened``).
                 conn.executemany(
                     "INSERT INTO sagas (id, state, input, created_at, updated_at, definition, "
                     "idempotency_key, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -394,6 +396,25 @@ class Unit:
             counts = sorted((n, SHARD, by) for n, by in self.counts.items() if by)
             if counts:
                 add_to_counters(conn, counts)
+
+
+@contextmanager
+def opened(conn: Connection, skip_locked: bool = False) -> Iterator[Unit]:
+    """A unit in a transaction of its own, its writes committed when the block ends.
+
+    On PostgreSQL the whole unit takes two round trips: the ``BEGIN`` goes with its first
+    read (``Unit.load``), and its writes with the ``COMMIT``. A write that breaks a
+    uniqueness rule (a key another process stored meanwhile) fails the whole unit with a
+    ``TransientError``: tried again, the unit finds what the other one stored."""
+    try:
+        with database.pipeline(conn), database.transaction(conn):
+            unit = Unit(conn, skip_locked)
+            yield unit
+            unit.flush()
+    except Exception as exc:
+        if getattr(exc, "sqlstate", None) == "23505":  # PostgreSQL's unique_violation
+            raise TransientError(f"stored by another process meanwhile: {exc}") from exc
+        raise
 
 
 def add_to_counters(conn: Connection, counts: list[tuple[str, int, int]]) -> None:

@@ -396,3 +396,93 @@ def test_a_transition_that_fails_halfway_in_a_batch_leaves_its_saga_as_it_was(
     events = [e.event for e in queries.history(db, second)]
     assert events[-2:] == ["succeeded", "dispatched"] and "failed" not in events
     assert queries.counters(db).get("sagas_failed", 0) == 0
+
+
+def test_on_postgresql_a_batch_takes_one_round_trip_to_read_and_one_to_commit(
+    db: Connection,
+) -> None:
+    # Each round trip costs the server and the orchestrator CPU, and a remote server its
+    # latency: the BEGIN goes with the reads, and the writes with the COMMIT.
+    if dialect(db) == SQLITE:
+        pytest.skip("SQLite runs in the process: no round trips")
+    sagas = [new_saga(db, f"s{n}") for n in range(3)]
+    for sid in sagas:
+        t.start_saga(db, sid, NOW)
+    before = db.round_trips  # type: ignore[attr-defined]
+    with t.batch(db, sagas) as unit:
+        for sid in sagas:
+            t.complete_step(unit, sid, "a", {"done": "a"}, NOW + 1)
+    assert db.round_trips - before == 2  # type: ignore[attr-defined]
+    assert not db.in_transaction
+    assert all(
+        states(db, sid)
+        == ("running", {"a": "completed", "b": "running", "c": "pending", "mail": "pending"})
+        for sid in sagas
+    )
+
+    before = db.round_trips  # type: ignore[attr-defined]
+    new_saga(db, "s9")  # its key looked up, then the saga written and committed
+    assert db.round_trips - before == 2  # type: ignore[attr-defined]
+    assert states(db, "s9")[0] == "pending"
+
+
+def test_on_postgresql_a_key_stored_meanwhile_fails_the_whole_unit_to_be_tried_again(
+    database: Location,
+) -> None:
+    # Two processes submit the same order at once: both find its key free, and the second
+    # one's writes fail with its COMMIT. Nothing of it may stay, its connection must go on
+    # serving, and tried again it finds the first one's saga.
+    if database.dialect == SQLITE:
+        pytest.skip("SQLite's write lock orders the two: the second finds the key")
+    from saga_core.errors import TransientError
+
+    first, second = open_store(database), open_store(database)
+    try:
+        with (
+            pytest.raises(TransientError, match="stored by another process"),
+            t.batch(second, []) as unit,
+        ):
+            assert unit.saga_with_key("order-1") is None
+            t.create_saga(first, "s1", "test", {"x": 1}, STEPS, NOW, idempotency_key="order-1")
+            t.create_saga(unit, "s2", "test", {"x": 2}, STEPS, NOW, idempotency_key="order-1")
+        assert not second.in_transaction
+        left = [
+            second.execute(f"SELECT COUNT(*) FROM {table} WHERE saga_id = 's2'").fetchone()[0]
+            for table in ("saga_steps", "saga_events")
+        ]
+        assert not queries.saga_exists(second, "s2") and left == [0, 0]
+        again = t.create_saga(second, "s3", "test", {"x": 2}, STEPS, NOW, idempotency_key="order-1")
+        assert again == ("s1", False)
+    finally:
+        first.close()
+        second.close()
+
+
+def test_on_postgresql_a_batchs_reads_use_the_indexes_as_a_new_store_grows(
+    database: Location,
+) -> None:
+    # A plan PostgreSQL keeps is chosen once: on a new store, before its first ANALYZE,
+    # a scan of the whole table, which every batch then repeated as the table grew.
+    if database.dialect == SQLITE:
+        pytest.skip("SQLite plans these reads by the indexes whatever the size")
+    db = open_store(database)
+    try:
+        sagas = [new_saga(db, f"s{n}") for n in range(2)]
+        for _ in range(8):  # more than it takes PostgreSQL to settle on a kept plan
+            with t.batch(db, sagas):
+                pass
+        with t.batch(db, []) as unit:
+            for n in range(2000):
+                t.create_saga(unit, f"g{n}", "test", {"x": n}, STEPS, NOW, idempotency_key=f"g{n}")
+
+        def scans() -> list[int]:
+            sql = "SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = ?"
+            return [db.execute(sql, (table,)).fetchone()[0] for table in ("sagas", "saga_steps")]
+
+        with t.batch(db, []) as unit:
+            before = scans()
+            unit.load(sagas)  # what a batch of these two sagas' outcomes reads first
+            assert scans() == before
+        assert [s.state for s in map(unit.saga, sagas)] == ["pending", "pending"]
+    finally:
+        db.close()
