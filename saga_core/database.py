@@ -207,6 +207,76 @@ def marks(values: Sequence[Any]) -> str:
     return ", ".join("?" * len(values))
 
 
+#: The fewest rows :func:`insert_many` and :func:`update_many` write in one statement on
+#: PostgreSQL. Fewer go a statement each, prepared: one statement, planned for as few as
+#: 16 rows (a batch of 8 outcomes), cost the server as much as the statements it replaced;
+#: from a few dozen on it is cheaper (the store's batches of 200: 13-15 % more a second).
+MANY_ROWS = 64
+#: The most parameters one such statement takes (PostgreSQL's limit is 65,535).
+MANY_PARAMETERS = 20_000
+
+
+def insert_many(
+    conn: Connection,
+    table: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    tail: str = "",
+) -> None:
+    """Insert ``rows`` (their values as ``columns`` lists them) into ``table``, each
+    statement ending with ``tail`` (an ``ON CONFLICT`` clause, say; no two of the rows may
+    conflict).
+
+    On PostgreSQL many rows go in one statement: a statement per row cost the client half
+    as much CPU again per row (11.6 µs against 7.6), and the server a little more. On
+    SQLite, in process, a statement per row costs no more."""
+    head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+    row = f"({marks(columns)})"
+    if dialect(conn) == SQLITE or len(rows) < MANY_ROWS:
+        conn.executemany(head + row + tail, rows)
+        return
+    for part in _parts(rows, len(columns)):
+        sql = head + ", ".join([row] * len(part)) + tail
+        conn.execute(planned_each_time(sql), [value for r in part for value in r])
+
+
+def update_many(
+    conn: Connection,
+    table: str,
+    columns: Sequence[tuple[str, str]],
+    keys: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+) -> None:
+    """Set ``columns`` (each a name and its SQL type) in the rows of ``table`` that
+    ``keys`` name: each of ``rows`` is the new values as ``columns`` lists them, then its keys.
+
+    On PostgreSQL, one statement for many rows (``UPDATE ... FROM (VALUES ...)``, each
+    value cast to its column's type: a column of nothing but NULLs would be text); on
+    SQLite, a statement per row, as for :func:`insert_many`."""
+    if dialect(conn) == SQLITE or len(rows) < MANY_ROWS:
+        sets = ", ".join(f"{name} = ?" for name, _ in columns)
+        conn.executemany(
+            f"UPDATE {table} SET {sets} WHERE {' AND '.join(f'{k} = ?' for k in keys)}", rows
+        )
+        return
+    sets = ", ".join(f"{name} = v.{name}::{kind}" for name, kind in columns)
+    names = ", ".join([*(name for name, _ in columns), *keys])
+    where = " AND ".join(f"{table}.{k} = v.{k}" for k in keys)
+    row = f"({marks(rows[0])})"
+    for part in _parts(rows, len(rows[0])):
+        sql = (
+            f"UPDATE {table} SET {sets} FROM (VALUES {', '.join([row] * len(part))}) "
+            f"AS v({names}) WHERE {where}"
+        )
+        conn.execute(planned_each_time(sql), [value for r in part for value in r])
+
+
+def _parts(rows: Sequence[Sequence[Any]], width: int) -> Iterator[Sequence[Sequence[Any]]]:
+    per = max(1, MANY_PARAMETERS // max(width, 1))
+    for start in range(0, len(rows), per):
+        yield rows[start : start + per]
+
+
 #: The end of a statement PostgreSQL plans each time it runs (:func:`planned_each_time`).
 PLANNED_EACH_TIME = " /* planned each time */"
 

@@ -24,21 +24,52 @@ from operator import attrgetter
 from typing import Any
 
 from saga_core import database
-from saga_core.database import Connection, marks, planned_each_time
+from saga_core.database import (
+    Connection,
+    insert_many,
+    marks,
+    planned_each_time,
+    update_many,
+)
 from saga_core.errors import SagaNotFound, TransientError, TransitionRefused
 from saga_store import queries
 from saga_store.models import StepSpec, StepState
 
-#: The step columns a transition may change (the rest are fixed at the saga's creation).
+#: The step columns a transition may change (the rest are fixed at the saga's creation),
+#: with their types.
 STEP_CHANGES = (
+    ("state", "text"),
+    ("output", "json"),
+    ("error", "text"),
+    ("attempts", "integer"),
+    ("compensation_attempts", "integer"),
+    ("deadline_at", "float8"),
+    ("heard_at", "float8"),
+    ("held_by", "text"),
+)
+#: The saga columns a transition may change, with their types.
+SAGA_CHANGES = (("state", "text"), ("updated_at", "text"), ("error", "text"))
+SAGA_COLUMNS = (
+    "id",
     "state",
-    "output",
+    "input",
+    "created_at",
+    "updated_at",
+    "definition",
+    "idempotency_key",
     "error",
-    "attempts",
-    "compensation_attempts",
-    "deadline_at",
-    "heard_at",
-    "held_by",
+)
+EVENT_COLUMNS = (
+    "saga_id",
+    "at",
+    "event",
+    "step_name",
+    "phase",
+    "attempt",
+    "tries",
+    "error",
+    "note",
+    "actor",
 )
 
 #: The counter rows this process adds to: processes that share a PostgreSQL store would
@@ -99,7 +130,7 @@ class StepRecord:
 STEP_COLUMNS = tuple(f.name for f in fields(StepRecord))
 # C-level readers of a record's fields: a transition reads and snapshots steps many times, and
 # generator expressions over the fields were a fifth of the store's time (profiled).
-_step_changes = attrgetter(*STEP_CHANGES)
+_step_changes = attrgetter(*(name for name, _ in STEP_CHANGES))
 _step_values = attrgetter(*STEP_COLUMNS)
 
 
@@ -349,16 +380,8 @@ class Unit:
             if new_sagas:
                 # A key another process stored meanwhile fails the whole unit: the caller
                 # tries again, and then finds that saga (see ``opened``).
-                conn.executemany(
-                    "INSERT INTO sagas (id, state, input, created_at, updated_at, definition, "
-                    "idempotency_key, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    new_sagas,
-                )
-                conn.executemany(
-                    f"INSERT INTO saga_steps ({', '.join(STEP_COLUMNS)}) "
-                    f"VALUES ({marks(STEP_COLUMNS)})",
-                    new_steps,
-                )
+                insert_many(conn, "sagas", SAGA_COLUMNS, new_sagas)
+                insert_many(conn, "saga_steps", STEP_COLUMNS, new_steps)
             if self.closed_alerts:
                 conn.executemany(
                     "UPDATE alerts SET resolved_at = ?, resolution = ? "
@@ -366,21 +389,11 @@ class Unit:
                     self.closed_alerts,
                 )
             if sagas:
-                conn.executemany(
-                    "UPDATE sagas SET state = ?, updated_at = ?, error = ? WHERE id = ?", sagas
-                )
+                update_many(conn, "sagas", SAGA_CHANGES, ("id",), sagas)
             if steps:
-                conn.executemany(
-                    f"UPDATE saga_steps SET {', '.join(f'{c} = ?' for c in STEP_CHANGES)} "
-                    "WHERE saga_id = ? AND step_name = ?",
-                    steps,
-                )
+                update_many(conn, "saga_steps", STEP_CHANGES, ("saga_id", "step_name"), steps)
             if self.events:
-                conn.executemany(
-                    "INSERT INTO saga_events (saga_id, at, event, step_name, phase, attempt, "
-                    "tries, error, note, actor) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    self.events,
-                )
+                insert_many(conn, "saga_events", EVENT_COLUMNS, self.events)
             if self.new_alerts:
                 conn.executemany(
                     "INSERT INTO alerts (saga_id, step_name, error, created_at) "
@@ -419,8 +432,10 @@ def opened(conn: Connection, skip_locked: bool = False) -> Iterator[Unit]:
 
 def add_to_counters(conn: Connection, counts: list[tuple[str, int, int]]) -> None:
     """Add to counters: ``(name, shard, by)`` rows, in name order."""
-    conn.executemany(
-        "INSERT INTO counters (name, shard, value) VALUES (?, ?, ?) "
-        "ON CONFLICT (name, shard) DO UPDATE SET value = counters.value + excluded.value",
+    insert_many(
+        conn,
+        "counters",
+        ("name", "shard", "value"),
         counts,
+        " ON CONFLICT (name, shard) DO UPDATE SET value = counters.value + excluded.value",
     )

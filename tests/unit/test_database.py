@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
 
 import psycopg
 import pytest
 
-from saga_core.database import POSTGRESQL, Connection, Location, connect, pipeline, transaction
+from saga_core import database
+from saga_core.database import (
+    POSTGRESQL,
+    Connection,
+    Location,
+    connect,
+    insert_many,
+    pipeline,
+    transaction,
+    update_many,
+)
 from saga_core.errors import DatabaseUnavailable
 
 #: What a statement the database refuses raises, on either.
@@ -108,3 +119,27 @@ def test_on_postgresql_a_connection_keeps_few_plans_in_the_server(
     plans = conn.execute("SELECT statement FROM pg_prepared_statements").fetchall()
     assert [p[0] for p in plans] == ["SELECT $1 || 'x'"]
     conn.close()
+
+
+@pytest.mark.parametrize("count", [3, database.MANY_ROWS + 5])
+def test_rows_written_many_at_once_read_back_as_written(
+    db: Connection, count: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On PostgreSQL many rows go in one statement, and a column of nothing but NULLs there
+    # must still land in a JSON or a number column; statements are cut at 10 rows here.
+    monkeypatch.setattr(database, "MANY_PARAMETERS", 60)
+    db.execute(
+        "CREATE TABLE wide (k TEXT, n TEXT, j JSON, i INTEGER, f DOUBLE PRECISION, e TEXT, "
+        "PRIMARY KEY (k, n))"
+    )
+    rows = [(f"k{i % 3}", f"n{i}", json.dumps({"i": i}), i, i / 2, None) for i in range(count)]
+    insert_many(db, "wide", ("k", "n", "j", "i", "f", "e"), rows)
+    changed = [(None, i * 10, None, "it's", f"k{i % 3}", f"n{i}") for i in range(0, count, 2)]
+    kinds = (("j", "json"), ("i", "integer"), ("f", "float8"), ("e", "text"))
+    update_many(db, "wide", kinds, ("k", "n"), changed)
+    expected = [
+        (k, n, None, i * 10, None, "it's") if i % 2 == 0 else (k, n, j, i, f, e)
+        for k, n, j, i, f, e in rows
+    ]
+    got = db.execute("SELECT k, n, j, i, f, e FROM wide").fetchall()
+    assert sorted(tuple(r) for r in got) == sorted(expected)

@@ -486,3 +486,36 @@ def test_on_postgresql_a_batchs_reads_use_the_indexes_as_a_new_store_grows(
         assert [s.state for s in map(unit.saga, sagas)] == ["pending", "pending"]
     finally:
         db.close()
+
+
+def test_a_batch_of_many_sagas_writes_each_as_it_would_alone(db: Connection) -> None:
+    # Past a few dozen rows, PostgreSQL's writes of a batch go many rows to a statement.
+    from saga_core.database import MANY_ROWS
+
+    def rows(sid: str) -> list[tuple]:
+        steps = db.execute(
+            "SELECT step_name, state, output, error, attempts, compensation_attempts, "
+            "deadline_at, heard_at, held_by FROM saga_steps WHERE saga_id = ? ORDER BY position",
+            (sid,),
+        ).fetchall()
+        events = db.execute(
+            "SELECT at, event, step_name, phase, attempt, tries, error, note, actor "
+            "FROM saga_events WHERE saga_id = ? ORDER BY id",
+            (sid,),
+        ).fetchall()
+        saga = db.execute("SELECT state, updated_at, error FROM sagas WHERE id = ?", (sid,))
+        return [tuple(saga.fetchone()), *map(tuple, steps), *map(tuple, events)]
+
+    alone = new_saga(db, "alone")
+    t.start_saga(db, alone, NOW)
+    t.complete_step(db, alone, "a", {"done": "a"}, NOW + 1)
+    sagas = [f"s{n}" for n in range(MANY_ROWS + 6)]
+    with t.batch(db, []) as unit:
+        for sid in sagas:
+            t.create_saga(unit, sid, "test", {"x": 1}, STEPS, NOW, idempotency_key=sid)
+            t.start_saga(unit, sid, NOW)
+    with t.batch(db, sagas) as unit:
+        for sid in sagas:
+            t.complete_step(unit, sid, "a", {"done": "a"}, NOW + 1)
+    assert all(rows(sid) == rows(alone) for sid in sagas)
+    assert queries.counters(db)["sagas_started/test"] == len(sagas) + 1
