@@ -249,6 +249,8 @@ def update_many(
 ) -> None:
     """Set ``columns`` (each a name and its SQL type) in the rows of ``table`` that
     ``keys`` name: each of ``rows`` is the new values as ``columns`` lists them, then its keys.
+    No two of ``rows`` may name the same row (in one statement, only one of them would be
+    written).
 
     On PostgreSQL, one statement for many rows (``UPDATE ... FROM (VALUES ...)``, each
     value cast to its column's type: a column of nothing but NULLs would be text); on
