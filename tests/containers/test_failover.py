@@ -6,12 +6,15 @@ every node (kombu's ``;``-separated failover URLs, a libpq multi-host URL with
 
 - the RabbitMQ node that leads the orchestrator's queue is SIGKILLed, then started again;
   then the node that leads a service queue (payment's), likewise;
+- the PostgreSQL standby is SIGKILLed, held down until an order has waited for it in
+  vain, and started again;
 - the PostgreSQL primary is SIGKILLed and the standby promoted.
 
 Every order the API acknowledged ends completed (synchronous commit: nothing acknowledged
 is lost with the primary), each once (the audit, from the store and every ledger, is
-clean). Printed, for docs/scaling.md: the orders in flight at each loss, and the time from
-the loss to the first completed saga of an order placed after it.
+clean); none is acknowledged while the standby is away (the primary's commits wait for it).
+Printed, for docs/scaling.md: the orders in flight at each loss, and the time from the loss
+(or the standby's return) to the first completed saga of an order placed after it.
 """
 
 from __future__ import annotations
@@ -87,6 +90,10 @@ class Load:
         with self._lock:
             return [s for s, at in self.acknowledged.items() if at > moment]
 
+    def between(self, start: float, end: float) -> list[str]:
+        with self._lock:
+            return [s for s, at in self.acknowledged.items() if start < at < end]
+
     def all(self) -> list[str]:
         with self._lock:
             return list(self.acknowledged)
@@ -154,6 +161,26 @@ def lose_a_node(stack: Stack, load: Load, queue: str, figures: dict[str, Any]) -
     wait_for(lambda: running_nodes(stack, other) == len(NODES), 120, f"{node} to rejoin")
 
 
+def lose_the_standby(stack: Stack, load: Load, figures: dict[str, Any]) -> None:
+    """SIGKILL the synchronous standby and keep it down until a try of the load's went
+    unanswered: the primary's commits wait for the standby, so no order is acknowledged that
+    one server alone holds. Started again, it catches up and everything goes on."""
+    figures["in_flight_standby"] = in_flight(stack)
+    refused = load.refused
+    lost_at = time.monotonic()
+    stack.container("pg2").kill()
+    wait_for(lambda: load.refused > refused, 60, "an order to wait in vain for the standby")
+    # reads commit nothing, so they do not wait
+    figures["in_flight_while_standby_down"] = in_flight(stack)
+    back_at = time.monotonic()
+    stack.container("pg2").start()
+    # a second for an answer already on its way when the standby went
+    assert load.between(lost_at + 1, back_at) == []
+    figures["standby_down_s"] = back_at - lost_at
+    figures["standby_back_s"] = recovery(stack, load, back_at, "the standby back")
+    wait_for(lambda: replication(stack) == "streaming sync", 120, "the standby to stream again")
+
+
 @pytest.fixture
 def cluster(docker_client: docker.DockerClient) -> Iterator[Stack]:
     stack = new_stack("v2", docker_client, DATABASE_URL)
@@ -207,6 +234,8 @@ def test_a_broker_node_and_the_database_primary_fail_over_under_load(cluster: St
         # The broker: the node that leads the orchestrator's queue, then a service queue's
         lose_a_node(stack, load, "orchestrator", figures)
         lose_a_node(stack, load, "payment", figures)
+        # The database: the synchronous standby lost, then back
+        lose_the_standby(stack, load, figures)
         # The database: the primary lost, the standby promoted (docs/scaling.md)
         figures["in_flight_primary"] = in_flight(stack)
         lost_at = time.monotonic()
