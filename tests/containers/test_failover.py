@@ -2,7 +2,9 @@
 runs it. RabbitMQ on three nodes with quorum queues and PostgreSQL as a primary with a
 synchronous standby; every process (the orchestrator, the four workers, the API) given
 every node (kombu's ``;``-separated failover URLs, a libpq multi-host URL with
-``target_session_attrs=read-write``). Under a steady load of orders through the API:
+``target_session_attrs=read-write``). The nodes share the queues' leaders
+(``queue_leader_locator = balanced``): each leads some. Under a steady load of orders
+through the API:
 
 - the RabbitMQ node that leads the orchestrator's queue is SIGKILLed, then started again;
   then the node that leads a service queue (payment's), likewise;
@@ -227,8 +229,18 @@ def replication(stack: Stack) -> str:
     return answer.stdout.strip()
 
 
+def leaders(stack: Stack) -> dict[str, str]:
+    """Each quorum queue's leader (a node's service name); a classic queue has none."""
+    queues = rabbitmq(stack, "rmq1", "list_queues", "-p", "saga", "name", "leader")
+    return {q["name"]: str(q["leader"]).partition("@")[2] for q in queues if q["leader"]}
+
+
 def test_a_broker_node_and_the_database_primary_fail_over_under_load(cluster: Stack) -> None:
     stack, figures = cluster, {}
+    # the queues' leaders shared among the nodes (queue_leader_locator), not all on one
+    placed = leaders(stack)
+    figures["queues_led"] = {n: list(placed.values()).count(n) for n in NODES}
+    assert all(figures["queues_led"].values()), placed
     with Load(stack) as load:
         wait_for(lambda: len(load.all()) >= 10, 60, "the load to start")
         # The broker: the node that leads the orchestrator's queue, then a service queue's
