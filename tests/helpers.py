@@ -144,6 +144,22 @@ def assert_declined_and_undone(view: SagaView, data_dir: Path, order_id: str) ->
     assert available(data_dir, "WIDGET") == STOCK["WIDGET"]
 
 
+def declared_queues(amqp_url: str, queues: list[str]) -> list[str]:
+    """Which of ``queues`` RabbitMQ holds (a passive declaration finds them)."""
+    from amqp.exceptions import NotFound
+    from kombu import Connection
+
+    found = []
+    with Connection(amqp_url) as conn:
+        for queue in queues:
+            try:
+                conn.channel().queue_declare(queue, passive=True)
+            except NotFound:
+                continue
+            found.append(queue)
+    return found
+
+
 def declared_queue_type(amqp_url: str, queue: str) -> str:
     """The type RabbitMQ holds ``queue`` as (``classic``, ``quorum``…): a declaration as
     classic is accepted only by a classic queue, and any other names its own type in the

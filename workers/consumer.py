@@ -7,8 +7,12 @@ body, counted, kept for an operator, and acknowledged, so it neither loops nor s
 worker. The task's body is read within ``saga_core.wire``'s bounds before Celery's strategy
 sees the message, so that nothing the pool would choke on reaches it.
 
-With quorum queues, Celery's native delayed delivery (what a retry's countdown rides on)
-is set up once per cluster (:class:`DelayedDelivery`), not once per URL of a failover list.
+Celery's native delayed delivery is left out. On quorum queues Celery sets it up at every
+(re)connection: twenty-eight levels of exchanges and quorum queues, declared before the
+worker takes anything again (six seconds of each reconnection after a node's loss,
+measured). It serves only queues bound to topic or fanout exchanges, and a service queue
+here is bound to a direct one: a retry's countdown is held in the worker, as on Redis,
+where heartbeats name the step it holds (``workers.heartbeat``).
 """
 
 from __future__ import annotations
@@ -18,14 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from celery.worker.consumer import Consumer as CeleryConsumer
-from celery.worker.consumer.delayed_delivery import DelayedDelivery as CeleryDelayedDelivery
-from kombu.common import Broadcast
 from kombu.message import Message
-from kombu.transport.native_delayed_delivery import (
-    bind_queue_to_native_delayed_delivery_exchange,
-    declare_native_delayed_delivery_exchanges_and_queues,
-)
-from kombu.utils.url import maybe_sanitize_url
 
 from saga_core import dead_letters, wire
 from saga_core.dead_letters import DeadLetters
@@ -35,41 +32,15 @@ from saga_core.retry import MAX_BOUND
 log = logging.getLogger("saga.worker")
 
 
-class DelayedDelivery(CeleryDelayedDelivery):
-    """Celery's native delayed delivery, set up through the first node of the failover list
-    that answers.
-
-    Celery's own step sets it up through every URL of the list in turn, and tries a node
-    that does not answer three times over some fifteen seconds before the worker consumes
-    anything: each reconnection after a node's loss cost that long. The URLs name nodes of
-    one cluster, which share every exchange, queue and binding, so one node is enough."""
-
-    def start(self, c: Any) -> None:
-        app = c.app
-        queue_type = app.conf.broker_native_delayed_delivery_queue_type
-        failures = []
-        for url in str(app.conf.broker_url).split(";"):
-            try:
-                with app.connection_for_write(url=url) as connection:
-                    connection.ensure_connection(max_retries=1)
-                    declare_native_delayed_delivery_exchanges_and_queues(connection, queue_type)
-                    for queue in app.amqp.queues.values():
-                        if not isinstance(queue, Broadcast):
-                            bind_queue_to_native_delayed_delivery_exchange(connection, queue)
-                return
-            except Exception as exc:  # that node is away: the next one
-                failures.append(f"{maybe_sanitize_url(url)}: {exc}")
-        log.critical("delayed delivery not set up on any node: %s", "; ".join(failures))
-
-
 class Consumer(CeleryConsumer):
     """Set as ``worker_consumer``; the dead letters' broker and queue are
     ``app.conf.saga_dead_letters``."""
 
     class Blueprint(CeleryConsumer.Blueprint):
         default_steps = [
-            "workers.consumer:DelayedDelivery" if step.endswith(":DelayedDelivery") else step
+            step
             for step in CeleryConsumer.Blueprint.default_steps
+            if not step.endswith(":DelayedDelivery")
         ]
 
     def __init__(self, *args: Any, **kwargs: Any):

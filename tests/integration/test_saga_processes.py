@@ -30,6 +30,7 @@ from tests.helpers import (
     assert_declined_and_undone,
     available,
     declared_queue_type,
+    declared_queues,
     make_order,
     service_records,
     signed,
@@ -377,16 +378,27 @@ def test_lost_command_is_sent_again_after_its_deadline(make_system: Callable[...
     assert service_records(system.data_dir, "A-15") == ONE_OF_EACH
 
 
-def test_quorum_queues(make_system: Callable[..., System], rabbitmq_only: None) -> None:
+def test_quorum_queues(
+    make_system: Callable[..., System], settings: Settings, rabbitmq_only: None
+) -> None:
+    # what an earlier version's workers declared for Celery's native delayed delivery
+    delayed = [f"celery_delayed_{level}" for level in range(28)]
+    broker.discard(settings.broker_url, delayed)
     system = make_system(quorum_queues=True)
     ok = system.submit(make_order("Q-1"))
     declined = system.submit(make_order("Q-2", card_number="4000000000000002"))
+    retried = system.submit(make_order("Q-3"), faults={"charge_payment": {"fail_transient": 1}})
     assert system.wait(ok).state is SagaState.COMPLETED
     assert system.wait(declined).state is SagaState.COMPENSATED
-    # and RabbitMQ holds every queue of the system as a quorum queue
+    # a retry's countdown, held in the worker: quorum queues have no delay of their own
+    assert system.wait(retried).state is SagaState.COMPLETED
+    assert service_records(system.data_dir, "Q-3") == ONE_OF_EACH
+    # and RabbitMQ holds every queue of the system as a quorum queue, and no other: the
+    # workers set up none of native delayed delivery's 28 levels, which no queue here uses
     queues = system.settings.all_queues()
     types = {q: declared_queue_type(system.settings.broker_url, q) for q in queues}
     assert set(types.values()) == {"quorum"}, types
+    assert declared_queues(system.settings.broker_url, delayed) == []
 
 
 def test_a_store_made_again_under_the_same_path_is_the_one_submits_reach(
