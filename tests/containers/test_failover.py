@@ -89,8 +89,7 @@ class Load:
             self._stop.wait(self.interval)  # the pace of the load
 
     def since(self, moment: float) -> list[str]:
-        with self._lock:
-            return [s for s, at in self.acknowledged.items() if at > moment]
+        return self.between(moment, float("inf"))
 
     def between(self, start: float, end: float) -> list[str]:
         with self._lock:
@@ -143,17 +142,17 @@ def running_nodes(stack: Stack, asked: str) -> int:
         return 0
 
 
-def leader(stack: Stack, asked: str, queue: str) -> str:
-    """The node (its service's name) that leads quorum queue ``queue``."""
+def leaders(stack: Stack, asked: str = "rmq1") -> dict[str, str]:
+    """Each quorum queue's leader (a node's service name), as node ``asked`` tells it; a
+    classic queue has none."""
     queues = rabbitmq(stack, asked, "list_queues", "-p", "saga", "name", "leader")
-    [found] = [q["leader"] for q in queues if q["name"] == queue]
-    return str(found).partition("@")[2]
+    return {q["name"]: str(q["leader"]).partition("@")[2] for q in queues if q["leader"]}
 
 
 def lose_a_node(stack: Stack, load: Load, queue: str, figures: dict[str, Any]) -> None:
     """SIGKILL the node that leads ``queue``, see the system go on, start it again."""
     live = next(n for n in NODES if running_nodes(stack, n) == len(NODES))
-    node = leader(stack, live, queue)
+    node = leaders(stack, live)[queue]
     figures[f"in_flight_{queue}_leader"] = in_flight(stack)
     lost_at = time.monotonic()
     stack.container(node).kill()
@@ -227,12 +226,6 @@ def replication(stack: Stack) -> str:
         check=False,
     )
     return answer.stdout.strip()
-
-
-def leaders(stack: Stack) -> dict[str, str]:
-    """Each quorum queue's leader (a node's service name); a classic queue has none."""
-    queues = rabbitmq(stack, "rmq1", "list_queues", "-p", "saga", "name", "leader")
-    return {q["name"]: str(q["leader"]).partition("@")[2] for q in queues if q["leader"]}
 
 
 def test_a_broker_node_and_the_database_primary_fail_over_under_load(cluster: Stack) -> None:
